@@ -1,0 +1,108 @@
+"""Loss-weighting and gradient-aggregation strategies.
+
+Every strategy is a `Strategy` (a Keras layer) registered under a short
+name. `get` resolves the `loss_weighting` argument of
+`keras_mtl.MultiTaskModel.compile` the way `keras.losses.get` resolves a
+loss: from a name, a config dict, a class or an instance.
+
+>>> keras_mtl.weighting.get("ew")
+<EqualWeighting name=equal_weighting, built=False>
+"""
+
+import inspect
+
+import keras
+
+from keras_mtl.weighting.equal_weighting import EqualWeighting
+from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+from keras_mtl.weighting.loss_weighting import LossWeighting
+from keras_mtl.weighting.registry import lookup, registered_strategies
+from keras_mtl.weighting.static_weighting import StaticWeighting
+from keras_mtl.weighting.strategy import Strategy
+
+__all__ = [
+    "EqualWeighting",
+    "GradientAggregation",
+    "LossWeighting",
+    "StaticWeighting",
+    "Strategy",
+    "available",
+    "deserialize",
+    "get",
+    "serialize",
+]
+
+
+def available():
+    """Returns the sorted canonical names of all registered strategies."""
+    return sorted(registered_strategies())
+
+
+def serialize(strategy):
+    """Returns the Keras serialization (a JSON-able dict) of a strategy."""
+    return keras.saving.serialize_keras_object(strategy)
+
+
+def deserialize(config, custom_objects=None):
+    """Rebuilds a strategy from `serialize`'s output or a short config.
+
+    Accepts the full Keras form (`{"class_name": ..., "config": ...,
+    "module": ..., "registered_name": ...}`) and the short form
+    `{"class_name": "uw", "config": {...}}` where `class_name` is any
+    registered name.
+    """
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ValueError(
+            "A strategy config must be a dict with a 'class_name' key, got "
+            f"{config!r}."
+        )
+    cls = lookup(str(config["class_name"]).split(">")[-1])
+    if cls is not None and "module" not in config:
+        return cls.from_config(dict(config.get("config") or {}))
+    obj = keras.saving.deserialize_keras_object(
+        config, custom_objects=custom_objects
+    )
+    if not isinstance(obj, Strategy):
+        raise ValueError(f"Config {config!r} does not describe a strategy.")
+    return obj
+
+
+def get(identifier):
+    """Resolves a strategy from a name, config, class or instance.
+
+    Args:
+        identifier: None (equal weighting), a registered name such as
+            `"ew"` or `"uw"` (case-insensitive; see `available()`), a dict
+            as produced by `serialize`, a `Strategy` subclass (instantiated
+            with default arguments) or a `Strategy` instance (returned as
+            is).
+
+    Returns:
+        A `Strategy` instance.
+
+    Raises:
+        ValueError: if the identifier cannot be resolved; the message lists
+            the valid names.
+    """
+    if identifier is None:
+        return EqualWeighting()
+    if isinstance(identifier, Strategy):
+        return identifier
+    if inspect.isclass(identifier) and issubclass(identifier, Strategy):
+        return identifier()
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if isinstance(identifier, str):
+        cls = lookup(identifier)
+        if cls is None:
+            raise ValueError(
+                f"Unknown loss_weighting strategy {identifier!r}. Valid names: "
+                f"{', '.join(available())}."
+            )
+        return cls()
+    raise ValueError(
+        "Could not interpret loss_weighting identifier "
+        f"{identifier!r} (type {type(identifier).__name__}): expected None, "
+        "a strategy name, a config dict, a Strategy class or instance. Valid "
+        f"names: {', '.join(available())}."
+    )

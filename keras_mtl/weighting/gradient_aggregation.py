@@ -1,0 +1,84 @@
+"""Base class of strategies that combine per-task gradients."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from keras import ops
+
+from keras_mtl.weighting.strategy import Strategy
+
+
+class GradientAggregation(Strategy):
+    """A strategy that combines per-task gradients into one update.
+
+    Notation: T tasks, P shared parameters, G the `(T, P)` matrix whose row
+    t is g_t, the gradient of task loss L_t with respect to the shared
+    variables (flattened and concatenated), and G G^T the `(T, T)` Gramian.
+
+    Each training step the model computes G (T backward passes through the
+    shared trunk), hands it to the strategy, and applies the returned `(P,)`
+    update to the shared variables; each task's own variables receive that
+    task's own gradient, unscaled. The strategy may also be used standalone
+    on any `(T, P)` matrix through `aggregate(grads, losses)`.
+
+    Subclasses implement one of two methods:
+
+    - `compute_weights(gramian, losses, training)` for methods whose update
+      is a linear combination `d = sum_t w_t g_t` with weights that depend
+      only on the Gramian (MGDA, Nash-MTL, IMTL-G, UPGrad, ...). The base
+      class forms the Gramian and the combination. Set `requires =
+      "gramian"` for these.
+    - `call(grads, losses, training)` returning `(update, weights)` for
+      methods that need the gradients themselves (PCGrad, GradDrop, ...).
+      `weights` are the `(T,)` effective or nominal task weights for the
+      logs (document which).
+
+    `update` is a descent direction to be *subtracted* by the optimizer,
+    with the scale of a sum of task gradients (equal weighting returns the
+    sum of the rows).
+    """
+
+    requires: ClassVar[str] = "gradients"
+
+    def compute_weights(self, gramian, losses=None, training=True):
+        """Returns `(T,)` weights from the `(T, T)` Gramian."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement compute_weights() or "
+            "call()."
+        )
+
+    def call(self, grads, losses=None, training=True):
+        """Combines the `(T, P)` per-task gradients.
+
+        Args:
+            grads: float tensor `(T, P)`.
+            losses: optional float tensor `(T,)` of the task losses.
+            training: whether to update the strategy's state.
+
+        Returns:
+            A tuple `(update, weights)` of shapes `(P,)` and `(T,)`.
+        """
+        self._check_num_tasks(grads, "gradients")
+        gramian = ops.matmul(grads, ops.transpose(grads))
+        weights = self.compute_weights(gramian, losses, training=training)
+        weights = ops.cast(weights, grads.dtype)
+        return ops.matmul(weights[None, :], grads)[0], weights
+
+    def aggregate(self, grads, losses=None):
+        """Returns the `(P,)` update for a `(T, P)` gradient matrix.
+
+        Works eagerly and standalone, without a model: the strategy is built
+        for `T = grads.shape[0]` on first use. Stateful strategies update
+        their state as in a training step.
+        """
+        grads = ops.convert_to_tensor(grads, dtype=self.compute_dtype)
+        if len(grads.shape) != 2:
+            raise ValueError(
+                f"aggregate() expects a (T, P) matrix of per-task "
+                f"gradients, got shape {tuple(grads.shape)}."
+            )
+        if losses is not None:
+            losses = ops.convert_to_tensor(losses, dtype=self.compute_dtype)
+        update, _ = self(grads, losses, training=True)
+        return update

@@ -1,0 +1,161 @@
+"""The base class of every multi-task strategy."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import keras
+
+#: What a strategy may ask the model to compute each training step.
+#: - "losses": the vector of task losses only (one backward pass);
+#: - "gradients": the `(T, P)` matrix of per-task gradients of the shared
+#:   variables (T backward passes through the trunk);
+#: - "gramian": only the `(T, T)` Gramian of that matrix is needed to choose
+#:   the task weights; the update is still a linear combination of rows.
+REQUIREMENTS = ("losses", "gradients", "gramian")
+
+
+class Strategy(keras.layers.Layer):
+    """Base class of loss-weighting and gradient-aggregation strategies.
+
+    A strategy is a small, possibly stateful combiner of the T task
+    objectives of a multi-task model. It is a Keras layer so that its state
+    (counters, loss histories, learnable log-variances) is created in
+    `build()`, updated with `assign` inside the compiled training step,
+    optimised when trainable, and saved with the model and its checkpoints.
+
+    A strategy never touches the model: it sees tensors (task losses, or
+    per-task gradients) and returns tensors. Tapes, gradients and optimizer
+    calls belong to `keras_mtl.MultiTaskModel.train_step` alone.
+
+    Subclasses derive from `LossWeighting` (the strategy combines the task
+    losses into one scalar to differentiate) or `GradientAggregation` (the
+    strategy combines per-task gradients into one update). Class attributes
+    declare what the model must provide:
+
+    - `requires`: one of `"losses"`, `"gradients"`, `"gramian"`.
+    - `kpi_metric`: None, or the name of a per-task metric (for example
+      `"accuracy"`) whose running value the model passes to `call` as
+      `kpis`, a `(T,)` tensor (Dynamic Task Prioritization needs it).
+    - `uses_post_step_losses`: True when the strategy wants the task losses
+      recomputed on the same batch after the optimizer step (FAMO); the
+      model then calls `update_after_step(losses, new_losses)`.
+    - `stateful`: True when the strategy keeps state across steps.
+
+    Hooks the model calls outside the traced step: `on_epoch_end()` at the
+    end of every training epoch (epoch-level state such as DWA's loss
+    history) and `reset_state()`.
+
+    Args:
+        **kwargs: passed to `keras.layers.Layer` (`name`, `dtype`). The
+            default dtype is `"float32"`, also under mixed precision, since
+            weights and statistics of losses need the full precision.
+    """
+
+    requires: ClassVar[str] = "losses"
+    kpi_metric: ClassVar[str | None] = None
+    uses_post_step_losses: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
+    registry_name: ClassVar[str | None] = None
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if self.requires not in REQUIREMENTS:
+            raise ValueError(
+                f"{type(self).__name__}.requires must be one of "
+                f"{REQUIREMENTS}, got {self.requires!r}."
+            )
+        self.num_tasks = None
+        self._task_names = None
+
+    # --- Binding to a model's tasks -------------------------------------
+
+    @property
+    def task_names(self) -> tuple[str, ...] | None:
+        """The task names of the model this strategy is compiled with."""
+        return self._task_names
+
+    def set_task_names(self, task_names) -> None:
+        """Tells the strategy the names (and so the number) of its tasks.
+
+        Called by `MultiTaskModel.compile` before `build`. Strategies whose
+        arguments name tasks (for example `StaticWeighting` with a dict) use
+        it to order their values.
+
+        Raises:
+            ValueError: if the strategy is already built for another number
+                of tasks.
+        """
+        task_names = tuple(task_names)
+        if self.num_tasks is not None and self.num_tasks != len(task_names):
+            raise ValueError(
+                f"Strategy {self.name!r} was built for {self.num_tasks} "
+                f"tasks, but the model has {len(task_names)} tasks "
+                f"{list(task_names)}. Create a new strategy for this model."
+            )
+        self._task_names = task_names
+
+    def build(self, input_shape):
+        """Creates the strategy's state.
+
+        Args:
+            input_shape: `(T,)` for the task losses of a loss-weighting
+                strategy, or `(T, P)` for the per-task gradients of a
+                gradient-aggregation strategy. Subclasses call
+                `super().build(input_shape)` first, then create their
+                variables with `add_weight`.
+        """
+        input_shape = tuple(input_shape)
+        if len(input_shape) not in (1, 2) or input_shape[0] is None:
+            raise ValueError(
+                f"{type(self).__name__} expects a shape (T,) of task losses "
+                f"or (T, P) of per-task gradients with a known T, got "
+                f"{input_shape}."
+            )
+        num_tasks = int(input_shape[0])
+        if num_tasks < 1:
+            raise ValueError(
+                f"{type(self).__name__} needs at least one task, got "
+                f"input shape {input_shape}."
+            )
+        if self._task_names is not None and len(self._task_names) != num_tasks:
+            raise ValueError(
+                f"{type(self).__name__} is bound to tasks "
+                f"{list(self._task_names)} but was built with {num_tasks}."
+            )
+        self.num_tasks = num_tasks
+        self.built = True
+
+    def _check_num_tasks(self, tensor, what="losses"):
+        """Raises if `tensor`'s leading dimension is not `num_tasks`."""
+        count = tensor.shape[0]
+        if count is not None and self.num_tasks is not None:
+            if int(count) != self.num_tasks:
+                raise ValueError(
+                    f"Strategy {self.name!r} was built for {self.num_tasks} "
+                    f"tasks but received {what} for {int(count)} tasks "
+                    f"(shape {tuple(tensor.shape)})."
+                )
+
+    # --- Hooks ----------------------------------------------------------
+
+    def on_epoch_end(self) -> None:
+        """Called by the model at the end of each training epoch."""
+
+    def update_after_step(self, losses, new_losses) -> None:
+        """Called inside the step after the update when
+        `uses_post_step_losses` is True, with the task losses before the
+        update and recomputed on the same batch after it."""
+
+    def reset_state(self) -> None:
+        """Restores the state the strategy had right after `build`.
+
+        Stateful subclasses override this; stateless ones have nothing to
+        reset.
+        """
+        if self.stateful:
+            raise NotImplementedError(
+                f"{type(self).__name__} is stateful and must implement "
+                "reset_state()."
+            )
