@@ -34,12 +34,38 @@ class GradientAggregation(Strategy):
       `weights` are the `(T,)` effective or nominal task weights for the
       logs (document which).
 
+    Args:
+        rep_grad: if True, the model hands the strategy gradients with
+            respect to the shared representation (one row per task, the
+            representation flattened over the batch) instead of the shared
+            parameters, and back-propagates the combined cotangent through
+            the trunk once (the "UB" variants). Only for methods with
+            `supports_rep_grad = True`; others raise `ValueError`.
+        **kwargs: passed to `Strategy` (`name`, `dtype`).
+
     `update` is a descent direction to be *subtracted* by the optimizer,
     with the scale of a sum of task gradients (equal weighting returns the
     sum of the rows).
     """
 
     requires: ClassVar[str] = "gradients"
+    #: Whether the method may be applied to gradients with respect to the
+    #: shared representation instead of the shared parameters ("UB" variants).
+    supports_rep_grad: ClassVar[bool] = False
+
+    def __init__(self, rep_grad: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if rep_grad and not self.supports_rep_grad:
+            raise ValueError(
+                f"{type(self).__name__} does not support rep_grad=True: the "
+                "method is defined on gradients of the shared parameters."
+            )
+        self.rep_grad = bool(rep_grad)
+
+    def get_config(self):
+        config = super().get_config()
+        config["rep_grad"] = self.rep_grad
+        return config
 
     def compute_weights(self, gramian, losses=None, training=True):
         """Returns `(T,)` weights from the `(T, T)` Gramian."""
