@@ -1,0 +1,749 @@
+"""`MultiTaskModel`: a functional Keras model with one output per task."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_mtl import weighting
+from keras_mtl.models.task_graph import analyze_task_graph
+from keras_mtl.models.training_hooks import NonFiniteGuard, TrainingHooks
+from keras_mtl.utils.serialization import register_serializable
+
+_NONFINITE_MODES = ("raise", "skip")
+
+
+@register_serializable
+class MultiTaskModel(keras.Model):
+    """A multi-task model: shared layers, one named output per task.
+
+    Built like a functional `keras.Model` whose outputs are a dict
+    `{task_name: tensor}`, or from a shared trunk and a dict of heads with
+    `MultiTaskModel.from_trunk`. Its own `train_step` computes one loss per
+    task and hands the vector of task losses (or the per-task gradients of
+    the shared variables) to a multi-task strategy chosen in `compile`:
+
+        model.compile(
+            optimizer="adam",
+            loss={"left": "sparse_categorical_crossentropy", "right": ...},
+            loss_weighting="dwa",          # any name of keras_mtl.weighting
+            metrics={"left": ["accuracy"], "right": ["accuracy"]},
+        )
+
+    During `fit`, the logs (progress bar and `History`) hold `loss` (the
+    unweighted sum of the task losses, comparable across strategies), each
+    `<task>_loss`, each `<task>_weight` (the strategy's effective weight,
+    averaged over the epoch's steps) and every compiled per-task metric
+    (`<task>_<metric>`). `evaluate` gives the same without weights.
+
+    The model finds which trainable variables are shared (more than one
+    task's output depends on them: `shared_variables`) and which belong to
+    one task (`task_variables`) by walking its graph from each output, and
+    which tensors form the shared representation between trunk and heads
+    (`shared_representations`). `set_variable_roles` overrides the split.
+
+    Args:
+        inputs: the model inputs (`keras.Input` tensors), as for
+            `keras.Model`.
+        outputs: a dict `{task_name: KerasTensor}`, one output per task.
+            Its order is the task order of loss vectors and weights.
+        name: the model's name.
+
+    Example:
+
+    >>> inputs = keras.Input((8,))
+    >>> shared = keras.layers.Dense(16, activation="relu")(inputs)
+    >>> model = keras_mtl.MultiTaskModel(
+    ...     inputs,
+    ...     {"a": keras.layers.Dense(3)(shared), "b": keras.layers.Dense(1)(shared)},
+    ... )
+    >>> model.task_names
+    ('a', 'b')
+    >>> len(model.shared_variables)
+    2
+    >>> {task: len(v) for task, v in model.task_variables.items()}
+    {'a': 2, 'b': 2}
+    """
+
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        task_order = kwargs.pop("task_names", None)
+        if not isinstance(outputs, Mapping) or not outputs:
+            raise ValueError(
+                "MultiTaskModel needs `outputs` as a non-empty dict "
+                "{task_name: tensor}, got "
+                f"{type(outputs).__name__}: {outputs!r}."
+            )
+        for task, tensor in outputs.items():
+            if not isinstance(task, str) or not task:
+                raise ValueError(f"Task names must be non-empty strings, got {task!r}.")
+            if not isinstance(tensor, keras.KerasTensor):
+                raise ValueError(
+                    f"The output of task {task!r} must be a KerasTensor "
+                    f"(the result of calling layers on keras.Input), got "
+                    f"{type(tensor).__name__}."
+                )
+        if task_order is not None:
+            if sorted(task_order) != sorted(outputs):
+                raise ValueError(
+                    f"task_names {list(task_order)} do not match the outputs "
+                    f"{list(outputs)}."
+                )
+            outputs = {task: outputs[task] for task in task_order}
+        super().__init__(inputs, dict(outputs), name=name, **kwargs)
+        self.task_names = tuple(outputs)
+        self._task_graph = analyze_task_graph(
+            self._outputs_struct, self.trainable_variables
+        )
+        self._roles_overridden = False
+        self.loss_weighting = None
+        self._loss_fns = None
+        self._on_nonfinite = "raise"
+        self._guard = NonFiniteGuard()
+        self._loss_tracker_sum = keras.metrics.Mean(name="loss")
+        self._task_loss_trackers = [
+            keras.metrics.Mean(name=f"{task}_loss") for task in self.task_names
+        ]
+        self._task_weight_trackers = [
+            keras.metrics.Mean(name=f"{task}_weight") for task in self.task_names
+        ]
+
+    # ------------------------------------------------------------------
+    # Construction helpers
+    # ------------------------------------------------------------------
+
+    @classmethod
+    def from_trunk(cls, trunk, heads, inputs=None, name=None):
+        """Builds a model from a shared trunk and a dict of task heads.
+
+        Args:
+            trunk: a layer or model mapping the inputs to the shared
+                features (for example a `keras.applications` backbone).
+            heads: dict `{task_name: layer}`; each head maps the trunk's
+                output to that task's prediction.
+            inputs: the `keras.Input` tensor(s). Defaults to `trunk.inputs`
+                when the trunk is a functional model.
+            name: the model's name.
+
+        Returns:
+            A `MultiTaskModel`.
+        """
+        if not isinstance(heads, Mapping) or not heads:
+            raise ValueError(
+                "from_trunk needs `heads` as a non-empty dict {task: layer}, "
+                f"got {heads!r}."
+            )
+        if inputs is None:
+            inputs = getattr(trunk, "inputs", None)
+            if not inputs:
+                raise ValueError(
+                    "from_trunk could not find the trunk's inputs: pass "
+                    "`inputs=keras.Input(shape)`."
+                )
+            inputs = inputs[0] if len(inputs) == 1 else inputs
+        features = trunk(inputs)
+        outputs = {}
+        for task, head in heads.items():
+            if not callable(head):
+                raise ValueError(
+                    f"The head of task {task!r} must be a Keras layer or "
+                    f"model, got {type(head).__name__}."
+                )
+            outputs[task] = head(features)
+        return cls(inputs, outputs, name=name)
+
+    # ------------------------------------------------------------------
+    # Task structure
+    # ------------------------------------------------------------------
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    @property
+    def shared_variables(self) -> list:
+        """Trainable variables more than one task's loss depends on."""
+        return list(self._task_graph.shared_variables)
+
+    @property
+    def task_variables(self) -> dict:
+        """Dict task -> the trainable variables only that task depends on."""
+        return {t: list(v) for t, v in self._task_graph.task_variables.items()}
+
+    @property
+    def shared_representations(self) -> list:
+        """The tensors shared layers hand to task-specific layers."""
+        return list(self._task_graph.shared_representations)
+
+    def set_variable_roles(self, shared=None, tasks=None) -> None:
+        """Overrides the automatic split into shared and task variables.
+
+        Args:
+            shared: the variables to treat as shared (gradient strategies
+                combine the per-task gradients of exactly these).
+            tasks: dict task -> that task's own variables. Tasks not named
+                keep their automatic variables, minus any now listed as
+                shared.
+
+        Call it before `compile` (or compile again afterwards).
+        """
+        trainable = {id(v): v for v in self.trainable_variables}
+        graph = self._task_graph
+        new_shared = list(graph.shared_variables if shared is None else shared)
+        new_tasks = self.task_variables
+        if tasks is not None:
+            unknown = sorted(set(tasks) - set(self.task_names))
+            if unknown:
+                raise ValueError(
+                    f"set_variable_roles got unknown tasks {unknown}; the "
+                    f"model's tasks are {list(self.task_names)}."
+                )
+            new_tasks.update({t: list(v) for t, v in tasks.items()})
+        shared_ids = {id(v) for v in new_shared}
+        new_tasks = {
+            t: [v for v in vs if id(v) not in shared_ids] for t, vs in new_tasks.items()
+        }
+        for variable in new_shared + [v for vs in new_tasks.values() for v in vs]:
+            if id(variable) not in trainable:
+                raise ValueError(
+                    f"Variable {variable.path!r} is not a trainable variable "
+                    f"of model {self.name!r}."
+                )
+        owners = {}
+        for task, variables in new_tasks.items():
+            for variable in variables:
+                if id(variable) in owners:
+                    raise ValueError(
+                        f"Variable {variable.path!r} is assigned to tasks "
+                        f"{owners[id(variable)]!r} and {task!r}; list it as "
+                        "shared instead."
+                    )
+                owners[id(variable)] = task
+        self._task_graph = type(graph)(
+            new_shared, new_tasks, list(graph.shared_representations)
+        )
+        self._roles_overridden = True
+        self.train_function = None
+
+    # ------------------------------------------------------------------
+    # Compilation
+    # ------------------------------------------------------------------
+
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        loss_weighting=None,
+        loss_weights=None,
+        metrics=None,
+        weighted_metrics=None,
+        on_nonfinite="raise",
+        run_eagerly=False,
+        steps_per_execution=1,
+        jit_compile="auto",
+        auto_scale_loss=True,
+    ):
+        """Configures the model for multi-task training.
+
+        Args:
+            optimizer: a Keras optimizer or its name.
+            loss: dict `{task: loss}` naming every task exactly once, or one
+                loss used for every task. Each loss is a Keras loss (name,
+                function or `keras.losses.Loss`), reduced over the batch
+                with the task's sample weights.
+            loss_weighting: the multi-task strategy: a registered name (see
+                `keras_mtl.weighting.available()`), a config dict, a
+                `Strategy` class or instance. Default: equal weighting.
+            loss_weights: fixed task weights, a dict `{task: weight}` or a
+                list in task order: a shortcut for
+                `loss_weighting=StaticWeighting(loss_weights)`.
+            metrics: dict `{task: [metrics]}` (tasks may be omitted), or a
+                list of metrics used for every task.
+            weighted_metrics: like `metrics`, weighted by sample weights.
+            on_nonfinite: what a step whose task loss is NaN or infinite
+                does. `"raise"` (default): the step is not applied and `fit`
+                stops with an error naming the task and the step. `"skip"`:
+                the step is not applied (model, optimizer and strategy state
+                stay as they were) and training goes on.
+            run_eagerly, steps_per_execution, jit_compile, auto_scale_loss:
+                as for `keras.Model.compile`. `jit_compile=True` compiles
+                the whole step, strategy included, with XLA.
+        """
+        if on_nonfinite not in _NONFINITE_MODES:
+            raise ValueError(
+                f"on_nonfinite must be one of {_NONFINITE_MODES}, got {on_nonfinite!r}."
+            )
+        self._loss_config = loss
+        self._loss_fns = self._resolve_losses(loss)
+        metrics = self._per_task_dict(metrics, "metrics")
+        weighted_metrics = self._per_task_dict(weighted_metrics, "weighted_metrics")
+        strategy = self._resolve_strategy(loss_weighting, loss_weights)
+        super().compile(
+            optimizer=optimizer,
+            loss=None,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            auto_scale_loss=auto_scale_loss,
+        )
+        previous = self.loss_weighting
+        if previous is not None and previous is not strategy:
+            # Forget the old strategy's variables: they must not be trained,
+            # saved or restored with the model any more.
+            self._tracker.untrack(previous)
+        self.loss_weighting = strategy
+        self._on_nonfinite = on_nonfinite
+        self._mtl_compile_config = dict(
+            optimizer=self.optimizer,
+            loss=loss,
+            loss_weighting=strategy,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            on_nonfinite=on_nonfinite,
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=self.jit_compile,
+        )
+
+    def _per_task_dict(self, value, arg_name):
+        if value is None:
+            return None
+        if isinstance(value, Mapping):
+            self._check_task_names(value.keys(), arg_name)
+            return {t: value[t] for t in self.task_names if t in value}
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            return {t: list(value) for t in self.task_names}
+        raise ValueError(
+            f"`{arg_name}` must be a dict {{task: [metrics]}} or a list of "
+            f"metrics, got {value!r}."
+        )
+
+    def _check_task_names(self, names, what, require_all=False):
+        names = list(names)
+        extra = sorted(set(names) - set(self.task_names))
+        missing = sorted(set(self.task_names) - set(names)) if require_all else []
+        if extra or missing:
+            parts = []
+            if missing:
+                parts.append(f"missing tasks {missing}")
+            if extra:
+                parts.append(f"unknown tasks {extra}")
+            raise ValueError(
+                f"`{what}` does not match the model's tasks "
+                f"{list(self.task_names)}: {' and '.join(parts)}."
+            )
+
+    def _resolve_losses(self, loss):
+        if loss is None:
+            raise ValueError(
+                "MultiTaskModel.compile needs `loss`: a dict {task: loss} "
+                f"for the tasks {list(self.task_names)}, or one loss for all."
+            )
+        if isinstance(loss, Mapping):
+            self._check_task_names(loss.keys(), "loss", require_all=True)
+            per_task = {t: loss[t] for t in self.task_names}
+        else:
+            per_task = {t: loss for t in self.task_names}
+        resolved = {}
+        for task, identifier in per_task.items():
+            fn = keras.losses.get(identifier)
+            if fn is None:
+                raise ValueError(f"Task {task!r} has no loss (got None).")
+            if not isinstance(fn, keras.losses.Loss):
+                fn = _FunctionLoss(fn)
+            resolved[task] = fn
+        return resolved
+
+    def _resolve_strategy(self, loss_weighting, loss_weights):
+        if loss_weights is not None:
+            if loss_weighting is not None:
+                raise ValueError(
+                    "Pass either `loss_weighting` or `loss_weights` to "
+                    "compile(), not both."
+                )
+            if isinstance(loss_weights, Mapping):
+                self._check_task_names(loss_weights.keys(), "loss_weights", True)
+            strategy = weighting.StaticWeighting(loss_weights)
+        else:
+            strategy = weighting.get(loss_weighting)
+        strategy.set_task_names(self.task_names)
+        if strategy.requires == "losses":
+            shape = (self.num_tasks,)
+        else:
+            num_params = sum(
+                math.prod(v.shape) for v in self._task_graph.shared_variables
+            )
+            if num_params == 0:
+                raise ValueError(
+                    f"Strategy {type(strategy).__name__} combines per-task "
+                    "gradients of shared variables, but no trainable "
+                    "variable of this model is shared by two tasks."
+                )
+            shape = (self.num_tasks, num_params)
+        if strategy.built:
+            built_shape = tuple(strategy._build_shapes_dict.get("input_shape", ()))
+            if built_shape and tuple(built_shape) != shape:
+                raise ValueError(
+                    f"Strategy {strategy.name!r} was built for input shape "
+                    f"{built_shape} but this model needs {shape} "
+                    f"({self.num_tasks} tasks). Create a new strategy."
+                )
+        else:
+            strategy.build(shape)
+        return strategy
+
+    def get_compile_config(self):
+        if not self.compiled or self.loss_weighting is None:
+            return {}
+        config = dict(self._mtl_compile_config)
+        config["loss_weighting"] = weighting.serialize(config["loss_weighting"])
+        return {
+            key: keras.saving.serialize_keras_object(value)
+            for key, value in config.items()
+        }
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        strategy = weighting.deserialize(config.pop("loss_weighting"))
+        config = {
+            key: keras.saving.deserialize_keras_object(value)
+            for key, value in config.items()
+        }
+        self.compile(loss_weighting=strategy, **config)
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def get_config(self):
+        config = super().get_config()
+        config["task_names"] = list(self.task_names)
+        return config
+
+    # ------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        self._require_compiled()
+        hooks = TrainingHooks(self, self._guard, self._on_nonfinite)
+        callbacks = [hooks, *list(callbacks or [])]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def _require_compiled(self):
+        if self._loss_fns is None:
+            raise RuntimeError(
+                "Call MultiTaskModel.compile(optimizer, loss=...) before "
+                "fit() or evaluate()."
+            )
+
+    def evaluate(self, *args, **kwargs):
+        self._require_compiled()
+        return super().evaluate(*args, **kwargs)
+
+    @property
+    def metrics(self):
+        metrics = [self._loss_tracker_sum, *self._task_loss_trackers]
+        metrics.extend(self._task_weight_trackers)
+        if self._compile_metrics is not None:
+            metrics.append(self._compile_metrics)
+        return metrics
+
+    def _standardize_targets(self, y, sample_weight):
+        """Checks target and sample-weight dicts against the task names."""
+        if not isinstance(y, Mapping):
+            if self.num_tasks == 1 and y is not None:
+                y = {self.task_names[0]: y}
+            else:
+                raise ValueError(
+                    "MultiTaskModel needs targets as a dict {task: y} for "
+                    f"the tasks {list(self.task_names)}, got "
+                    f"{type(y).__name__}."
+                )
+        self._check_task_names(y.keys(), "y (targets)", require_all=True)
+        if sample_weight is None:
+            weights = {}
+        elif isinstance(sample_weight, Mapping):
+            self._check_task_names(sample_weight.keys(), "sample_weight")
+            weights = dict(sample_weight)
+        else:
+            weights = {t: sample_weight for t in self.task_names}
+        return y, weights
+
+    def _check_target_shapes(self, y, y_pred):
+        for task in self.task_names:
+            target, pred = y[task], y_pred[task]
+            t_shape, p_shape = tuple(target.shape), tuple(pred.shape)
+            if not _shapes_compatible(t_shape, p_shape):
+                raise ValueError(
+                    f"Task {task!r}: target shape {t_shape} cannot match "
+                    f"the head's output shape {p_shape}. Expected the same "
+                    "shape, or integer labels of shape "
+                    f"{p_shape[:-1]} (or {p_shape[:-1] + (1,)})."
+                )
+
+    def _task_losses(self, y, y_pred, sample_weights):
+        values = []
+        for task in self.task_names:
+            target, pred = y[task], y_pred[task]
+            if len(target.shape) == len(pred.shape) - 1 and pred.shape[-1] == 1:
+                # Labels (B,) for a one-unit head (B, 1): align the ranks.
+                target = ops.expand_dims(target, -1)
+            value = self._loss_fns[task](
+                target, pred, sample_weight=sample_weights.get(task)
+            )
+            values.append(ops.cast(value, "float32"))
+        return ops.stack(values)
+
+    def _kpis(self):
+        """The per-task metric values a strategy asks for (`kpi_metric`)."""
+        name = self.loss_weighting.kpi_metric
+        results = {}
+        if self._compile_metrics is not None:
+            results = self._compile_metrics.result()
+        values = []
+        for task in self.task_names:
+            key = f"{task}_{name}"
+            if key not in results:
+                raise ValueError(
+                    f"Strategy {type(self.loss_weighting).__name__} needs the "
+                    f"metric {name!r} for task {task!r} (log key {key!r}); "
+                    f"compile with metrics={{{task!r}: [{name!r}], ...}}. "
+                    f"Compiled metrics: {sorted(results)}."
+                )
+            values.append(ops.cast(results[key], "float32"))
+        return ops.stack(values)
+
+    def _masked_for_metrics(self, finite, y, y_pred, sample_weights):
+        """Targets, predictions and weights that drop a non-finite step."""
+        keep = ops.cast(finite, "float32")
+        safe_pred, safe_y, safe_w = {}, {}, {}
+        for task in self.task_names:
+            pred, target = y_pred[task], y[task]
+            safe_pred[task] = ops.where(finite, pred, ops.zeros_like(pred))
+            safe_y[task] = ops.where(finite, target, ops.zeros_like(target))
+            weight = sample_weights.get(task)
+            if weight is None:
+                weight = ops.ones((ops.shape(target)[0],), dtype="float32")
+            safe_w[task] = ops.cast(weight, "float32") * keep
+        return safe_y, safe_pred, safe_w
+
+    def _loss_scale(self):
+        scale = getattr(self.optimizer, "dynamic_scale", None)
+        if scale is None:
+            return None
+        return ops.cast(scale, "float32")
+
+    def _apply_if(self, ok, grads, variables):
+        """Applies `grads` only where the scalar `ok` is True."""
+
+        def apply():
+            self.optimizer.apply(grads, variables)
+            return tf.constant(True)
+
+        tf.cond(ok, apply, lambda: tf.constant(False))
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y, sample_weights = self._standardize_targets(y, sample_weight)
+        strategy = self.loss_weighting
+        state = [*self.non_trainable_variables, *strategy.trainable_variables]
+        snapshot = [ops.convert_to_tensor(v) for v in state]
+
+        if strategy.requires == "losses":
+            y_pred, losses, weights, finite = self._loss_based_update(
+                x, y, sample_weights
+            )
+        else:
+            y_pred, losses, weights, finite = self._gradient_based_update(
+                x, y, sample_weights
+            )
+
+        if strategy.uses_post_step_losses:
+            model_state = list(self._model_state_variables())
+            before = [ops.convert_to_tensor(v) for v in model_state]
+            new_losses = self._task_losses(y, self(x, training=True), sample_weights)
+            for variable, value in zip(model_state, before):
+                variable.assign(value)
+            strategy.update_after_step(losses, new_losses)
+
+        for variable, value in zip(state, snapshot):
+            variable.assign(ops.where(finite, variable, value))
+        return self._update_logs(finite, losses, weights, y, y_pred, sample_weights)
+
+    def _model_state_variables(self):
+        strategy_ids = {id(v) for v in self.loss_weighting.variables}
+        for variable in self.non_trainable_variables:
+            if id(variable) not in strategy_ids:
+                yield variable
+
+    def _forward_and_losses(self, x, y, sample_weights):
+        y_pred = self(x, training=True)
+        self._check_target_shapes(y, y_pred)
+        losses = self._task_losses(y, y_pred, sample_weights)
+        finite = self._guard.record(losses)
+        if self._on_nonfinite == "raise":
+            finite = ops.logical_and(finite, self._guard.bad_step < 0)
+        return y_pred, losses, finite
+
+    def _strategy_kwargs(self):
+        """Extra inputs of the strategy call; KPIs need metrics updated."""
+        if self.loss_weighting.kpi_metric is None:
+            return {}
+        return {"kpis": self._kpis()}
+
+    def _update_compiled_metrics(self, finite, y, y_pred, sample_weights):
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(
+                *self._masked_for_metrics(finite, y, y_pred, sample_weights)
+            )
+
+    def _loss_based_update(self, x, y, sample_weights):
+        strategy = self.loss_weighting
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred, losses, finite = self._forward_and_losses(x, y, sample_weights)
+            self._update_compiled_metrics(finite, y, y_pred, sample_weights)
+            safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
+            kwargs = self._strategy_kwargs()
+            objective, weights = strategy(safe_losses, training=True, **kwargs)
+            scaled = self.optimizer.scale_loss(objective)
+        grads = tape.gradient(scaled, variables)
+        grads = [
+            g if g is not None else ops.zeros_like(v) for g, v in zip(grads, variables)
+        ]
+        self._apply_if(finite, grads, variables)
+        return y_pred, losses, weights, finite
+
+    def _gradient_based_update(self, x, y, sample_weights):
+        strategy = self.loss_weighting
+        shared = self._task_graph.shared_variables
+        own = self._task_graph.task_variables
+        with tf.GradientTape(persistent=True) as tape:
+            y_pred, losses, finite = self._forward_and_losses(x, y, sample_weights)
+            task_objectives = [
+                self.optimizer.scale_loss(losses[t]) for t in range(self.num_tasks)
+            ]
+        rows, task_grads, task_vars = [], [], []
+        for t, task in enumerate(self.task_names):
+            variables = [*shared, *own[task]]
+            grads = tape.gradient(task_objectives[t], variables)
+            grads = [
+                ops.zeros_like(v) if g is None else g for g, v in zip(grads, variables)
+            ]
+            rows.append(
+                ops.concatenate(
+                    [
+                        ops.reshape(ops.cast(g, "float32"), (-1,))
+                        for g in grads[: len(shared)]
+                    ]
+                )
+            )
+            task_grads.extend(grads[len(shared) :])
+            task_vars.extend(own[task])
+        del tape
+        matrix = ops.stack(rows)
+        scale = self._loss_scale()
+        if scale is not None:
+            matrix = matrix / scale
+        matrix = ops.where(finite, matrix, ops.zeros_like(matrix))
+        self._update_compiled_metrics(finite, y, y_pred, sample_weights)
+        safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
+        kwargs = self._strategy_kwargs()
+        update, weights = strategy(matrix, safe_losses, training=True, **kwargs)
+        if scale is not None:
+            update = update * scale
+        shared_grads, offset = [], 0
+        for variable in shared:
+            size = math.prod(variable.shape)
+            piece = ops.reshape(update[offset : offset + size], variable.shape)
+            shared_grads.append(ops.cast(piece, variable.dtype))
+            offset += size
+        self._apply_if(finite, shared_grads + task_grads, list(shared) + task_vars)
+        return y_pred, losses, weights, finite
+
+    def _update_logs(self, finite, losses, weights, y, y_pred, sample_weights):
+        keep = ops.cast(finite, "float32") * _batch_size(y_pred)
+        safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
+        weights = ops.where(
+            finite, ops.cast(weights, "float32"), ops.zeros_like(weights)
+        )
+        self._loss_tracker_sum.update_state(ops.sum(safe_losses), sample_weight=keep)
+        for t in range(self.num_tasks):
+            self._task_loss_trackers[t].update_state(safe_losses[t], sample_weight=keep)
+            self._task_weight_trackers[t].update_state(weights[t], sample_weight=keep)
+        return self._collect_logs(include_weights=True)
+
+    def _collect_logs(self, include_weights):
+        logs = {"loss": self._loss_tracker_sum.result()}
+        for tracker in self._task_loss_trackers:
+            logs[tracker.name] = tracker.result()
+        if include_weights:
+            for tracker in self._task_weight_trackers:
+                logs[tracker.name] = tracker.result()
+        if self._compile_metrics is not None:
+            logs.update(self._compile_metrics.result())
+        return logs
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y, sample_weights = self._standardize_targets(y, sample_weight)
+        y_pred = self(x, training=False)
+        self._check_target_shapes(y, y_pred)
+        losses = self._task_losses(y, y_pred, sample_weights)
+        batch = _batch_size(y_pred)
+        self._loss_tracker_sum.update_state(ops.sum(losses), sample_weight=batch)
+        for t in range(self.num_tasks):
+            self._task_loss_trackers[t].update_state(losses[t], sample_weight=batch)
+        if self._compile_metrics is not None:
+            weights = None
+            if sample_weights:
+                weights = {
+                    t: sample_weights.get(t, ops.ones((ops.shape(y[t])[0],)))
+                    for t in self.task_names
+                }
+            self._compile_metrics.update_state(y, y_pred, weights)
+        return self._collect_logs(include_weights=False)
+
+
+def _batch_size(y_pred):
+    """The batch size as a float scalar: loss means weigh batches by it."""
+    first = next(iter(y_pred.values()))
+    return ops.cast(ops.shape(first)[0], "float32")
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """A loss function wrapped as a `keras.losses.Loss`, so that the batch
+    reduction and sample weights follow Keras' rules."""
+
+    def __init__(self, fn):
+        super().__init__(name=getattr(fn, "__name__", "loss"))
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+def _shapes_compatible(target_shape, pred_shape):
+    """Whether a target of `target_shape` can be scored against `pred_shape`.
+
+    Accepted: equal shapes (dense targets), or integer labels without the
+    last (class) axis, or with a last axis of size 1. Unknown dimensions
+    (None) match anything.
+    """
+
+    def same(a, b):
+        return len(a) == len(b) and all(
+            i is None or j is None or i == j for i, j in zip(a, b)
+        )
+
+    if same(target_shape, pred_shape):
+        return True
+    if not pred_shape:
+        return False
+    if same(target_shape, pred_shape[:-1]):
+        return True
+    return same(target_shape, pred_shape[:-1] + (1,))

@@ -1,0 +1,114 @@
+"""Which layers and variables of a functional model serve which task.
+
+A multi-task model is a functional graph from its inputs to one output per
+task. Walking the graph backwards from each task's output gives the set of
+layers that task's loss depends on. A trainable variable is *shared* when
+the layers of more than one task own it, and *task-specific* when only one
+task's layers do. The *shared representation* is the set of tensors that
+shared layers hand to task-specific layers: the cut between trunk and heads.
+
+Nested models (a trunk built as its own `keras.Model`) count as one layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskGraph:
+    """The result of `analyze_task_graph`.
+
+    Attributes:
+        shared_variables: trainable variables that more than one task's loss
+            depends on, in model order.
+        task_variables: dict task -> trainable variables only that task's
+            loss depends on, in model order.
+        shared_representations: the KerasTensors produced by shared layers
+            and consumed by task-specific layers (model inputs excluded).
+    """
+
+    shared_variables: list
+    task_variables: dict
+    shared_representations: list
+
+
+def _node_of(tensor):
+    operation, node_index, _ = tensor._keras_history
+    return operation, operation._inbound_nodes[node_index]
+
+
+def _ancestor_nodes(tensor):
+    """Returns {id(node): (operation, node)} for every node `tensor` needs."""
+    found = {}
+    stack = [tensor]
+    while stack:
+        current = stack.pop()
+        history = getattr(current, "_keras_history", None)
+        if history is None:
+            continue
+        operation, node = _node_of(current)
+        if id(node) in found:
+            continue
+        found[id(node)] = (operation, node)
+        stack.extend(node.input_tensors)
+    return found
+
+
+def analyze_task_graph(outputs: dict, variables_in_order) -> TaskGraph:
+    """Finds shared and task-specific variables of a functional graph.
+
+    Args:
+        outputs: dict task name -> KerasTensor (the task's output).
+        variables_in_order: the model's trainable variables; the result
+            keeps their order.
+
+    Returns:
+        A `TaskGraph`.
+    """
+    node_tasks = {}  # id(node) -> set of task names
+    nodes = {}  # id(node) -> (operation, node)
+    for task, tensor in outputs.items():
+        for key, value in _ancestor_nodes(tensor).items():
+            nodes[key] = value
+            node_tasks.setdefault(key, set()).add(task)
+
+    # Tasks per operation (a layer called at several nodes serves the union).
+    operation_tasks = {}
+    operations = {}
+    for key, (operation, _) in nodes.items():
+        operations[id(operation)] = operation
+        operation_tasks.setdefault(id(operation), set()).update(node_tasks[key])
+
+    # Tasks per variable (a variable owned by several layers: the union).
+    variable_tasks = {}
+    for key, operation in operations.items():
+        for variable in getattr(operation, "trainable_variables", []):
+            variable_tasks.setdefault(id(variable), set()).update(operation_tasks[key])
+
+    shared, per_task = [], {task: [] for task in outputs}
+    for variable in variables_in_order:
+        tasks = variable_tasks.get(id(variable), ())
+        if len(tasks) > 1:
+            shared.append(variable)
+        elif len(tasks) == 1:
+            per_task[next(iter(tasks))].append(variable)
+
+    representations = []
+    rep_ids = set()
+    for key, (_, node) in nodes.items():
+        if len(node_tasks[key]) != 1:
+            continue
+        for tensor in node.input_tensors:
+            history = getattr(tensor, "_keras_history", None)
+            if history is None:
+                continue
+            producer, producer_node = _node_of(tensor)
+            if isinstance(producer, keras.layers.InputLayer):
+                continue
+            if len(node_tasks[id(producer_node)]) > 1 and id(tensor) not in rep_ids:
+                rep_ids.add(id(tensor))
+                representations.append(tensor)
+    return TaskGraph(shared, per_task, representations)
