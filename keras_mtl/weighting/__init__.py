@@ -53,15 +53,12 @@ def deserialize(config, custom_objects=None):
     """
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(
-            "A strategy config must be a dict with a 'class_name' key, got "
-            f"{config!r}."
+            f"A strategy config must be a dict with a 'class_name' key, got {config!r}."
         )
     cls = lookup(str(config["class_name"]).split(">")[-1])
     if cls is not None and "module" not in config:
         return cls.from_config(dict(config.get("config") or {}))
-    obj = keras.saving.deserialize_keras_object(
-        config, custom_objects=custom_objects
-    )
+    obj = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects)
     if not isinstance(obj, Strategy):
         raise ValueError(f"Config {config!r} does not describe a strategy.")
     return obj

@@ -70,8 +70,7 @@ class GradientAggregation(Strategy):
     def compute_weights(self, gramian, losses=None, training=True):
         """Returns `(T,)` weights from the `(T, T)` Gramian."""
         raise NotImplementedError(
-            f"{type(self).__name__} must implement compute_weights() or "
-            "call()."
+            f"{type(self).__name__} must implement compute_weights() or call()."
         )
 
     def call(self, grads, losses=None, training=True):

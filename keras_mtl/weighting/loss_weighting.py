@@ -44,8 +44,7 @@ class LossWeighting(Strategy):
     def compute_weights(self, losses, training=True):
         """Returns the `(T,)` task weights for these `(T,)` losses."""
         raise NotImplementedError(
-            f"{type(self).__name__} must implement compute_weights() or "
-            "call()."
+            f"{type(self).__name__} must implement compute_weights() or call()."
         )
 
     def call(self, losses, training=True):

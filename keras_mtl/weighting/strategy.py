@@ -156,6 +156,5 @@ class Strategy(keras.layers.Layer):
         """
         if self.stateful:
             raise NotImplementedError(
-                f"{type(self).__name__} is stateful and must implement "
-                "reset_state()."
+                f"{type(self).__name__} is stateful and must implement reset_state()."
             )
