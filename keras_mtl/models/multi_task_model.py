@@ -551,7 +551,7 @@ class MultiTaskModel(keras.Model):
         y, sample_weights = self._standardize_targets(y, sample_weight)
         strategy = self.loss_weighting
         state = [*self.non_trainable_variables, *strategy.trainable_variables]
-        snapshot = [ops.convert_to_tensor(v) for v in state]
+        snapshot = [tf.identity(v.value) for v in state]
 
         if strategy.requires == "losses":
             y_pred, losses, weights, finite = self._loss_based_update(
@@ -564,7 +564,7 @@ class MultiTaskModel(keras.Model):
 
         if strategy.uses_post_step_losses:
             model_state = list(self._model_state_variables())
-            before = [ops.convert_to_tensor(v) for v in model_state]
+            before = [tf.identity(v.value) for v in model_state]
             new_losses = self._task_losses(y, self(x, training=True), sample_weights)
             for variable, value in zip(model_state, before):
                 variable.assign(value)

@@ -47,6 +47,7 @@ class NonFiniteGuard:
         return finite
 
     def clear(self):
+        self.steps.assign(0)
         self.bad_step.assign(-1)
         self.bad_task.assign(-1)
         self.skipped.assign(0)
@@ -77,9 +78,15 @@ class TrainingHooks(keras.callbacks.Callback):
             bad_step = int(self._guard.bad_step.numpy())
             if bad_step >= 0:
                 task = self._mtl_model.task_names[int(self._guard.bad_task.numpy())]
+                where = f"training step {bad_step} (0-based) of this fit() call"
+                steps_per_epoch = (self.params or {}).get("steps")
+                if steps_per_epoch:
+                    where += (
+                        f", epoch {bad_step // steps_per_epoch + 1}, batch "
+                        f"{bad_step % steps_per_epoch + 1}"
+                    )
                 raise FloatingPointError(
-                    f"Task {task!r} has a non-finite loss at training step "
-                    f"{bad_step} (counting from 0 over the model's life). "
+                    f"Task {task!r} has a non-finite loss at {where}. "
                     "That step was not applied: the model, optimizer and "
                     "strategy state are those from before it. Check the "
                     "inputs and targets of that batch, or compile with "

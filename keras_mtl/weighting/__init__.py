@@ -55,6 +55,10 @@ def deserialize(config, custom_objects=None):
         raise ValueError(
             f"A strategy config must be a dict with a 'class_name' key, got {config!r}."
         )
+    # Strategies are built by the model they are compiled with (it knows the
+    # task names and the number of shared parameters), not from the shapes
+    # recorded when they were saved.
+    config = {k: v for k, v in config.items() if k != "build_config"}
     cls = lookup(str(config["class_name"]).split(">")[-1])
     if cls is not None and "module" not in config:
         return cls.from_config(dict(config.get("config") or {}))

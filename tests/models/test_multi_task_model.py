@@ -1,0 +1,521 @@
+"""Tests of MultiTaskModel: structure, training step, logs, saving, errors."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from model_fixtures import (
+    TWO_TASK_LOSSES,
+    RunningMeanWeighting,
+    SumOfGradients,
+    digits_data,
+    two_task_data,
+    two_task_mlp,
+)
+
+import keras_mtl
+
+
+def _compile(model, **kwargs):
+    kwargs.setdefault("optimizer", keras.optimizers.SGD(0.1))
+    kwargs.setdefault("loss", TWO_TASK_LOSSES)
+    model.compile(**kwargs)
+    return model
+
+
+def _names(variables):
+    return [v.path for v in variables]
+
+
+# --- Construction and task structure -------------------------------------
+
+
+def test_outputs_must_be_a_dict_of_tensors():
+    inputs = keras.Input((4,))
+    out = keras.layers.Dense(1)(inputs)
+    with pytest.raises(ValueError, match="dict"):
+        keras_mtl.MultiTaskModel(inputs, [out, out])
+    with pytest.raises(ValueError, match="dict"):
+        keras_mtl.MultiTaskModel(inputs, {})
+
+
+def test_task_order_follows_the_outputs_dict():
+    inputs = keras.Input((4,))
+    shared = keras.layers.Dense(3)(inputs)
+    model = keras_mtl.MultiTaskModel(
+        inputs,
+        {"zeta": keras.layers.Dense(1)(shared), "alpha": keras.layers.Dense(2)(shared)},
+    )
+    assert model.task_names == ("zeta", "alpha")
+    out = model.predict(np.zeros((2, 4)), verbose=0)
+    assert list(out) == ["zeta", "alpha"]
+    assert out["alpha"].shape == (2, 2)
+
+
+def test_variable_roles_trunk_and_heads():
+    model = two_task_mlp()
+    assert _names(model.shared_variables) == ["trunk/kernel", "trunk/bias"]
+    assert {t: _names(v) for t, v in model.task_variables.items()} == {
+        "cls": ["cls_head/kernel", "cls_head/bias"],
+        "reg": ["reg_head/kernel", "reg_head/bias"],
+    }
+    (rep,) = model.shared_representations
+    assert tuple(rep.shape) == (None, 16)
+
+
+def test_variable_roles_heads_at_different_depths():
+    # Task "low" reads layer 1; task "high" reads layer 2 (built on layer 1).
+    inputs = keras.Input((4,))
+    h1 = keras.layers.Dense(5, name="layer1")(inputs)
+    h2 = keras.layers.Dense(6, name="layer2")(h1)
+    model = keras_mtl.MultiTaskModel(
+        inputs,
+        {
+            "low": keras.layers.Dense(2, name="low_head")(h1),
+            "high": keras.layers.Dense(2, name="high_head")(h2),
+        },
+    )
+    assert _names(model.shared_variables) == ["layer1/kernel", "layer1/bias"]
+    assert _names(model.task_variables["high"]) == [
+        "layer2/kernel",
+        "layer2/bias",
+        "high_head/kernel",
+        "high_head/bias",
+    ]
+    assert _names(model.task_variables["low"]) == ["low_head/kernel", "low_head/bias"]
+    (rep,) = model.shared_representations
+    assert tuple(rep.shape) == (None, 5)
+
+
+def test_variable_roles_three_tasks_partial_sharing_and_nested_trunk():
+    # A nested trunk model shared by all; a branch shared by "a" and "b" only.
+    trunk_in = keras.Input((4,))
+    trunk = keras.Model(trunk_in, keras.layers.Dense(8, name="t")(trunk_in), name="tr")
+    inputs = keras.Input((4,))
+    features = trunk(inputs)
+    branch = keras.layers.Dense(6, name="branch")(features)
+    model = keras_mtl.MultiTaskModel(
+        inputs,
+        {
+            "a": keras.layers.Dense(1, name="ha")(branch),
+            "b": keras.layers.Dense(1, name="hb")(branch),
+            "c": keras.layers.Dense(1, name="hc")(features),
+        },
+    )
+    assert _names(model.shared_variables) == [
+        "t/kernel",
+        "t/bias",
+        "branch/kernel",
+        "branch/bias",
+    ]
+    assert _names(model.task_variables["c"]) == ["hc/kernel", "hc/bias"]
+    assert len(model.shared_representations) == 2
+
+
+def test_from_trunk_builds_trunk_plus_heads():
+    trunk_in = keras.Input((6,))
+    trunk = keras.Model(trunk_in, keras.layers.Dense(4, name="body")(trunk_in))
+    model = keras_mtl.MultiTaskModel.from_trunk(
+        trunk, {"a": keras.layers.Dense(2, name="ha"), "b": keras.layers.Dense(1)}
+    )
+    assert model.task_names == ("a", "b")
+    assert _names(model.shared_variables) == ["body/kernel", "body/bias"]
+    out = model.predict(np.ones((3, 6)), verbose=0)
+    assert out["a"].shape == (3, 2) and out["b"].shape == (3, 1)
+    with pytest.raises(ValueError, match="heads"):
+        keras_mtl.MultiTaskModel.from_trunk(trunk, [])
+
+
+def test_set_variable_roles_overrides_and_validates():
+    model = two_task_mlp()
+    kernel = model.get_layer("cls_head").kernel
+    model.set_variable_roles(shared=[*model.shared_variables, kernel])
+    assert "cls_head/kernel" in _names(model.shared_variables)
+    assert _names(model.task_variables["cls"]) == ["cls_head/bias"]
+    with pytest.raises(ValueError, match="unknown tasks"):
+        model.set_variable_roles(tasks={"nope": []})
+    with pytest.raises(ValueError, match="not a trainable variable"):
+        model.set_variable_roles(shared=[keras.Variable(1.0)])
+
+
+# --- Training ------------------------------------------------------------
+
+
+def test_equal_weighting_learns_digits_and_parity():
+    """EW on real data (sklearn's 8x8 digits): both tasks well above chance."""
+    x, y = digits_data()
+    idx = np.random.default_rng(0).permutation(len(x))
+    train, test = idx[:1400], idx[1400:]
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(64, activation="relu")(inputs)
+    model = keras_mtl.MultiTaskModel(
+        inputs,
+        {
+            "digit": keras.layers.Dense(10, activation="softmax")(h),
+            "parity": keras.layers.Dense(1, activation="sigmoid")(h),
+        },
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss={
+            "digit": "sparse_categorical_crossentropy",
+            "parity": "binary_crossentropy",
+        },
+        metrics={"digit": ["accuracy"], "parity": ["accuracy"]},
+    )
+    history = model.fit(
+        x[train],
+        {k: v[train] for k, v in y.items()},
+        epochs=15,
+        batch_size=32,
+        verbose=0,
+    )
+    result = model.evaluate(
+        x[test], {k: v[test] for k, v in y.items()}, verbose=0, return_dict=True
+    )
+    assert result["digit_accuracy"] > 0.93, result
+    assert result["parity_accuracy"] > 0.93, result
+    assert history.history["loss"][-1] < history.history["loss"][0] / 5
+
+
+def test_logs_hold_loss_task_losses_weights_and_metrics():
+    model = _compile(
+        two_task_mlp(),
+        loss_weights={"cls": 2.0, "reg": 0.5},
+        metrics={"cls": ["accuracy"], "reg": ["mae"]},
+    )
+    x, y = two_task_data()
+    history = model.fit(
+        x, y, epochs=2, batch_size=16, verbose=0, validation_data=(x, y)
+    )
+    logs = history.history
+    for key in [
+        "loss",
+        "cls_loss",
+        "reg_loss",
+        "cls_weight",
+        "reg_weight",
+        "cls_accuracy",
+        "reg_mae",
+        "val_loss",
+        "val_cls_loss",
+        "val_cls_accuracy",
+    ]:
+        assert len(logs[key]) == 2, key
+    np.testing.assert_allclose(logs["cls_weight"], [2.0, 2.0])
+    np.testing.assert_allclose(logs["reg_weight"], [0.5, 0.5])
+    # "loss" is the unweighted sum of the task losses (same data, batches).
+    result = model.evaluate(x, y, verbose=0, return_dict=True, batch_size=16)
+    np.testing.assert_allclose(
+        result["loss"], result["cls_loss"] + result["reg_loss"], rtol=1e-5
+    )
+    np.testing.assert_allclose(logs["val_loss"][-1], result["loss"], rtol=1e-5)
+
+
+def test_train_step_matches_hand_computed_sgd_update():
+    """One SGD step equals w - lr * grad(sum_t w_t L_t) computed by hand."""
+    model = _compile(two_task_mlp(), loss_weights=[2.0, 0.5])
+    x, y = two_task_data(n=8)
+    before = [v.numpy() for v in model.trainable_variables]
+    with tf.GradientTape() as tape:
+        pred = model(x, training=True)
+        cls = TWO_TASK_LOSSES["cls"](y["cls"], pred["cls"])
+        reg = keras.losses.MeanSquaredError()(y["reg"], pred["reg"])
+        total = 2.0 * cls + 0.5 * reg
+    grads = tape.gradient(total, model.trainable_variables)
+    model.train_on_batch(x, y)
+    for b, g, v in zip(before, grads, model.trainable_variables):
+        np.testing.assert_allclose(v.numpy(), b - 0.1 * g.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_gradient_path_with_sum_equals_equal_weighting(jit_compile):
+    """Per-task gradients summed by a strategy give EW's update exactly."""
+    x, y = two_task_data(n=32)
+    results = []
+    for strategy in ["ew", SumOfGradients()]:
+        keras.utils.set_random_seed(3)
+        model = _compile(
+            two_task_mlp(), loss_weighting=strategy, jit_compile=jit_compile
+        )
+        model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+        results.append([v.numpy() for v in model.trainable_variables])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_gradient_path_gives_heads_their_own_unscaled_gradient():
+    class FirstTaskOnly(SumOfGradients):
+        def call(self, grads, losses=None, training=True):
+            return grads[0], keras.ops.convert_to_tensor([1.0, 0.0])
+
+    model = _compile(two_task_mlp(), loss_weighting=FirstTaskOnly())
+    x, y = two_task_data(n=8)
+    reg_head = model.get_layer("reg_head")
+    with tf.GradientTape() as tape:
+        pred = model(x, training=True)
+        reg = keras.losses.MeanSquaredError()(y["reg"], pred["reg"])
+    expected = reg_head.kernel.numpy() - 0.1 * tape.gradient(reg, reg_head.kernel)
+    trunk_before = model.get_layer("trunk").kernel.numpy()
+    with tf.GradientTape() as tape:
+        pred = model(x, training=True)
+        cls = TWO_TASK_LOSSES["cls"](y["cls"], pred["cls"])
+    trunk_expected = trunk_before - 0.1 * tape.gradient(
+        cls, model.get_layer("trunk").kernel
+    )
+    model.train_on_batch(x, y)
+    np.testing.assert_allclose(reg_head.kernel.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        model.get_layer("trunk").kernel.numpy(), trunk_expected, atol=1e-6
+    )
+
+
+def test_xla_and_graph_steps_agree():
+    x, y = two_task_data(n=32)
+    results = []
+    for jit in [False, True]:
+        keras.utils.set_random_seed(5)
+        model = _compile(
+            two_task_mlp(), loss_weighting=RunningMeanWeighting(), jit_compile=jit
+        )
+        model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+        results.append(
+            [
+                v.numpy()
+                for v in model.trainable_variables + model.loss_weighting.weights
+            ]
+        )
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_tf_data_with_per_task_sample_weights():
+    x, y = two_task_data(n=16)
+    w = {"cls": np.ones(16, "float32"), "reg": np.zeros(16, "float32")}
+    w["reg"][:4] = 1.0
+    model = _compile(two_task_mlp())
+    data = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(16)
+    result = model.evaluate(data, verbose=0, return_dict=True)
+    pred = model.predict(x, verbose=0)
+    # Keras' "sum_over_batch_size": sum of weighted per-sample losses / batch.
+    reg_expected = np.sum(((pred["reg"][:, 0] - y["reg"][:, 0]) ** 2) * w["reg"]) / 16
+    np.testing.assert_allclose(result["reg_loss"], reg_expected, rtol=1e-5)
+    history = model.fit(data, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_fit_with_numpy_dicts_and_single_sample_weight_array():
+    x, y = two_task_data(n=16)
+    model = _compile(two_task_mlp())
+    history = model.fit(x, y, sample_weight=np.ones(16), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_epoch_end_hook_runs_without_a_user_callback():
+    calls = []
+
+    class CountingWeighting(keras_mtl.weighting.EqualWeighting):
+        def on_epoch_end(self):
+            calls.append(1)
+
+    model = _compile(two_task_mlp(), loss_weighting=CountingWeighting())
+    x, y = two_task_data(n=16)
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    assert len(calls) == 3
+
+
+# --- Saving --------------------------------------------------------------
+
+
+def test_save_and_load_keep_predictions_and_strategy_state(tmp_path):
+    x, y = two_task_data(n=32)
+    model = _compile(
+        two_task_mlp(batch_norm=True),
+        loss_weighting=RunningMeanWeighting(),
+        optimizer="adam",
+        metrics={"cls": ["accuracy"]},
+    )
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, keras_mtl.MultiTaskModel)
+    assert loaded.task_names == model.task_names
+    for a, b in zip(
+        model.predict(x, verbose=0).values(), loaded.predict(x, verbose=0).values()
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert isinstance(loaded.loss_weighting, RunningMeanWeighting)
+    for a, b in zip(model.loss_weighting.weights, loaded.loss_weighting.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert float(model.loss_weighting.count.numpy()) == 8.0
+    # Training continues identically: same optimizer and strategy state.
+    model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    loaded.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_save_weights_and_checkpoint_resume_keep_strategy_state(tmp_path):
+    x, y = two_task_data(n=32)
+
+    def build():
+        keras.utils.set_random_seed(11)
+        return _compile(
+            two_task_mlp(), loss_weighting=RunningMeanWeighting(), optimizer="adam"
+        )
+
+    reference = build()
+    reference.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+
+    interrupted = build()
+    interrupted.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    path = os.path.join(tmp_path, "ckpt.weights.h5")
+    interrupted.save_weights(path)
+    resumed = build()
+    resumed.optimizer.build(resumed.trainable_variables)
+    resumed.load_weights(path)
+    np.testing.assert_array_equal(
+        resumed.loss_weighting.mean.numpy(), interrupted.loss_weighting.mean.numpy()
+    )
+    resumed.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    for a, b in zip(reference.weights, resumed.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_recompiling_replaces_the_strategy_state():
+    model = _compile(two_task_mlp(), loss_weighting=RunningMeanWeighting())
+    count_before = len(model.weights)
+    _compile(model, loss_weighting="ew")
+    assert len(model.weights) == count_before - 2
+    config = model.get_compile_config()
+    assert config["loss_weighting"]["class_name"] == "EqualWeighting"
+
+
+# --- Bad input: clear errors, nothing lost --------------------------------
+
+
+def test_loss_dict_must_name_every_task():
+    model = two_task_mlp()
+    with pytest.raises(ValueError, match=r"missing tasks \['reg'\]"):
+        model.compile(loss={"cls": "mse"})
+    with pytest.raises(ValueError, match=r"unknown tasks \['typo'\]"):
+        model.compile(loss={"cls": "mse", "reg": "mse", "typo": "mse"})
+    with pytest.raises(ValueError, match="needs `loss`"):
+        model.compile(loss=None)
+
+
+def test_metrics_and_loss_weights_must_name_model_tasks():
+    model = two_task_mlp()
+    with pytest.raises(ValueError, match=r"`metrics`.*unknown tasks \['clss'\]"):
+        model.compile(loss="mse", metrics={"clss": ["accuracy"]})
+    with pytest.raises(ValueError, match=r"`loss_weights`.*missing tasks \['reg'\]"):
+        model.compile(loss="mse", loss_weights={"cls": 1.0})
+    with pytest.raises(ValueError, match="not both"):
+        model.compile(loss="mse", loss_weights=[1, 1], loss_weighting="ew")
+
+
+def test_targets_and_sample_weights_must_name_model_tasks():
+    model = _compile(two_task_mlp())
+    x, y = two_task_data(n=8)
+    with pytest.raises(ValueError, match=r"missing tasks \['reg'\]"):
+        model.fit(x, {"cls": y["cls"]}, verbose=0)
+    with pytest.raises(ValueError, match=r"unknown tasks \['extra'\]"):
+        model.fit(x, {**y, "extra": y["reg"]}, verbose=0)
+    data = tf.data.Dataset.from_tensor_slices((x, y, {"nope": np.ones(8)})).batch(8)
+    with pytest.raises(ValueError, match=r"sample_weight.*unknown tasks \['nope'\]"):
+        model.fit(data, verbose=0)
+
+
+def test_target_shape_mismatch_names_the_task():
+    model = _compile(two_task_mlp())
+    x, y = two_task_data(n=8)
+    bad = dict(y, reg=np.zeros((8, 5), "float32"))
+    with pytest.raises(ValueError, match="Task 'reg': target shape"):
+        model.fit(x, bad, verbose=0)
+
+
+def test_strategy_built_for_another_number_of_tasks():
+    strategy = RunningMeanWeighting()
+    strategy.build((3,))
+    with pytest.raises(ValueError, match="3 tasks"):
+        _compile(two_task_mlp(), loss_weighting=strategy)
+    with pytest.raises(ValueError, match="Valid names: .*ew"):
+        _compile(two_task_mlp(), loss_weighting="no_such_method")
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        _compile(two_task_mlp(), on_nonfinite="ignore")
+
+
+def _nan_batch_data():
+    x, y = two_task_data(n=24)
+    y["reg"][8:16] = np.nan  # the second batch of 8 has NaN targets
+    return x, y
+
+
+def test_nonfinite_loss_raises_naming_task_and_step_and_keeps_state():
+    x, y = _nan_batch_data()
+    model = _compile(
+        two_task_mlp(), loss_weighting=RunningMeanWeighting(), optimizer="adam"
+    )
+    model.fit(x[:8], {k: v[:8] for k, v in y.items()}, batch_size=8, verbose=0)
+    weights = [v.numpy() for v in model.weights]
+    optimizer_state = [v.numpy() for v in model.optimizer.variables]
+    with pytest.raises(FloatingPointError, match="Task 'reg'.*step 0 "):
+        model.fit(x[8:16], {k: v[8:16] for k, v in y.items()}, batch_size=8, verbose=0)
+    for before, after in zip(weights, model.weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    for before, after in zip(optimizer_state, model.optimizer.variables):
+        np.testing.assert_array_equal(before, after.numpy())
+
+
+def test_nonfinite_loss_raises_at_the_right_step():
+    x, y = _nan_batch_data()
+    model = _compile(two_task_mlp())
+    with pytest.raises(
+        FloatingPointError, match="Task 'reg'.*step 1 .*epoch 1, batch 2"
+    ):
+        model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_nonfinite_loss_skip_leaves_model_and_strategy_untouched(jit_compile):
+    x, y = _nan_batch_data()
+    model = _compile(
+        two_task_mlp(batch_norm=True),
+        loss_weighting=RunningMeanWeighting(),
+        optimizer="adam",
+        on_nonfinite="skip",
+        jit_compile=jit_compile,
+    )
+    model.fit(x[:8], {k: v[:8] for k, v in y.items()}, batch_size=8, verbose=0)
+    weights = [v.numpy() for v in model.weights]
+    iterations = int(model.optimizer.iterations.numpy())
+    with pytest.warns(RuntimeWarning, match="1 training step"):
+        history = model.fit(
+            x[8:16], {k: v[8:16] for k, v in y.items()}, batch_size=8, verbose=0
+        )
+    for before, after in zip(weights, model.weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    assert int(model.optimizer.iterations.numpy()) == iterations
+    assert np.isfinite(history.history["loss"][0])
+    # Training goes on with good batches.
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == iterations + 2
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.weights)
+
+
+def test_compile_config_round_trip_restores_strategy_and_options():
+    model = _compile(
+        two_task_mlp(),
+        loss_weights={"cls": 3.0, "reg": 1.0},
+        on_nonfinite="skip",
+        metrics={"cls": ["accuracy"]},
+    )
+    config = model.get_compile_config()
+    other = two_task_mlp()
+    other.compile_from_config(config)
+    assert isinstance(other.loss_weighting, keras_mtl.weighting.StaticWeighting)
+    assert other.loss_weighting.task_weights == [3.0, 1.0]
+    assert other._on_nonfinite == "skip"
