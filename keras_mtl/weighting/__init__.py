@@ -90,7 +90,7 @@ def get(identifier):
     if isinstance(identifier, Strategy):
         return identifier
     if inspect.isclass(identifier) and issubclass(identifier, Strategy):
-        return identifier()
+        return _instantiate(identifier, identifier.__name__)
     if isinstance(identifier, dict):
         return deserialize(identifier)
     if isinstance(identifier, str):
@@ -100,10 +100,29 @@ def get(identifier):
                 f"Unknown loss_weighting strategy {identifier!r}. Valid names: "
                 f"{', '.join(available())}."
             )
-        return cls()
+        return _instantiate(cls, identifier)
     raise ValueError(
         "Could not interpret loss_weighting identifier "
         f"{identifier!r} (type {type(identifier).__name__}): expected None, "
         "a strategy name, a config dict, a Strategy class or instance. Valid "
         f"names: {', '.join(available())}."
     )
+
+
+def _instantiate(cls, identifier):
+    """Instantiates `cls` with its defaults, or says which arguments lack."""
+    required = [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name != "self"
+    ]
+    if required:
+        raise ValueError(
+            f"Strategy {identifier!r} ({cls.__name__}) needs the arguments "
+            f"{required}: pass an instance, e.g. {cls.__name__}("
+            f"{', '.join(f'{r}=...' for r in required)}), or a config dict "
+            f'{{"class_name": "{cls.registry_name}", "config": {{...}}}}.'
+        )
+    return cls()

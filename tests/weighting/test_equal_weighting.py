@@ -1,0 +1,38 @@
+"""Tests of EqualWeighting."""
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+import keras_mtl
+from keras_mtl.weighting import EqualWeighting
+
+
+def test_objective_is_the_plain_sum_with_unit_weights():
+    losses = ops.convert_to_tensor([0.3, 2.0, 5.5])
+    total, weights = EqualWeighting()(losses)
+    np.testing.assert_allclose(float(total), 7.8, rtol=1e-6)
+    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0, 1.0])
+
+
+def test_gradient_of_objective_is_one_per_task_and_weights_are_constant():
+    losses = tf.Variable([1.0, 4.0])
+    with tf.GradientTape() as tape:
+        total, _ = EqualWeighting()(losses * 1.0)
+    np.testing.assert_array_equal(tape.gradient(total, losses).numpy(), [1.0, 1.0])
+
+
+def test_names_and_config_round_trip():
+    for name in ["ew", "EW", "equal", "linear_scalarization", "EqualWeighting"]:
+        assert isinstance(keras_mtl.weighting.get(name), EqualWeighting)
+    strategy = EqualWeighting(name="my_ew")
+    clone = EqualWeighting.from_config(strategy.get_config())
+    assert clone.get_config() == strategy.get_config()
+    assert not strategy.stateful and strategy.requires == "losses"
+
+
+def test_single_task_and_xla():
+    strategy = EqualWeighting()
+    fn = tf.function(lambda x: strategy(x), jit_compile=True)
+    total, weights = fn(ops.convert_to_tensor([2.5]))
+    assert float(total) == 2.5 and weights.shape == (1,)
