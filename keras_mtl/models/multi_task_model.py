@@ -627,7 +627,7 @@ class MultiTaskModel(keras.Model):
             task_objectives = [
                 self.optimizer.scale_loss(losses[t]) for t in range(self.num_tasks)
             ]
-        rows, task_grads, task_vars = [], [], []
+        rows, own_grads = [], []
         for t, task in enumerate(self.task_names):
             variables = [*shared, *own[task]]
             grads = tape.gradient(task_objectives[t], variables)
@@ -642,8 +642,7 @@ class MultiTaskModel(keras.Model):
                     ]
                 )
             )
-            task_grads.extend(grads[len(shared) :])
-            task_vars.extend(own[task])
+            own_grads.append(grads[len(shared) :])
         del tape
         matrix = ops.stack(rows)
         scale = self._loss_scale()
@@ -656,6 +655,13 @@ class MultiTaskModel(keras.Model):
         update, weights = strategy(matrix, safe_losses, training=True, **kwargs)
         if scale is not None:
             update = update * scale
+        head_scales = strategy.head_gradient_scales(safe_losses, weights)
+        task_grads, task_vars = [], []
+        for t, task in enumerate(self.task_names):
+            for grad, variable in zip(own_grads[t], own[task]):
+                factor = ops.cast(head_scales[t], grad.dtype)
+                task_grads.append(grad * factor)
+                task_vars.append(variable)
         shared_grads, offset = [], 0
         for variable in shared:
             size = math.prod(variable.shape)

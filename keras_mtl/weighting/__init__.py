@@ -13,19 +13,41 @@ import inspect
 
 import keras
 
+from keras_mtl.weighting.adaptive_weighting import AdaptiveWeighting
+from keras_mtl.weighting.db_mtl import DBMTL
+from keras_mtl.weighting.dynamic_task_prioritization import DynamicTaskPrioritization
+from keras_mtl.weighting.dynamic_weight_average import DynamicWeightAverage
 from keras_mtl.weighting.equal_weighting import EqualWeighting
+from keras_mtl.weighting.excess_mtl import ExcessMTL
+from keras_mtl.weighting.graddrop import GradDrop
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+from keras_mtl.weighting.gradvac import GradVac
+from keras_mtl.weighting.logse import LogSE
 from keras_mtl.weighting.loss_weighting import LossWeighting
+from keras_mtl.weighting.moco import MoCo
 from keras_mtl.weighting.registry import lookup, registered_strategies
+from keras_mtl.weighting.slaw import SLAW
 from keras_mtl.weighting.static_weighting import StaticWeighting
 from keras_mtl.weighting.strategy import Strategy
+from keras_mtl.weighting.uncertainty_weighting import UncertaintyWeighting
 
 __all__ = [
+    "SLAW",
+    "AdaptiveWeighting",
+    "DBMTL",
+    "DynamicTaskPrioritization",
+    "DynamicWeightAverage",
     "EqualWeighting",
+    "ExcessMTL",
+    "GradDrop",
+    "GradVac",
     "GradientAggregation",
+    "LogSE",
     "LossWeighting",
+    "MoCo",
     "StaticWeighting",
     "Strategy",
+    "UncertaintyWeighting",
     "available",
     "deserialize",
     "get",

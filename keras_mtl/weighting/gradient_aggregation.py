@@ -90,6 +90,25 @@ class GradientAggregation(Strategy):
         weights = ops.cast(weights, grads.dtype)
         return ops.matmul(weights[None, :], grads)[0], weights
 
+    def head_gradient_scales(self, losses, weights):
+        """Multipliers of each task's gradient on its own (head) variables.
+
+        The model scales task t's gradient on the variables only task t
+        uses by the t-th entry. The default, ones, is LibMTL's convention
+        for gradient methods: each head receives its own task's gradient,
+        unscaled. Methods whose reference code back-propagates a transformed
+        or weighted loss through the heads override this (DB-MTL: the
+        gradient of log L_t; ExcessMTL: w_t).
+
+        Args:
+            losses: `(T,)` task losses of the step.
+            weights: the `(T,)` weights returned by `call` in this step.
+
+        Returns:
+            A `(T,)` tensor.
+        """
+        return ops.ones_like(losses)
+
     def aggregate(self, grads, losses=None):
         """Returns the `(P,)` update for a `(T, P)` gradient matrix.
 

@@ -519,3 +519,24 @@ def test_compile_config_round_trip_restores_strategy_and_options():
     assert isinstance(other.loss_weighting, keras_mtl.weighting.StaticWeighting)
     assert other.loss_weighting.task_weights == [3.0, 1.0]
     assert other._on_nonfinite == "skip"
+
+
+def test_head_gradient_scales_multiply_each_task_own_gradient():
+    class HalfHeads(SumOfGradients):
+        def head_gradient_scales(self, losses, weights):
+            return keras.ops.convert_to_tensor([0.5, 2.0])
+
+    model = _compile(two_task_mlp(), loss_weighting=HalfHeads())
+    x, y = two_task_data(n=8)
+    heads = [model.get_layer("cls_head").kernel, model.get_layer("reg_head").kernel]
+    with tf.GradientTape(persistent=True) as tape:
+        pred = model(x, training=True)
+        cls = TWO_TASK_LOSSES["cls"](y["cls"], pred["cls"])
+        reg = keras.losses.MeanSquaredError()(y["reg"], pred["reg"])
+    expected = [
+        heads[0].numpy() - 0.1 * 0.5 * tape.gradient(cls, heads[0]),
+        heads[1].numpy() - 0.1 * 2.0 * tape.gradient(reg, heads[1]),
+    ]
+    model.train_on_batch(x, y)
+    for variable, value in zip(heads, expected):
+        np.testing.assert_allclose(variable.numpy(), value, atol=1e-6)

@@ -22,9 +22,22 @@ from model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp
 import keras_mtl
 
 # name -> (constructor kwargs, extra compile kwargs)
+_KPI_METRICS = {"metrics": {"cls": ["accuracy"], "reg": ["accuracy"]}}
+
 STRATEGY_TABLE = {
+    "adaptive": ({"mode": "epoch", "normalize": "softmax"}, {}),
+    "db_mtl": ({}, {}),
+    "dtp": ({"kpi": "accuracy"}, _KPI_METRICS),
+    "dwa": ({}, {}),
     "ew": ({}, {}),
+    "excess_mtl": ({}, {}),
+    "graddrop": ({"seed": 0}, {}),
+    "gradvac": ({"seed": 0}, {}),
+    "logse": ({}, {}),
+    "moco": ({}, {}),
+    "slaw": ({}, {}),
     "static": ({"weights": [1.0, 0.5]}, {}),
+    "uw": ({"task_types": ["classification", "regression"]}, {}),
 }
 
 

@@ -1,0 +1,208 @@
+"""Dynamic Weight Average (Liu, Johns and Davison, CVPR 2019)."""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+from keras_mtl.weighting.loss_weighting import LossWeighting
+from keras_mtl.weighting.registry import register_strategy
+
+_MODES = ("epoch", "step")
+
+
+@register_strategy("dwa", "dynamic_weight_average")
+class DynamicWeightAverage(LossWeighting):
+    """Weights each task by how slowly its loss has been decreasing.
+
+    Notation: T tasks, Lbar_t(e) the mean training loss of task t over
+    epoch e, tau the temperature. With the descent ratio of the last two
+    completed epochs
+
+        r_t = Lbar_t(e - 1) / Lbar_t(e - 2),
+
+    the weights used during epoch e are
+
+        w_t(e) = T * exp(r_t / tau) / sum_j exp(r_j / tau),
+
+    and w_t = 1 during the first two epochs (e = 0, 1), when no ratio is
+    available. A task whose loss falls more slowly (larger r_t) gets a
+    larger weight; the weights always sum to T and are constants for the
+    model update. This is the rule of the MTAN paper and of LibMTL
+    (`DWA.py`); tau = 2 is the paper's default.
+
+    `mode="epoch"` (default): during training steps the strategy
+    accumulates the running mean of each task's loss in its variables; the
+    model calls `on_epoch_end()` at the end of every training epoch, which
+    pushes that mean into a two-epoch history and starts a new mean. An
+    epoch without training steps is not recorded.
+
+    `mode="step"`: the per-step variant of the SLAW authors' code
+    (mtcrawshaw/meta, `DWA` in `meta/train/loss.py`). It keeps an
+    exponential moving average m_t(k) = beta * m_t(k-1) + (1 - beta) L_t(k)
+    of the batch losses (m_t(1) = L_t(1), beta = `ema_decay` = 0.9) and
+    uses r_t = m_t(k-1) / m_t(k-2), the ratio of the latest EMA to the one
+    before it, for the weights of step k; w = 1 at the first two steps.
+    As in that code, the current batch enters the EMA after its weights are
+    formed, exactly as the current epoch does not enter the epoch-level
+    ratio.
+
+    Properties: stateful, one backward pass, weights on the T-simplex
+    scaled by T, not invariant to loss scaling in the sense of C4 (the
+    ratios are scale-free but do not compensate a task's scale).
+
+    Args:
+        temperature: tau > 0. Large values give uniform weights, small
+            values concentrate the weight on the slowest task. Default 2.0.
+        mode: `"epoch"` (paper) or `"step"` (per-step EMA variant).
+        ema_decay: beta in [0, 1), used only by `mode="step"`. Default 0.9.
+        **kwargs: passed to `LossWeighting` (`name`, `dtype`).
+
+    Example:
+
+    >>> from keras_mtl.weighting.dynamic_weight_average import (
+    ...     DynamicWeightAverage)
+    >>> dwa = DynamicWeightAverage()
+    >>> for losses in ([1.0, 1.0], [0.5, 0.9]):  # two epochs of one step
+    ...     _ = dwa(keras.ops.convert_to_tensor(losses))
+    ...     dwa.on_epoch_end()
+    >>> _, weights = dwa(keras.ops.convert_to_tensor([0.4, 0.9]))
+    >>> [round(float(w), 3) for w in weights]
+    [0.9, 1.1]
+
+    References:
+        Shikun Liu, Edward Johns, Andrew J. Davison. "End-to-End Multi-Task
+        Learning with Attention". CVPR 2019. arXiv:1803.10704. Official
+        code: https://github.com/lorenmt/mtan. Step variant: Michael
+        Crawshaw, Jana Kosecka, "SLAW: Scaled Loss Approximate Weighting
+        for Efficient Multi-Task Learning", arXiv:2109.08218, code
+        https://github.com/mtcrawshaw/meta (branch slaw).
+
+    Note:
+        Losses are assumed positive; a zero previous-epoch loss is floored
+        at 1e-12 in the ratio's denominator, so the weights stay finite.
+        Epoch means are accumulated as running means, not sums, to keep
+        float32 precision over long epochs.
+    """
+
+    stateful = True
+
+    def __init__(self, temperature=2.0, mode="epoch", ema_decay=0.9, **kwargs):
+        super().__init__(**kwargs)
+        temperature = _as_float(temperature, "temperature")
+        if not temperature > 0 or not math.isfinite(temperature):
+            raise ValueError(
+                "DynamicWeightAverage `temperature` must be a finite number "
+                f"> 0, got {temperature!r}."
+            )
+        if mode not in _MODES:
+            raise ValueError(
+                f"DynamicWeightAverage `mode` must be one of {_MODES}, got {mode!r}."
+            )
+        ema_decay = _as_float(ema_decay, "ema_decay")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(
+                "DynamicWeightAverage `ema_decay` must be in [0, 1), got "
+                f"{ema_decay!r}."
+            )
+        self.temperature = temperature
+        self.mode = mode
+        self.ema_decay = ema_decay
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        shape = (self.num_tasks,)
+        # Epoch mode: running mean of the current epoch and its step count,
+        # the means of the last two completed epochs, and how many epochs
+        # were completed (capped at 2).
+        # Step mode: `latest` / `previous` hold the last two EMAs and
+        # `count` the number of steps seen (capped at 2).
+        self.current_mean = self.add_weight(
+            shape=shape, initializer="zeros", trainable=False, name="current_mean"
+        )
+        self.current_steps = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="current_steps"
+        )
+        self.latest = self.add_weight(
+            shape=shape, initializer="zeros", trainable=False, name="latest"
+        )
+        self.previous = self.add_weight(
+            shape=shape, initializer="zeros", trainable=False, name="previous"
+        )
+        self.count = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="count"
+        )
+
+    def _ratio_weights(self, dtype):
+        if self.num_tasks == 1:
+            return ops.ones((1,), dtype=dtype)
+        ratio = self.latest / ops.maximum(self.previous, 1e-12)
+        soft = ops.softmax(ops.cast(ratio, dtype) / self.temperature)
+        weights = self.num_tasks * soft
+        return ops.where(self.count >= 2.0, weights, ops.ones_like(weights))
+
+    def compute_weights(self, losses, training=True):
+        losses = ops.stop_gradient(losses)
+        weights = self._ratio_weights(losses.dtype)
+        if not training:
+            return weights
+        if self.mode == "epoch":
+            steps = self.current_steps + 1.0
+            self.current_mean.assign(
+                self.current_mean
+                + (ops.cast(losses, "float32") - self.current_mean) / steps
+            )
+            self.current_steps.assign(steps)
+        else:
+            losses = ops.cast(losses, "float32")
+            first = self.count < 1.0
+            ema = self.ema_decay * self.latest + (1.0 - self.ema_decay) * losses
+            self.previous.assign(ops.where(first, losses, self.latest))
+            self.latest.assign(ops.where(first, losses, ema))
+            self.count.assign(ops.minimum(self.count + 1.0, 2.0))
+        return weights
+
+    def on_epoch_end(self):
+        if not self.built or self.mode != "epoch":
+            return
+        seen = self.current_steps > 0.0
+        self.previous.assign(ops.where(seen, self.latest, self.previous))
+        self.latest.assign(ops.where(seen, self.current_mean, self.latest))
+        self.count.assign(
+            ops.where(seen, ops.minimum(self.count + 1.0, 2.0), self.count)
+        )
+        self.current_mean.assign(ops.zeros_like(self.current_mean))
+        self.current_steps.assign(0.0)
+
+    def reset_state(self):
+        if not self.built:
+            return
+        for variable in (
+            self.current_mean,
+            self.current_steps,
+            self.latest,
+            self.previous,
+            self.count,
+        ):
+            variable.assign(ops.zeros_like(variable))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "temperature": self.temperature,
+                "mode": self.mode,
+                "ema_decay": self.ema_decay,
+            }
+        )
+        return config
+
+
+def _as_float(value, name):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"DynamicWeightAverage `{name}` must be a number, got {value!r}."
+        ) from None

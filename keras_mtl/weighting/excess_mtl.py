@@ -1,0 +1,184 @@
+"""ExcessMTL: robust multi-task weighting by excess risks (He et al., ICML 2024)."""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+from keras_mtl.weighting.registry import register_strategy
+
+# Added to the accumulated squared gradients under the square root
+# (official code and LibMTL ExcessMTL.py).
+_CURVATURE_EPS = 1e-7
+# Bound on the exponent of the multiplicative update, so that a task whose
+# first excess-risk estimate was 0 cannot produce an infinite weight.
+_MAX_EXPONENT = 1e30
+
+
+@register_strategy("excess_mtl", "excessmtl", "excess")
+class ExcessMTL(GradientAggregation):
+    """ExcessMTL: exponentiated-gradient weights on estimated excess risks.
+
+    Notation: T tasks, g_t the gradient of task t on the shared parameters
+    (row t of the `(T, P)` input), S_t the running sum of its squared
+    gradients (elementwise, zero before the first step), w the task weights
+    (1 before the first step).
+
+    Each step estimates the excess risk of task t with a diagonal
+    (Adagrad-style) approximation of the curvature:
+
+        S_t  <- S_t + g_t^2
+        H_t   = sqrt(S_t + 1e-7)                       (elementwise)
+        e_t   = sum_p g_tp^2 / H_tp  (= g_t^T diag(H_t)^-1 g_t).
+
+    At the first step the estimates are stored, e0 = e, and the weights stay
+    1. At every later step the estimates are normalised by the first ones
+    and the weights take an exponentiated-gradient (mirror ascent) step,
+    renormalised to sum to T:
+
+        r_t = e_t / e0_t
+        w_t <- T * w_t exp(eta r_t) / sum_j w_j exp(eta r_j)
+        update = sum_t w_t g_t        (with the new w).
+
+    Tasks far from their optimum (large excess risk) thus gain weight,
+    while tasks with a large but irreducible loss (noise) do not. The
+    update has the scale of a sum of task gradients (sum_t w_t = T).
+
+    Default `robust_step_size` eta = 1e-2, from LibMTL's `config.py` and the
+    authors' fork of it (`--robust_step_size`).
+
+    Properties: stateful (S `(T, P)`, e0 `(T,)`, w `(T,)` and the step
+    count; `reset_state()` restores zero, zero, ones and 0), T backward
+    passes, weights positive and summing to T, the ratio r_t is invariant
+    to the scale of g_t. The returned weights are w.
+
+    Args:
+        robust_step_size: step size eta >= 0 of the exponentiated-gradient
+            update. Default 1e-2.
+        **kwargs: passed to `GradientAggregation` (`name`, `dtype`).
+
+    Example:
+
+    >>> from keras_mtl.weighting.excess_mtl import ExcessMTL
+    >>> strategy = ExcessMTL(robust_step_size=1.0)
+    >>> grads = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
+    >>> strategy.aggregate(grads).numpy().tolist()
+    [1.0, 1.0]
+    >>> grads = np.array([[2.0, 0.0], [0.0, 1.0]], "float32")
+    >>> np.round(strategy.aggregate(grads).numpy().astype("float64"), 3).tolist()
+    [2.987, 0.506]
+
+    References:
+        Yifei He, Shiji Zhou, Guojun Zhang, Hyokun Yun, Yi Xu, Belinda Zeng,
+        Trishul Chilimbi, Han Zhao. "Robust Multi-Task Learning with Excess
+        Risks". ICML 2024. arXiv:2402.02009. Official code:
+        yifei-he/ExcessMTL (`LibMTL/LibMTL/weighting/ExcessMTL.py`), ported
+        to LibMTL as `LibMTL/weighting/ExcessMTL.py`.
+
+    Note:
+        Follows the official code step for step (S updated before the
+        estimates, the first step only records e0, weights multiplied by
+        exp(eta r) and renormalised to T). The multiplicative update is
+        computed as T * softmax(log w + eta r), which is the same quantity
+        without overflow. Where the reference would divide by a zero first
+        estimate (a task whose first gradient was zero) and produce NaN,
+        the ratio is taken as 0; the exponent is also bounded by 1e30. The
+        reference's representation-gradient mode sums the gradients over the
+        batch before estimating; the `(T, P)` input has no batch axis, so
+        only parameter gradients are supported.
+    """
+
+    stateful = True
+
+    def __init__(self, robust_step_size=1e-2, **kwargs):
+        super().__init__(**kwargs)
+        robust_step_size = float(robust_step_size)
+        if not (math.isfinite(robust_step_size) and robust_step_size >= 0.0):
+            raise ValueError(
+                "ExcessMTL `robust_step_size` must be finite and >= 0, got "
+                f"{robust_step_size!r}."
+            )
+        self.robust_step_size = robust_step_size
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 2 or input_shape[1] is None:
+            raise ValueError(
+                "ExcessMTL expects a (T, P) shape of per-task gradients with a "
+                f"known P, got {input_shape}."
+            )
+        num_tasks = self.num_tasks
+        self.grad_sq_sum = self.add_weight(
+            shape=(num_tasks, int(input_shape[1])),
+            initializer="zeros",
+            trainable=False,
+            name="grad_sq_sum",
+        )
+        self.initial_excess = self.add_weight(
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+            name="initial_excess",
+        )
+        self.loss_weight = self.add_weight(
+            shape=(num_tasks,),
+            initializer="ones",
+            trainable=False,
+            name="loss_weight",
+        )
+        self.step = self.add_weight(
+            shape=(), initializer="zeros", dtype="int32", trainable=False, name="step"
+        )
+
+    def reset_state(self):
+        self.grad_sq_sum.assign(ops.zeros_like(self.grad_sq_sum))
+        self.initial_excess.assign(ops.zeros_like(self.initial_excess))
+        self.loss_weight.assign(ops.ones_like(self.loss_weight))
+        self.step.assign(0)
+
+    def excess_risks(self, grads, grad_sq_sum):
+        """Returns the `(T,)` estimates e_t from gradients and the new S."""
+        curvature = ops.sqrt(grad_sq_sum + _CURVATURE_EPS)
+        return ops.sum(ops.square(grads) / curvature, axis=1)
+
+    def call(self, grads, losses=None, training=True):
+        self._check_num_tasks(grads, "gradients")
+        dtype = grads.dtype
+        grad_sq_sum = ops.cast(self.grad_sq_sum, dtype) + ops.square(grads)
+        excess = self.excess_risks(grads, grad_sq_sum)
+        first = ops.equal(self.step, 0)
+        initial = ops.where(first, excess, ops.cast(self.initial_excess, dtype))
+        positive = initial > 0
+        ratio = ops.where(
+            positive,
+            excess / ops.where(positive, initial, ops.ones_like(initial)),
+            ops.zeros_like(excess),
+        )
+        exponent = ops.minimum(self.robust_step_size * ratio, _MAX_EXPONENT)
+        old_weight = ops.cast(self.loss_weight, dtype)
+        if self.num_tasks > 1:
+            logits = ops.log(old_weight) + exponent
+            new_weight = self.num_tasks * ops.softmax(logits)
+        else:  # a single weight normalised to sum to T = 1
+            new_weight = ops.ones_like(old_weight)
+        weight = ops.where(first, old_weight, new_weight)
+        update = ops.matmul(weight[None, :], grads)[0]
+        if training:
+            self.grad_sq_sum.assign(grad_sq_sum)
+            self.initial_excess.assign(initial)
+            self.loss_weight.assign(weight)
+            self.step.assign(self.step + 1)
+        return update, weight
+
+    def head_gradient_scales(self, losses, weights):
+        """Heads get w_t times their task's gradient: the reference code
+        back-propagates sum_t w_t L_t through the whole network."""
+        return ops.cast(weights, "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config["robust_step_size"] = self.robust_step_size
+        return config

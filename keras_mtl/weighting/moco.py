@@ -1,0 +1,191 @@
+"""MoCo: multi-objective gradient correction (Fernando et al., ICLR 2023)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+from keras_mtl.weighting.registry import register_strategy
+
+# Added to each gradient norm before the loss-scaled normalisation
+# (LibMTL MoCo.py).
+_NORM_EPS = 1e-8
+
+
+def _row_norms(matrix):
+    """Euclidean norm of each row, without overflow for huge entries."""
+    scale = ops.max(ops.abs(matrix), axis=1, keepdims=True)
+    safe = ops.where(scale > 0, scale, ops.ones_like(scale))
+    return scale[:, 0] * ops.sqrt(ops.sum(ops.square(matrix / safe), axis=1))
+
+
+@register_strategy("moco", "mo_co")
+class MoCo(GradientAggregation):
+    """MoCo: tracked task gradients combined by a stochastic MGDA dual step.
+
+    Notation: T tasks, L_t the loss of task t, g_t its gradient on the
+    shared parameters (row t of the `(T, P)` input), k the step number (1 at
+    the first training step), Y the `(T, P)` tracking variable (zero before
+    the first step) and lambda in the simplex the task weights (1/T before
+    the first step).
+
+    Each step, with beta_k = beta / k^beta_sigma and
+    gamma_k = gamma / k^gamma_sigma:
+
+        h_t    = g_t / (||g_t|| + 1e-8) * L_t          (loss-scaled direction)
+        Y      <- Y - beta_k (Y - H)                    (tracking, H rows h_t)
+        lambda <- softmax(lambda - gamma_k (Y Y^T + rho I) lambda)
+        update = Y^T lambda.
+
+    Y tracks the (normalised) task gradients to reduce the bias of the
+    stochastic MGDA direction; lambda takes one gradient step of the MGDA
+    dual objective 0.5 ||Y^T lambda||^2 (+ 0.5 rho ||lambda||^2) and is
+    mapped back to the simplex with a softmax, as in the authors' code.
+
+    Scale: lambda sums to one, so the update has the scale of a convex
+    combination (a mean) of the tracked directions, each of norm about L_t;
+    this is the reference's convention (it is not multiplied by T).
+
+    Defaults follow LibMTL's `config.py` (`MoCo_beta` = 0.5,
+    `MoCo_beta_sigma` = 0.5, `MoCo_gamma` = 0.1, `MoCo_gamma_sigma` = 0.5,
+    `MoCo_rho` = 0), which ports the authors' code.
+
+    Properties: stateful (Y `(T, P)`, lambda `(T,)` and the step count;
+    `reset_state()` restores zero, 1/T and 0), needs the task losses, T
+    backward passes, weights on the simplex, invariant to the scale of each
+    g_t (but not of L_t). The returned weights are lambda.
+
+    Args:
+        beta: learning rate of the tracking variable, > 0. Default 0.5.
+        beta_sigma: decay exponent of beta_k, >= 0. Default 0.5.
+        gamma: learning rate of lambda, >= 0. Default 0.1.
+        gamma_sigma: decay exponent of gamma_k, >= 0. Default 0.5.
+        rho: l2 regularisation of lambda's update, >= 0. Default 0.
+        **kwargs: passed to `GradientAggregation` (`name`, `dtype`).
+
+    Example:
+
+    >>> from keras_mtl.weighting.moco import MoCo
+    >>> strategy = MoCo()
+    >>> grads = np.array([[2.0, 0.0], [0.0, 1.0]], "float32")
+    >>> update = strategy.aggregate(grads, losses=[1.0, 1.0])
+    >>> np.round(update.numpy().astype("float64"), 3).tolist()
+    [0.25, 0.25]
+
+    References:
+        Heshan Fernando, Han Shen, Miao Liu, Subhajit Chaudhury, Keerthiram
+        Murugesan, Tianyi Chen. "Mitigating Gradient Bias in Multi-objective
+        Learning: A Provably Convergent Approach". ICLR 2023.
+        arXiv:2210.12624. Reference implementation: LibMTL
+        (median-research-group/LibMTL, `LibMTL/weighting/MoCo.py`, ported
+        from the authors' code; defaults in `LibMTL/config.py`).
+
+    Note:
+        Follows LibMTL's `MoCo.py`: the gradients are normalised and scaled
+        by their losses before tracking, lambda is updated with the new Y
+        and mapped to the simplex with a softmax (the paper writes a
+        Euclidean projection), and the update is Y^T lambda. Only the row
+        norms are computed with a rescaling that avoids overflow.
+    """
+
+    stateful = True
+
+    def __init__(
+        self,
+        beta=0.5,
+        beta_sigma=0.5,
+        gamma=0.1,
+        gamma_sigma=0.5,
+        rho=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.beta = _check("beta", beta, positive=True)
+        self.beta_sigma = _check("beta_sigma", beta_sigma)
+        self.gamma = _check("gamma", gamma)
+        self.gamma_sigma = _check("gamma_sigma", gamma_sigma)
+        self.rho = _check("rho", rho)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 2 or input_shape[1] is None:
+            raise ValueError(
+                "MoCo expects a (T, P) shape of per-task gradients with a "
+                f"known P, got {input_shape}."
+            )
+        num_tasks = self.num_tasks
+        self.tracking = self.add_weight(
+            shape=(num_tasks, int(input_shape[1])),
+            initializer="zeros",
+            trainable=False,
+            name="tracking",
+        )
+        self.lambd = self.add_weight(
+            shape=(num_tasks,),
+            initializer=keras.initializers.Constant(1.0 / num_tasks),
+            trainable=False,
+            name="lambda",
+        )
+        self.step = self.add_weight(
+            shape=(), initializer="zeros", dtype="int32", trainable=False, name="step"
+        )
+
+    def reset_state(self):
+        self.tracking.assign(ops.zeros_like(self.tracking))
+        self.lambd.assign(ops.ones_like(self.lambd) / self.num_tasks)
+        self.step.assign(0)
+
+    def call(self, grads, losses=None, training=True):
+        self._check_num_tasks(grads, "gradients")
+        if losses is None:
+            raise ValueError(
+                "MoCo needs the task losses: it tracks g_t / ||g_t|| * L_t. "
+                "Pass `losses`."
+            )
+        dtype = grads.dtype
+        losses = ops.reshape(ops.cast(losses, dtype), (-1,))
+        self._check_num_tasks(losses, "losses")
+        step = self.step + 1
+        k = ops.cast(step, dtype)
+        beta_k = self.beta / ops.power(k, self.beta_sigma)
+        gamma_k = self.gamma / ops.power(k, self.gamma_sigma)
+        directions = grads / (_row_norms(grads) + _NORM_EPS)[:, None] * losses[:, None]
+        tracking = ops.cast(self.tracking, dtype)
+        tracking = tracking - beta_k * (tracking - directions)
+        lambd = ops.cast(self.lambd, dtype)
+        gramian = ops.matmul(tracking, ops.transpose(tracking))
+        gramian = gramian + self.rho * ops.eye(self.num_tasks, dtype=dtype)
+        if self.num_tasks > 1:  # with one task lambda stays 1
+            lambd = ops.softmax(lambd - gamma_k * ops.matmul(gramian, lambd), axis=-1)
+        update = ops.matmul(lambd[None, :], tracking)[0]
+        if training:
+            self.tracking.assign(tracking)
+            self.lambd.assign(lambd)
+            self.step.assign(step)
+        return update, lambd
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "beta": self.beta,
+                "beta_sigma": self.beta_sigma,
+                "gamma": self.gamma,
+                "gamma_sigma": self.gamma_sigma,
+                "rho": self.rho,
+            }
+        )
+        return config
+
+
+def _check(name, value, positive=False):
+    value = float(value)
+    ok = math.isfinite(value) and (value > 0.0 if positive else value >= 0.0)
+    if not ok:
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"MoCo `{name}` must be finite and {bound}, got {value!r}.")
+    return value

@@ -1,0 +1,183 @@
+"""Tests of `DynamicTaskPrioritization` (Guo et al., ECCV 2018)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.weighting.dynamic_task_prioritization import (
+    DynamicTaskPrioritization,
+)
+
+
+def _t(values):
+    return tf.constant(values, dtype=tf.float32)
+
+
+def _focal(kappa, gamma=1.0, lo=1e-3, hi=0.99):
+    k = np.clip(np.asarray(kappa, np.float64), lo, hi)
+    return -((1 - k) ** gamma) * np.log(k)
+
+
+def test_registry_names_resolve():
+    for name in ["dtp", "dynamic_task_prioritization"]:
+        strategy = keras_mtl.weighting.get(name)
+        assert isinstance(strategy, DynamicTaskPrioritization)
+        assert strategy.kpi_metric == "accuracy"
+
+
+def test_config_round_trip_and_kpi_metric():
+    strategy = DynamicTaskPrioritization(
+        kpi="auc",
+        gamma=[1.0, 2.0],
+        alpha=0.5,
+        epsilon=0.1,
+        max_kpi=1.0,
+        warmup_steps=3,
+    )
+    assert strategy.kpi_metric == "auc"
+    assert DynamicTaskPrioritization.kpi_metric is None  # class default untouched
+    config = strategy.get_config()
+    clone = DynamicTaskPrioritization.from_config(config)
+    assert clone.get_config() == config
+    assert clone.kpi_metric == "auc"
+    assert config["gamma"] == [1.0, 2.0] and config["warmup_steps"] == 3
+
+
+_INVALID_ARGUMENTS = [
+    ({"kpi": None}, "kpi"),
+    ({"kpi": ""}, "kpi"),
+    ({"gamma": -1.0}, "gamma"),
+    ({"gamma": []}, "gamma"),
+    ({"gamma": "x"}, "gamma"),
+    ({"alpha": 0.0}, "alpha"),
+    ({"alpha": 1.5}, "alpha"),
+    ({"epsilon": 0.0}, "epsilon"),
+    ({"epsilon": 0.995}, "epsilon"),
+    ({"max_kpi": 1.5}, "max_kpi"),
+    ({"warmup_steps": -1}, "warmup_steps"),
+    ({"warmup_steps": 2.5}, "warmup_steps"),
+]
+
+
+def test_invalid_arguments_raise():
+    for kwargs, match in _INVALID_ARGUMENTS:
+        with pytest.raises(ValueError, match=match):
+            DynamicTaskPrioritization(**kwargs)
+
+
+def test_missing_kpis_raise_a_clear_error():
+    strategy = DynamicTaskPrioritization()
+    with pytest.raises(ValueError, match="kpis=.*'accuracy'"):
+        strategy(_t([1.0, 2.0]))
+    strategy = DynamicTaskPrioritization()
+    with pytest.raises(ValueError, match="kpis"):
+        strategy(_t([1.0, 2.0]), kpis=_t([0.5, 0.5, 0.5]))
+
+
+def test_closed_form_weights_and_objective():
+    strategy = DynamicTaskPrioritization(alpha=1.0, gamma=[1.0, 2.0, 0.5])
+    kappa = [0.3, 0.6, 0.95]
+    losses = _t([2.0, 1.0, 3.0])
+    total, weights = strategy(losses, kpis=_t(kappa))
+    expected = _focal(kappa, gamma=np.array([1.0, 2.0, 0.5]))
+    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(total), expected @ [2.0, 1.0, 3.0], rtol=1e-5)
+    with tf.GradientTape() as tape:
+        tape.watch(losses)
+        total, weights = strategy(losses, kpis=_t(kappa))
+    np.testing.assert_allclose(tape.gradient(total, losses).numpy(), weights.numpy())
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
+def test_weight_decreases_with_kpi_and_vanishes_at_one(gamma):
+    kappa = np.linspace(0.0, 1.0, 41)
+    strategy = DynamicTaskPrioritization(alpha=1.0, gamma=gamma, max_kpi=1.0)
+    _, weights = strategy(_t(np.ones(41)), kpis=_t(kappa))
+    w = weights.numpy()
+    assert np.all(np.diff(w) < 0)
+    assert w[-1] == 0.0
+    assert w[-2] < w[0] * 0.05
+    clipped = DynamicTaskPrioritization(alpha=1.0, gamma=gamma)
+    _, weights = clipped(_t([1.0, 1.0]), kpis=_t([0.0, 1.0]))
+    np.testing.assert_allclose(weights.numpy(), _focal([0.0, 1.0], gamma), rtol=1e-5)
+    assert 0 < weights.numpy()[1] < 2e-3 and np.isfinite(weights.numpy()[0])
+
+
+def test_kpi_ema_matches_numpy():
+    alpha = 0.3
+    strategy = DynamicTaskPrioritization(alpha=alpha, gamma=2.0)
+    rng = np.random.default_rng(0)
+    kpis = rng.uniform(0.0, 1.0, size=(6, 3))
+    average = None
+    for kappa in kpis:
+        average = kappa if average is None else alpha * kappa + (1 - alpha) * average
+        _, weights = strategy(_t([1.0, 1.0, 1.0]), kpis=_t(kappa))
+        np.testing.assert_allclose(weights.numpy(), _focal(average, 2.0), rtol=1e-5)
+    np.testing.assert_allclose(strategy.kpi_average.numpy(), average, rtol=1e-6)
+
+
+def test_warmup_and_training_flag():
+    strategy = DynamicTaskPrioritization(alpha=0.5, warmup_steps=2)
+    for _ in range(2):
+        _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.2, 0.8]))
+        np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0])
+    _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.2, 0.8]))
+    np.testing.assert_allclose(weights.numpy(), _focal([0.2, 0.8]), rtol=1e-5)
+    before = [v.numpy().copy() for v in strategy.weights]
+    _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.9, 0.1]), training=False)
+    # Evaluation sees the would-be average but does not store it.
+    np.testing.assert_allclose(weights.numpy(), _focal([0.55, 0.45]), rtol=1e-5)
+    for b, v in zip(before, strategy.weights):
+        np.testing.assert_array_equal(b, v.numpy())
+
+
+def test_eager_equals_xla():
+    eager = DynamicTaskPrioritization(alpha=0.4, warmup_steps=1, gamma=[1.0, 2.0, 1.5])
+    compiled = DynamicTaskPrioritization.from_config(eager.get_config())
+
+    @tf.function(jit_compile=True)
+    def step(losses, kpis):
+        return compiled(losses, kpis=kpis)
+
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        losses = _t(rng.uniform(0.1, 3.0, 3))
+        kpis = _t(rng.uniform(0.0, 1.0, 3))
+        for a, b in zip(eager(losses, kpis=kpis), step(losses, kpis)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_state_round_trip_and_reset():
+    strategy = DynamicTaskPrioritization(alpha=0.2)
+    for kappa in ([0.1, 0.5], [0.3, 0.6], [0.5, 0.7]):
+        strategy(_t([1.0, 1.0]), kpis=_t(kappa))
+    clone = DynamicTaskPrioritization.from_config(strategy.get_config())
+    clone.build((2,))
+    clone.set_weights(strategy.get_weights())
+    for kappa in ([0.6, 0.7], [0.65, 0.9]):
+        a = strategy(_t([1.0, 2.0]), kpis=_t(kappa))
+        b = clone(_t([1.0, 2.0]), kpis=_t(kappa))
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.numpy(), y.numpy())
+    strategy.reset_state()
+    assert all(not np.any(v.numpy()) for v in strategy.weights)
+    # After a reset the first KPI initialises the average again.
+    _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.9, 0.9]))
+    np.testing.assert_allclose(weights.numpy(), _focal([0.9, 0.9]), rtol=1e-5)
+
+
+def test_permutation_equivariance_and_degenerate_inputs():
+    strategy = DynamicTaskPrioritization(alpha=1.0)
+    losses = np.array([1.0, 2.0, 3.0], np.float32)
+    kappa = np.array([0.2, 0.5, 0.7], np.float32)
+    perm = [1, 2, 0]
+    _, w = strategy(_t(losses), kpis=_t(kappa))
+    _, w_p = strategy(_t(losses[perm]), kpis=_t(kappa[perm]))
+    np.testing.assert_allclose(w.numpy()[perm], w_p.numpy(), rtol=1e-6)
+    single = DynamicTaskPrioritization(alpha=1.0)
+    _, w = single(_t([5.0]), kpis=_t([0.5]))
+    np.testing.assert_allclose(w.numpy(), _focal([0.5]), rtol=1e-5)
+    for scale in (0.0, 1e-10, 1e10):
+        total, w = strategy(_t(losses * scale), kpis=_t([0.0, 1.0, 0.5]))
+        assert np.isfinite(total.numpy()) and np.all(np.isfinite(w.numpy()))

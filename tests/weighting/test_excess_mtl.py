@@ -1,0 +1,214 @@
+"""Tests of ExcessMTL (robust weighting by excess risks)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl.weighting as weighting
+from keras_mtl.weighting.excess_mtl import ExcessMTL
+
+
+def _reference(grads_seq, robust_step_size=1e-2):
+    """Float64 re-derivation of the official code (yifei-he/ExcessMTL,
+    `LibMTL/LibMTL/weighting/ExcessMTL.py`, same as LibMTL's port)."""
+    num_tasks = len(grads_seq[0])
+    weight = np.ones(num_tasks)
+    grad_sq_sum = np.zeros_like(np.asarray(grads_seq[0], np.float64))
+    initial = None
+    updates, weights = [], []
+    for grads in grads_seq:
+        grads = np.asarray(grads, np.float64)
+        grad_sq_sum = grad_sq_sum + grads**2
+        excess = np.array(
+            [
+                grads[i] * (1 / np.sqrt(grad_sq_sum[i] + 1e-7)) @ grads[i]
+                for i in range(num_tasks)
+            ]
+        )
+        if initial is None:
+            initial = excess
+        else:
+            weight = weight * np.exp(excess / initial * robust_step_size)
+            weight = weight / weight.sum() * num_tasks
+        updates.append(weight @ grads)
+        weights.append(weight)
+    return updates, weights
+
+
+def _run(strategy, grads_seq):
+    strategy.build(np.shape(grads_seq[0]))
+    outputs = [strategy(g) for g in grads_seq]
+    return [u.numpy() for u, _ in outputs], [w.numpy() for _, w in outputs]
+
+
+def _random_sequence(rng, steps, num_tasks=3, dim=5):
+    return [rng.normal(size=(num_tasks, dim)).astype("float32") for _ in range(steps)]
+
+
+def test_two_steps_by_hand():
+    # Step 1: S = g^2, e_t = sum g^2 / sqrt(g^2 + 1e-7) ~ ||g_t||_1 = (1, 1):
+    #         only recorded; the weights stay 1, update = sum of rows.
+    # Step 2: g = [[2, 0], [0, 1]], S = [[5, 0], [0, 2]],
+    #         e = (4 / sqrt(5), 1 / sqrt(2)), r = e / e0,
+    #         w = 2 softmax(eta r) with eta = 1.
+    strategy = ExcessMTL(robust_step_size=1.0)
+    strategy.build((2, 2))
+    update, weight = strategy(np.eye(2, dtype="float32"))
+    np.testing.assert_array_equal(update.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(weight.numpy(), [1.0, 1.0])
+    e0 = 1.0 / np.sqrt(1.0 + 1e-7)
+    np.testing.assert_allclose(strategy.initial_excess.numpy(), [e0, e0], rtol=1e-6)
+    update, weight = strategy(np.array([[2.0, 0.0], [0.0, 1.0]], "float32"))
+    ratio = np.array([4.0 / np.sqrt(5.0 + 1e-7), 1.0 / np.sqrt(2.0 + 1e-7)]) / e0
+    expected = 2.0 * np.exp(ratio) / np.exp(ratio).sum()
+    np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        update.numpy(), [2 * expected[0], expected[1]], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        strategy.grad_sq_sum.numpy(), [[5.0, 0.0], [0.0, 2.0]], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("robust_step_size", [1e-2, 0.5])
+def test_matches_reference_over_steps(robust_step_size):
+    grads = _random_sequence(np.random.default_rng(0), steps=5)
+    updates, weights = _run(ExcessMTL(robust_step_size=robust_step_size), grads)
+    ref_updates, ref_weights = _reference(grads, robust_step_size)
+    np.testing.assert_allclose(updates, ref_updates, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights, ref_weights, rtol=1e-5)
+
+
+def test_weights_positive_and_sum_to_num_tasks():
+    rng = np.random.default_rng(1)
+    strategy = ExcessMTL(robust_step_size=2.0)
+    strategy.build((4, 6))
+    grads = tf.constant(rng.normal(size=(40, 4, 6)).astype("float32"))
+
+    @tf.function
+    def run():
+        weights = tf.TensorArray(tf.float32, size=40)
+        for i in tf.range(40):
+            _, weight = strategy(grads[i] * tf.cast(i % 4 + 1, tf.float32))
+            weights = weights.write(i, weight)
+        return weights.stack()
+
+    weights = run().numpy()
+    assert np.all(weights > 0)
+    np.testing.assert_allclose(weights.sum(axis=1), 4.0, rtol=1e-5)
+
+
+def test_task_with_larger_excess_risk_gains_weight():
+    # Task 0 keeps its gradient (its excess-risk estimate decays only through
+    # the accumulated curvature); task 1's gradient shrinks as it converges.
+    strategy = ExcessMTL(robust_step_size=0.5)
+    strategy.build((2, 3))
+    base = np.array([[1.0, -1.0, 0.5], [0.5, 1.0, 1.0]], "float32")
+    weights = []
+    for k in range(6):
+        decay = np.array([[1.0], [0.5**k]], "float32")
+        weights.append(strategy(base * decay)[1].numpy())
+    weights = np.array(weights)
+    np.testing.assert_array_equal(weights[0], [1.0, 1.0])
+    assert np.all(np.diff(weights[:, 0]) > 0)
+    assert weights[-1, 0] > 1.0 > weights[-1, 1]
+
+
+def test_invariant_to_gradient_scale_of_a_task():
+    # r_t = e_t / e0_t and S_t scale together with g_t (up to the 1e-7).
+    grads = _random_sequence(np.random.default_rng(2), steps=4)
+    scale = np.array([1.0, 100.0, 0.1], "float32")[:, None]
+    _, base = _run(ExcessMTL(robust_step_size=0.5), grads)
+    _, scaled = _run(ExcessMTL(robust_step_size=0.5), [g * scale for g in grads])
+    np.testing.assert_allclose(scaled, base, rtol=1e-4)
+
+
+def test_zero_step_size_keeps_equal_weights():
+    grads = _random_sequence(np.random.default_rng(3), steps=3)
+    updates, weights = _run(ExcessMTL(robust_step_size=0.0), grads)
+    np.testing.assert_allclose(weights, np.ones((3, 3)), rtol=1e-6)
+    np.testing.assert_allclose(updates, [g.sum(0) for g in grads], rtol=1e-5, atol=1e-6)
+
+
+def test_degenerate_inputs_are_finite():
+    cases = [
+        np.zeros((3, 4)),
+        np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [-1.0, -2.0, -3.0]]),
+        1e-10 * np.arange(12.0).reshape(3, 4),
+        1e10 * np.arange(12.0).reshape(3, 4),
+        np.array([[1.0, -2.0]]),
+    ]
+    for grads in cases:
+        strategy = ExcessMTL(robust_step_size=1.0)
+        for _ in range(3):
+            update = strategy.aggregate(grads.astype("float32"))
+            assert np.all(np.isfinite(update.numpy())), grads
+            assert np.all(np.isfinite(strategy.loss_weight.numpy())), grads
+    # A task whose first gradient was zero (the reference divides by 0):
+    strategy = ExcessMTL(robust_step_size=1.0)
+    strategy.aggregate(np.array([[0.0, 0.0], [1.0, 1.0]], "float32"))
+    strategy.aggregate(np.array([[5.0, 1.0], [1.0, 1.0]], "float32"))
+    weight = strategy.loss_weight.numpy()
+    assert np.all(np.isfinite(weight))
+    np.testing.assert_allclose(weight.sum(), 2.0, rtol=1e-6)
+
+
+def test_eager_equals_xla():
+    grads = _random_sequence(np.random.default_rng(4), steps=3)
+    eager, eager_w = _run(ExcessMTL(robust_step_size=0.3), grads)
+    strategy = ExcessMTL(robust_step_size=0.3)
+    strategy.build(grads[0].shape)
+    step = tf.function(lambda g: strategy(g), jit_compile=True)
+    for grad, expected, expected_w in zip(grads, eager, eager_w):
+        update, weight = step(tf.constant(grad))
+        np.testing.assert_allclose(update.numpy(), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(weight.numpy(), expected_w, rtol=1e-5)
+
+
+def test_training_false_leaves_state():
+    strategy = ExcessMTL()
+    strategy.build((2, 2))
+    strategy(np.eye(2, dtype="float32"), training=False)
+    np.testing.assert_array_equal(strategy.grad_sq_sum.numpy(), 0.0)
+    assert int(strategy.step.numpy()) == 0
+
+
+def test_invalid_arguments():
+    for kwargs, name in [
+        ({"robust_step_size": -0.1}, "robust_step_size"),
+        ({"robust_step_size": float("nan")}, "robust_step_size"),
+        ({"rep_grad": True}, "rep_grad"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            ExcessMTL(**kwargs)
+
+
+def test_config_and_registry():
+    strategy = ExcessMTL(robust_step_size=0.05)
+    config = strategy.get_config()
+    assert config["robust_step_size"] == 0.05
+    assert ExcessMTL.from_config(config).get_config() == config
+    for name in ("excess_mtl", "ExcessMTL", "excessmtl", "excess"):
+        assert isinstance(weighting.get(name), ExcessMTL)
+    restored = weighting.deserialize(weighting.serialize(strategy))
+    assert isinstance(restored, ExcessMTL) and restored.robust_step_size == 0.05
+
+
+def test_state_round_trip_and_reset():
+    grads = _random_sequence(np.random.default_rng(5), steps=4)
+    strategy = ExcessMTL(robust_step_size=0.5)
+    _run(strategy, grads[:3])
+    clone = ExcessMTL.from_config(strategy.get_config())
+    clone.build(grads[0].shape)
+    clone.set_weights(strategy.get_weights())
+    expected = strategy(grads[3])
+    actual = clone(grads[3])
+    np.testing.assert_array_equal(actual[0].numpy(), expected[0].numpy())
+    np.testing.assert_array_equal(actual[1].numpy(), expected[1].numpy())
+
+    strategy.reset_state()
+    np.testing.assert_array_equal(strategy.grad_sq_sum.numpy(), 0.0)
+    np.testing.assert_array_equal(strategy.initial_excess.numpy(), 0.0)
+    np.testing.assert_array_equal(strategy.loss_weight.numpy(), 1.0)
+    assert int(strategy.step.numpy()) == 0
+    np.testing.assert_array_equal(strategy(grads[0])[0].numpy(), grads[0].sum(0))

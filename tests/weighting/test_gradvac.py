@@ -1,0 +1,241 @@
+"""Tests of GradVac (Gradient Vaccine)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+import keras_mtl.weighting as weighting
+from keras_mtl.weighting.gradvac import GradVac
+
+
+class _FixedOrderGradVac(GradVac):
+    """GradVac visiting the other tasks in a given order (for the reference)."""
+
+    def __init__(self, orders, **kwargs):
+        super().__init__(**kwargs)
+        self._orders = np.asarray(orders, "int32")
+
+    def _task_orders(self, num_tasks):
+        return ops.convert_to_tensor(self._orders)
+
+
+def _reference(grads, targets, orders, beta=0.5):
+    """Float64 re-derivation of LibMTL `LibMTL/weighting/GradVac.py`
+    (group_type 0): returns the update, the new targets and the per-task
+    projected gradients."""
+    grads = np.asarray(grads, np.float64)
+    targets = np.array(targets, np.float64)
+    projected = grads.copy()
+    for i in range(len(grads)):
+        for j in orders[i]:
+            if j == i:
+                continue
+            norm_i = np.linalg.norm(projected[i])
+            norm_j = np.linalg.norm(grads[j])
+            cos = projected[i] @ grads[j] / (norm_i * norm_j + 1e-8)
+            target = targets[i, j]
+            if cos < target:
+                coef = (
+                    norm_i
+                    * (target * np.sqrt(1 - cos**2) - cos * np.sqrt(1 - target**2))
+                    / (norm_j * np.sqrt(1 - target**2) + 1e-8)
+                )
+                projected[i] = projected[i] + coef * grads[j]
+                targets[i, j] = (1 - beta) * target + beta * cos
+    return projected.sum(0), targets, projected
+
+
+def _cos(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_first_step_projects_conflicts_like_pcgrad():
+    # Targets start at 0: a conflicting g_i is projected onto the normal
+    # plane of g_j, i.e. g_i - (g_i.g_j / ||g_j||^2) g_j.
+    g1 = np.array([1.0, 0.0, 2.0])
+    g2 = np.array([-2.0, 1.0, 0.0])
+    strategy = GradVac(seed=1)
+    update, weights = strategy(np.stack([g1, g2]).astype("float32"))
+    pc1 = g1 - (g1 @ g2) / (g2 @ g2) * g2
+    pc2 = g2 - (g2 @ g1) / (g1 @ g1) * g1
+    np.testing.assert_allclose(update.numpy(), pc1 + pc2, rtol=1e-5, atol=1e-6)
+    # The effective weights reproduce the update from the original rows.
+    np.testing.assert_allclose(
+        weights.numpy() @ np.stack([g1, g2]), pc1 + pc2, rtol=1e-5
+    )
+    # The targets moved by beta towards the observed similarities.
+    cos = _cos(g1, g2)
+    np.testing.assert_allclose(
+        strategy.targets.numpy(), [[0, 0.5 * cos], [0.5 * cos, 0]], rtol=1e-5
+    )
+
+
+def test_adjusted_cosine_equals_the_target():
+    # Step 1 sets phi_12 = phi_21 = beta * cos_1 < 0; step 2 has a stronger
+    # conflict, so each gradient is moved until its cosine with the other
+    # task's gradient equals the target.
+    strategy = GradVac(beta=0.5, seed=0)
+    strategy(np.array([[1.0, 0.2], [-0.3, 1.0]], "float32"))
+    targets = strategy.targets.numpy().copy()
+    assert targets[0, 1] < 0 and targets[1, 0] < 0
+    grads = np.array([[1.0, 0.1], [-1.0, 0.3]], "float32")
+    assert _cos(grads[0], grads[1]) < targets[0, 1]
+    _, weights = strategy(grads)
+    weights = weights.numpy()
+    projected_1 = grads[0] + (weights[1] - 1.0) * grads[1]
+    projected_2 = grads[1] + (weights[0] - 1.0) * grads[0]
+    np.testing.assert_allclose(_cos(projected_1, grads[1]), targets[0, 1], atol=1e-5)
+    np.testing.assert_allclose(_cos(projected_2, grads[0]), targets[1, 0], atol=1e-5)
+
+
+def test_non_conflicting_gradients_pass_unchanged():
+    grads = np.array([[1.0, 0.5, 0.0], [0.2, 1.0, 1.0], [0.0, 0.1, 2.0]], "float32")
+    strategy = GradVac(seed=3)
+    update, weights = strategy(grads)
+    np.testing.assert_allclose(update.numpy(), grads.sum(0), rtol=1e-6)
+    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(strategy.targets.numpy(), 0.0)
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.01])
+def test_matches_reference_with_fixed_orders(beta):
+    rng = np.random.default_rng(0)
+    orders = [[2, 0, 1], [0, 2, 1], [1, 0, 2]]
+    strategy = _FixedOrderGradVac(orders, beta=beta)
+    strategy.build((3, 6))
+    targets = np.zeros((3, 3))
+    for _ in range(3):
+        grads = rng.normal(size=(3, 6)).astype("float32")
+        update, weights = strategy(grads)
+        expected, targets, _ = _reference(grads, targets, orders, beta)
+        np.testing.assert_allclose(update.numpy(), expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            weights.numpy() @ grads, expected, rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            strategy.targets.numpy(), targets, rtol=1e-4, atol=1e-6
+        )
+    assert np.any(targets < 0)
+
+
+def test_orders_are_random_permutations_and_seeded():
+    strategy = GradVac(seed=7)
+    strategy.build((4, 2))
+    draws = [np.asarray(strategy._task_orders(4)) for _ in range(20)]
+    for orders in draws:
+        for row in orders:
+            assert sorted(row.tolist()) == [0, 1, 2, 3]
+    assert len({d.tobytes() for d in draws}) > 1
+    other = GradVac(seed=7)
+    other.build((4, 2))
+    np.testing.assert_array_equal(np.asarray(other._task_orders(4)), draws[0])
+
+
+def test_deterministic_for_a_seed():
+    grads = np.random.default_rng(1).normal(size=(4, 5)).astype("float32")
+    results = []
+    for _ in range(2):
+        strategy = GradVac(seed=11)
+        results.append([strategy(grads)[0].numpy() for _ in range(2)])
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_degenerate_inputs_are_finite():
+    cases = [
+        np.zeros((3, 4)),
+        np.array([[1.0, 2.0, 3.0], [-2.0, -4.0, -6.0], [1.0, 2.0, 3.0]]),
+        1e-10 * np.array([[1.0, -2.0, 0.5], [-1.0, 1.0, 2.0], [0.0, 0.0, 1.0]]),
+        1e10 * np.array([[1.0, -2.0, 0.5], [-1.0, 1.0, 2.0], [0.0, 0.0, 1.0]]),
+        np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]]),
+    ]
+    for grads in cases:
+        strategy = GradVac(seed=0)
+        for _ in range(2):
+            update, weights = strategy(grads.astype("float32"))
+            assert np.all(np.isfinite(update.numpy())), grads
+            assert np.all(np.isfinite(weights.numpy())), grads
+        assert np.all(np.isfinite(strategy.targets.numpy()))
+        assert np.all(np.abs(strategy.targets.numpy()) <= 1.0)
+    # Exactly opposite gradients: cos = -1, the projections cancel them.
+    strategy = GradVac(seed=0)
+    update = strategy.aggregate(np.array([[1.0, 2.0], [-1.0, -2.0]], "float32"))
+    np.testing.assert_allclose(update.numpy(), [0.0, 0.0], atol=1e-5)
+
+
+def test_one_task_passes_through():
+    strategy = GradVac()
+    update = strategy.aggregate(np.array([[1.0, -3.0]], "float32"))
+    np.testing.assert_array_equal(update.numpy(), [1.0, -3.0])
+
+
+def test_eager_equals_xla():
+    rng = np.random.default_rng(2)
+    sequence = [rng.normal(size=(3, 5)).astype("float32") for _ in range(3)]
+    eager_strategy, xla_strategy = GradVac(seed=5), GradVac(seed=5)
+    eager_strategy.build((3, 5))
+    xla_strategy.build((3, 5))
+    step = tf.function(lambda g: xla_strategy(g, training=True), jit_compile=True)
+    for grads in sequence:
+        eager, eager_w = eager_strategy(grads)
+        xla, xla_w = step(tf.constant(grads))
+        np.testing.assert_allclose(xla.numpy(), eager.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(xla_w.numpy(), eager_w.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        xla_strategy.targets.numpy(),
+        eager_strategy.targets.numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_training_false_leaves_targets():
+    strategy = GradVac(seed=0)
+    grads = np.array([[1.0, 0.0], [-1.0, 1.0]], "float32")
+    strategy.build(grads.shape)
+    strategy(grads, training=False)
+    np.testing.assert_array_equal(strategy.targets.numpy(), 0.0)
+
+
+def test_invalid_arguments():
+    for kwargs, name in [
+        ({"beta": 1.5}, "beta"),
+        ({"beta": -0.1}, "beta"),
+        ({"group_type": 1}, "group_type"),
+        ({"rep_grad": True}, "rep_grad"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            GradVac(**kwargs)
+
+
+def test_config_and_registry():
+    strategy = GradVac(beta=0.1, seed=3)
+    config = strategy.get_config()
+    assert (config["beta"], config["group_type"], config["seed"]) == (0.1, 0, 3)
+    assert GradVac.from_config(config).get_config() == config
+    for name in ("gradvac", "grad_vac", "gradient_vaccine", "GradVac"):
+        assert isinstance(weighting.get(name), GradVac)
+    restored = weighting.deserialize(weighting.serialize(strategy))
+    assert isinstance(restored, GradVac) and restored.seed == 3
+
+
+def test_state_round_trip_and_reset():
+    rng = np.random.default_rng(4)
+    sequence = [rng.normal(size=(3, 4)).astype("float32") for _ in range(4)]
+    strategy = GradVac(seed=2)
+    strategy.build((3, 4))
+    for grads in sequence[:3]:
+        strategy(grads)
+    assert np.any(strategy.targets.numpy() != 0)
+    clone = GradVac.from_config(strategy.get_config())
+    clone.build((3, 4))
+    clone.set_weights(strategy.get_weights())
+    # The RNG state is not a weight: copy it to get the same task orders.
+    clone.seed_generator.state.assign(strategy.seed_generator.state)
+    np.testing.assert_array_equal(
+        clone(sequence[3])[0].numpy(), strategy(sequence[3])[0].numpy()
+    )
+    np.testing.assert_array_equal(clone.targets.numpy(), strategy.targets.numpy())
+
+    strategy.reset_state()
+    np.testing.assert_array_equal(strategy.targets.numpy(), 0.0)

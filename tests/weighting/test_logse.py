@@ -1,0 +1,121 @@
+"""Tests of `LogSE` (Ghasemi-Naraghi, Nickabadi, Safabakhsh, J.UCS 2022)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.weighting.equal_weighting import EqualWeighting
+from keras_mtl.weighting.logse import LogSE
+
+
+def _t(values):
+    return tf.constant(values, dtype=tf.float32)
+
+
+def test_registry_names_resolve():
+    for name in ["logse", "log_se", "LogSE", "log_sum"]:
+        assert isinstance(keras_mtl.weighting.get(name), LogSE)
+
+
+def test_config_round_trip():
+    strategy = LogSE(epsilon=1e-6)
+    config = strategy.get_config()
+    assert config["epsilon"] == 1e-6
+    assert LogSE.from_config(config).get_config() == config
+    assert not LogSE.stateful
+
+
+def test_invalid_epsilon_raises():
+    for epsilon in (0.0, -1e-8, float("inf"), "small", None):
+        with pytest.raises(ValueError, match="epsilon"):
+            LogSE(epsilon=epsilon)
+
+
+def test_closed_form_objective_and_weights():
+    losses = np.array([0.25, 1.0, 7.0, 0.0], np.float32)
+    strategy = LogSE(epsilon=1e-3)
+    total, weights = strategy(_t(losses))
+    np.testing.assert_allclose(float(total), np.sum(np.log(losses + 1e-3)), rtol=1e-6)
+    np.testing.assert_allclose(weights.numpy(), 1 / (losses + 1e-3), rtol=1e-6)
+    x = _t(losses)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total, weights = strategy(x)
+    np.testing.assert_allclose(
+        tape.gradient(total, x).numpy(), weights.numpy(), rtol=1e-6
+    )
+    assert strategy.weights == []  # no state
+
+
+def _two_task_gradients(strategy, scale):
+    """Gradients of the strategy's objective on a tiny two-head model whose
+    second task loss is multiplied by `scale` as a function of the
+    parameters (equivalently its targets by sqrt(scale))."""
+    rng = np.random.default_rng(0)
+    x = _t(rng.normal(size=(16, 4)))
+    y1 = _t(rng.normal(size=(16, 1)))
+    y2 = _t(rng.normal(size=(16, 1)))
+    init = keras.initializers.GlorotUniform(seed=1)
+    trunk = tf.Variable(init((4, 8)))
+    head1 = tf.Variable(init((8, 1)))
+    head2 = tf.Variable(init((8, 1)))
+    variables = [trunk, head1, head2]
+    with tf.GradientTape() as tape:
+        h = tf.tanh(x @ trunk)
+        loss1 = tf.reduce_mean(tf.square(h @ head1 - y1))
+        loss2 = scale * tf.reduce_mean(tf.square(h @ head2 - y2))
+        total, _ = strategy(tf.stack([loss1, loss2]))
+    return [g.numpy() for g in tape.gradient(total, variables)]
+
+
+def test_rescaling_a_task_loss_leaves_the_update_unchanged():
+    base = _two_task_gradients(LogSE(), 1.0)
+    scaled = _two_task_gradients(LogSE(), 100.0)
+    for a, b in zip(base, scaled):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+    # The check is not vacuous: equal weighting's update changes.
+    ew_base = _two_task_gradients(EqualWeighting(), 1.0)
+    ew_scaled = _two_task_gradients(EqualWeighting(), 100.0)
+    assert not np.allclose(ew_base[0], ew_scaled[0], rtol=1e-2)
+
+
+def test_degenerate_inputs_and_permutation():
+    strategy = LogSE()
+    for scale in (0.0, 1e-10, 1e10):
+        total, weights = strategy(_t([1.0, 2.0, 3.0]) * scale)
+        assert np.isfinite(total.numpy()) and np.all(np.isfinite(weights.numpy()))
+    total, weights = LogSE()(_t([2.0]))
+    np.testing.assert_allclose(weights.numpy(), [0.5])
+    losses = np.array([0.1, 5.0, 2.0], np.float32)
+    perm = [2, 0, 1]
+    _, w = strategy(_t(losses))
+    _, w_p = strategy(_t(losses[perm]))
+    np.testing.assert_allclose(w.numpy()[perm], w_p.numpy())
+
+
+def test_eager_equals_xla_and_round_trip():
+    eager = LogSE()
+    compiled = LogSE.from_config(eager.get_config())
+
+    @tf.function(jit_compile=True)
+    def step(losses):
+        return compiled(losses)
+
+    for losses in ([0.3, 2.0, 9.0], [1e-6, 1e6, 1.0]):
+        for a, b in zip(eager(_t(losses)), step(_t(losses))):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    clone = LogSE.from_config(eager.get_config())
+    clone.build((3,))
+    clone.set_weights(eager.get_weights())
+    for a, b in zip(eager(_t([1.0, 2.0, 3.0])), clone(_t([1.0, 2.0, 3.0]))):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    eager.reset_state()  # stateless: a no-op
+
+
+def test_wrong_number_of_losses_raises():
+    strategy = LogSE()
+    strategy.build((2,))
+    with pytest.raises(ValueError, match="built for 2 tasks"):
+        strategy(_t([1.0]))

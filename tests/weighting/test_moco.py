@@ -1,0 +1,234 @@
+"""Tests of MoCo (multi-objective gradient correction)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl.weighting as weighting
+from keras_mtl.weighting.moco import MoCo
+
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _reference(
+    grads_seq, losses_seq, beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rho=0.0
+):
+    """Float64 re-derivation of LibMTL `LibMTL/weighting/MoCo.py`."""
+    num_tasks = len(grads_seq[0])
+    tracking = np.zeros_like(np.asarray(grads_seq[0], np.float64))
+    lambd = np.full(num_tasks, 1.0 / num_tasks)
+    updates, lambdas = [], []
+    for k, (grads, losses) in enumerate(zip(grads_seq, losses_seq), start=1):
+        grads = np.asarray(grads, np.float64)
+        losses = np.asarray(losses, np.float64)
+        norms = np.linalg.norm(grads, axis=1)
+        directions = grads / (norms + 1e-8)[:, None] * losses[:, None]
+        tracking = tracking - beta / k**beta_sigma * (tracking - directions)
+        gramian = tracking @ tracking.T + rho * np.eye(num_tasks)
+        lambd = _softmax(lambd - gamma / k**gamma_sigma * gramian @ lambd)
+        updates.append(tracking.T @ lambd)
+        lambdas.append(lambd)
+    return updates, lambdas, tracking
+
+
+def _random_sequence(rng, steps, num_tasks=3, dim=5):
+    grads = [rng.normal(size=(num_tasks, dim)).astype("float32") for _ in range(steps)]
+    losses = [
+        rng.uniform(0.1, 3.0, size=num_tasks).astype("float32") for _ in range(steps)
+    ]
+    return grads, losses
+
+
+def _run(strategy, grads_seq, losses_seq):
+    strategy.build(np.shape(grads_seq[0]))
+    outputs = [strategy(g, x) for g, x in zip(grads_seq, losses_seq)]
+    return [u.numpy() for u, _ in outputs], [w.numpy() for _, w in outputs]
+
+
+def test_first_step_by_hand():
+    # LibMTL MoCo.py, step k = 1, beta_1 = 0.5, gamma_1 = 0.1, lambda = (.5, .5):
+    # h = g / ||g|| * L = [[0.6, 0.8] * 2, [0, 1] * 1] = [[1.2, 1.6], [0, 1]]
+    # y = 0.5 h = [[0.6, 0.8], [0, 0.5]],  y y^T = [[1, 0.4], [0.4, 0.25]]
+    # y y^T lambda = [0.7, 0.325],  logits = 0.5 - 0.1 [0.7, 0.325]
+    #   = [0.43, 0.4675],  lambda = softmax(logits)
+    # update = lambda_1 [0.6, 0.8] + lambda_2 [0, 0.5].
+    strategy = MoCo()
+    update, lambd = (
+        strategy.aggregate(
+            np.array([[3.0, 4.0], [0.0, 2.0]], "float32"), losses=[2.0, 1.0]
+        ),
+        strategy.lambd.numpy(),
+    )
+    lambda_1 = 1.0 / (1.0 + np.exp(0.4675 - 0.43))
+    np.testing.assert_allclose(lambd, [lambda_1, 1.0 - lambda_1], rtol=1e-6)
+    np.testing.assert_allclose(
+        update.numpy(),
+        [0.6 * lambda_1, 0.8 * lambda_1 + 0.5 * (1.0 - lambda_1)],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        strategy.tracking.numpy(), [[0.6, 0.8], [0.0, 0.5]], rtol=1e-6
+    )
+    assert int(strategy.step.numpy()) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"rho": 0.3, "gamma": 1.0},
+        {"beta": 0.9, "beta_sigma": 0.0, "gamma_sigma": 0.0},
+    ],
+)
+def test_matches_reference_over_steps(kwargs):
+    grads, losses = _random_sequence(np.random.default_rng(0), steps=4)
+    updates, lambdas = _run(MoCo(**kwargs), grads, losses)
+    ref_updates, ref_lambdas, _ = _reference(grads, losses, **kwargs)
+    np.testing.assert_allclose(updates, ref_updates, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lambdas, ref_lambdas, rtol=1e-5)
+
+
+def test_lambda_stays_on_the_simplex():
+    rng = np.random.default_rng(1)
+    strategy = MoCo(gamma=5.0, gamma_sigma=0.0)
+    strategy.build((4, 6))
+    grads = tf.constant(rng.normal(size=(30, 4, 6)).astype("float32"))
+    losses = tf.constant(rng.uniform(0.1, 10.0, size=(30, 4)).astype("float32"))
+
+    @tf.function
+    def run():
+        lambdas = tf.TensorArray(tf.float32, size=30)
+        for i in tf.range(30):
+            _, lambd = strategy(grads[i], losses[i])
+            lambdas = lambdas.write(i, lambd)
+        return lambdas.stack()
+
+    lambdas = run().numpy()
+    assert np.all(lambdas >= 0)
+    np.testing.assert_allclose(lambdas.sum(axis=1), 1.0, rtol=1e-6)
+    assert int(strategy.step.numpy()) == 30
+
+
+def test_large_gramian_entries_get_less_weight():
+    # The dual step lowers the weight of the task whose tracked direction has
+    # the larger inner products (the MGDA min-norm direction).
+    strategy = MoCo()
+    _, lambd = strategy(np.eye(2, dtype="float32"), np.array([5.0, 1.0], "float32"))
+    assert lambd.numpy()[0] < lambd.numpy()[1]
+
+
+def test_invariant_to_gradient_scale():
+    grads, losses = _random_sequence(np.random.default_rng(2), steps=3)
+    scale = np.array([1.0, 1e3, 1e-3], "float32")[:, None]
+    base, _ = _run(MoCo(), grads, losses)
+    scaled, _ = _run(MoCo(), [g * scale for g in grads], losses)
+    np.testing.assert_allclose(scaled, base, rtol=1e-5, atol=1e-7)
+
+
+def test_requires_losses():
+    with pytest.raises(ValueError, match="losses"):
+        MoCo().aggregate(np.ones((2, 3), "float32"))
+
+
+def test_degenerate_inputs_are_finite():
+    cases = [
+        (np.zeros((3, 4)), np.ones(3)),
+        (np.zeros((3, 4)), np.zeros(3)),
+        (np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [-1.0, -2.0, -3.0]]), np.ones(3)),
+        (1e-10 * np.arange(12.0).reshape(3, 4), np.ones(3)),
+        (1e10 * np.arange(12.0).reshape(3, 4), np.ones(3)),
+        (1e10 * np.arange(12.0).reshape(3, 4), np.full(3, 1e10)),
+    ]
+    for grads, losses in cases:
+        strategy = MoCo()
+        for _ in range(2):
+            update = strategy.aggregate(
+                grads.astype("float32"), losses.astype("float32")
+            )
+            assert np.all(np.isfinite(update.numpy())), (grads, losses)
+            assert np.all(np.isfinite(strategy.lambd.numpy()))
+    strategy = MoCo()
+    update = strategy.aggregate(np.array([[3.0, -4.0]], "float32"), [2.0])
+    # One task: lambda = 1 and y = 0.5 * g / ||g|| * L.
+    np.testing.assert_allclose(update.numpy(), [0.6, -0.8], rtol=1e-6)
+
+
+def test_eager_equals_xla():
+    grads, losses = _random_sequence(np.random.default_rng(3), steps=3)
+    eager, eager_w = _run(MoCo(rho=0.1), grads, losses)
+    strategy = MoCo(rho=0.1)
+    strategy.build(grads[0].shape)
+    step = tf.function(lambda g, x: strategy(g, x), jit_compile=True)
+    for grad, loss, expected, expected_w in zip(grads, losses, eager, eager_w):
+        update, lambd = step(tf.constant(grad), tf.constant(loss))
+        np.testing.assert_allclose(update.numpy(), expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(lambd.numpy(), expected_w, rtol=1e-5)
+
+
+def test_training_false_leaves_state():
+    strategy = MoCo()
+    strategy.build((2, 2))
+    strategy(
+        np.eye(2, dtype="float32"), np.array([1.0, 2.0], "float32"), training=False
+    )
+    np.testing.assert_array_equal(strategy.tracking.numpy(), 0.0)
+    np.testing.assert_array_equal(strategy.lambd.numpy(), [0.5, 0.5])
+    assert int(strategy.step.numpy()) == 0
+
+
+def test_invalid_arguments():
+    for kwargs, name in [
+        ({"beta": 0.0}, "beta"),
+        ({"beta_sigma": -1.0}, "beta_sigma"),
+        ({"gamma": -0.1}, "gamma"),
+        ({"gamma_sigma": float("inf")}, "gamma_sigma"),
+        ({"rho": -1.0}, "rho"),
+        ({"rep_grad": True}, "rep_grad"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            MoCo(**kwargs)
+
+
+def test_config_and_registry():
+    strategy = MoCo(beta=0.3, beta_sigma=0.1, gamma=0.2, gamma_sigma=0.4, rho=0.5)
+    config = strategy.get_config()
+    assert [
+        config[k] for k in ("beta", "beta_sigma", "gamma", "gamma_sigma", "rho")
+    ] == [
+        0.3,
+        0.1,
+        0.2,
+        0.4,
+        0.5,
+    ]
+    assert MoCo.from_config(config).get_config() == config
+    for name in ("moco", "MoCo", "mo_co"):
+        assert isinstance(weighting.get(name), MoCo)
+    restored = weighting.deserialize(weighting.serialize(strategy))
+    assert isinstance(restored, MoCo) and restored.rho == 0.5
+
+
+def test_state_round_trip_and_reset():
+    grads, losses = _random_sequence(np.random.default_rng(4), steps=3)
+    strategy = MoCo()
+    _run(strategy, grads[:2], losses[:2])
+    clone = MoCo.from_config(strategy.get_config())
+    clone.build(grads[0].shape)
+    clone.set_weights(strategy.get_weights())
+    expected = strategy(grads[2], losses[2])
+    actual = clone(grads[2], losses[2])
+    np.testing.assert_array_equal(actual[0].numpy(), expected[0].numpy())
+    np.testing.assert_array_equal(actual[1].numpy(), expected[1].numpy())
+
+    strategy.reset_state()
+    np.testing.assert_array_equal(strategy.tracking.numpy(), 0.0)
+    np.testing.assert_allclose(strategy.lambd.numpy(), np.full(3, 1 / 3))
+    assert int(strategy.step.numpy()) == 0
+    fresh = MoCo()
+    fresh.build(grads[0].shape)
+    np.testing.assert_array_equal(
+        strategy(grads[0], losses[0])[0].numpy(), fresh(grads[0], losses[0])[0].numpy()
+    )

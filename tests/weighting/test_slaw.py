@@ -1,0 +1,266 @@
+"""Tests of `SLAW` (Crawshaw and Kosecka, arXiv 2109.08218)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.weighting.slaw import SLAW
+
+
+def _t(values):
+    return tf.constant(values, dtype=tf.float32)
+
+
+def _reference_weights(sequence, beta=0.99, eps=1e-5, warmup="arithmetic"):
+    """The authors' algorithm re-derived in float64 numpy: running mean m and
+    mean of squares q as in mtcrawshaw/meta `meta/utils/estimate.py`
+    (`RunningStats`: arithmetic means for round(1 / (1 - beta)) steps, then
+    EMAs) and the weights of `CLAW._update_weights` in `meta/train/loss.py`
+    (unit weights at the first step). Returns the weights of every step."""
+    sequence = np.asarray(sequence, np.float64)
+    num_tasks = sequence.shape[1]
+    threshold = round(1.0 / (1.0 - beta)) if warmup == "arithmetic" else 0
+    m = np.zeros(num_tasks)
+    q = np.zeros(num_tasks)
+    out = []
+    for n, losses in enumerate(sequence, start=1):
+        if n <= threshold:
+            m = (m * (n - 1) + losses) / n
+            q = (q * (n - 1) + losses**2) / n
+        else:
+            m = beta * m + (1 - beta) * losses
+            q = beta * q + (1 - beta) * losses**2
+        s = np.sqrt(np.maximum(q - m**2, 0.0))
+        if n == 1:
+            out.append(np.ones(num_tasks))
+            continue
+        inv = 1.0 / np.maximum(s, eps)
+        out.append(num_tasks * inv / inv.sum())
+    return np.array(out)
+
+
+def _feed(strategy, sequence):
+    return np.array([strategy(_t(losses))[1].numpy() for losses in sequence])
+
+
+def test_registry_names_resolve():
+    for name in ["slaw", "scaled_loss_approximate_weighting"]:
+        assert isinstance(keras_mtl.weighting.get(name), SLAW)
+
+
+def test_config_round_trip():
+    strategy = SLAW(beta=0.9, epsilon=1e-4, warmup="none")
+    config = strategy.get_config()
+    assert (config["beta"], config["epsilon"], config["warmup"]) == (0.9, 1e-4, "none")
+    assert SLAW.from_config(config).get_config() == config
+    assert SLAW().warmup_steps == 100
+
+
+_INVALID_ARGUMENTS = [
+    ({"beta": 1.0}, "beta"),
+    ({"beta": -0.5}, "beta"),
+    ({"beta": "x"}, "beta"),
+    ({"epsilon": 0.0}, "epsilon"),
+    ({"epsilon": float("nan")}, "epsilon"),
+    ({"warmup": "linear"}, "warmup"),
+]
+
+
+def test_invalid_arguments_raise():
+    for kwargs, match in _INVALID_ARGUMENTS:
+        with pytest.raises(ValueError, match=match):
+            SLAW(**kwargs)
+
+
+@pytest.mark.parametrize("warmup", ["arithmetic", "none"])
+def test_matches_the_reference_algorithm(warmup):
+    # beta = 0.95: 50 steps go through the 20-step arithmetic warm-up and
+    # into the EMAs.
+    rng = np.random.default_rng(0)
+    scales = np.array([0.5, 2.0, 20.0])
+    sequence = scales * (1.0 + 0.3 * rng.standard_normal((50, 3))) + scales
+    got = _feed(SLAW(beta=0.95, warmup=warmup), sequence)
+    expected = _reference_weights(sequence, beta=0.95, warmup=warmup)
+    np.testing.assert_allclose(got, expected, rtol=2e-4)
+    np.testing.assert_allclose(got.sum(axis=1), 3.0, rtol=1e-5)
+
+
+def test_known_standard_deviations_give_the_closed_form():
+    # Each task alternates m_t - sd_t, m_t + sd_t: after an even number of
+    # warm-up steps the arithmetic std is exactly sd_t, so
+    # w_t = T (1 / sd_t) / sum_j (1 / sd_j).
+    means = np.array([5.0, 1.0, 300.0, 2.0])
+    sds = np.array([0.5, 0.01, 30.0, 2.0])
+    signs = np.where(np.arange(40) % 2 == 0, -1.0, 1.0)[:, None]
+    sequence = means + signs * sds
+    got = _feed(SLAW(), sequence)
+    inv = 1.0 / sds
+    np.testing.assert_allclose(got[-1], 4 * inv / inv.sum(), rtol=1e-4)
+    np.testing.assert_array_equal(got[0], np.ones(4))
+
+
+def test_scaling_a_loss_divides_its_weight():
+    rng = np.random.default_rng(1)
+    sequence = 1.0 + 0.2 * rng.standard_normal((30, 2))
+    base = _feed(SLAW(), sequence)[-1]
+    scaled = _feed(SLAW(), sequence * [1.0, 100.0])[-1]
+    np.testing.assert_allclose(
+        scaled[0] / scaled[1], 100 * base[0] / base[1], rtol=1e-3
+    )
+
+
+def test_first_step_constant_and_non_finite_losses_give_unit_weights():
+    strategy = SLAW()
+    np.testing.assert_array_equal(_feed(strategy, [[1.0, 50.0]]), [[1.0, 1.0]])
+    # Constant losses: every std is floored at eps, so the weights stay 1.
+    np.testing.assert_allclose(_feed(strategy, [[1.0, 50.0]] * 3), 1.0)
+    _, weights = strategy(_t([np.nan, 1.0]))
+    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0])
+    strategy = SLAW()
+    _feed(strategy, [[1.0, 2.0], [2.0, 1.0]])
+    _, weights = strategy(_t([np.inf, 1.0]))
+    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0])
+
+
+def test_large_mean_small_fluctuation_is_accurate_in_float32():
+    # q - m^2 would cancel catastrophically in float32 here (m^2 = 2^20,
+    # variance 2^-14, below the spacing of float32 numbers near q); the
+    # variance recursion keeps the ratio exact. All inputs are exact in
+    # float32.
+    signs = np.where(np.arange(20) % 2 == 0, -1.0, 1.0)[:, None]
+    sds = np.array([2.0**-7, 2.0**-3])
+    sequence = np.array([1024.0, 1.0]) + signs * sds
+    got = _feed(SLAW(), sequence)[-1]
+    np.testing.assert_allclose(got, 2 * np.array([16.0, 1.0]) / 17.0, rtol=2e-3)
+
+
+def test_degenerate_inputs_are_finite():
+    rng = np.random.default_rng(2)
+    for scale in (1e-10, 1e10):
+        sequence = scale * rng.uniform(0.5, 1.5, (5, 3))
+        got = _feed(SLAW(), sequence)
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got.sum(axis=1), 3.0, rtol=1e-5)
+    np.testing.assert_allclose(_feed(SLAW(), [[1.0], [3.0], [2.0]]), 1.0)
+    zero = _feed(SLAW(), np.zeros((4, 2)))
+    np.testing.assert_array_equal(zero, np.ones((4, 2)))
+
+
+def test_permutation_equivariance():
+    rng = np.random.default_rng(3)
+    sequence = rng.uniform(0.1, 3.0, (12, 3)) * [1.0, 5.0, 0.2]
+    perm = [2, 0, 1]
+    got = _feed(SLAW(), sequence)
+    got_p = _feed(SLAW(), sequence[:, perm])
+    np.testing.assert_allclose(got[:, perm], got_p, rtol=1e-5)
+
+
+def test_training_false_uses_stored_statistics_without_updating():
+    strategy = SLAW()
+    _feed(strategy, [[1.0, 2.0], [3.0, 2.5]])
+    before = [v.numpy().copy() for v in strategy.weights]
+    _, weights = strategy(_t([100.0, 0.0]), training=False)
+    for b, v in zip(before, strategy.weights):
+        np.testing.assert_array_equal(b, v.numpy())
+    np.testing.assert_allclose(
+        weights.numpy(), _reference_weights([[1.0, 2.0], [3.0, 2.5]])[-1], rtol=1e-5
+    )
+    fresh = SLAW()
+    fresh.build((2,))
+    np.testing.assert_array_equal(fresh(_t([1.0, 2.0]), training=False)[1], [1, 1])
+
+
+@pytest.mark.parametrize("warmup", ["arithmetic", "none"])
+def test_eager_equals_xla(warmup):
+    eager = SLAW(beta=0.8, warmup=warmup)  # warm-up of 5 steps
+    compiled = SLAW.from_config(eager.get_config())
+
+    @tf.function(jit_compile=True)
+    def step(losses):
+        return compiled(losses)
+
+    rng = np.random.default_rng(4)
+    for _ in range(9):
+        losses = _t(rng.uniform(0.1, 4.0, 3))
+        for a, b in zip(eager(losses), step(losses)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+
+
+def test_state_round_trip_and_reset():
+    rng = np.random.default_rng(5)
+    strategy = SLAW(beta=0.9)
+    _feed(strategy, rng.uniform(0.5, 2.0, (15, 2)))
+    clone = SLAW.from_config(strategy.get_config())
+    clone.build((2,))
+    clone.set_weights(strategy.get_weights())
+    for losses in rng.uniform(0.5, 2.0, (3, 2)):
+        for a, b in zip(strategy(_t(losses)), clone(_t(losses))):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    strategy.reset_state()
+    assert all(not np.any(v.numpy()) for v in strategy.weights)
+    np.testing.assert_array_equal(strategy(_t([4.0, 1.0]))[1], [1.0, 1.0])
+
+
+def _mtregression_weights(sigmas, steps=800, average_over=200):
+    """A small version of the MTRegression toy (methods.md C1): targets
+    sigma_t * tanh(x (B + E_t)), a 2-layer tanh trunk with linear heads,
+    per-task MSE, Adam, trained inside one tf.function. Returns SLAW's
+    weights averaged over the last `average_over` steps."""
+    num_tasks, d_in, d_out, hidden, batch, n = len(sigmas), 20, 8, 32, 64, 2000
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0.0, 10.0, (d_in, d_out))
+    specific = rng.normal(0.0, 3.5, (num_tasks, d_in, d_out))
+    x = rng.normal(0.0, 0.035, (n, d_in))
+    y = np.stack(
+        [s * np.tanh(x @ (shared + specific[t])) for t, s in enumerate(sigmas)]
+    )
+    x = tf.constant(x, tf.float32)
+    y = tf.constant(y, tf.float32)
+    init = keras.initializers.GlorotUniform(seed=0)
+    variables = [
+        tf.Variable(init((d_in, hidden))),
+        tf.Variable(tf.zeros(hidden)),
+        tf.Variable(init((hidden, hidden))),
+        tf.Variable(tf.zeros(hidden)),
+        tf.Variable(init((num_tasks, hidden, d_out))),
+        tf.Variable(tf.zeros((num_tasks, d_out))),
+    ]
+    w1, b1, w2, b2, heads, head_bias = variables
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(variables)
+    strategy = SLAW()
+    strategy.build((num_tasks,))
+
+    @tf.function
+    def train():
+        weight_sum = tf.zeros(num_tasks)
+        for k in tf.range(steps):
+            idx = tf.random.stateless_uniform(
+                (batch,), seed=[k, 0], maxval=n, dtype=tf.int32
+            )
+            xb, yb = tf.gather(x, idx), tf.gather(y, idx, axis=1)
+            with tf.GradientTape() as tape:
+                h = tf.tanh(tf.tanh(xb @ w1 + b1) @ w2 + b2)
+                pred = tf.einsum("bh,thd->tbd", h, heads) + head_bias[:, None]
+                losses = tf.reduce_mean(tf.square(pred - yb), axis=[1, 2])
+                total, weights = strategy(losses)
+            grads = tape.gradient(total, variables)
+            optimizer.apply_gradients(zip(grads, variables))
+            if k >= steps - average_over:
+                weight_sum += weights
+        return weight_sum / average_over
+
+    return train().numpy()
+
+
+def test_weights_approach_inverse_squared_output_scales_on_mtregression():
+    sigmas = np.array([1.0, 3.0, 10.0])
+    ideal = 1.0 / sigmas**2
+    ideal = len(sigmas) * ideal / ideal.sum()  # [2.676, 0.297, 0.027]
+    weights = _mtregression_weights(sigmas)
+    error = np.mean((weights - ideal) ** 2)
+    equal_error = np.mean((1.0 - ideal) ** 2)  # EW's weights are all 1
+    assert np.all(np.diff(weights) < 0)
+    assert error < 0.02 * equal_error, (weights, ideal, error, equal_error)
