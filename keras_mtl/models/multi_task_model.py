@@ -496,7 +496,7 @@ class MultiTaskModel(keras.Model):
                 target, pred, sample_weight=sample_weights.get(task)
             )
             values.append(ops.cast(value, "float32"))
-        return ops.stack(values)
+        return _global_batch_losses(ops.stack(values))
 
     def _kpis(self):
         """The per-task metric values a strategy asks for (`kpi_metric`)."""
@@ -544,7 +544,30 @@ class MultiTaskModel(keras.Model):
             self.optimizer.apply(grads, variables)
             return tf.constant(True)
 
-        tf.cond(ok, apply, lambda: tf.constant(False))
+        replica = tf.distribute.get_replica_context()
+        if (
+            replica is None
+            or replica.num_replicas_in_sync == 1
+            or tf.__internal__.distribute.strategy_supports_no_merge_call()
+        ):
+            tf.cond(ok, apply, lambda: tf.constant(False))
+            return
+
+        # Under a distribution strategy whose optimizer step synchronises
+        # through merge_call (MirroredStrategy), the condition must be taken
+        # in cross-replica context, as Keras' LossScaleOptimizer does.
+        def cross_replica(distribution, ok, grads, variables):
+            ok = distribution.experimental_local_results(ok)[0]
+
+            def apply_on_replicas():
+                distribution.extended.call_for_each_replica(
+                    self.optimizer.apply, args=(grads, variables)
+                )
+                return tf.constant(True)
+
+            tf.cond(ok, apply_on_replicas, lambda: tf.constant(False))
+
+        replica.merge_call(cross_replica, args=(ok, grads, variables))
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -584,7 +607,7 @@ class MultiTaskModel(keras.Model):
         y_pred = self(x, training=True)
         self._check_target_shapes(y, y_pred)
         losses = self._task_losses(y, y_pred, sample_weights)
-        finite = self._guard.record(losses)
+        finite = _on_all_replicas(self._guard.record(losses))
         if self._on_nonfinite == "raise":
             finite = ops.logical_and(finite, self._guard.bad_step < 0)
         return y_pred, losses, finite
@@ -615,6 +638,15 @@ class MultiTaskModel(keras.Model):
         grads = [
             g if g is not None else ops.zeros_like(v) for g, v in zip(grads, variables)
         ]
+        replicas = _num_replicas()
+        if replicas > 1 and strategy.trainable_variables:
+            # The objective depends on the strategy's own variables through
+            # the global-batch losses, the same on every replica: their full
+            # gradient is computed R times and summed by the optimizer.
+            own = {id(v) for v in strategy.trainable_variables}
+            grads = [
+                g / replicas if id(v) in own else g for g, v in zip(grads, variables)
+            ]
         self._apply_if(finite, grads, variables)
         return y_pred, losses, weights, finite
 
@@ -644,7 +676,7 @@ class MultiTaskModel(keras.Model):
             )
             own_grads.append(grads[len(shared) :])
         del tape
-        matrix = ops.stack(rows)
+        matrix = _sum_over_replicas(ops.stack(rows))
         scale = self._loss_scale()
         if scale is not None:
             matrix = matrix / scale
@@ -655,6 +687,9 @@ class MultiTaskModel(keras.Model):
         update, weights = strategy(matrix, safe_losses, training=True, **kwargs)
         if scale is not None:
             update = update * scale
+        # The optimizer sums the replicas' gradients; the update is already
+        # that of the global batch on every replica.
+        update = update / _num_replicas()
         head_scales = strategy.head_gradient_scales(safe_losses, weights)
         task_grads, task_vars = [], []
         for t, task in enumerate(self.task_names):
@@ -713,6 +748,49 @@ class MultiTaskModel(keras.Model):
                 }
             self._compile_metrics.update_state(y, y_pred, weights)
         return self._collect_logs(include_weights=False)
+
+
+def _num_replicas():
+    replica = tf.distribute.get_replica_context()
+    return 1 if replica is None else replica.num_replicas_in_sync
+
+
+def _global_batch_losses(scaled_losses):
+    """Task losses of the global batch, differentiable through this replica.
+
+    Keras losses divide by the number of replicas R so that summing the
+    replicas' gradients gives the global-batch gradient. Non-linear
+    strategies need the loss values themselves: the value returned is the
+    global-batch loss (the mean over replicas, the same on every replica),
+    and its gradient is this replica's share, (1/R) dL_local, so that any
+    objective f(L) differentiated on every replica and summed by the
+    optimizer gives f'(L) dL of the global batch. A no-op on one device.
+    """
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        return scaled_losses
+    global_mean = replica.all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.stop_gradient(scaled_losses)
+    )
+    return scaled_losses + tf.stop_gradient(global_mean - scaled_losses)
+
+
+def _sum_over_replicas(value):
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        return value
+    return replica.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _on_all_replicas(flag):
+    """True where `flag` holds on every replica (a no-op on one device)."""
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        return flag
+    bad = replica.all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(flag), tf.float32)
+    )
+    return bad < 0.5
 
 
 def _batch_size(y_pred):

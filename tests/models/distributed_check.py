@@ -1,0 +1,65 @@
+"""Run by test_distributed_training.py in a fresh process (devices must be
+configured before TensorFlow starts): trains the same model for one epoch on
+one device and under MirroredStrategy on two logical CPUs, for each strategy
+named on the command line, and prints the largest differences as JSON."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tensorflow as tf  # noqa: E402
+
+_CPU = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _CPU, [tf.config.LogicalDeviceConfiguration()] * 2
+)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp  # noqa: E402
+
+import keras_mtl  # noqa: E402
+
+
+def train(name, distribution):
+    keras.utils.set_random_seed(0)
+    with distribution.scope():
+        model = two_task_mlp()
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=TWO_TASK_LOSSES,
+            loss_weighting=keras_mtl.weighting.get(name),
+        )
+    x, y = two_task_data(n=64)
+    history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    state = [v.numpy() for v in model.weights]
+    state += [v.numpy() for v in model.loss_weighting.weights]
+    return state, history.history
+
+
+def main(names):
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    report = {}
+    for name in names:
+        one, one_logs = train(name, tf.distribute.get_strategy())
+        two, two_logs = train(name, mirrored)
+        report[name] = {
+            "max_state_diff": max(
+                float(np.max(np.abs(a - b))) if a.size else 0.0
+                for a, b in zip(one, two)
+            ),
+            "max_log_diff": max(
+                abs(a - b)
+                for key in one_logs
+                for a, b in zip(one_logs[key], two_logs[key])
+            ),
+            "num_state": len(one),
+        }
+    print("RESULT " + json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

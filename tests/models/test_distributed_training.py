@@ -1,0 +1,27 @@
+"""MirroredStrategy on two logical CPUs gives one device's training."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+STRATEGIES = ["ew", "uw", "dwa", "slaw", "db_mtl"]
+
+
+@pytest.mark.slow
+def test_two_replicas_match_one_device():
+    script = os.path.join(os.path.dirname(__file__), "distributed_check.py")
+    result = subprocess.run(
+        [sys.executable, script, *STRATEGIES],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, result.stderr[-3000:]
+    report = json.loads(lines[-1][len("RESULT ") :])
+    for name in STRATEGIES:
+        assert report[name]["max_state_diff"] < 1e-5, (name, report[name])
+        assert report[name]["max_log_diff"] < 1e-5, (name, report[name])
