@@ -174,6 +174,12 @@ class MultiTaskModel(keras.Model):
         return {t: list(v) for t, v in self._task_graph.task_variables.items()}
 
     @property
+    def last_shared_variables(self) -> list:
+        """Variables of the last shared layer(s), those producing the shared
+        representation (GradNorm measures gradient norms on them)."""
+        return list(self._task_graph.last_shared_variables)
+
+    @property
     def shared_representations(self) -> list:
         """The tensors shared layers hand to task-specific layers."""
         return list(self._task_graph.shared_representations)
@@ -222,8 +228,13 @@ class MultiTaskModel(keras.Model):
                         "shared instead."
                     )
                 owners[id(variable)] = task
+        shared_ids = {id(v) for v in new_shared}
+        last = [v for v in graph.last_shared_variables if id(v) in shared_ids]
         self._task_graph = type(graph)(
-            new_shared, new_tasks, list(graph.shared_representations)
+            new_shared,
+            new_tasks,
+            list(graph.shared_representations),
+            last or new_shared,
         )
         self._roles_overridden = True
         self.train_function = None
@@ -374,6 +385,10 @@ class MultiTaskModel(keras.Model):
         strategy.set_task_names(self.task_names)
         if strategy.requires == "losses":
             shape = (self.num_tasks,)
+            self._shared_gradient_variables(strategy)  # validates early
+        elif getattr(strategy, "rep_grad", False):
+            self._representation_split()  # validates early
+            shape = (self.num_tasks, None)
         else:
             num_params = sum(
                 math.prod(v.shape) for v in self._task_graph.shared_variables
@@ -627,11 +642,21 @@ class MultiTaskModel(keras.Model):
     def _loss_based_update(self, x, y, sample_weights):
         strategy = self.loss_weighting
         variables = self.trainable_variables
+        grad_variables = self._shared_gradient_variables(strategy)
         with tf.GradientTape() as tape:
-            y_pred, losses, finite = self._forward_and_losses(x, y, sample_weights)
+            with tf.GradientTape(persistent=True) as inner:
+                y_pred, losses, finite = self._forward_and_losses(x, y, sample_weights)
+                task_losses = [losses[t] for t in range(self.num_tasks)]
             self._update_compiled_metrics(finite, y, y_pred, sample_weights)
             safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
             kwargs = self._strategy_kwargs()
+            if grad_variables:
+                matrix = self._gradient_matrix(inner, task_losses, grad_variables)
+                if not strategy.differentiable_gradients:
+                    matrix = ops.stop_gradient(_sum_over_replicas(matrix))
+                kwargs["shared_grads"] = ops.where(
+                    finite, matrix, ops.zeros_like(matrix)
+                )
             objective, weights = strategy(safe_losses, training=True, **kwargs)
             scaled = self.optimizer.scale_loss(objective)
         grads = tape.gradient(scaled, variables)
@@ -650,7 +675,149 @@ class MultiTaskModel(keras.Model):
         self._apply_if(finite, grads, variables)
         return y_pred, losses, weights, finite
 
+    def _shared_gradient_variables(self, strategy):
+        """The variables whose per-task gradients a loss strategy asks for."""
+        which = getattr(strategy, "shared_gradients", None)
+        if which is None:
+            return []
+        if which == "last_layer":
+            variables = self._task_graph.last_shared_variables
+        elif which == "all":
+            variables = self._task_graph.shared_variables
+        else:
+            raise ValueError(
+                f"{type(strategy).__name__}.shared_gradients must be None, "
+                f"'last_layer' or 'all', got {which!r}."
+            )
+        if not variables:
+            raise ValueError(
+                f"{type(strategy).__name__} needs per-task gradients of shared "
+                f"variables ({which!r}), but no trainable variable of this "
+                "model is shared by two tasks."
+            )
+        return list(variables)
+
+    @staticmethod
+    def _gradient_matrix(tape, task_losses, variables):
+        """The `(T, P)` matrix of per-task gradients of `variables`."""
+        rows = []
+        for loss in task_losses:
+            grads = tape.gradient(loss, variables)
+            rows.append(
+                ops.concatenate(
+                    [
+                        ops.reshape(
+                            ops.cast(ops.zeros_like(v) if g is None else g, "float32"),
+                            (-1,),
+                        )
+                        for g, v in zip(grads, variables)
+                    ]
+                )
+            )
+        return ops.stack(rows)
+
+    def _representation_split(self):
+        """Trunk (inputs -> shared representation) and heads (-> outputs)."""
+        split = getattr(self, "_rep_split", None)
+        if split is None:
+            reps = self._task_graph.shared_representations
+            if not reps:
+                raise ValueError(
+                    "rep_grad=True needs a shared representation: a tensor made "
+                    "by shared layers and read by task-specific layers. This "
+                    "model has none."
+                )
+            try:
+                trunk = keras.Model(self.inputs, list(reps))
+                heads = keras.Model(list(reps), self._outputs_struct)
+            except ValueError as error:
+                raise ValueError(
+                    "rep_grad=True needs task heads that read only the shared "
+                    f"representation, not the model inputs directly: {error}"
+                ) from error
+            split = _RepresentationSplit(trunk, heads)
+            # Kept out of Keras' tracking: the layers are the model's own.
+            object.__setattr__(self, "_rep_split", split)
+        return split
+
     def _gradient_based_update(self, x, y, sample_weights):
+        if getattr(self.loss_weighting, "rep_grad", False):
+            return self._representation_gradient_update(x, y, sample_weights)
+        return self._parameter_gradient_update(x, y, sample_weights)
+
+    def _representation_gradient_update(self, x, y, sample_weights):
+        strategy = self.loss_weighting
+        split = self._representation_split()
+        shared = self._task_graph.shared_variables
+        own = self._task_graph.task_variables
+        with tf.GradientTape(persistent=True) as tape:
+            reps = split.trunk(x, training=True)
+            reps = list(reps) if isinstance(reps, (list, tuple)) else [reps]
+            for rep in reps:
+                tape.watch(rep)
+            y_pred = split.heads(reps, training=True)
+            self._check_target_shapes(y, y_pred)
+            losses = self._task_losses(y, y_pred, sample_weights)
+            finite = _on_all_replicas(self._guard.record(losses))
+            if self._on_nonfinite == "raise":
+                finite = ops.logical_and(finite, self._guard.bad_step < 0)
+            task_objectives = [
+                self.optimizer.scale_loss(losses[t]) for t in range(self.num_tasks)
+            ]
+        rows, own_grads = [], []
+        for t, task in enumerate(self.task_names):
+            grads = tape.gradient(task_objectives[t], [*reps, *own[task]])
+            rows.append(
+                ops.concatenate(
+                    [
+                        ops.reshape(ops.cast(g, "float32"), (-1,))
+                        for g in grads[: len(reps)]
+                    ]
+                )
+            )
+            own_grads.append(grads[len(reps) :])
+        matrix = ops.stack(rows)
+        scale = self._loss_scale()
+        if scale is not None:
+            matrix = matrix / scale
+        matrix = ops.where(finite, matrix, ops.zeros_like(matrix))
+        self._update_compiled_metrics(finite, y, y_pred, sample_weights)
+        safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
+        update, weights = strategy(
+            matrix, safe_losses, training=True, **self._strategy_kwargs()
+        )
+        if scale is not None:
+            update = update * scale
+        cotangents, offset = [], 0
+        for rep in reps:
+            size = ops.size(rep)
+            piece = ops.reshape(update[offset : offset + size], ops.shape(rep))
+            cotangents.append(ops.cast(piece, rep.dtype))
+            offset = offset + size
+        shared_grads = tape.gradient(reps, shared, output_gradients=cotangents)
+        del tape
+        shared_grads = [
+            ops.zeros_like(v) if g is None else g for g, v in zip(shared_grads, shared)
+        ]
+        task_grads, task_vars = self._scaled_head_gradients(
+            strategy, safe_losses, weights, own_grads
+        )
+        self._apply_if(finite, shared_grads + task_grads, list(shared) + task_vars)
+        return y_pred, losses, weights, finite
+
+    def _scaled_head_gradients(self, strategy, losses, weights, own_grads):
+        head_scales = strategy.head_gradient_scales(losses, weights)
+        own = self._task_graph.task_variables
+        task_grads, task_vars = [], []
+        for t, task in enumerate(self.task_names):
+            for grad, variable in zip(own_grads[t], own[task]):
+                grad = ops.zeros_like(variable) if grad is None else grad
+                factor = ops.cast(head_scales[t], grad.dtype)
+                task_grads.append(grad * factor)
+                task_vars.append(variable)
+        return task_grads, task_vars
+
+    def _parameter_gradient_update(self, x, y, sample_weights):
         strategy = self.loss_weighting
         shared = self._task_graph.shared_variables
         own = self._task_graph.task_variables
@@ -690,13 +857,9 @@ class MultiTaskModel(keras.Model):
         # The optimizer sums the replicas' gradients; the update is already
         # that of the global batch on every replica.
         update = update / _num_replicas()
-        head_scales = strategy.head_gradient_scales(safe_losses, weights)
-        task_grads, task_vars = [], []
-        for t, task in enumerate(self.task_names):
-            for grad, variable in zip(own_grads[t], own[task]):
-                factor = ops.cast(head_scales[t], grad.dtype)
-                task_grads.append(grad * factor)
-                task_vars.append(variable)
+        task_grads, task_vars = self._scaled_head_gradients(
+            strategy, safe_losses, weights, own_grads
+        )
         shared_grads, offset = [], 0
         for variable in shared:
             size = math.prod(variable.shape)
@@ -748,6 +911,14 @@ class MultiTaskModel(keras.Model):
                 }
             self._compile_metrics.update_state(y, y_pred, weights)
         return self._collect_logs(include_weights=False)
+
+
+class _RepresentationSplit:
+    """The model cut at its shared representation (not tracked by Keras)."""
+
+    def __init__(self, trunk, heads):
+        self.trunk = trunk
+        self.heads = heads
 
 
 def _num_replicas():

@@ -33,6 +33,7 @@ class TaskGraph:
     shared_variables: list
     task_variables: dict
     shared_representations: list
+    last_shared_variables: list = dataclasses.field(default_factory=list)
 
 
 def _node_of(tensor):
@@ -111,4 +112,31 @@ def analyze_task_graph(outputs: dict, variables_in_order) -> TaskGraph:
             if len(node_tasks[id(producer_node)]) > 1 and id(tensor) not in rep_ids:
                 rep_ids.add(id(tensor))
                 representations.append(tensor)
-    return TaskGraph(shared, per_task, representations)
+    shared_ids = {id(v) for v in shared}
+    last_ids = set()
+    for tensor in representations:
+        last_ids.update(id(v) for v in _nearest_weights(tensor))
+    last = [v for v in shared if id(v) in last_ids and id(v) in shared_ids]
+    return TaskGraph(shared, per_task, representations, last)
+
+
+def _nearest_weights(tensor):
+    """Trainable variables of the closest layers with weights upstream of
+    `tensor` (descending into nested models): the "last shared layer"."""
+    stack, seen, found = [tensor], set(), []
+    while stack:
+        current = stack.pop()
+        if getattr(current, "_keras_history", None) is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        operation, node = _node_of(current)
+        inner_outputs = getattr(operation, "outputs", None)
+        if isinstance(operation, keras.Model) and inner_outputs:
+            index = current._keras_history.tensor_index
+            flat = keras.tree.flatten(inner_outputs)
+            stack.append(flat[min(index, len(flat) - 1)])
+        elif getattr(operation, "trainable_variables", None):
+            found.extend(operation.trainable_variables)
+        else:
+            stack.extend(node.input_tensors)
+    return found

@@ -41,6 +41,15 @@ class Strategy(keras.layers.Layer):
       recomputed on the same batch after the optimizer step (FAMO); the
       model then calls `update_after_step(losses, new_losses)`.
     - `stateful`: True when the strategy keeps state across steps.
+    - `shared_gradients`: for loss-weighting strategies that also need
+      per-task gradients (GradNorm, the orthogonality regulariser): None,
+      `"last_layer"` (the trainable variables of the last shared layer(s),
+      the ones producing the shared representation) or `"all"` (every
+      shared variable). The model then passes `shared_grads`, a `(T, P')`
+      matrix, to `call`. May be set per instance.
+    - `differentiable_gradients`: with `shared_gradients`, True when the
+      objective must be differentiated through those gradients (second
+      order, double back-propagation).
 
     Hooks the model calls outside the traced step: `on_epoch_end()` at the
     end of every training epoch (epoch-level state such as DWA's loss
@@ -56,6 +65,8 @@ class Strategy(keras.layers.Layer):
     kpi_metric: ClassVar[str | None] = None
     uses_post_step_losses: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
+    shared_gradients: ClassVar[str | None] = None
+    differentiable_gradients: ClassVar[bool] = False
     registry_name: ClassVar[str | None] = None
 
     def __init__(self, **kwargs):

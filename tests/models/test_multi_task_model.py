@@ -540,3 +540,138 @@ def test_head_gradient_scales_multiply_each_task_own_gradient():
     model.train_on_batch(x, y)
     for variable, value in zip(heads, expected):
         np.testing.assert_allclose(variable.numpy(), value, atol=1e-6)
+
+
+# --- Per-task gradient engine: representation and shared-layer gradients --
+
+
+class RepSum(SumOfGradients):
+    supports_rep_grad = True
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_rep_grad_path_with_sum_equals_equal_weighting(jit_compile):
+    """Summed representation gradients back-propagated once through the trunk
+    give EW's update exactly (the chain rule is linear in the cotangent)."""
+    x, y = two_task_data(n=32)
+    results = []
+    for strategy in ["ew", RepSum(rep_grad=True)]:
+        keras.utils.set_random_seed(3)
+        model = _compile(
+            two_task_mlp(batch_norm=True),
+            loss_weighting=strategy,
+            jit_compile=jit_compile,
+        )
+        model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+        results.append([v.numpy() for v in model.weights])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_rep_grad_hands_the_strategy_one_row_per_task_over_the_batch():
+    seen = {}
+
+    class Recorder(RepSum):
+        def call(self, grads, losses=None, training=True):
+            seen["shape"] = tuple(grads.shape)
+            return super().call(grads, losses, training)
+
+    model = _compile(two_task_mlp(), loss_weighting=Recorder(rep_grad=True))
+    x, y = two_task_data(n=8)
+    model.train_on_batch(x, y)
+    assert seen["shape"] in [(2, 8 * 16), (2, None)]
+    with pytest.raises(ValueError, match="does not support rep_grad"):
+        SumOfGradients(rep_grad=True)
+
+
+def test_rep_grad_rejects_heads_that_read_the_inputs():
+    inputs = keras.Input((4,))
+    shared = keras.layers.Dense(3)(inputs)
+    mixed = keras.layers.Concatenate()([shared, inputs])
+    model = keras_mtl.MultiTaskModel(
+        inputs,
+        {"a": keras.layers.Dense(1)(mixed), "b": keras.layers.Dense(1)(shared)},
+    )
+    with pytest.raises(ValueError, match="read only the shared representation"):
+        model.compile(loss="mse", loss_weighting=RepSum(rep_grad=True))
+
+
+def test_last_shared_variables_are_the_layer_feeding_the_heads():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(5, name="first")(inputs)
+    h = keras.layers.Dense(6, name="second")(h)
+    h = keras.layers.Activation("relu")(h)
+    model = keras_mtl.MultiTaskModel(
+        inputs, {"a": keras.layers.Dense(1)(h), "b": keras.layers.Dense(1)(h)}
+    )
+    assert _names(model.last_shared_variables) == ["second/kernel", "second/bias"]
+    nested_in = keras.Input((4,))
+    trunk = keras.Model(nested_in, keras.layers.Dense(3, name="inner")(nested_in))
+    nested = keras_mtl.MultiTaskModel.from_trunk(
+        trunk, {"a": keras.layers.Dense(1), "b": keras.layers.Dense(1)}
+    )
+    assert _names(nested.last_shared_variables) == ["inner/kernel", "inner/bias"]
+
+
+@pytest.mark.parametrize("which", ["last_layer", "all"])
+def test_loss_strategy_receives_per_task_shared_gradients(which):
+    seen = {}
+
+    class NeedsGrads(keras_mtl.weighting.EqualWeighting):
+        shared_gradients = which
+
+        def call(self, losses, shared_grads=None, training=True):
+            seen["grads"] = shared_grads
+            return super().call(losses, training=training)
+
+    model = _compile(
+        two_task_mlp(batch_norm=True), loss_weighting=NeedsGrads(), run_eagerly=True
+    )
+    x, y = two_task_data(n=8)
+    variables = (
+        model.last_shared_variables if which == "last_layer" else model.shared_variables
+    )
+    with tf.GradientTape(persistent=True) as tape:
+        pred = model(x, training=True)
+        cls = TWO_TASK_LOSSES["cls"](y["cls"], pred["cls"])
+        reg = keras.losses.MeanSquaredError()(y["reg"], pred["reg"])
+    expected = np.stack(
+        [
+            np.concatenate([np.ravel(g) for g in tape.gradient(loss, variables)])
+            for loss in (cls, reg)
+        ]
+    )
+    model.train_on_batch(x, y)
+    np.testing.assert_allclose(seen["grads"].numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_differentiable_shared_gradients_give_the_double_backprop_update():
+    """Objective sum(L) + (g_1 . g_2)^2 differentiated through the gradients."""
+
+    class DotPenalty(keras_mtl.weighting.EqualWeighting):
+        shared_gradients = "all"
+        differentiable_gradients = True
+
+        def call(self, losses, shared_grads=None, training=True):
+            total, weights = super().call(losses, training=training)
+            dot = keras.ops.sum(shared_grads[0] * shared_grads[1])
+            return total + dot**2, weights
+
+    model = _compile(two_task_mlp(), loss_weighting=DotPenalty())
+    x, y = two_task_data(n=8)
+    variables = model.trainable_variables
+    shared = model.shared_variables
+    before = [v.numpy() for v in variables]
+    with tf.GradientTape() as outer:
+        with tf.GradientTape(persistent=True) as inner:
+            pred = model(x, training=True)
+            cls = TWO_TASK_LOSSES["cls"](y["cls"], pred["cls"])
+            reg = keras.losses.MeanSquaredError()(y["reg"], pred["reg"])
+        g1 = inner.gradient(cls, shared)
+        g2 = inner.gradient(reg, shared)
+        dot = sum(tf.reduce_sum(a * b) for a, b in zip(g1, g2))
+        objective = cls + reg + dot**2
+    grads = outer.gradient(objective, variables)
+    model.train_on_batch(x, y)
+    for b, g, v in zip(before, grads, variables):
+        np.testing.assert_allclose(v.numpy(), b - 0.1 * g.numpy(), atol=1e-6)
