@@ -658,6 +658,9 @@ class MultiTaskModel(keras.Model):
                     finite, matrix, ops.zeros_like(matrix)
                 )
             objective, weights = strategy(safe_losses, training=True, **kwargs)
+            regularization = self._regularization_loss()
+            if regularization is not None:
+                objective = objective + regularization
             scaled = self.optimizer.scale_loss(objective)
         grads = tape.gradient(scaled, variables)
         grads = [
@@ -764,6 +767,7 @@ class MultiTaskModel(keras.Model):
             task_objectives = [
                 self.optimizer.scale_loss(losses[t]) for t in range(self.num_tasks)
             ]
+            regularization = self._regularization_loss()
         rows, own_grads = [], []
         for t, task in enumerate(self.task_names):
             grads = tape.gradient(task_objectives[t], [*reps, *own[task]])
@@ -795,14 +799,17 @@ class MultiTaskModel(keras.Model):
             cotangents.append(ops.cast(piece, rep.dtype))
             offset = offset + size
         shared_grads = tape.gradient(reps, shared, output_gradients=cotangents)
-        del tape
         shared_grads = [
             ops.zeros_like(v) if g is None else g for g, v in zip(shared_grads, shared)
         ]
         task_grads, task_vars = self._scaled_head_gradients(
             strategy, safe_losses, weights, own_grads
         )
-        self._apply_if(finite, shared_grads + task_grads, list(shared) + task_vars)
+        grads = self._add_regularization_gradients(
+            tape, regularization, shared_grads + task_grads, list(shared) + task_vars
+        )
+        del tape
+        self._apply_if(finite, grads, list(shared) + task_vars)
         return y_pred, losses, weights, finite
 
     def _scaled_head_gradients(self, strategy, losses, weights, own_grads):
@@ -826,6 +833,7 @@ class MultiTaskModel(keras.Model):
             task_objectives = [
                 self.optimizer.scale_loss(losses[t]) for t in range(self.num_tasks)
             ]
+            regularization = self._regularization_loss()
         rows, own_grads = [], []
         for t, task in enumerate(self.task_names):
             variables = [*shared, *own[task]]
@@ -842,7 +850,6 @@ class MultiTaskModel(keras.Model):
                 )
             )
             own_grads.append(grads[len(shared) :])
-        del tape
         matrix = _sum_over_replicas(ops.stack(rows))
         scale = self._loss_scale()
         if scale is not None:
@@ -866,8 +873,29 @@ class MultiTaskModel(keras.Model):
             piece = ops.reshape(update[offset : offset + size], variable.shape)
             shared_grads.append(ops.cast(piece, variable.dtype))
             offset += size
-        self._apply_if(finite, shared_grads + task_grads, list(shared) + task_vars)
+        grads = self._add_regularization_gradients(
+            tape, regularization, shared_grads + task_grads, list(shared) + task_vars
+        )
+        del tape
+        self._apply_if(finite, grads, list(shared) + task_vars)
         return y_pred, losses, weights, finite
+
+    def _regularization_loss(self):
+        """Sum of the layers' own losses (weight and activity regularisers),
+        scaled for distribution as Keras does, or None when there are none.
+        They are added to the update, not weighted by the strategy."""
+        if not self.losses:
+            return None
+        total = ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
+        return total / _num_replicas()
+
+    def _add_regularization_gradients(self, tape, regularization, grads, variables):
+        if regularization is None:
+            return grads
+        extra = tape.gradient(self.optimizer.scale_loss(regularization), variables)
+        return [
+            g if e is None else g + ops.cast(e, g.dtype) for g, e in zip(grads, extra)
+        ]
 
     def _update_logs(self, finite, losses, weights, y, y_pred, sample_weights):
         keep = ops.cast(finite, "float32") * _batch_size(y_pred)

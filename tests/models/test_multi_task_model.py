@@ -675,3 +675,32 @@ def test_differentiable_shared_gradients_give_the_double_backprop_update():
     model.train_on_batch(x, y)
     for b, g, v in zip(before, grads, variables):
         np.testing.assert_allclose(v.numpy(), b - 0.1 * g.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["ew", "sum", "rep_sum"])
+def test_weight_regularizers_are_part_of_every_update(strategy):
+    """An L2 kernel regulariser on the trunk adds 2*l2*W to its gradient."""
+    strategies = {"ew": "ew", "sum": SumOfGradients(), "rep_sum": RepSum(rep_grad=True)}
+    inputs = keras.Input((8,))
+    shared = keras.layers.Dense(
+        16, kernel_regularizer=keras.regularizers.L2(0.5), name="trunk"
+    )(inputs)
+    model = keras_mtl.MultiTaskModel(
+        inputs,
+        {
+            "cls": keras.layers.Dense(3, name="cls_head")(shared),
+            "reg": keras.layers.Dense(1, name="reg_head")(shared),
+        },
+    )
+    _compile(model, loss_weighting=strategies[strategy])
+    x, y = two_task_data(n=8)
+    kernel = model.get_layer("trunk").kernel
+    with tf.GradientTape() as tape:
+        pred = model(x, training=True)
+        total = TWO_TASK_LOSSES["cls"](y["cls"], pred["cls"])
+        total += keras.losses.MeanSquaredError()(y["reg"], pred["reg"])
+    expected = kernel.numpy() - 0.1 * (
+        tape.gradient(total, kernel).numpy() + 2 * 0.5 * kernel.numpy()
+    )
+    model.train_on_batch(x, y)
+    np.testing.assert_allclose(kernel.numpy(), expected, atol=1e-5)
