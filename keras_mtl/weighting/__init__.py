@@ -19,20 +19,32 @@ from keras_mtl.weighting.dynamic_task_prioritization import DynamicTaskPrioritiz
 from keras_mtl.weighting.dynamic_weight_average import DynamicWeightAverage
 from keras_mtl.weighting.equal_weighting import EqualWeighting
 from keras_mtl.weighting.excess_mtl import ExcessMTL
+from keras_mtl.weighting.famo import FAMO
+from keras_mtl.weighting.geometric_loss_strategy import GeometricLossStrategy
 from keras_mtl.weighting.graddrop import GradDrop
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.gradvac import GradVac
+from keras_mtl.weighting.imtl_l import IMTLL
 from keras_mtl.weighting.logse import LogSE
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.moco import MoCo
+from keras_mtl.weighting.random_loss_weighting import RandomLossWeighting
 from keras_mtl.weighting.registry import lookup, registered_strategies
 from keras_mtl.weighting.slaw import SLAW
+from keras_mtl.weighting.smooth_tchebycheff import SmoothTchebycheff
+from keras_mtl.weighting.soft_adapt import SoftAdapt
 from keras_mtl.weighting.static_weighting import StaticWeighting
 from keras_mtl.weighting.strategy import Strategy
 from keras_mtl.weighting.uncertainty_weighting import UncertaintyWeighting
 
 __all__ = [
+    "FAMO",
+    "IMTLL",
     "SLAW",
+    "GeometricLossStrategy",
+    "RandomLossWeighting",
+    "SmoothTchebycheff",
+    "SoftAdapt",
     "AdaptiveWeighting",
     "DBMTL",
     "DynamicTaskPrioritization",

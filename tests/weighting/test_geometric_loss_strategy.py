@@ -1,0 +1,174 @@
+"""Tests of `GeometricLossStrategy` (Chennupati et al., CVPRW 2019)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.weighting.geometric_loss_strategy import GeometricLossStrategy
+
+
+def _t(values):
+    return tf.constant(values, dtype=tf.float32)
+
+
+def _closed_form(losses):
+    """Geometric mean and its derivative, in float64 numpy."""
+    losses = np.asarray(losses, np.float64)
+    num_tasks = losses.size
+    objective = np.prod(losses) ** (1.0 / num_tasks)
+    return objective, objective / (num_tasks * losses)
+
+
+def test_registry_and_config_round_trip():
+    for name in ["gls", "geometric", "geometric_loss", "GeometricLossStrategy"]:
+        assert isinstance(keras_mtl.weighting.get(name), GeometricLossStrategy)
+    assert GeometricLossStrategy.registry_name == "gls"
+    strategy = GeometricLossStrategy(name="geo")
+    config = strategy.get_config()
+    clone = GeometricLossStrategy.from_config(config)
+    assert clone.get_config() == config
+    restored = keras_mtl.weighting.deserialize(keras_mtl.weighting.serialize(strategy))
+    assert isinstance(restored, GeometricLossStrategy)
+    assert restored.get_config() == config
+
+
+def test_closed_form():
+    for losses in [[1.0, 4.0], [0.3, 2.0, 7.5], [0.01, 1.0, 100.0, 3.0, 0.5]]:
+        total, weights = GeometricLossStrategy()(_t(losses))
+        expected_total, expected_weights = _closed_form(losses)
+        np.testing.assert_allclose(float(total), expected_total, rtol=1e-5)
+        np.testing.assert_allclose(weights.numpy(), expected_weights, rtol=1e-5)
+
+
+def test_weights_are_the_derivative_of_the_objective():
+    losses = _t([0.2, 1.5, 9.0])
+    with tf.GradientTape() as tape:
+        tape.watch(losses)
+        total, weights = GeometricLossStrategy()(losses)
+    grad = tape.gradient(total, losses)
+    np.testing.assert_allclose(grad.numpy(), weights.numpy(), rtol=1e-5)
+
+
+def test_single_task_is_the_loss_itself():
+    total, weights = GeometricLossStrategy()(_t([3.5]))
+    np.testing.assert_allclose(float(total), 3.5, rtol=1e-6)
+    np.testing.assert_allclose(weights.numpy(), [1.0], rtol=1e-6)
+
+
+def test_permutation_equivariance():
+    losses = np.array([0.5, 3.0, 1.2, 8.0], np.float32)
+    perm = np.array([2, 0, 3, 1])
+    strategy = GeometricLossStrategy()
+    total, weights = strategy(_t(losses))
+    total_p, weights_p = strategy(_t(losses[perm]))
+    np.testing.assert_allclose(float(total_p), float(total), rtol=1e-6)
+    np.testing.assert_allclose(weights_p.numpy(), weights.numpy()[perm], rtol=1e-6)
+
+
+def _tiny_problem():
+    """A 2-task model: shared dense trunk, one linear head per task."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(16, 3)), tf.float32)
+    y1 = tf.constant(rng.normal(size=(16, 1)), tf.float32)
+    y2 = tf.constant(rng.normal(size=(16, 1)), tf.float32)
+    trunk = keras.layers.Dense(4, activation="tanh")
+    head1, head2 = keras.layers.Dense(1), keras.layers.Dense(1)
+    for layer, shape in ((trunk, (None, 3)), (head1, (None, 4)), (head2, (None, 4))):
+        layer.build(shape)
+    variables = [*trunk.trainable_variables, *head1.trainable_variables]
+    variables += head2.trainable_variables
+
+    def task_losses(scale):
+        z = trunk(x)
+        l1 = tf.reduce_mean((head1(z) - y1) ** 2)
+        l2 = tf.reduce_mean((head2(z) - y2) ** 2)
+        return tf.stack([l1, scale * l2])
+
+    return task_losses, variables
+
+
+def _flat_gradient(strategy, task_losses, variables, scale):
+    with tf.GradientTape() as tape:
+        total, _ = strategy(task_losses(scale))
+    grads = tape.gradient(total, variables)
+    return np.concatenate([g.numpy().ravel() for g in grads])
+
+
+def test_scaling_one_loss_only_rescales_the_gradient():
+    # (prod L)^(1/T) with L_2 -> c L_2 is c^(1/T) times the objective, so the
+    # model gradient is multiplied by c^(1/2) for T = 2 and keeps its direction.
+    task_losses, variables = _tiny_problem()
+    strategy = GeometricLossStrategy()
+    base = _flat_gradient(strategy, task_losses, variables, 1.0)
+    scaled = _flat_gradient(strategy, task_losses, variables, 100.0)
+    np.testing.assert_allclose(scaled, 10.0 * base, rtol=1e-4, atol=1e-7)
+    # Equal weighting does not have this property (the test can fail).
+    with tf.GradientTape() as tape:
+        ew_base = tf.reduce_sum(task_losses(1.0))
+    with tf.GradientTape() as tape2:
+        ew_scaled = tf.reduce_sum(task_losses(100.0))
+    g_base = np.concatenate(
+        [g.numpy().ravel() for g in tape.gradient(ew_base, variables)]
+    )
+    g_scaled = np.concatenate(
+        [g.numpy().ravel() for g in tape2.gradient(ew_scaled, variables)]
+    )
+    cosine = g_base @ g_scaled / np.linalg.norm(g_base) / np.linalg.norm(g_scaled)
+    assert cosine < 0.999
+
+
+def test_degenerate_losses_give_finite_results():
+    cases = [
+        [0.0, 1.0],
+        [1e-10, 1e10],
+        [1e10, 1e10, 1e10],
+        [1e-12] * 4,
+        [1e3] * 50,  # the raw product (1e150) overflows float32
+    ]
+    for losses in cases:
+        total, weights = GeometricLossStrategy()(_t(losses))
+        assert np.isfinite(float(total))
+        assert np.all(np.isfinite(weights.numpy()))
+        if min(losses) > 0:
+            expected_total, expected_weights = _closed_form(losses)
+            np.testing.assert_allclose(float(total), expected_total, rtol=1e-4)
+            np.testing.assert_allclose(weights.numpy(), expected_weights, rtol=1e-4)
+
+
+def test_zero_loss_gets_the_dominant_weight():
+    total, weights = GeometricLossStrategy()(_t([0.0, 2.0]))
+    assert float(total) < 1e-10
+    assert weights.numpy()[0] > 1e10
+    assert weights.numpy()[1] < 1e-10
+
+
+def test_eager_and_xla_agree():
+    strategy = GeometricLossStrategy()
+    losses = _t([0.4, 2.5, 11.0])
+    eager = strategy(losses)
+    compiled = tf.function(lambda x: strategy(x), jit_compile=True)(losses)
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_stateless_round_trip_and_reset():
+    strategy = GeometricLossStrategy()
+    strategy.build((3,))
+    assert not GeometricLossStrategy.stateful
+    assert strategy.weights == []
+    clone = GeometricLossStrategy.from_config(strategy.get_config())
+    clone.build((3,))
+    clone.set_weights(strategy.get_weights())
+    losses = _t([1.0, 2.0, 3.0])
+    for a, b in zip(strategy(losses), clone(losses)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    strategy.reset_state()  # nothing to reset; must not raise
+
+
+def test_wrong_number_of_tasks_raises():
+    strategy = GeometricLossStrategy()
+    strategy(_t([1.0, 2.0]))
+    with pytest.raises(ValueError, match="2 tasks"):
+        strategy(_t([1.0, 2.0, 3.0]))

@@ -1,0 +1,190 @@
+"""Tests of `IMTLL` (IMTL-L, Liu et al., ICLR 2021)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.weighting.imtl_l import IMTLL
+
+
+def _t(values):
+    return tf.constant(values, dtype=tf.float32)
+
+
+def _built(num_tasks=2, **kwargs):
+    strategy = IMTLL(**kwargs)
+    strategy.build((num_tasks,))
+    return strategy
+
+
+def test_registry_and_config_round_trip():
+    for name in ["imtl_l", "imtl_loss", "IMTL-L", "IMTLL"]:
+        assert isinstance(keras_mtl.weighting.get(name), IMTLL)
+    assert IMTLL.registry_name == "imtl_l"
+    strategy = IMTLL(init=[0.5, -1.0])
+    config = strategy.get_config()
+    assert config["init"] == [0.5, -1.0]
+    assert IMTLL.from_config(config).get_config() == config
+    restored = keras_mtl.weighting.deserialize(keras_mtl.weighting.serialize(strategy))
+    assert restored.get_config() == config
+    assert IMTLL().get_config()["init"] == 0.0
+
+
+def test_invalid_arguments_raise():
+    for init, match in [
+        (float("inf"), "init=inf"),
+        ("zero", "init='zero'"),
+        ([], r"init=\[\]"),
+        ([0.0, float("nan")], r"init=\[0.0, nan\]"),
+        (True, "init=True"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            IMTLL(init=init)
+    with pytest.raises(ValueError, match="2 `init` values"):
+        _built(3, init=[0.0, 1.0])
+
+
+def test_closed_form_and_derivatives():
+    s = np.array([0.3, -1.2, 0.0])
+    losses = np.array([2.0, 0.5, 7.0])
+    strategy = _built(3, init=list(s))
+    loss_tensor = _t(losses)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(loss_tensor)
+        total, weights = strategy(loss_tensor)
+    np.testing.assert_allclose(float(total), np.sum(np.exp(s) * losses - s), rtol=1e-6)
+    np.testing.assert_allclose(weights.numpy(), np.exp(s), rtol=1e-6)
+    # d/dL = exp(s) (the reported weights); d/ds = exp(s) L - 1.
+    np.testing.assert_allclose(
+        tape.gradient(total, loss_tensor).numpy(), weights.numpy(), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        tape.gradient(total, strategy.loss_scales).numpy(),
+        np.exp(s) * losses - 1.0,
+        rtol=1e-5,
+    )
+    assert strategy.trainable_weights == [strategy.loss_scales]
+
+
+def test_optimising_s_on_fixed_losses_makes_every_scaled_loss_one():
+    losses = _t([0.05, 1.0, 3.0, 250.0])
+    strategy = _built(4)
+
+    @tf.function(jit_compile=True)
+    def descend():
+        for _ in tf.range(300):
+            with tf.GradientTape() as tape:
+                total, _ = strategy(losses)
+            grad = tape.gradient(total, strategy.loss_scales)
+            strategy.loss_scales.assign_sub(0.5 * grad)
+
+    descend()
+    scaled = np.exp(strategy.loss_scales.numpy()) * losses.numpy()
+    np.testing.assert_allclose(scaled, 1.0, rtol=1e-4)
+    # At the optimum the weights are 1 / L_t.
+    np.testing.assert_allclose(
+        strategy(losses)[1].numpy(), 1.0 / losses.numpy(), rtol=1e-4
+    )
+
+
+def test_with_a_keras_optimizer_the_scales_converge_too():
+    losses = _t([0.2, 8.0])
+    strategy = _built(2)
+    optimizer = keras.optimizers.Adam(learning_rate=0.1)
+    optimizer.build(strategy.trainable_variables)
+
+    @tf.function
+    def train():
+        for _ in tf.range(400):
+            with tf.GradientTape() as tape:
+                total, _ = strategy(losses)
+            grads = tape.gradient(total, strategy.trainable_variables)
+            optimizer.apply(grads, strategy.trainable_variables)
+
+    train()
+    scaled = np.exp(strategy.loss_scales.numpy()) * losses.numpy()
+    np.testing.assert_allclose(scaled, 1.0, atol=2e-2)
+
+
+def _tiny_problem():
+    """A 2-task model: shared dense trunk, one linear head per task."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(16, 3)), tf.float32)
+    y1 = tf.constant(rng.normal(size=(16, 1)), tf.float32)
+    y2 = tf.constant(rng.normal(size=(16, 1)), tf.float32)
+    trunk = keras.layers.Dense(4, activation="tanh")
+    head1, head2 = keras.layers.Dense(1), keras.layers.Dense(1)
+    for layer, shape in ((trunk, (None, 3)), (head1, (None, 4)), (head2, (None, 4))):
+        layer.build(shape)
+    variables = [*trunk.trainable_variables, *head1.trainable_variables]
+    variables += head2.trainable_variables
+
+    def task_losses(scale):
+        z = trunk(x)
+        l1 = tf.reduce_mean((head1(z) - y1) ** 2)
+        l2 = tf.reduce_mean((head2(z) - y2) ** 2)
+        return tf.stack([l1, scale * l2])
+
+    return task_losses, variables
+
+
+def test_at_the_optimal_scales_a_loss_rescaling_changes_nothing():
+    task_losses, variables = _tiny_problem()
+
+    def gradient_at_optimum(scale):
+        strategy = _built(2, init=list(-np.log(task_losses(scale).numpy())))
+        with tf.GradientTape() as tape:
+            total, _ = strategy(task_losses(scale))
+        grads = tape.gradient(total, variables)
+        return np.concatenate([g.numpy().ravel() for g in grads])
+
+    np.testing.assert_allclose(
+        gradient_at_optimum(100.0), gradient_at_optimum(1.0), rtol=1e-4, atol=1e-7
+    )
+
+
+def test_eager_and_xla_agree():
+    strategy = _built(3, init=[0.1, -0.4, 1.0])
+    losses = _t([0.3, 2.0, 5.0])
+    eager = strategy(losses)
+    compiled = tf.function(lambda x: strategy(x), jit_compile=True)(losses)
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_state_round_trip_and_reset():
+    strategy = _built(2, init=0.25)
+    strategy.loss_scales.assign([0.7, -2.0])
+    clone = IMTLL.from_config(strategy.get_config())
+    clone.build((2,))
+    clone.set_weights(strategy.get_weights())
+    losses = _t([1.5, 3.0])
+    for a, b in zip(strategy(losses), clone(losses)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    strategy.reset_state()
+    np.testing.assert_array_equal(strategy.loss_scales.numpy(), [0.25, 0.25])
+    # Calling the strategy never changes s by itself (only the optimizer).
+    strategy(losses, training=True)
+    np.testing.assert_array_equal(strategy.loss_scales.numpy(), [0.25, 0.25])
+
+
+def test_degenerate_inputs_give_finite_results():
+    strategy = _built(3)
+    for losses in ([0.0, 1.0, 2.0], [1e-10, 1e10, 1.0]):
+        total, weights = strategy(_t(losses))
+        assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
+    total, weights = _built(1)(_t([4.0]))
+    np.testing.assert_allclose([float(total)], [4.0])
+    np.testing.assert_allclose(weights.numpy(), [1.0])
+
+
+def test_permutation_equivariance():
+    s = np.array([0.2, -0.5, 1.0])
+    losses = np.array([3.0, 0.5, 1.5], np.float32)
+    perm = np.array([1, 2, 0])
+    total_a, weights_a = _built(3, init=list(s))(_t(losses))
+    total_b, weights_b = _built(3, init=list(s[perm]))(_t(losses[perm]))
+    np.testing.assert_allclose(float(total_a), float(total_b), rtol=1e-6)
+    np.testing.assert_allclose(weights_a.numpy()[perm], weights_b.numpy(), rtol=1e-6)

@@ -1,0 +1,270 @@
+"""Tests of `SmoothTchebycheff` (Lin et al., ICML 2024)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.weighting.smooth_tchebycheff import SmoothTchebycheff
+
+
+def _t(values):
+    return tf.constant(values, dtype=tf.float32)
+
+
+def _built(num_tasks=2, **kwargs):
+    strategy = SmoothTchebycheff(**kwargs)
+    strategy.build((num_tasks,))
+    return strategy
+
+
+def _value_and_grad(strategy, losses, training=True):
+    losses = _t(losses)
+    with tf.GradientTape() as tape:
+        tape.watch(losses)
+        total, weights = strategy(losses, training=training)
+    return float(total), weights.numpy(), tape.gradient(total, losses).numpy()
+
+
+def _libmtl_objective(losses, nadir, mu, shift=None):
+    """LibMTL/weighting/STCH.py after the warm-up, in float64 numpy:
+    l = log(L / nadir + 1e-20); loss = mu * log(sum(exp((l - max l) / mu))) * T
+    where max l is detached: pass `shift` to hold it constant."""
+    losses = np.asarray(losses, np.float64)
+    log_losses = np.log(losses / nadir + 1e-20)
+    if shift is None:
+        shift = np.max(log_losses)
+    return losses.size * mu * np.log(np.sum(np.exp((log_losses - shift) / mu))), shift
+
+
+def _numeric_gradient(fn, x, h=1e-6):
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = h * max(1.0, abs(x[i]))
+        grad[i] = (fn(x + e) - fn(x - e)) / (2 * e[i])
+    return grad
+
+
+def test_registry_and_config_round_trip():
+    for name in [
+        "stch",
+        "smooth_tchebycheff",
+        "SmoothTchebycheff",
+        "Smooth-Tchebycheff",
+    ]:
+        assert isinstance(keras_mtl.weighting.get(name), SmoothTchebycheff)
+    assert SmoothTchebycheff.registry_name == "stch"
+    strategy = SmoothTchebycheff(
+        mu=0.5,
+        warmup_epochs=2,
+        preference=[1.0, 2.0],
+        ideal_point=[0.0, -1.0],
+        normalize=False,
+    )
+    config = strategy.get_config()
+    assert config["mu"] == 0.5 and config["warmup_epochs"] == 2
+    assert config["preference"] == [1.0, 2.0]
+    assert config["ideal_point"] == [0.0, -1.0]
+    assert config["normalize"] is False
+    assert SmoothTchebycheff.from_config(config).get_config() == config
+    restored = keras_mtl.weighting.deserialize(keras_mtl.weighting.serialize(strategy))
+    assert restored.get_config() == config
+    defaults = SmoothTchebycheff().get_config()
+    assert defaults["mu"] == 1.0 and defaults["warmup_epochs"] == 4
+    assert defaults["normalize"] is True
+
+
+def test_invalid_arguments_raise():
+    cases = [
+        ({"mu": 0.0}, "mu=0.0"),
+        ({"mu": "small"}, "mu='small'"),
+        ({"warmup_epochs": -1}, "warmup_epochs=-1"),
+        ({"warmup_epochs": 1.5}, "warmup_epochs=1.5"),
+        ({"preference": [1.0, 0.0]}, r"preference=\[1.0, 0.0\]"),
+        ({"preference": 1.0}, "preference=1.0"),
+        ({"ideal_point": [float("nan")]}, r"ideal_point=\[nan\]"),
+        ({"normalize": "yes"}, "normalize='yes'"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            SmoothTchebycheff(**kwargs)
+    with pytest.raises(ValueError, match="2 `preference` values"):
+        _built(3, preference=[1.0, 1.0])
+
+
+def test_raw_closed_form_and_weights_sum_to_t():
+    preference = np.array([1.0, 2.0, 0.5])
+    ideal = np.array([0.1, 0.0, -0.3])
+    losses = np.array([0.8, 0.6, 1.5])
+    mu = 0.3
+    strategy = _built(
+        3, mu=mu, preference=list(preference), ideal_point=list(ideal), normalize=False
+    )
+    total, weights, grad = _value_and_grad(strategy, losses)
+    u = preference * (losses - ideal) / mu
+    expected = 3 * mu * np.log(np.sum(np.exp(u)))
+    p = np.exp(u - u.max()) / np.exp(u - u.max()).sum()
+    np.testing.assert_allclose(total, expected, rtol=1e-5)
+    np.testing.assert_allclose(weights, 3 * p * preference, rtol=1e-5)
+    np.testing.assert_allclose(grad, weights, rtol=1e-5)
+    # With the uniform preference the weights sum to T.
+    _, uniform_weights, _ = _value_and_grad(_built(3, mu=mu, normalize=False), losses)
+    np.testing.assert_allclose(uniform_weights.sum(), 3.0, rtol=1e-6)
+    assert np.all(uniform_weights > 0)
+
+
+def test_small_mu_tends_to_the_tchebycheff_maximum():
+    preference = np.array([1.0, 3.0, 0.5])
+    ideal = np.array([0.0, 0.5, -1.0])
+    losses = np.array([2.0, 1.2, 1.0])
+    terms = preference * (losses - ideal)  # [2.0, 2.1, 1.0]: task 1 is worst
+    for mu in (1.0, 0.1, 0.01, 1e-3):
+        strategy = _built(
+            3,
+            mu=mu,
+            preference=list(preference),
+            ideal_point=list(ideal),
+            normalize=False,
+        )
+        total, weights, _ = _value_and_grad(strategy, losses)
+        # max <= g_mu <= max + mu log T (times T).
+        assert (
+            3 * terms.max() - 1e-5 <= total <= 3 * (terms.max() + mu * np.log(3)) + 1e-5
+        )
+    np.testing.assert_allclose(total, 3 * terms.max(), rtol=1e-4)
+    # All the weight goes to the worst task: T * lambda_worst.
+    np.testing.assert_allclose(weights, [0.0, 9.0, 0.0], atol=1e-3)
+
+
+def test_large_mu_tends_to_the_linear_scalarization():
+    losses = np.array([1.0, 2.0, 4.0])
+    _, weights, _ = _value_and_grad(_built(3, mu=1e4, normalize=False), losses)
+    np.testing.assert_allclose(weights, 1.0, rtol=1e-3)
+
+
+def test_libmtl_warm_up_and_normalization_schedule():
+    strategy = _built(2, mu=0.5, warmup_epochs=1)
+    epochs = [
+        [[2.0, 8.0], [1.8, 7.0]],  # epoch 0: warm-up only
+        [[1.5, 6.0], [1.3, 4.0]],  # epoch 1: warm-up, losses accumulated
+    ]
+    for batches in epochs:
+        for losses in batches:
+            total, weights, grad = _value_and_grad(strategy, losses)
+            # LibMTL: loss = sum(log(L + 1e-20)).
+            np.testing.assert_allclose(total, np.sum(np.log(losses)), rtol=1e-6)
+            np.testing.assert_allclose(weights, 1.0 / np.asarray(losses), rtol=1e-6)
+            np.testing.assert_allclose(grad, weights, rtol=1e-6)
+        strategy.on_epoch_end()
+    nadir = np.mean(epochs[1], axis=0)  # mean of epoch W = 1 only
+    np.testing.assert_allclose(strategy.normalizers.numpy(), nadir, rtol=1e-6)
+    np.testing.assert_allclose(strategy.loss_count.numpy(), 2.0)
+
+    # Epoch 2: the STCH objective on log-normalised losses. Same gradient as
+    # LibMTL's formula, value larger by the detached shift T * max(l).
+    losses = np.array([1.2, 3.0])
+    total, weights, grad = _value_and_grad(strategy, losses)
+    libmtl_value, shift = _libmtl_objective(losses, nadir, 0.5)
+    np.testing.assert_allclose(total, libmtl_value + 2 * shift, rtol=1e-5)
+    libmtl_grad = _numeric_gradient(
+        lambda x: _libmtl_objective(x, nadir, 0.5, shift=shift)[0], losses
+    )
+    np.testing.assert_allclose(weights, libmtl_grad, rtol=1e-4)
+    np.testing.assert_allclose(grad, weights, rtol=1e-5)
+    # No more accumulation after epoch W.
+    np.testing.assert_allclose(strategy.loss_count.numpy(), 2.0)
+    strategy.on_epoch_end()
+    np.testing.assert_allclose(strategy.normalizers.numpy(), nadir, rtol=1e-6)
+
+
+def test_normalized_mode_is_invariant_to_loss_scales():
+    def run(scale):
+        strategy = _built(2, mu=0.2, warmup_epochs=0)
+        strategy(_t(np.array([2.0, 5.0]) * scale))
+        strategy.on_epoch_end()
+        total, weights, _ = _value_and_grad(strategy, np.array([1.0, 4.0]) * scale)
+        return total, weights * scale  # weight times scale: gradient wrt L/scale
+
+    base, scaled = run(np.array([1.0, 1.0])), run(np.array([1.0, 1000.0]))
+    np.testing.assert_allclose(base[0], scaled[0], rtol=1e-5)
+    np.testing.assert_allclose(base[1], scaled[1], rtol=1e-5)
+
+
+def test_evaluation_does_not_accumulate():
+    strategy = _built(2, warmup_epochs=0)
+    strategy(_t([1.0, 2.0]), training=False)
+    np.testing.assert_array_equal(strategy.loss_sum.numpy(), 0.0)
+    assert float(strategy.loss_count.numpy()) == 0.0
+    strategy(_t([1.0, 2.0]), training=True)
+    np.testing.assert_array_equal(strategy.loss_sum.numpy(), [1.0, 2.0])
+
+
+def test_eager_and_xla_agree_in_every_phase():
+    losses = _t([0.7, 2.5, 1.1])
+    for kwargs in (
+        {"normalize": False, "mu": 0.3, "preference": [1.0, 0.5, 2.0]},
+        {"normalize": True, "warmup_epochs": 0, "mu": 0.5},
+    ):
+        eager_strategy, xla_strategy = _built(3, **kwargs), _built(3, **kwargs)
+        xla_call = tf.function(lambda x, s=xla_strategy: s(x), jit_compile=True)
+        for _ in range(2):  # warm-up epoch (if any), then the STCH epoch
+            eager = eager_strategy(losses)
+            compiled = xla_call(losses)
+            for a, b in zip(eager, compiled):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+            eager_strategy.on_epoch_end()
+            xla_strategy.on_epoch_end()
+        for a, b in zip(eager_strategy.weights, xla_strategy.weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_state_round_trip_and_reset():
+    strategy = _built(2, warmup_epochs=1, mu=0.5)
+    for losses in ([2.0, 3.0], [1.0, 2.0]):
+        strategy(_t(losses))
+        strategy.on_epoch_end()
+    clone = SmoothTchebycheff.from_config(strategy.get_config())
+    clone.build((2,))
+    clone.set_weights(strategy.get_weights())
+    losses = _t([0.8, 1.5])
+    for a, b in zip(strategy(losses), clone(losses)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(strategy.epoch.numpy()) == 2
+    strategy.reset_state()
+    assert int(strategy.epoch.numpy()) == 0
+    np.testing.assert_array_equal(strategy.normalizers.numpy(), 1.0)
+    np.testing.assert_array_equal(strategy.loss_sum.numpy(), 0.0)
+    assert float(strategy.loss_count.numpy()) == 0.0
+    total, _ = strategy(_t([1.0, 2.0]))
+    np.testing.assert_allclose(float(total), np.log(2.0), rtol=1e-6)  # warm-up again
+
+
+def test_degenerate_inputs_give_finite_results():
+    strategy = _built(3, warmup_epochs=0, mu=0.1)
+    strategy(_t([0.0, 1.0, 2.0]))  # a zero loss during the normalisation epoch
+    strategy.on_epoch_end()
+    assert np.all(strategy.normalizers.numpy() >= 1e-12)
+    for losses in ([0.0, 1.0, 2.0], [1e-10, 1e10, 1.0], [1.0, 1.0, 1.0]):
+        total, weights, grad = _value_and_grad(strategy, losses)
+        assert np.isfinite(total)
+        assert np.all(np.isfinite(weights)) and np.all(np.isfinite(grad))
+    raw = _built(2, mu=1e-3, normalize=False)
+    total, weights, grad = _value_and_grad(raw, [1e10, 1e-10])
+    assert np.isfinite(total) and np.all(np.isfinite(grad))
+    single = _built(1, normalize=False)
+    _, weights, _ = _value_and_grad(single, [3.0])
+    np.testing.assert_allclose(weights, [1.0])
+
+
+def test_permutation_equivariance():
+    preference = np.array([1.0, 2.0, 0.5])
+    losses = np.array([0.9, 0.4, 2.0])
+    perm = np.array([2, 0, 1])
+    a = _built(3, mu=0.4, preference=list(preference), normalize=False)
+    b = _built(3, mu=0.4, preference=list(preference[perm]), normalize=False)
+    total_a, weights_a, _ = _value_and_grad(a, losses)
+    total_b, weights_b, _ = _value_and_grad(b, losses[perm])
+    np.testing.assert_allclose(total_a, total_b, rtol=1e-6)
+    np.testing.assert_allclose(weights_a[perm], weights_b, rtol=1e-6)
