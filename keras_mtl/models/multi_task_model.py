@@ -71,6 +71,15 @@ class MultiTaskModel(keras.Model):
 
     def __init__(self, inputs, outputs, name=None, **kwargs):
         task_order = kwargs.pop("task_names", None)
+        auxiliary_outputs = kwargs.pop("auxiliary_outputs", None)
+        auxiliary_tasks = kwargs.pop("auxiliary_tasks", None)
+        aux_weight = float(kwargs.pop("aux_weight", 1.0))
+        if auxiliary_tasks and isinstance(outputs, Mapping):
+            # Rebuilt from a config: the auxiliary outputs sit in `outputs`.
+            outputs = dict(outputs)
+            auxiliary_outputs = {
+                task: outputs.pop(_aux_key(task)) for task in auxiliary_tasks
+            }
         if not isinstance(outputs, Mapping) or not outputs:
             raise ValueError(
                 "MultiTaskModel needs `outputs` as a non-empty dict "
@@ -93,10 +102,31 @@ class MultiTaskModel(keras.Model):
                     f"{list(outputs)}."
                 )
             outputs = {task: outputs[task] for task in task_order}
-        super().__init__(inputs, dict(outputs), name=name, **kwargs)
+        auxiliary_outputs = dict(auxiliary_outputs or {})
+        unknown = sorted(set(auxiliary_outputs) - set(outputs))
+        if unknown:
+            raise ValueError(
+                f"auxiliary_outputs name tasks {unknown} that are not among the "
+                f"outputs {list(outputs)}: an auxiliary output is trained with "
+                "its task's loss and targets."
+            )
+        if not math.isfinite(aux_weight) or aux_weight < 0:
+            raise ValueError(f"aux_weight must be finite and >= 0, got {aux_weight}.")
+        all_outputs = dict(outputs)
+        for task, tensor in auxiliary_outputs.items():
+            if _aux_key(task) in outputs:
+                raise ValueError(
+                    f"Task name {_aux_key(task)!r} clashes with the auxiliary "
+                    f"output of task {task!r}."
+                )
+            all_outputs[_aux_key(task)] = tensor
+        super().__init__(inputs, all_outputs, name=name, **kwargs)
         self.task_names = tuple(outputs)
+        self.auxiliary_tasks = tuple(auxiliary_outputs)
+        self.aux_weight = aux_weight
         self._task_graph = analyze_task_graph(
-            self._outputs_struct, self.trainable_variables
+            {task: self._outputs_struct[task] for task in self.task_names},
+            self.trainable_variables,
         )
         self._roles_overridden = False
         self.loss_weighting = None
@@ -109,6 +139,9 @@ class MultiTaskModel(keras.Model):
         ]
         self._task_weight_trackers = [
             keras.metrics.Mean(name=f"{task}_weight") for task in self.task_names
+        ]
+        self._aux_loss_trackers = [
+            keras.metrics.Mean(name=f"{task}_aux_loss") for task in self.auxiliary_tasks
         ]
 
     # ------------------------------------------------------------------
@@ -436,7 +469,25 @@ class MultiTaskModel(keras.Model):
     def get_config(self):
         config = super().get_config()
         config["task_names"] = list(self.task_names)
+        if self.auxiliary_tasks:
+            config["auxiliary_tasks"] = list(self.auxiliary_tasks)
+            config["aux_weight"] = self.aux_weight
         return config
+
+    def inference_model(self, name=None):
+        """The model without its auxiliary outputs, for inference and export.
+
+        Returns a `MultiTaskModel` on the same layers (and so the same
+        weights) with only the task outputs: the auxiliary branches, their
+        parameters and their cost are gone. Without auxiliary outputs this
+        is the model itself.
+        """
+        if not self.auxiliary_tasks:
+            return self
+        outputs = {task: self._outputs_struct[task] for task in self.task_names}
+        return MultiTaskModel(
+            self.input, outputs, name=name or f"{self.name}_inference"
+        )
 
     # ------------------------------------------------------------------
     # Training
@@ -463,6 +514,7 @@ class MultiTaskModel(keras.Model):
     def metrics(self):
         metrics = [self._loss_tracker_sum, *self._task_loss_trackers]
         metrics.extend(self._task_weight_trackers)
+        metrics.extend(self._aux_loss_trackers)
         if self._compile_metrics is not None:
             metrics.append(self._compile_metrics)
         return metrics
@@ -489,8 +541,10 @@ class MultiTaskModel(keras.Model):
         return y, weights
 
     def _check_target_shapes(self, y, y_pred):
-        for task in self.task_names:
-            target, pred = y[task], y_pred[task]
+        pairs = [(t, t) for t in self.task_names]
+        pairs += [(t, _aux_key(t)) for t in self.auxiliary_tasks]
+        for task, key in pairs:
+            target, pred = y[task], y_pred[key]
             t_shape, p_shape = tuple(target.shape), tuple(pred.shape)
             if not _shapes_compatible(t_shape, p_shape):
                 raise ValueError(
@@ -500,9 +554,9 @@ class MultiTaskModel(keras.Model):
                     f"{p_shape[:-1]} (or {p_shape[:-1] + (1,)})."
                 )
 
-    def _task_losses(self, y, y_pred, sample_weights):
+    def _task_losses(self, y, y_pred, sample_weights, tasks=None):
         values = []
-        for task in self.task_names:
+        for task in tasks or self.task_names:
             target, pred = y[task], y_pred[task]
             if len(target.shape) == len(pred.shape) - 1 and pred.shape[-1] == 1:
                 # Labels (B,) for a one-unit head (B, 1): align the ranks.
@@ -592,13 +646,10 @@ class MultiTaskModel(keras.Model):
         snapshot = [tf.identity(v.value) for v in state]
 
         if strategy.requires == "losses":
-            y_pred, losses, weights, finite = self._loss_based_update(
-                x, y, sample_weights
-            )
+            update = self._loss_based_update
         else:
-            y_pred, losses, weights, finite = self._gradient_based_update(
-                x, y, sample_weights
-            )
+            update = self._gradient_based_update
+        y_pred, losses, aux_losses, weights, finite = update(x, y, sample_weights)
 
         if strategy.uses_post_step_losses:
             model_state = list(self._model_state_variables())
@@ -610,7 +661,7 @@ class MultiTaskModel(keras.Model):
 
         for variable, value in zip(state, snapshot):
             variable.assign(ops.where(finite, variable, value))
-        return self._update_logs(finite, losses, weights, y, y_pred, sample_weights)
+        return self._update_logs(finite, losses, aux_losses, weights, y_pred)
 
     def _model_state_variables(self):
         strategy_ids = {id(v) for v in self.loss_weighting.variables}
@@ -620,12 +671,47 @@ class MultiTaskModel(keras.Model):
 
     def _forward_and_losses(self, x, y, sample_weights):
         y_pred = self(x, training=True)
+        return (y_pred, *self._losses_and_check(y, y_pred, sample_weights))
+
+    def _losses_and_check(self, y, y_pred, sample_weights):
+        """Task losses, auxiliary losses and whether the step may proceed."""
         self._check_target_shapes(y, y_pred)
         losses = self._task_losses(y, y_pred, sample_weights)
-        finite = _on_all_replicas(self._guard.record(losses))
+        aux_losses = self._auxiliary_losses(y, y_pred, sample_weights)
+        checked = (
+            losses if aux_losses is None else ops.concatenate([losses, aux_losses])
+        )
+        finite = _on_all_replicas(self._guard.record(checked))
         if self._on_nonfinite == "raise":
             finite = ops.logical_and(finite, self._guard.bad_step < 0)
-        return y_pred, losses, finite
+        return losses, aux_losses, finite
+
+    @property
+    def _checked_loss_names(self):
+        """Names of the losses the non-finite guard watches, in its order."""
+        return (*self.task_names, *(_aux_key(t) for t in self.auxiliary_tasks))
+
+    def _auxiliary_losses(self, y, y_pred, sample_weights):
+        if not self.auxiliary_tasks:
+            return None
+        aux_pred = {t: y_pred[_aux_key(t)] for t in self.auxiliary_tasks}
+        return self._task_losses(y, aux_pred, sample_weights, self.auxiliary_tasks)
+
+    def _extra_objective(self, aux_losses):
+        """What every step adds to the strategy's combination, unweighted by
+        it: the layers' own losses (weight and activity regularisers, scaled
+        for distribution as Keras does) and aux_weight times the auxiliary
+        losses. None when there is nothing to add."""
+        terms = []
+        if self.losses:
+            total = ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
+            terms.append(total / _num_replicas())
+        if aux_losses is not None and self.aux_weight > 0:
+            safe = ops.where(ops.isfinite(aux_losses), aux_losses, 0.0)
+            terms.append(self.aux_weight * ops.sum(safe))
+        if not terms:
+            return None
+        return terms[0] if len(terms) == 1 else ops.sum(ops.stack(terms))
 
     def _strategy_kwargs(self):
         """Extra inputs of the strategy call; KPIs need metrics updated."""
@@ -636,8 +722,21 @@ class MultiTaskModel(keras.Model):
     def _update_compiled_metrics(self, finite, y, y_pred, sample_weights):
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(
-                *self._masked_for_metrics(finite, y, y_pred, sample_weights)
+                *self._masked_for_metrics(
+                    finite, y, self._task_outputs(y_pred), sample_weights
+                )
             )
+
+    def _task_outputs(self, y_pred):
+        """The predictions of the tasks (without auxiliary outputs)."""
+        return {task: y_pred[task] for task in self.task_names}
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # Keras builds the compiled metrics through this method: give them
+        # the task outputs only, as the training and test steps do.
+        if isinstance(y_pred, Mapping):
+            y_pred = self._task_outputs(y_pred)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def _loss_based_update(self, x, y, sample_weights):
         strategy = self.loss_weighting
@@ -645,7 +744,9 @@ class MultiTaskModel(keras.Model):
         grad_variables = self._shared_gradient_variables(strategy)
         with tf.GradientTape() as tape:
             with tf.GradientTape(persistent=True) as inner:
-                y_pred, losses, finite = self._forward_and_losses(x, y, sample_weights)
+                y_pred, losses, aux_losses, finite = self._forward_and_losses(
+                    x, y, sample_weights
+                )
                 task_losses = [losses[t] for t in range(self.num_tasks)]
             self._update_compiled_metrics(finite, y, y_pred, sample_weights)
             safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
@@ -658,9 +759,9 @@ class MultiTaskModel(keras.Model):
                     finite, matrix, ops.zeros_like(matrix)
                 )
             objective, weights = strategy(safe_losses, training=True, **kwargs)
-            regularization = self._regularization_loss()
-            if regularization is not None:
-                objective = objective + regularization
+            extra = self._extra_objective(aux_losses)
+            if extra is not None:
+                objective = objective + extra
             scaled = self.optimizer.scale_loss(objective)
         grads = tape.gradient(scaled, variables)
         grads = [
@@ -676,7 +777,7 @@ class MultiTaskModel(keras.Model):
                 g / replicas if id(v) in own else g for g, v in zip(grads, variables)
             ]
         self._apply_if(finite, grads, variables)
-        return y_pred, losses, weights, finite
+        return y_pred, losses, aux_losses, weights, finite
 
     def _shared_gradient_variables(self, strategy):
         """The variables whose per-task gradients a loss strategy asks for."""
@@ -759,15 +860,13 @@ class MultiTaskModel(keras.Model):
             for rep in reps:
                 tape.watch(rep)
             y_pred = split.heads(reps, training=True)
-            self._check_target_shapes(y, y_pred)
-            losses = self._task_losses(y, y_pred, sample_weights)
-            finite = _on_all_replicas(self._guard.record(losses))
-            if self._on_nonfinite == "raise":
-                finite = ops.logical_and(finite, self._guard.bad_step < 0)
+            losses, aux_losses, finite = self._losses_and_check(
+                y, y_pred, sample_weights
+            )
             task_objectives = [
                 self.optimizer.scale_loss(losses[t]) for t in range(self.num_tasks)
             ]
-            regularization = self._regularization_loss()
+            extra = self._extra_objective(aux_losses)
         rows, own_grads = [], []
         for t, task in enumerate(self.task_names):
             grads = tape.gradient(task_objectives[t], [*reps, *own[task]])
@@ -805,12 +904,12 @@ class MultiTaskModel(keras.Model):
         task_grads, task_vars = self._scaled_head_gradients(
             strategy, safe_losses, weights, own_grads
         )
-        grads = self._add_regularization_gradients(
-            tape, regularization, shared_grads + task_grads, list(shared) + task_vars
+        grads, variables = self._add_extra_gradients(
+            tape, extra, shared_grads + task_grads, list(shared) + task_vars
         )
         del tape
-        self._apply_if(finite, grads, list(shared) + task_vars)
-        return y_pred, losses, weights, finite
+        self._apply_if(finite, grads, variables)
+        return y_pred, losses, aux_losses, weights, finite
 
     def _scaled_head_gradients(self, strategy, losses, weights, own_grads):
         head_scales = strategy.head_gradient_scales(losses, weights)
@@ -829,11 +928,13 @@ class MultiTaskModel(keras.Model):
         shared = self._task_graph.shared_variables
         own = self._task_graph.task_variables
         with tf.GradientTape(persistent=True) as tape:
-            y_pred, losses, finite = self._forward_and_losses(x, y, sample_weights)
+            y_pred, losses, aux_losses, finite = self._forward_and_losses(
+                x, y, sample_weights
+            )
             task_objectives = [
                 self.optimizer.scale_loss(losses[t]) for t in range(self.num_tasks)
             ]
-            regularization = self._regularization_loss()
+            extra = self._extra_objective(aux_losses)
         rows, own_grads = [], []
         for t, task in enumerate(self.task_names):
             variables = [*shared, *own[task]]
@@ -873,31 +974,32 @@ class MultiTaskModel(keras.Model):
             piece = ops.reshape(update[offset : offset + size], variable.shape)
             shared_grads.append(ops.cast(piece, variable.dtype))
             offset += size
-        grads = self._add_regularization_gradients(
-            tape, regularization, shared_grads + task_grads, list(shared) + task_vars
+        grads, variables = self._add_extra_gradients(
+            tape, extra, shared_grads + task_grads, list(shared) + task_vars
         )
         del tape
-        self._apply_if(finite, grads, list(shared) + task_vars)
-        return y_pred, losses, weights, finite
+        self._apply_if(finite, grads, variables)
+        return y_pred, losses, aux_losses, weights, finite
 
-    def _regularization_loss(self):
-        """Sum of the layers' own losses (weight and activity regularisers),
-        scaled for distribution as Keras does, or None when there are none.
-        They are added to the update, not weighted by the strategy."""
-        if not self.losses:
-            return None
-        total = ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses]))
-        return total / _num_replicas()
-
-    def _add_regularization_gradients(self, tape, regularization, grads, variables):
-        if regularization is None:
-            return grads
-        extra = tape.gradient(self.optimizer.scale_loss(regularization), variables)
-        return [
-            g if e is None else g + ops.cast(e, g.dtype) for g, e in zip(grads, extra)
+    def _add_extra_gradients(self, tape, extra, grads, variables):
+        """Adds the gradient of the extra objective (regularisers, auxiliary
+        losses) to `grads`, also for variables outside the task graph (the
+        auxiliary branches)."""
+        if extra is None:
+            return grads, variables
+        known = {id(v) for v in variables}
+        known.update(id(v) for v in self.loss_weighting.trainable_variables)
+        others = [v for v in self.trainable_variables if id(v) not in known]
+        variables = [*variables, *others]
+        grads = [*grads, *(ops.zeros_like(v) for v in others)]
+        extra_grads = tape.gradient(self.optimizer.scale_loss(extra), variables)
+        grads = [
+            g if e is None else g + ops.cast(e, g.dtype)
+            for g, e in zip(grads, extra_grads)
         ]
+        return grads, variables
 
-    def _update_logs(self, finite, losses, weights, y, y_pred, sample_weights):
+    def _update_logs(self, finite, losses, aux_losses, weights, y_pred):
         keep = ops.cast(finite, "float32") * _batch_size(y_pred)
         safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
         weights = ops.where(
@@ -907,7 +1009,15 @@ class MultiTaskModel(keras.Model):
         for t in range(self.num_tasks):
             self._task_loss_trackers[t].update_state(safe_losses[t], sample_weight=keep)
             self._task_weight_trackers[t].update_state(weights[t], sample_weight=keep)
+        self._update_aux_trackers(aux_losses, keep, finite)
         return self._collect_logs(include_weights=True)
+
+    def _update_aux_trackers(self, aux_losses, sample_weight, finite=True):
+        if aux_losses is None:
+            return
+        safe = ops.where(finite, aux_losses, ops.zeros_like(aux_losses))
+        for t, tracker in enumerate(self._aux_loss_trackers):
+            tracker.update_state(safe[t], sample_weight=sample_weight)
 
     def _collect_logs(self, include_weights):
         logs = {"loss": self._loss_tracker_sum.result()}
@@ -916,6 +1026,8 @@ class MultiTaskModel(keras.Model):
         if include_weights:
             for tracker in self._task_weight_trackers:
                 logs[tracker.name] = tracker.result()
+        for tracker in self._aux_loss_trackers:
+            logs[tracker.name] = tracker.result()
         if self._compile_metrics is not None:
             logs.update(self._compile_metrics.result())
         return logs
@@ -930,6 +1042,10 @@ class MultiTaskModel(keras.Model):
         self._loss_tracker_sum.update_state(ops.sum(losses), sample_weight=batch)
         for t in range(self.num_tasks):
             self._task_loss_trackers[t].update_state(losses[t], sample_weight=batch)
+        self._update_aux_trackers(
+            self._auxiliary_losses(y, y_pred, sample_weights), batch
+        )
+        y_pred = self._task_outputs(y_pred)
         if self._compile_metrics is not None:
             weights = None
             if sample_weights:
@@ -990,6 +1106,11 @@ def _on_all_replicas(flag):
         tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(flag), tf.float32)
     )
     return bad < 0.5
+
+
+def _aux_key(task):
+    """The output key of a task's auxiliary prediction."""
+    return f"{task}_aux"
 
 
 def _batch_size(y_pred):

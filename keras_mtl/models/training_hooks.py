@@ -77,7 +77,9 @@ class TrainingHooks(keras.callbacks.Callback):
         if self._on_nonfinite == "raise":
             bad_step = int(self._guard.bad_step.numpy())
             if bad_step >= 0:
-                task = self._mtl_model.task_names[int(self._guard.bad_task.numpy())]
+                task = self._mtl_model._checked_loss_names[
+                    int(self._guard.bad_task.numpy())
+                ]
                 where = f"training step {bad_step} (0-based) of this fit() call"
                 steps_per_epoch = (self.params or {}).get("steps")
                 if steps_per_epoch:
@@ -98,7 +100,9 @@ class TrainingHooks(keras.callbacks.Callback):
         if self._on_nonfinite == "skip":
             skipped = int(self._guard.skipped.numpy())
             if skipped:
-                task = self._mtl_model.task_names[int(self._guard.bad_task.numpy())]
+                task = self._mtl_model._checked_loss_names[
+                    int(self._guard.bad_task.numpy())
+                ]
                 warnings.warn(
                     f"{skipped} training step(s) were skipped so far because "
                     f"a task loss was not finite (first: task {task!r} at "
