@@ -608,18 +608,23 @@ class MultiTaskModel(keras.Model):
 
     def _apply_if(self, ok, grads, variables):
         """Applies `grads` only where the scalar `ok` is True."""
-
-        def apply():
-            self.optimizer.apply(grads, variables)
-            return tf.constant(True)
-
         replica = tf.distribute.get_replica_context()
         if (
             replica is None
             or replica.num_replicas_in_sync == 1
             or tf.__internal__.distribute.strategy_supports_no_merge_call()
         ):
-            tf.cond(ok, apply, lambda: tf.constant(False))
+            # Not a tf.cond around the optimizer step: XLA compiles that about
+            # 8x slower on CPU (measured: 590 vs 74 ms per step on a small
+            # CNN). Apply with zeroed gradients, then put back the variables
+            # and the optimizer state where the step is skipped.
+            state = [*variables, *self.optimizer.variables]
+            before = [tf.identity(v.value) for v in state]
+            self.optimizer.apply(
+                [ops.where(ok, g, ops.zeros_like(g)) for g in grads], variables
+            )
+            for variable, value in zip(state, before):
+                variable.assign(ops.where(ok, variable.value, value))
             return
 
         # Under a distribution strategy whose optimizer step synchronises

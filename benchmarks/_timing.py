@@ -1,0 +1,45 @@
+"""Timing helpers shared by the benchmarks (not part of the library)."""
+
+import time
+
+import keras
+import tensorflow as tf
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records the wall time of every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def time_fit_steps(model, dataset, steps, repeats=3):
+    """Median seconds per step of `model.fit`, compilation excluded.
+
+    Runs one warm-up epoch (tracing and XLA compilation) and then `repeats`
+    epochs of `steps` steps; returns (median seconds per step, peak bytes
+    of the CPU allocator during the timed epochs).
+    """
+    timer = EpochTimer()
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    except (ValueError, RuntimeError):
+        pass
+    model.fit(
+        dataset, steps_per_epoch=steps, epochs=repeats, verbose=0, callbacks=[timer]
+    )
+    try:
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    except (ValueError, RuntimeError):
+        peak = float("nan")
+    times = sorted(timer.times)
+    return times[len(times) // 2] / steps, peak
