@@ -14,11 +14,14 @@ import inspect
 import keras
 
 from keras_mtl.weighting.adaptive_weighting import AdaptiveWeighting
+from keras_mtl.weighting.con_fig import ConFIG
 from keras_mtl.weighting.db_mtl import DBMTL
+from keras_mtl.weighting.dualproj import DualProj
 from keras_mtl.weighting.dynamic_task_prioritization import DynamicTaskPrioritization
 from keras_mtl.weighting.dynamic_weight_average import DynamicWeightAverage
 from keras_mtl.weighting.equal_weighting import EqualWeighting
 from keras_mtl.weighting.excess_mtl import ExcessMTL
+from keras_mtl.weighting.fairgrad import FairGrad
 from keras_mtl.weighting.famo import FAMO
 from keras_mtl.weighting.geometric_loss_strategy import GeometricLossStrategy
 from keras_mtl.weighting.graddrop import GradDrop
@@ -36,8 +39,13 @@ from keras_mtl.weighting.soft_adapt import SoftAdapt
 from keras_mtl.weighting.static_weighting import StaticWeighting
 from keras_mtl.weighting.strategy import Strategy
 from keras_mtl.weighting.uncertainty_weighting import UncertaintyWeighting
+from keras_mtl.weighting.upgrad import UPGrad
 
 __all__ = [
+    "ConFIG",
+    "DualProj",
+    "FairGrad",
+    "UPGrad",
     "FAMO",
     "IMTLL",
     "SLAW",

@@ -26,11 +26,14 @@ _KPI_METRICS = {"metrics": {"cls": ["accuracy"], "reg": ["accuracy"]}}
 
 STRATEGY_TABLE = {
     "adaptive": ({"mode": "epoch", "normalize": "softmax"}, {}),
+    "config": ({}, {}),
     "db_mtl": ({}, {}),
+    "dualproj": ({}, {}),
     "dtp": ({"kpi": "accuracy"}, _KPI_METRICS),
     "dwa": ({}, {}),
     "ew": ({}, {}),
     "excess_mtl": ({}, {}),
+    "fairgrad": ({"alpha": 1.0}, {}),
     "famo": ({}, {}),
     "gls": ({}, {}),
     "imtl_l": ({}, {}),
@@ -43,6 +46,7 @@ STRATEGY_TABLE = {
     "moco": ({}, {}),
     "slaw": ({}, {}),
     "static": ({"weights": [1.0, 0.5]}, {}),
+    "upgrad": ({}, {}),
     "uw": ({"task_types": ["classification", "regression"]}, {}),
 }
 

@@ -1,0 +1,222 @@
+"""FairGrad: alpha-fair allocation of the update among the tasks."""
+
+import math
+
+import tensorflow as tf
+from keras import ops
+
+from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+from keras_mtl.weighting.registry import register_strategy
+
+#: Ridge added to the Gramian, relative to each task's squared gradient norm,
+#: so that the weights stay finite when the equation has no solution.
+_RIDGE = 1e-8
+#: Floor of the squared gradient norms used for the ridge, relative to the
+#: largest one (gives zero gradients a finite weight).
+_NORM_FLOOR = 1e-60
+#: Largest weight returned (only reached for vanishing gradients).
+_MAX_WEIGHT = 1e30
+
+
+def _solve_fair_weights(gramian, alpha, max_iter=200, tol=1e-20):
+    """Solves A w = w^(-1/alpha), w > 0, for a `(T, T)` float64 PSD matrix.
+
+    The equation is the stationarity condition of the strictly convex
+
+        F(w) = 1/2 w^T A w - sum_t phi(w_t),   phi'(w) = w^(-1/alpha),
+
+    (phi = log for alpha = 1). A is divided by its largest diagonal entry s
+    (the solution scales as s^(-alpha / (1 + alpha))). A ridge
+    `_RIDGE * diag(A)` (with the diagonal floored at `_NORM_FLOOR`) keeps F
+    bounded below when a task gradient is zero or the gradients are
+    positively dependent, in which case the equation has no solution. F is
+    minimised by Newton's method (affine invariant, so the very different
+    scales of the tasks do not matter) with a fraction-to-the-boundary rule
+    and Armijo backtracking, which converges globally and quadratically.
+    The Newton systems are solved after a symmetric diagonal scaling.
+    """
+    dtype = gramian.dtype
+    power = alpha / (1.0 + alpha)
+    inv_alpha = 1.0 / alpha
+    diag = tf.linalg.diag_part(gramian)
+    scale = tf.reduce_max(diag)
+    scale = tf.where(scale > 0, scale, tf.ones_like(scale))
+    floor = tf.maximum(diag / scale, _NORM_FLOOR)
+    matrix = gramian / scale + tf.linalg.diag(_RIDGE * floor)
+
+    def objective(w):
+        quad = 0.5 * tf.reduce_sum(w * tf.linalg.matvec(matrix, w))
+        if alpha == 1.0:
+            barrier = tf.reduce_sum(tf.math.log(w))
+        else:
+            expo = 1.0 - inv_alpha
+            barrier = tf.reduce_sum(tf.pow(w, expo)) / expo
+        return quad - barrier
+
+    def cond(it, w, previous, done):
+        return tf.logical_and(it < max_iter, tf.logical_not(done))
+
+    def body(it, w, previous, done):
+        grad = tf.linalg.matvec(matrix, w) - tf.pow(w, -inv_alpha)
+        hess = matrix + tf.linalg.diag(inv_alpha * tf.pow(w, -inv_alpha - 1.0))
+        inv_sqrt = tf.math.rsqrt(tf.linalg.diag_part(hess))
+        scaled = inv_sqrt[:, None] * hess * inv_sqrt[None, :]
+        chol = tf.linalg.cholesky(scaled)
+        rhs = (inv_sqrt * grad)[:, None]
+        step = -inv_sqrt * tf.linalg.cholesky_solve(chol, rhs)[:, 0]
+        decrement = -tf.reduce_sum(grad * step)
+        # Largest step keeping w > 0 (at most 0.99 of the way to the boundary).
+        negative = step < 0
+        ratios = tf.where(
+            negative, -w / tf.where(negative, step, -tf.ones_like(step)), 1e30
+        )
+        t_max = tf.minimum(tf.cast(1.0, dtype), 0.99 * tf.reduce_min(ratios))
+        f_now = objective(w)
+
+        # Close to the solution F cannot resolve the decrease: full steps.
+        search = decrement >= 1e-8
+
+        def ls_cond(k, t):
+            trial = objective(w + t * step)
+            armijo = trial <= f_now - 0.25 * t * decrement
+            return tf.logical_and(
+                tf.logical_and(search, k < 60), tf.logical_not(armijo)
+            )
+
+        def ls_body(k, t):
+            return k + 1, 0.5 * t
+
+        tries, t = tf.while_loop(ls_cond, ls_body, (tf.constant(0), t_max))
+        # No decrease found: F's rounding noise dominates, w is optimal to
+        # working precision.
+        stalled = tf.logical_and(search, tries >= 60)
+        moving = tf.logical_and(decrement > 0, tf.logical_not(stalled))
+        new_w = tf.where(moving, w + t * step, w)
+        # Converged, or at the rounding-noise floor: a small decrement that no
+        # longer shrinks (Newton's decrements shrink quadratically).
+        noise_floor = tf.logical_and(decrement < 1e-12, decrement > 0.25 * previous)
+        converged = tf.logical_or(decrement < tol, noise_floor)
+        new_done = tf.logical_or(tf.logical_not(moving), converged)
+        return it + 1, new_w, decrement, new_done
+
+    # Start from the solution of the diagonal approximation.
+    w0 = tf.pow(tf.linalg.diag_part(matrix), -power)
+    inf = tf.constant(float("inf"), dtype)
+    _, w, _, _ = tf.while_loop(
+        cond, body, (tf.constant(0), w0, inf, tf.constant(False))
+    )
+    weights = w * tf.pow(scale, -power)
+    return tf.minimum(weights, _MAX_WEIGHT)
+
+
+@register_strategy("fairgrad", "fair_grad")
+class FairGrad(GradientAggregation):
+    """FairGrad: task weights from alpha-fair allocation of the update.
+
+    Notation: G is the `(T, P)` matrix of task gradients g_t, A = G G^T its
+    Gramian, d the update and u_t = g_t . d the "utility" of task t (its
+    first-order loss decrease). FairGrad picks d to maximise the alpha-fair
+    sum of utilities sum_t u_t^(1 - alpha) / (1 - alpha) in a ball, whose
+    solution is d = sum_t w_t g_t with w > 0 solving (Equation 4 of the
+    paper)
+
+        (A w)_t = w_t^(-1 / alpha)        for every task t,
+
+    i.e. g_t . d = w_t^(-1/alpha). The reference solves this with
+    `scipy.optimize.least_squares` (bounds w >= 0, start 1/T); here it is
+    solved in-graph (float64) as the minimisation of the strictly convex
+    1/2 w^T A w - sum_t phi(w_t), phi' = w^(-1/alpha), by damped Newton
+    steps, which reaches the same unique root.
+
+    Special cases (Section 3 of the paper): alpha = 0 is linear
+    scalarisation (returned as w_t = 1/T, as in TorchJD's FairGrad); alpha =
+    1 is proportional fairness, the Nash bargaining solution of Nash-MTL
+    (w_t g_t . d = 1); alpha = 2 is minimum potential delay fairness; alpha
+    -> infinity tends to max-min fairness (g_t . d equal for all tasks, the
+    MGDA direction when its weights are all positive).
+
+    Default alpha = 1.0 as in LibMTL (`--FairGrad_alpha`) and the official
+    code (`methods/weight_methods.py`, `FairGrad(alpha=1.0)`).
+
+    Scale: the update is sum_t w_t g_t with the weights above, as in LibMTL
+    (`LibMTL/weighting/FairGrad.py`). Scaling all gradients by c > 0 scales
+    the weights by c^(-2 alpha / (1 + alpha)) and the update by
+    c^((1 - alpha) / (1 + alpha)): with alpha = 1 the update is invariant to
+    the gradients' scale, and scaling a single task's gradient by c only
+    divides that task's weight by c, leaving the update unchanged.
+
+    Properties: stateless; weights positive; permutation equivariant; needs
+    only the Gramian (`requires = "gramian"`).
+
+    Args:
+        alpha: the fairness parameter, a finite float >= 0.
+        **kwargs: passed to `GradientAggregation` (`name`, `dtype`).
+
+    Example:
+
+    >>> from keras_mtl.weighting.fairgrad import FairGrad
+    >>> grads = np.array([[2.0, 0.0], [0.0, 0.5]], "float32")
+    >>> strategy = FairGrad(alpha=1.0)
+    >>> update, weights = strategy(grads)
+    >>> np.round(keras.ops.convert_to_numpy(weights).astype("float64"), 3).tolist()
+    [0.5, 2.0]
+    >>> np.round(keras.ops.convert_to_numpy(update).astype("float64"), 3).tolist()
+    [1.0, 1.0]
+
+    References:
+        Ban, H. and Ji, K. "Fair Resource Allocation in Multi-Task
+        Learning." ICML 2024, arXiv:2402.15638. Official code:
+        https://github.com/OptMN-Lab/fairgrad (`methods/weight_methods.py`);
+        LibMTL port `LibMTL/weighting/FairGrad.py`.
+
+    Note:
+        The official code multiplies the combined gradient by T ("to match
+        the sum loss") and then clips the shared gradient's norm to
+        `max_norm = 1`; LibMTL does neither, and neither do we (clip in the
+        optimizer if wanted).
+
+        Where the equation has a solution we return it to about 1e-8
+        relative. `least_squares` (default tolerances) stops early when the
+        weights are large, i.e. for small gradients (for alpha = 1 a single
+        task with ||g|| = 4e-4 gets 505 instead of 1 / ||g|| = 2444): there
+        the reference differs from the exact root and from us.
+
+        When the equation has no solution (a zero task gradient, or
+        gradients with a non-negative combination equal to zero, such as g
+        and -g) the reference's weights diverge; ours stay finite through a
+        ridge 1e-8 * ||g_t||^2 added to the diagonal of A (floored at 1e-60
+        times the largest squared norm), which changes solvable problems by
+        about 1e-8 relative, and are capped at 1e30. The update is then
+        finite but dominated by rounding when alpha is large. For alpha
+        above about 50 some weights may underflow to 0 (the exact ones are
+        astronomically small). Not differentiable through the weights.
+    """
+
+    requires = "gramian"
+
+    def __init__(self, alpha=1.0, **kwargs):
+        super().__init__(**kwargs)
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"FairGrad `alpha` must be a finite float >= 0, got {alpha!r}."
+            ) from error
+        if not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(
+                f"FairGrad `alpha` must be a finite float >= 0, got {alpha!r}."
+            )
+        self.alpha = alpha
+
+    def get_config(self):
+        config = super().get_config()
+        config["alpha"] = self.alpha
+        return config
+
+    def compute_weights(self, gramian, losses=None, training=True):
+        gramian = ops.convert_to_tensor(gramian)
+        num_tasks = gramian.shape[0]
+        if self.alpha == 0.0:
+            return tf.fill([num_tasks], tf.constant(1.0 / num_tasks, gramian.dtype))
+        weights = _solve_fair_weights(tf.cast(gramian, tf.float64), self.alpha)
+        return tf.cast(weights, gramian.dtype)

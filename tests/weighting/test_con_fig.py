@@ -1,0 +1,223 @@
+"""Tests of ConFIG."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.weighting.con_fig import ConFIG
+
+# TorchJD's golden input (tests/unit/aggregation/test_values.py).
+J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], np.float32)
+J_CONFLICT = np.array(
+    [[1.0, 0.0, 0.5, 0.2], [-0.8, 1.0, 0.0, 0.3], [0.2, -0.9, 0.3, -0.4]],
+    np.float32,
+)
+
+
+def _run(strategy, grads):
+    update, weights = strategy(tf.constant(grads, tf.float32))
+    return update.numpy().astype(np.float64), weights.numpy().astype(np.float64)
+
+
+def _reference_config(grads, pref=None):
+    """ConFIG_update of tum-pbs/ConFIG (grad_operator.py) in float64 numpy."""
+    grads = np.asarray(grads, np.float64)
+    num, width = grads.shape
+    pref = np.ones(num) if pref is None else np.asarray(pref, np.float64)
+    norms = np.linalg.norm(grads, axis=1, keepdims=True)
+    units = np.divide(grads, norms, out=np.zeros_like(grads), where=norms > 0)
+    rcond = np.finfo(np.float32).eps * max(num, width)
+    direction = np.linalg.pinv(units, rcond=rcond) @ pref
+    unit = direction / max(np.linalg.norm(direction), 1e-12)
+    return np.sum(grads @ unit) * unit
+
+
+def _cosines(grads, update):
+    grads = np.asarray(grads, np.float64)
+    return grads @ update / (np.linalg.norm(grads, axis=1) * np.linalg.norm(update))
+
+
+def test_registry_and_config_round_trip():
+    for name in ("config", "ConFIG", "con_fig", "conflict_free"):
+        assert isinstance(keras_mtl.weighting.get(name), ConFIG)
+    assert ConFIG.requires == "gradients" and not ConFIG.stateful
+    strategy = ConFIG(pref_vector=[1.0, 3.0])
+    config = strategy.get_config()
+    assert config["pref_vector"] == [1.0, 3.0]
+    clone = ConFIG.from_config(config)
+    assert clone.get_config() == config
+    restored = keras_mtl.weighting.deserialize(keras_mtl.weighting.serialize(strategy))
+    assert isinstance(restored, ConFIG) and restored.get_config() == config
+    assert ConFIG().get_config()["pref_vector"] is None
+
+
+def test_invalid_arguments():
+    for kwargs in ({"pref_vector": "ones"}, {"pref_vector": [float("nan")]}):
+        with pytest.raises(ValueError, match="pref_vector"):
+            ConFIG(**kwargs)
+    with pytest.raises(ValueError, match="rep_grad"):
+        ConFIG(rep_grad=True)
+    with pytest.raises(ValueError, match="pref_vector"):
+        ConFIG(pref_vector=[1.0, 1.0]).build((3, 4))
+
+
+def test_reference_values():
+    # TorchJD test_values.py: ConFIG()(J_base) == [0.1588, 2.0706, 2.0706].
+    update, _ = _run(ConFIG(), J_BASE)
+    np.testing.assert_allclose(update, [0.1588, 2.0706, 2.0706], atol=1e-4)
+    # TorchJD's ConFIG (float32, torch.linalg.pinv) on J_CONFLICT.
+    update, _ = _run(ConFIG(), J_CONFLICT)
+    np.testing.assert_allclose(
+        update, [-0.1681053936, 0.0479830205, 0.6460760236, -0.0445566326], atol=2e-6
+    )
+
+
+def test_matches_pseudo_inverse_formula():
+    rng = np.random.default_rng(0)
+    for num, width in [(1, 3), (2, 2), (3, 7), (4, 4), (5, 3), (6, 2)]:
+        grads = rng.standard_normal((num, width)).astype(np.float32)
+        pref = rng.uniform(0.5, 2.0, num).tolist() if num % 2 else None
+        update, weights = _run(ConFIG(pref_vector=pref), grads)
+        expected = _reference_config(grads, pref)
+        scale = np.linalg.norm(grads, axis=1).sum()
+        np.testing.assert_allclose(update, expected, atol=1e-5 * scale)
+        # The returned weights give the update as a combination of the rows.
+        np.testing.assert_allclose(
+            weights @ grads.astype(np.float64), update, atol=1e-5 * scale
+        )
+
+
+def test_equal_cosines_and_no_conflict():
+    rng = np.random.default_rng(1)
+    for num, width in [(2, 3), (3, 3), (4, 9), (5, 20)]:
+        grads = rng.standard_normal((num, width)).astype(np.float32)
+        grads *= 10.0 ** rng.uniform(-2, 2, (num, 1)).astype(np.float32)
+        update, _ = _run(ConFIG(), grads)
+        cosines = _cosines(grads, update)
+        np.testing.assert_allclose(cosines, np.full(num, cosines[0]), rtol=1e-5)
+        assert np.all(cosines > 0)
+        # The length is the sum of the projections onto the direction.
+        unit = update / np.linalg.norm(update)
+        np.testing.assert_allclose(
+            np.linalg.norm(update), np.sum(grads @ unit), rtol=1e-5
+        )
+    # Preference vector: cosines proportional to it.
+    grads = rng.standard_normal((3, 5)).astype(np.float32)
+    update, _ = _run(ConFIG(pref_vector=[1.0, 2.0, 0.5]), grads)
+    cosines = _cosines(grads, update)
+    np.testing.assert_allclose(cosines / cosines[0], [1.0, 2.0, 0.5], rtol=1e-5)
+
+
+def test_special_cases():
+    row = np.array([0.5, -1.0, 2.0], np.float32)
+    # One task: its own gradient.
+    np.testing.assert_allclose(_run(ConFIG(), row[None])[0], row, rtol=1e-6)
+    # Identical rows: their sum.
+    np.testing.assert_allclose(
+        _run(ConFIG(), np.stack([row] * 3))[0], 3 * row, rtol=1e-5
+    )
+    # Parallel rows of different lengths: the sum too.
+    grads = np.stack([row, 4 * row])
+    np.testing.assert_allclose(_run(ConFIG(), grads)[0], 5 * row, rtol=1e-5)
+    # Orthogonal rows: the sum of their norms times the unit diagonal.
+    grads = np.array([[3.0, 0.0], [0.0, 1.0]], np.float32)
+    expected = 4.0 * np.array([1.0, 1.0]) / np.sqrt(2.0) / np.sqrt(2.0)
+    np.testing.assert_allclose(_run(ConFIG(), grads)[0], expected, rtol=1e-6)
+    # Rescaling one gradient keeps the direction.
+    update, _ = _run(ConFIG(), J_CONFLICT)
+    scaled = J_CONFLICT * np.array([[1.0], [30.0], [0.1]], np.float32)
+    update_s, _ = _run(ConFIG(), scaled)
+    np.testing.assert_allclose(
+        update_s / np.linalg.norm(update_s), update / np.linalg.norm(update), atol=1e-6
+    )
+
+
+def test_permutation_equivariant_and_homogeneous():
+    rng = np.random.default_rng(2)
+    grads = rng.standard_normal((4, 6)).astype(np.float32)
+    perm = np.array([1, 3, 0, 2])
+    update, weights = _run(ConFIG(), grads)
+    update_p, weights_p = _run(ConFIG(), grads[perm])
+    np.testing.assert_allclose(update_p, update, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights_p, weights[perm], rtol=1e-5, atol=1e-6)
+    update_s, _ = _run(ConFIG(), grads * np.float32(1e3))
+    np.testing.assert_allclose(update_s, 1e3 * update, rtol=1e-5, atol=1e-3)
+
+
+def test_degenerate_inputs_are_finite():
+    rng = np.random.default_rng(3)
+    grads = rng.standard_normal((3, 4)).astype(np.float32)
+    cases = {
+        "zero": np.zeros((3, 4), np.float32),
+        "zero_row": np.concatenate([grads[:2], np.zeros((1, 4), np.float32)]),
+        "opposite": np.stack([grads[0], -grads[0]]),
+        "rank_deficient": (
+            rng.standard_normal((4, 2)) @ rng.standard_normal((2, 5))
+        ).astype(np.float32),
+        "more_tasks_than_params": rng.standard_normal((5, 2)).astype(np.float32),
+        "tiny": grads * np.float32(1e-10),
+        "huge": grads * np.float32(1e10),
+        "mixed": grads * np.array([[1e-10], [1.0], [1e10]], np.float32),
+    }
+    for name, matrix in cases.items():
+        update, weights = _run(ConFIG(), matrix)
+        assert np.all(np.isfinite(update)) and np.all(np.isfinite(weights)), name
+    assert np.all(_run(ConFIG(), cases["zero"])[0] == 0)
+    # A zero gradient is ignored (its unit vector is 0, its target unmet).
+    expected = _reference_config(cases["zero_row"])
+    np.testing.assert_allclose(
+        _run(ConFIG(), cases["zero_row"])[0], expected, atol=1e-5
+    )
+    # Exactly opposite gradients: no direction helps both; update ~ 0.
+    assert np.linalg.norm(_run(ConFIG(), cases["opposite"])[0]) < 1e-4
+    # Scaled inputs: the same directions, scaled lengths.
+    base, _ = _run(ConFIG(), grads)
+    for name, factor in (("tiny", 1e-10), ("huge", 1e10)):
+        np.testing.assert_allclose(
+            _run(ConFIG(), cases[name])[0], factor * base, rtol=1e-5, atol=1e-6 * factor
+        )
+    # Least-squares directions when the rows cannot all be met.
+    for name in ("rank_deficient", "more_tasks_than_params"):
+        expected = _reference_config(cases[name])
+        scale = np.linalg.norm(cases[name], axis=1).sum()
+        np.testing.assert_allclose(
+            _run(ConFIG(), cases[name])[0], expected, atol=1e-5 * scale
+        )
+
+
+def test_eager_matches_xla():
+    strategy = ConFIG()
+    strategy.build((3, 5))
+    compiled = tf.function(lambda g: strategy(g), jit_compile=True)
+    rng = np.random.default_rng(6)
+    for grads in [
+        rng.standard_normal((3, 5)),
+        np.zeros((3, 5)),
+        rng.standard_normal((3, 2)) @ rng.standard_normal((2, 5)),
+        rng.standard_normal((3, 5)) * 1e8,
+    ]:
+        grads = tf.constant(grads, tf.float32)
+        eager_update, eager_weights = strategy(grads)
+        xla_update, xla_weights = compiled(grads)
+        scale = np.abs(eager_update.numpy()).max() + 1e-30
+        np.testing.assert_allclose(
+            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6 * scale
+        )
+
+
+def test_state_round_trip_reset_and_aggregate():
+    strategy = ConFIG(pref_vector=[1.0, 2.0, 3.0])
+    strategy.build(J_CONFLICT.shape)
+    clone = ConFIG.from_config(strategy.get_config())
+    clone.build(J_CONFLICT.shape)
+    clone.set_weights(strategy.get_weights())
+    first = _run(strategy, J_CONFLICT)
+    np.testing.assert_array_equal(_run(clone, J_CONFLICT)[0], first[0])
+    strategy.reset_state()
+    np.testing.assert_array_equal(_run(strategy, J_CONFLICT)[0], first[0])
+    update = ConFIG().aggregate(J_BASE)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update), [0.1588, 2.0706, 2.0706], atol=1e-4
+    )

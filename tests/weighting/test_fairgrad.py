@@ -1,0 +1,240 @@
+"""Tests of FairGrad."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl
+from keras_mtl.weighting.fairgrad import FairGrad
+
+J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], np.float32)
+J_CONFLICT = np.array(
+    [[1.0, 0.0, 0.5, 0.2], [-0.8, 1.0, 0.0, 0.3], [0.2, -0.9, 0.3, -0.4]],
+    np.float32,
+)
+
+
+def _run(strategy, grads):
+    update, weights = strategy(tf.constant(grads, tf.float32))
+    return update.numpy().astype(np.float64), weights.numpy().astype(np.float64)
+
+
+def _residual(grads, weights, alpha):
+    """max_t |(A w)_t - w_t^(-1/alpha)| / w_t^(-1/alpha), A = G G^T."""
+    grads = np.asarray(grads, np.float64)
+    target = weights ** (-1.0 / alpha)
+    return np.max(np.abs(grads @ (grads.T @ weights) - target) / target)
+
+
+def test_registry_and_config_round_trip():
+    for name in ("fairgrad", "FairGrad", "fair_grad"):
+        assert isinstance(keras_mtl.weighting.get(name), FairGrad)
+    assert FairGrad.requires == "gramian" and not FairGrad.stateful
+    assert FairGrad().alpha == 1.0
+    strategy = FairGrad(alpha=2.5)
+    config = strategy.get_config()
+    assert config["alpha"] == 2.5
+    clone = FairGrad.from_config(config)
+    assert clone.get_config() == config
+    restored = keras_mtl.weighting.deserialize(keras_mtl.weighting.serialize(strategy))
+    assert isinstance(restored, FairGrad) and restored.alpha == 2.5
+
+
+def test_invalid_arguments():
+    for alpha in (-0.5, float("nan"), float("inf"), "fair", None):
+        with pytest.raises(ValueError, match="alpha"):
+            FairGrad(alpha=alpha)
+    with pytest.raises(ValueError, match="rep_grad"):
+        FairGrad(rep_grad=True)
+
+
+def test_reference_values():
+    # Weights of LibMTL's FairGrad.py (scipy least_squares on G G^T, start
+    # 1/T, bounds [0, inf)), computed on these inputs; its residuals were
+    # below 1e-9, so both solve the same equation.
+    expected = {
+        (0, 0.5): [0.74282825, 0.52539261],
+        (0, 1.0): [0.59146115, 0.40707148],
+        (0, 2.0): [0.47136292, 0.31945423],
+        (1, 1.0): [1.5563539847, 2.9777594819, 3.1050843695],
+        (1, 2.0): [1.9934939187, 4.1053777081, 4.3504893908],
+    }
+    inputs = (J_BASE, J_CONFLICT)
+    for (which, alpha), weights_ref in expected.items():
+        update, weights = _run(FairGrad(alpha=alpha), inputs[which])
+        np.testing.assert_allclose(weights, weights_ref, rtol=2e-6)
+        np.testing.assert_allclose(
+            update, np.asarray(weights_ref) @ inputs[which], rtol=1e-5, atol=1e-6
+        )
+
+
+def test_fixed_point_condition_holds():
+    rng = np.random.default_rng(0)
+    for alpha in (0.25, 1.0, 5.0):
+        for num, width in [(1, 3), (2, 5), (3, 3), (5, 8)]:
+            grads = rng.standard_normal((num, width)).astype(np.float32)
+            grads *= (10.0 ** rng.uniform(-1, 1, (num, 1))).astype(np.float32)
+            _, weights = _run(FairGrad(alpha=alpha), grads)
+            assert np.all(weights > 0)
+            # float32 weights: w^(-1/alpha) amplifies their rounding.
+            assert _residual(grads, weights, alpha) < 1e-4, (alpha, num)
+
+
+def test_closed_forms():
+    for alpha in (0.5, 1.0, 3.0):
+        power = alpha / (1.0 + alpha)
+        # Orthogonal rows: w_t = ||g_t||^(-2 alpha / (1 + alpha)).
+        grads = np.array(
+            [[2.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 7.0]], np.float32
+        )
+        _, weights = _run(FairGrad(alpha=alpha), grads)
+        np.testing.assert_allclose(
+            weights, [4.0, 0.25, 49.0] ** np.float64(-power), rtol=1e-6
+        )
+        # Identical rows: w = (T ||g||^2)^(-alpha / (1 + alpha)), a multiple of
+        # the mean.
+        row = np.array([1.0, -2.0, 2.0], np.float32)
+        update, weights = _run(FairGrad(alpha=alpha), np.stack([row] * 4))
+        np.testing.assert_allclose(weights, np.full(4, 36.0**-power), rtol=1e-6)
+        np.testing.assert_allclose(update, 4 * 36.0**-power * row, rtol=1e-5)
+    # alpha = 0 is linear scalarisation (TorchJD's FairGrad: weights 1/T).
+    update, weights = _run(FairGrad(alpha=0.0), J_CONFLICT)
+    np.testing.assert_allclose(weights, np.full(3, 1 / 3), rtol=1e-7)
+    np.testing.assert_allclose(update, J_CONFLICT.mean(0), rtol=1e-6)
+
+
+def test_alpha_one_is_nash_bargaining_and_scale_invariant():
+    rng = np.random.default_rng(1)
+    grads = rng.standard_normal((3, 6)).astype(np.float32)
+    update, weights = _run(FairGrad(alpha=1.0), grads)
+    # Nash-MTL's condition: w_t (g_t . d) = 1.
+    np.testing.assert_allclose(weights * (grads @ update), np.ones(3), rtol=1e-5)
+    # Scaling one task's gradient divides its weight, the update is unchanged.
+    factors = np.array([[100.0], [1.0], [0.01]], np.float32)
+    update_s, weights_s = _run(FairGrad(alpha=1.0), grads * factors)
+    np.testing.assert_allclose(update_s, update, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(weights_s, weights / factors[:, 0], rtol=1e-4)
+
+
+def test_global_scaling_law():
+    # G -> c G scales w by c^(-2a/(1+a)) and the update by c^((1-a)/(1+a)).
+    for alpha in (0.5, 2.0):
+        update, weights = _run(FairGrad(alpha=alpha), J_CONFLICT)
+        for factor in (1e-3, 1e4):
+            update_s, weights_s = _run(
+                FairGrad(alpha=alpha), J_CONFLICT * np.float32(factor)
+            )
+            w_scale = factor ** (-2 * alpha / (1 + alpha))
+            u_scale = factor ** ((1 - alpha) / (1 + alpha))
+            np.testing.assert_allclose(weights_s, w_scale * weights, rtol=1e-5)
+            np.testing.assert_allclose(
+                update_s, u_scale * update, rtol=1e-5, atol=1e-6 * u_scale
+            )
+
+
+def test_large_alpha_tends_to_max_min_fairness():
+    # For J_BASE the MGDA weights (0.6, 0.4) are interior and its direction
+    # is (0, 1, 1): equal products g_t . d. FairGrad approaches it as alpha
+    # grows.
+    target = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
+    errors = []
+    for alpha in (1.0, 10.0, 1000.0):
+        update, _ = _run(FairGrad(alpha=alpha), J_BASE)
+        errors.append(np.linalg.norm(update / np.linalg.norm(update) - target))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 2e-3
+    products = J_BASE @ _run(FairGrad(alpha=1000.0), J_BASE)[0]
+    np.testing.assert_allclose(products[0], products[1], rtol=2e-3)
+
+
+def test_permutation_equivariance():
+    rng = np.random.default_rng(5)
+    grads = rng.standard_normal((4, 5)).astype(np.float32)
+    perm = np.array([2, 3, 1, 0])
+    update, weights = _run(FairGrad(), grads)
+    update_p, weights_p = _run(FairGrad(), grads[perm])
+    np.testing.assert_allclose(update_p, update, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights_p, weights[perm], rtol=1e-5)
+
+
+def test_degenerate_inputs_are_finite():
+    rng = np.random.default_rng(3)
+    grads = rng.standard_normal((3, 4)).astype(np.float32)
+    cases = {
+        "zero": np.zeros((3, 4), np.float32),
+        "zero_row": np.concatenate([grads[:2], np.zeros((1, 4), np.float32)]),
+        "opposite": np.stack([grads[0], -grads[0], grads[1]]),
+        "rank_deficient": (
+            rng.standard_normal((4, 2)) @ rng.standard_normal((2, 5))
+        ).astype(np.float32),
+        "tiny": grads * np.float32(1e-10),
+        "huge": grads * np.float32(1e10),
+        "mixed": grads * np.array([[1e-10], [1.0], [1e10]], np.float32),
+        "one_task": grads[:1],
+    }
+    for alpha, names in (
+        (1.0, tuple(cases)),
+        (0.5, ("zero", "zero_row", "opposite", "mixed")),
+        (2.0, ("zero", "zero_row", "opposite", "mixed")),
+    ):
+        for name in names:
+            matrix = cases[name]
+            update, weights = _run(FairGrad(alpha=alpha), matrix)
+            assert np.all(np.isfinite(update)), (alpha, name)
+            assert np.all(np.isfinite(weights)) and np.all(weights > 0), (alpha, name)
+    assert np.all(_run(FairGrad(), cases["zero"])[0] == 0)
+    # Scale-free at alpha = 1: tiny and huge gradients give the same update.
+    base, _ = _run(FairGrad(), grads)
+    for name in ("tiny", "huge"):
+        np.testing.assert_allclose(_run(FairGrad(), cases[name])[0], base, rtol=1e-5)
+    # A zero gradient does not disturb the other tasks' solution.
+    update, weights = _run(FairGrad(), cases["zero_row"])
+    np.testing.assert_allclose(update, _run(FairGrad(), grads[:2])[0], rtol=1e-5)
+    # Gradient norms spanning 20 orders of magnitude are still solved.
+    update, weights = _run(FairGrad(), cases["mixed"])
+    assert _residual(cases["mixed"], weights, 1.0) < 1e-4
+    # One task: w = 1 / ||g|| and the update is the unit gradient.
+    update, weights = _run(FairGrad(), grads[:1])
+    np.testing.assert_allclose(update, grads[0] / np.linalg.norm(grads[0]), rtol=1e-5)
+
+
+def test_eager_matches_xla():
+    strategy = FairGrad(alpha=2.0)
+    strategy.build((3, 5))
+    compiled = tf.function(lambda g: strategy(g), jit_compile=True)
+    rng = np.random.default_rng(7)
+    for grads in [
+        rng.standard_normal((3, 5)),
+        rng.standard_normal((3, 5)) * 1e-6,
+        np.zeros((3, 5)),
+        rng.standard_normal((3, 1)) @ rng.standard_normal((1, 5)),
+    ]:
+        grads = tf.constant(grads, tf.float32)
+        eager_update, eager_weights = strategy(grads)
+        xla_update, xla_weights = compiled(grads)
+        scale = np.abs(eager_update.numpy()).max() + 1e-30
+        np.testing.assert_allclose(
+            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6 * scale
+        )
+        np.testing.assert_allclose(
+            xla_weights.numpy(), eager_weights.numpy(), rtol=1e-5
+        )
+
+
+def test_state_round_trip_reset_and_aggregate():
+    strategy = FairGrad(alpha=0.5)
+    strategy.build(J_CONFLICT.shape)
+    clone = FairGrad.from_config(strategy.get_config())
+    clone.build(J_CONFLICT.shape)
+    clone.set_weights(strategy.get_weights())
+    first = _run(strategy, J_CONFLICT)
+    np.testing.assert_array_equal(_run(clone, J_CONFLICT)[0], first[0])
+    strategy.reset_state()
+    np.testing.assert_array_equal(_run(strategy, J_CONFLICT)[0], first[0])
+    update = FairGrad().aggregate(J_BASE)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update),
+        np.array([0.59146115, 0.40707148]) @ J_BASE,
+        rtol=1e-5,
+    )
