@@ -872,15 +872,14 @@ class MultiTaskModel(keras.Model):
                 self.optimizer.scale_loss(losses[t]) for t in range(self.num_tasks)
             ]
             extra = self._extra_objective(aux_losses)
-        rows, own_grads = [], []
+        rows, summed_rows, own_grads = [], [], []
         for t, task in enumerate(self.task_names):
             grads = tape.gradient(task_objectives[t], [*reps, *own[task]])
-            rows.append(
+            rep_grads = [ops.cast(g, "float32") for g in grads[: len(reps)]]
+            rows.append(ops.concatenate([ops.reshape(g, (-1,)) for g in rep_grads]))
+            summed_rows.append(
                 ops.concatenate(
-                    [
-                        ops.reshape(ops.cast(g, "float32"), (-1,))
-                        for g in grads[: len(reps)]
-                    ]
+                    [ops.reshape(ops.sum(g, axis=0), (-1,)) for g in rep_grads]
                 )
             )
             own_grads.append(grads[len(reps) :])
@@ -891,9 +890,22 @@ class MultiTaskModel(keras.Model):
         matrix = ops.where(finite, matrix, ops.zeros_like(matrix))
         self._update_compiled_metrics(finite, y, y_pred, sample_weights)
         safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
-        update, weights = strategy(
-            matrix, safe_losses, training=True, **self._strategy_kwargs()
-        )
+        if strategy.requires == "gramian":
+            # As LibMTL's representation-gradient mode: the weights come from
+            # the task gradients summed over the batch, (T, D); the update
+            # combines the per-example gradients (T, B * D) with them.
+            summed = ops.stack(summed_rows)
+            if scale is not None:
+                summed = summed / scale
+            summed = ops.where(finite, summed, ops.zeros_like(summed))
+            gramian = ops.matmul(summed, ops.transpose(summed))
+            weights = strategy.compute_weights(gramian, safe_losses, training=True)
+            weights = ops.cast(weights, matrix.dtype)
+            update = ops.matmul(weights[None, :], matrix)[0]
+        else:
+            update, weights = strategy(
+                matrix, safe_losses, training=True, **self._strategy_kwargs()
+            )
         if scale is not None:
             update = update * scale
         cotangents, offset = [], 0

@@ -14,6 +14,8 @@ import inspect
 import keras
 
 from keras_mtl.weighting.adaptive_weighting import AdaptiveWeighting
+from keras_mtl.weighting.aligned_mtl import AlignedMTL
+from keras_mtl.weighting.cagrad import CAGrad
 from keras_mtl.weighting.con_fig import ConFIG
 from keras_mtl.weighting.db_mtl import DBMTL
 from keras_mtl.weighting.dualproj import DualProj
@@ -24,15 +26,24 @@ from keras_mtl.weighting.excess_mtl import ExcessMTL
 from keras_mtl.weighting.fairgrad import FairGrad
 from keras_mtl.weighting.famo import FAMO
 from keras_mtl.weighting.geometric_loss_strategy import GeometricLossStrategy
+from keras_mtl.weighting.grad_norm import GradNorm
 from keras_mtl.weighting.graddrop import GradDrop
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.gradvac import GradVac
+from keras_mtl.weighting.imtl_g import IMTLG
 from keras_mtl.weighting.imtl_l import IMTLL
 from keras_mtl.weighting.logse import LogSE
 from keras_mtl.weighting.loss_weighting import LossWeighting
+from keras_mtl.weighting.mgda import MGDA
 from keras_mtl.weighting.moco import MoCo
+from keras_mtl.weighting.nash_mtl import NashMTL
+from keras_mtl.weighting.orthogonal_gradient_regularizer import (
+    OrthogonalGradientRegularizer,
+)
+from keras_mtl.weighting.pcgrad import PCGrad
 from keras_mtl.weighting.random_loss_weighting import RandomLossWeighting
 from keras_mtl.weighting.registry import lookup, registered_strategies
+from keras_mtl.weighting.scaled_loss_weighting import ScaledLossWeighting
 from keras_mtl.weighting.slaw import SLAW
 from keras_mtl.weighting.smooth_tchebycheff import SmoothTchebycheff
 from keras_mtl.weighting.soft_adapt import SoftAdapt
@@ -42,6 +53,15 @@ from keras_mtl.weighting.uncertainty_weighting import UncertaintyWeighting
 from keras_mtl.weighting.upgrad import UPGrad
 
 __all__ = [
+    "GradNorm",
+    "OrthogonalGradientRegularizer",
+    "ScaledLossWeighting",
+    "AlignedMTL",
+    "CAGrad",
+    "IMTLG",
+    "MGDA",
+    "NashMTL",
+    "PCGrad",
     "ConFIG",
     "DualProj",
     "FairGrad",

@@ -704,3 +704,36 @@ def test_weight_regularizers_are_part_of_every_update(strategy):
     )
     model.train_on_batch(x, y)
     np.testing.assert_allclose(kernel.numpy(), expected, atol=1e-5)
+
+
+def test_rep_grad_gramian_strategies_weigh_with_batch_summed_gradients():
+    """As LibMTL's rep-grad mode: weights from the Gramian of the per-task
+    representation gradients summed over the batch, update = the weighted
+    per-example gradients."""
+    seen = {}
+
+    class RecordGramian(keras_mtl.weighting.GradientAggregation):
+        requires = "gramian"
+        supports_rep_grad = True
+
+        def compute_weights(self, gramian, losses=None, training=True):
+            seen["gramian"] = gramian
+            return keras.ops.ones((2,))
+
+    model = _compile(
+        two_task_mlp(), loss_weighting=RecordGramian(rep_grad=True), run_eagerly=True
+    )
+    x, y = two_task_data(n=8)
+    trunk = keras.Model(model.input, model.shared_representations[0])
+    with tf.GradientTape(persistent=True) as tape:
+        z = trunk(x, training=True)
+        tape.watch(z)
+        cls = TWO_TASK_LOSSES["cls"](y["cls"], model.get_layer("cls_head")(z))
+        reg = keras.losses.MeanSquaredError()(y["reg"], model.get_layer("reg_head")(z))
+    summed = np.stack(
+        [tape.gradient(loss, z).numpy().sum(axis=0) for loss in (cls, reg)]
+    )
+    model.train_on_batch(x, y)
+    np.testing.assert_allclose(
+        seen["gramian"].numpy(), summed @ summed.T, rtol=1e-5, atol=1e-8
+    )

@@ -1,0 +1,348 @@
+"""GradNorm: gradient normalisation (Chen, Badrinarayanan, Lee, Rabinovich, 2018)."""
+
+from __future__ import annotations
+
+import math
+
+from keras import ops
+
+from keras_mtl.weighting.loss_weighting import LossWeighting
+from keras_mtl.weighting.registry import register_strategy
+
+_INITIAL_LOSSES = ("first_step", "first_epoch")
+_OPTIMIZERS = ("adam", "sgd")
+_GRADIENTS_OF = ("last_layer", "all")
+# torch.optim.Adam defaults, used by the authors' follow-up code (meta).
+_BETA_1 = 0.9
+_BETA_2 = 0.999
+_ADAM_EPSILON = 1e-8
+# Floor of a weight after a step, before the renormalisation: keeps w > 0.
+_MIN_WEIGHT = 1e-6
+
+
+@register_strategy("gradnorm", "grad_norm")
+class GradNorm(LossWeighting):
+    """Learns task weights that equalise the tasks' training rates.
+
+    Notation: T tasks, L_t the current batch loss of task t, L_t(0) its
+    initial loss, W the variables of the last shared layer, w_t the task
+    weights (initialised to 1), n_t = ||grad_W L_t|| (the per-task gradient
+    norms the model passes as `shared_grads`), and alpha the asymmetry.
+
+        G_t      = ||grad_W (w_t L_t)|| = w_t n_t,     G_bar = mean_t G_t
+        Ltilde_t = L_t / L_t(0),                       r_t = Ltilde_t / mean_j Ltilde_j
+        Target_t = G_bar * r_t^alpha                   (a constant)
+        L_grad   = sum_t |G_t - Target_t|
+
+    Each training step, the model is trained on sum_t w_t L_t with w
+    constant (the gradient of the model is not taken through w), then w
+    takes one step of its own optimiser on L_grad and is renormalised so
+    that the weights sum to T:
+
+        dL_grad / dw_t = sign(G_t - Target_t) * n_t
+        w <- step(w, dL_grad / dw),   w <- max(w, 1e-6),   w <- T w / sum(w).
+
+    Because Target (mean(G) included) is a constant, the gradient has this
+    closed form and no second-order pass is needed. A task that trains
+    slower than the others (large r_t) gets a larger gradient-norm target,
+    hence a larger weight; tasks whose gradients are larger get smaller
+    weights, so on regression tasks with output scales sigma_t the weights
+    end up much smaller for large-sigma tasks.
+
+    Defaults and where they come from:
+
+    - `alpha=1.5`: the paper's NYUv2 value and LibMTL's default; the paper
+      and the SLAW authors' configs use 0.12 on the synthetic regression
+      toy.
+    - `weight_optimizer="adam"`, `weight_learning_rate=0.025`: the separate
+      Adam optimiser (torch defaults beta = (0.9, 0.999), eps = 1e-8) of the
+      authors' follow-up code (mtcrawshaw/meta, `GradNorm` in
+      `meta/train/loss.py`, lr 0.025 in its configs). `"sgd"` is a plain
+      gradient step w <- w - lr * dL_grad/dw, whose step size scales with
+      the gradient norms.
+    - `initial_loss="first_step"`: L(0) are the losses of the first
+      training step (meta). `"first_epoch"`: LibMTL's choice: the strategy
+      is equal weighting during the first epoch, L(0) is the mean training
+      loss of that epoch (set by `on_epoch_end()`, which
+      `MultiTaskModel.fit` calls), and GradNorm starts at the second epoch.
+    - `gradients_of="last_layer"`: the paper's choice, the variables of the
+      last shared layer (`MultiTaskModel.last_shared_variables`); `"all"`
+      uses every shared variable (as LibMTL does).
+
+    Properties: stateful (w, L(0), the optimiser's moments); needs per-task
+    gradients of the chosen shared variables (T extra backward passes
+    through them, cheap for the last layer); weights sum to T; after w has
+    converged it adapts to a rescaling of a task's loss (w_t ~ 1 / scale).
+
+    Args:
+        alpha: asymmetry (restoring force) >= 0. Default 1.5.
+        weight_learning_rate: learning rate of the weights' optimiser, > 0.
+            Default 0.025.
+        weight_optimizer: `"adam"` (default) or `"sgd"`.
+        initial_loss: `"first_step"` (default) or `"first_epoch"`.
+        gradients_of: `"last_layer"` (default) or `"all"`; sets the
+            instance's `shared_gradients`, which tells the model which
+            per-task gradients to pass.
+        **kwargs: passed to `LossWeighting` (`name`, `dtype`).
+
+    Example:
+
+    >>> from keras_mtl.weighting.grad_norm import GradNorm
+    >>> gradnorm = GradNorm()
+    >>> losses = keras.ops.convert_to_tensor([1.0, 4.0])
+    >>> grads = keras.ops.convert_to_tensor([[3.0, 4.0], [0.0, 1.0]])
+    >>> _, used = gradnorm(losses, shared_grads=grads)  # norms 5 and 1
+    >>> used.numpy().tolist()  # the weights of this step
+    [1.0, 1.0]
+    >>> [round(float(x), 3) for x in gradnorm.loss_weights.numpy()]  # next step
+    [0.975, 1.025]
+
+    References:
+        Zhao Chen, Vijay Badrinarayanan, Chen-Yu Lee, Andrew Rabinovich.
+        "GradNorm: Gradient Normalization for Adaptive Loss Balancing in
+        Deep Multitask Networks". ICML 2018. arXiv:1711.02257. No official
+        code; reference implementations read: mtcrawshaw/meta (branch
+        slaw, `meta/train/loss.py`) and median-research-group/LibMTL
+        (`LibMTL/weighting/GradNorm.py`).
+
+    Note:
+        Order of operations: as in the paper's Algorithm 1 and LibMTL, the
+        weights returned (and used for this step's model update) are those
+        before this step's update of w; meta updates w first and uses the
+        new weights at once (a one-step lag). Both references detach
+        Target, mean(G) included, as done here. Differences from LibMTL:
+        it parameterises w = T softmax(xi) and trains xi with the model's
+        own optimiser and learning rate, and it takes the gradients of all
+        shared variables; here w is updated directly (meta, the paper).
+        The floor 1e-6 on w is ours (neither reference keeps w > 0; a
+        negative w would flip a task's gradient). A step whose new weights
+        are not finite leaves w unchanged; losses or L(0) equal to zero
+        give a neutral ratio r_t = 1.
+    """
+
+    stateful = True
+
+    def __init__(
+        self,
+        alpha=1.5,
+        weight_learning_rate=0.025,
+        weight_optimizer="adam",
+        initial_loss="first_step",
+        gradients_of="last_layer",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        alpha = _as_float(alpha, "alpha")
+        if not (alpha >= 0 and math.isfinite(alpha)):
+            raise ValueError(
+                f"GradNorm `alpha` must be a finite number >= 0, got {alpha!r}."
+            )
+        weight_learning_rate = _as_float(weight_learning_rate, "weight_learning_rate")
+        if not (weight_learning_rate > 0 and math.isfinite(weight_learning_rate)):
+            raise ValueError(
+                "GradNorm `weight_learning_rate` must be a finite number > 0, "
+                f"got {weight_learning_rate!r}."
+            )
+        if weight_optimizer not in _OPTIMIZERS:
+            raise ValueError(
+                f"GradNorm `weight_optimizer` must be one of {_OPTIMIZERS}, "
+                f"got {weight_optimizer!r}."
+            )
+        if initial_loss not in _INITIAL_LOSSES:
+            raise ValueError(
+                f"GradNorm `initial_loss` must be one of {_INITIAL_LOSSES}, "
+                f"got {initial_loss!r}."
+            )
+        if gradients_of not in _GRADIENTS_OF:
+            raise ValueError(
+                f"GradNorm `gradients_of` must be one of {_GRADIENTS_OF}, "
+                f"got {gradients_of!r}."
+            )
+        self.alpha = alpha
+        self.weight_learning_rate = weight_learning_rate
+        self.weight_optimizer = weight_optimizer
+        self.initial_loss = initial_loss
+        self.gradients_of = gradients_of
+        #: Tells the model which per-task gradients to pass as `shared_grads`.
+        self.shared_gradients = gradients_of
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        shape = (self.num_tasks,)
+        self.loss_weights = self.add_weight(
+            shape=shape, initializer="ones", trainable=False, name="loss_weights"
+        )
+        self.initial_losses = self.add_weight(
+            shape=shape, initializer="zeros", trainable=False, name="initial_losses"
+        )
+        # 1.0 once L(0) is known and GradNorm updates run.
+        self.active = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="active"
+        )
+        if self.initial_loss == "first_epoch":
+            # Running mean of the losses of the first epoch and its length.
+            self.epoch_mean = self.add_weight(
+                shape=shape, initializer="zeros", trainable=False, name="epoch_mean"
+            )
+            self.epoch_steps = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, name="epoch_steps"
+            )
+        if self.weight_optimizer == "adam":
+            self.adam_m = self.add_weight(
+                shape=shape, initializer="zeros", trainable=False, name="adam_m"
+            )
+            self.adam_v = self.add_weight(
+                shape=shape, initializer="zeros", trainable=False, name="adam_v"
+            )
+            self.adam_steps = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, name="adam_steps"
+            )
+
+    def weight_gradient(self, losses, grad_norms, initial_losses):
+        """dL_grad/dw at the current weights (Target held constant).
+
+        Args:
+            losses: `(T,)` current task losses.
+            grad_norms: `(T,)` norms n_t of the unweighted task gradients.
+            initial_losses: `(T,)` the losses L(0).
+
+        Returns:
+            The `(T,)` gradient sign(w_t n_t - Target_t) * n_t.
+        """
+        weights = ops.convert_to_tensor(self.loss_weights)
+        norms = weights * grad_norms
+        ratio = ops.where(
+            initial_losses > 0.0,
+            losses / ops.where(initial_losses > 0.0, initial_losses, 1.0),
+            1.0,
+        )
+        mean_ratio = ops.mean(ratio)
+        relative = ops.where(
+            mean_ratio > 0.0, ratio / ops.where(mean_ratio > 0.0, mean_ratio, 1.0), 1.0
+        )
+        target = ops.mean(norms) * ops.power(relative, self.alpha)
+        return ops.sign(norms - target) * grad_norms
+
+    def _step(self, gradient):
+        """New weights (and optimiser state) after one step on `gradient`."""
+        weights = ops.convert_to_tensor(self.loss_weights)
+        if self.weight_optimizer == "sgd":
+            new = weights - self.weight_learning_rate * gradient
+            state = ()
+        else:
+            steps = self.adam_steps + 1.0
+            m = _BETA_1 * self.adam_m + (1.0 - _BETA_1) * gradient
+            v = _BETA_2 * self.adam_v + (1.0 - _BETA_2) * ops.square(gradient)
+            # 1 - beta^t written as -expm1(t log beta), exact in float32.
+            m_hat = m / -ops.expm1(steps * math.log(_BETA_1))
+            v_hat = v / -ops.expm1(steps * math.log(_BETA_2))
+            new = weights - self.weight_learning_rate * m_hat / (
+                ops.sqrt(v_hat) + _ADAM_EPSILON
+            )
+            state = (m, v, steps)
+        new = ops.maximum(new, _MIN_WEIGHT)
+        new = self.num_tasks * new / ops.sum(new)
+        return new, state
+
+    def call(self, losses, shared_grads=None, training=True):
+        """Returns `(sum_t w_t L_t, w)` and, when training, updates w.
+
+        Args:
+            losses: `(T,)` task losses.
+            shared_grads: `(T, P')` per-task gradients of the shared
+                variables chosen by `gradients_of` (passed by the model).
+            training: whether to update the weights and L(0).
+        """
+        self._check_num_tasks(losses)
+        # A copy: in eager mode a read of the variable may share its buffer,
+        # which the assign below would overwrite.
+        weights = self.loss_weights * 1.0
+        objective = ops.sum(ops.stop_gradient(ops.cast(weights, losses.dtype)) * losses)
+        if not training:
+            return objective, ops.cast(weights, losses.dtype)
+        if shared_grads is None:
+            raise ValueError(
+                "GradNorm needs the per-task gradients `shared_grads` (a (T, P) "
+                "tensor); MultiTaskModel passes them during training."
+            )
+        self._check_num_tasks(shared_grads, what="shared_grads")
+        values = ops.cast(ops.stop_gradient(losses), "float32")
+        grads = ops.cast(ops.stop_gradient(shared_grads), "float32")
+        grad_norms = ops.sqrt(ops.sum(ops.square(grads), axis=1))
+        finite_losses = ops.all(ops.isfinite(values))
+
+        if self.initial_loss == "first_step":
+            record = ops.logical_and(self.active < 0.5, finite_losses)
+            initial = ops.where(record, values, self.initial_losses)
+            active = ops.logical_or(self.active > 0.5, record)
+            self.initial_losses.assign(initial)
+            self.active.assign(ops.cast(active, "float32"))
+        else:
+            warming = ops.logical_and(self.active < 0.5, finite_losses)
+            steps = self.epoch_steps + ops.cast(warming, "float32")
+            mean = self.epoch_mean + ops.where(
+                warming, (values - self.epoch_mean) / ops.maximum(steps, 1.0), 0.0
+            )
+            self.epoch_mean.assign(mean)
+            self.epoch_steps.assign(steps)
+            initial = ops.convert_to_tensor(self.initial_losses)
+            active = self.active > 0.5
+
+        gradient = self.weight_gradient(values, grad_norms, initial)
+        new, state = self._step(gradient)
+        update = ops.logical_and(
+            active,
+            ops.logical_and(
+                ops.all(ops.isfinite(new)), ops.all(ops.isfinite(gradient))
+            ),
+        )
+        self.loss_weights.assign(ops.where(update, new, weights))
+        if state:
+            for variable, value in zip(
+                (self.adam_m, self.adam_v, self.adam_steps), state
+            ):
+                variable.assign(ops.where(update, value, variable))
+        return objective, ops.cast(weights, losses.dtype)
+
+    def on_epoch_end(self):
+        """With `initial_loss="first_epoch"`, fixes L(0) to the mean loss of
+        the first epoch and switches GradNorm on."""
+        if not self.built or self.initial_loss != "first_epoch":
+            return
+        start = ops.logical_and(self.active < 0.5, self.epoch_steps > 0.0)
+        self.initial_losses.assign(
+            ops.where(start, self.epoch_mean, self.initial_losses)
+        )
+        self.active.assign(ops.where(start, 1.0, self.active))
+
+    def reset_state(self):
+        if not self.built:
+            return
+        self.loss_weights.assign(ops.ones_like(self.loss_weights))
+        for variable in self.non_trainable_weights:
+            if variable is not self.loss_weights:
+                variable.assign(ops.zeros_like(variable))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "alpha": self.alpha,
+                "weight_learning_rate": self.weight_learning_rate,
+                "weight_optimizer": self.weight_optimizer,
+                "initial_loss": self.initial_loss,
+                "gradients_of": self.gradients_of,
+            }
+        )
+        return config
+
+
+def _as_float(value, name):
+    if isinstance(value, bool):
+        raise ValueError(f"GradNorm `{name}` must be a number, got {value!r}.")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"GradNorm `{name}` must be a number, got {value!r}."
+        ) from None

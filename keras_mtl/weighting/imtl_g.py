@@ -1,0 +1,128 @@
+"""IMTL-G, the gradient part of Impartial MTL (Liu et al., ICLR 2021)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import tensorflow as tf
+from keras import ops
+
+from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+from keras_mtl.weighting.registry import register_strategy
+
+# Singular values below this fraction of the largest are treated as zero
+# when solving the (equilibrated) linear system: the Gramian arrives in
+# float32, so smaller ones are rounding noise.
+_RCOND = 1e-6
+
+
+def _min_norm_solve(matrix, rhs):
+    """Minimum-norm least-squares solution of `matrix x = rhs` by SVD."""
+    s, u, v = tf.linalg.svd(matrix)
+    cutoff = _RCOND * tf.reduce_max(s)
+    keep = s > cutoff
+    s_inv = tf.where(keep, 1.0 / tf.where(keep, s, tf.ones_like(s)), 0.0)
+    return tf.linalg.matvec(v, s_inv * tf.linalg.matvec(u, rhs, adjoint_a=True))
+
+
+def imtl_g_weights(gramian):
+    """IMTL-G's closed-form weights from the `(T, T)` Gramian (float64).
+
+    With n_t = ||g_t|| and u_t = g_t / n_t, IMTL-G's weights alpha solve the
+    T linear equations
+
+        d . (u_1 - u_t) = 0  for t = 2..T,    sum_t alpha_t = 1,
+
+    with d = sum_t alpha_t g_t, i.e. LibMTL's
+    alpha_{2:T} = g_1 U^T (D U^T)^{-1}, alpha_1 = 1 - sum alpha_{2:T}.
+    They are solved in the variables beta_t = n_t alpha_t, where the first
+    T - 1 equations only involve the cosines u_s . u_t and the last one is
+    normalised to unit norm, which keeps the system well conditioned when
+    the rows have very different scales. A singular system (for example
+    identical rows) gets its minimum-norm solution instead of the
+    reference's error.
+    """
+    num = gramian.shape[0]
+    dtype = gramian.dtype
+    if num == 1:
+        return tf.ones([1], dtype)
+    norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
+    positive = norms > 0
+    safe_norms = tf.where(positive, norms, tf.ones_like(norms))
+    inv = tf.where(positive, 1.0 / safe_norms, tf.zeros_like(norms))
+    cosines = gramian * inv[:, None] * inv[None, :]
+    differences = cosines[:1] - cosines[1:]
+    last = 1.0 / safe_norms
+    last_norm = tf.norm(last)
+    system = tf.concat([differences, (last / last_norm)[None, :]], axis=0)
+    rhs = tf.concat([tf.zeros([num - 1], dtype), [1.0 / last_norm]], axis=0)
+    beta = _min_norm_solve(system, rhs)
+    return beta / safe_norms
+
+
+_compiled_imtl_g_weights = tf.function(imtl_g_weights, autograph=False)
+
+
+@register_strategy("imtl", "imtl_g")
+class IMTLG(GradientAggregation):
+    """IMTL-G: the update has equal projections on every task's direction.
+
+    Notation: T tasks, g_t the gradient of task t (row t of G), u_t =
+    g_t / ||g_t|| its direction, D the `(T-1, P)` matrix with rows
+    g_1 - g_t and U the one with rows u_1 - u_t (t = 2..T). IMTL-G finds
+    the combination d = sum_t alpha_t g_t with sum_t alpha_t = 1 whose
+    projections on all unit directions are equal, d . u_t = d . u_1, which
+    has the closed form
+
+        alpha_{2:T} = g_1 U^T (D U^T)^{-1},    alpha_1 = 1 - sum_{t>=2} alpha_t.
+
+    Scale: the method's own (LibMTL's update sum_t alpha_t g_t with
+    sum_t alpha_t = 1, the scale of a mean; identical rows give that row).
+    The returned weights are alpha.
+
+    Properties: stateless; T backward passes (or T head passes with
+    `rep_grad=True`, as LibMTL allows); the line of the update is invariant
+    to rescaling any task's gradient (alpha_k scales by 1/c when g_k is
+    scaled by c, up to the sum-to-one normalisation, which can also flip
+    the sign: nothing forces the common projection d . u_t to be
+    positive). When the gradients are linearly dependent the
+    equal-projection direction may be d = 0.
+
+    Args:
+        rep_grad: apply the method to gradients of the shared
+            representation instead of the shared parameters.
+        **kwargs: passed to `GradientAggregation` (`name`, `dtype`).
+
+    Example:
+
+    >>> from keras_mtl.weighting.imtl_g import IMTLG
+    >>> grads = np.array([[1.0, 0.0], [0.0, 2.0]], "float32")
+    >>> update, weights = IMTLG()(grads)
+    >>> np.round(weights.numpy().astype("float64"), 3).tolist()
+    [0.667, 0.333]
+    >>> np.round(update.numpy().astype("float64"), 3).tolist()
+    [0.667, 0.667]
+
+    References:
+        Liyang Liu, Yi Li, Zhanghui Kuang, Jing-Hao Xue, Yimin Chen, Wenming
+        Yang, Qingmin Liao, Wayne Zhang. "Towards Impartial Multi-task
+        Learning". ICLR 2021 (OpenReview IMPnRXEWpvr). No official code;
+        matched against LibMTL `LibMTL/weighting/IMTL.py` (commit daa780e),
+        whose gradient part this is.
+
+    Note:
+        LibMTL's "IMTL" combines IMTL-G with IMTL-L (learnable loss scales
+        e^{s_t} L_t - s_t, s initialised to 0); this class is IMTL-G alone,
+        i.e. LibMTL's IMTL at s = 0. Where the reference inverts a singular
+        matrix (identical or zero rows) we return the minimum-norm solution
+        (finite; identical rows give alpha_t = 1/T); zero rows get
+        u_t = 0 instead of the reference's NaN. Singular values below 1e-6
+        of the largest count as zero (the Gramian is float32).
+    """
+
+    requires: ClassVar[str] = "gramian"
+    supports_rep_grad: ClassVar[bool] = True
+
+    def compute_weights(self, gramian, losses=None, training=True):
+        weights = _compiled_imtl_g_weights(ops.cast(gramian, "float64"))
+        return ops.cast(weights, self.compute_dtype)

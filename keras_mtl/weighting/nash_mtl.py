@@ -1,0 +1,474 @@
+"""Nash-MTL, multi-task learning as a bargaining game (Navon et al., ICML 2022)."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import tensorflow as tf
+from keras import ops
+
+from keras_mtl.weighting._newton_ops import armijo_step, max_step_to_boundary
+from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+from keras_mtl.weighting.registry import register_strategy
+
+_SOLVERS = ("ccp", "newton")
+# Newton iterations for the bargaining equations and per convex subproblem.
+_NEWTON_ITERS = 100
+_BARRIER_ITERS = 70
+# Barrier weight schedule of the subproblem solver (doubling each step).
+_T_START = 1.0
+_T_MAX = 1e9
+# Newton decrements (squared) below which a full step is taken, and below
+# which the subproblem counts as solved (bounded).
+_FULL_STEP_DECREMENT = 1e-8
+_CENTERED_DECREMENT = 1e-4
+# An iterate this many times larger than the start has run away.
+_RUNAWAY = 1e6
+# A bargaining solution is accepted when max_t |alpha_t (K alpha)_t - 1| is
+# below this (without one the residual stays of order 1).
+_NBS_TOL = 1e-6
+# Largest accepted weight in the cosine space (C b = 1/b): b_t ~ 1/sqrt(mu)
+# along an eigenvalue mu of C, and eigenvalues below ~1e-6 are noise.
+_MAX_COSINE_WEIGHT = 1e3
+# Stopping rules of the reference (`NashMTL._stop_criteria`).
+_REF_RESIDUAL_TOL = 1e-3
+_REF_CHANGE_TOL = 1e-6
+_REF_ALPHA_EPS = 1e-10
+# torch.nn.utils.clip_grad_norm_ adds this to the norm.
+_CLIP_EPS = 1e-6
+
+
+def _correlation(gramian):
+    """Returns (d, C, ok): row norms, cosine matrix, and whether all d > 0."""
+    norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
+    ok = tf.reduce_all(norms > 0)
+    safe = tf.where(norms > 0, norms, tf.ones_like(norms))
+    return norms, gramian / (safe[:, None] * safe[None, :]), ok
+
+
+def bargaining_solution(corr, warm_start):
+    """Solves C b = 1 / b, b > 0 (the Nash bargaining equations).
+
+    b is the minimiser of the strictly convex f(b) = b^T C b / 2 -
+    sum_t log b_t, found by Newton's method (Hessian C + diag(1/b^2),
+    solved in the variables b * delta) with an Armijo line search.
+
+    Args:
+        corr: `(T, T)` float64 PSD matrix (the cosine matrix).
+        warm_start: `(T,)` candidate start (used when positive and better
+            than the default start).
+
+    Returns:
+        `(b, converged)`; `converged` is False when no solution exists
+        (f unbounded below: some b >= 0 with C b = 0) or was not reached.
+    """
+    num = corr.shape[0]
+    dtype = corr.dtype
+    inf = tf.constant(float("inf"), dtype)
+
+    def objective(points):
+        quad = tf.reduce_sum(points * tf.matmul(points, corr), axis=1)
+        logs = tf.reduce_sum(tf.math.log(points), axis=1)
+        inside = tf.reduce_all(points > 0, axis=1)
+        return tf.where(inside, 0.5 * quad - logs, inf)
+
+    total = tf.reduce_sum(corr)
+    scale = tf.sqrt(num / tf.maximum(total, tf.constant(1e-300, dtype)))
+    default = tf.fill([num], scale)
+    warm_ok = tf.reduce_all(tf.math.is_finite(warm_start)) & tf.reduce_all(
+        warm_start > 0
+    )
+    warm = tf.where(warm_ok, warm_start, default)
+    values = objective(tf.stack([default, warm]))
+    start = tf.where(values[1] < values[0], warm, default)
+    eye = tf.eye(num, dtype=dtype)
+
+    def body(k, b, done):
+        cb = tf.linalg.matvec(corr, b)
+        grad = cb - 1.0 / b
+        hess = b[:, None] * corr * b[None, :] + eye
+        delta = -tf.linalg.cholesky_solve(
+            tf.linalg.cholesky(hess), (b * grad)[:, None]
+        )[:, 0]
+        direction = b * delta
+        slope = tf.reduce_sum(grad * direction)
+        descent = tf.logical_and(tf.reduce_all(tf.math.is_finite(direction)), slope < 0)
+        direction = tf.where(descent, direction, tf.zeros_like(direction))
+        slope = tf.where(descent, slope, tf.zeros_like(slope))
+        step = armijo_step(
+            objective,
+            b,
+            direction,
+            objective(b[None, :])[0],
+            slope,
+            max_step_to_boundary(b, direction),
+            # f is self-concordant: a full step is safe and quadratically
+            # convergent once the Newton decrement is below 1/4.
+            full_step_ok=tf.logical_and(descent, -slope < 0.0625),
+        )
+        new_b = b + step * direction
+        done = tf.logical_or(-slope < 1e-30, step == 0)
+        done = tf.logical_or(done, tf.logical_not(descent))
+        return k + 1, new_b, done
+
+    _, b, _ = tf.while_loop(
+        lambda k, b, done: tf.logical_and(k < _NEWTON_ITERS, tf.logical_not(done)),
+        body,
+        (tf.constant(0), start, tf.constant(False)),
+    )
+    residual = tf.reduce_max(tf.abs(b * tf.linalg.matvec(corr, b) - 1.0))
+    converged = tf.logical_and(residual < _NBS_TOL, tf.reduce_all(b > 0))
+    converged = tf.logical_and(converged, tf.reduce_all(tf.math.is_finite(b)))
+    # A huge b only balances C b = 1/b through eigenvalues of C at the
+    # rounding level of a float32 Gramian: no solution, numerically.
+    converged = tf.logical_and(converged, tf.reduce_max(b) < _MAX_COSINE_WEIGHT)
+    return b, converged
+
+
+def ccp_subproblem(corr, cost, start):
+    """One convex subproblem of the authors' convex-concave procedure.
+
+        minimise_b  cost . b   subject to  log b_t + log (C b)_t >= 0,
+
+    solved by a log-barrier interior-point method: Newton steps (with an
+    Armijo search that stays strictly inside) on
+    s cost . b / max|cost| - sum_t log(log b_t + log (C b)_t) with the
+    weight s doubling from 1 to 1e9 (a duality gap of T * 1e-9).
+
+    Args:
+        corr: `(T, T)` float64 cosine matrix.
+        cost: `(T,)` linear cost.
+        start: strictly feasible `(T,)` start.
+
+    Returns:
+        `(b, ok)`; `ok` is False when the problem looks unbounded or the
+        solve broke down (the reference's solver then returns no value).
+    """
+    num = corr.shape[0]
+    dtype = corr.dtype
+    inf = tf.constant(float("inf"), dtype)
+    cost = cost / tf.reduce_max(tf.abs(cost))
+
+    def barrier(points, weight):
+        cb = tf.matmul(points, corr)
+        inside = tf.reduce_all(points > 0, axis=1) & tf.reduce_all(cb > 0, axis=1)
+        safe_p = tf.where(inside[:, None], points, tf.ones_like(points))
+        safe_cb = tf.where(inside[:, None], cb, tf.ones_like(cb))
+        h = tf.math.log(safe_p) + tf.math.log(safe_cb)
+        inside = inside & tf.reduce_all(h > 0, axis=1)
+        safe_h = tf.where(inside[:, None], h, tf.ones_like(h))
+        value = weight * tf.linalg.matvec(points, cost) - tf.reduce_sum(
+            tf.math.log(safe_h), axis=1
+        )
+        return tf.where(inside, value, inf)
+
+    eye = tf.eye(num, dtype=dtype)
+
+    def newton_direction(b, weight):
+        cb = tf.linalg.matvec(corr, b)
+        h = tf.math.log(b) + tf.math.log(cb)
+        # Rows: the gradients of h_t.
+        jac = eye / b[:, None] + corr / cb[:, None]
+        grad = weight * cost - tf.linalg.matvec(jac, 1.0 / h, transpose_a=True)
+        hess = (
+            tf.matmul(jac, jac / (h * h)[:, None], transpose_a=True)
+            + tf.linalg.diag(1.0 / (b * b * h))
+            + tf.matmul(corr, corr / (cb * cb * h)[:, None], transpose_a=True)
+        )
+        scaled = b[:, None] * hess * b[None, :]
+        delta = -tf.linalg.cholesky_solve(
+            tf.linalg.cholesky(scaled), (b * grad)[:, None]
+        )[:, 0]
+        direction = b * delta
+        slope = tf.reduce_sum(grad * direction)
+        finite = tf.reduce_all(tf.math.is_finite(direction)) & tf.math.is_finite(slope)
+        descent = tf.logical_and(finite, slope < 0)
+        direction = tf.where(descent, direction, tf.zeros_like(direction))
+        slope = tf.where(descent, slope, tf.zeros_like(slope))
+        return direction, slope, descent, finite
+
+    def body(k, b, weight):
+        direction, slope, descent, _ = newton_direction(b, weight)
+        step = armijo_step(
+            lambda p: barrier(p, weight),
+            b,
+            direction,
+            barrier(b[None, :], weight)[0],
+            slope,
+            tf.ones([], dtype),
+            full_step_ok=tf.logical_and(descent, -slope < _FULL_STEP_DECREMENT),
+        )
+        b = b + step * direction
+        weight = tf.minimum(weight * 2.0, _T_MAX)
+        return k + 1, b, weight
+
+    _, b, weight = tf.while_loop(
+        lambda k, b, weight: k < _BARRIER_ITERS,
+        body,
+        (tf.constant(0), start, tf.constant(_T_START, dtype)),
+    )
+    # A bounded problem ends on the central path (the Newton decrement
+    # vanishes); on an unbounded one the iterate keeps running away.
+    # (where its Hessian also ends up numerically indefinite).
+    _, slope, _, finite = newton_direction(b, weight)
+    ok = tf.reduce_all(tf.math.is_finite(b)) & finite
+    ok = ok & (-slope < _CENTERED_DECREMENT)
+    ok = ok & (tf.reduce_max(b) < _RUNAWAY * tf.reduce_max(start))
+    return b, ok
+
+
+def nash_mtl_alpha(gramian, previous, solver="ccp", max_iter=20):
+    """Nash-MTL's alpha for a `(T, T)` float64 Gramian K.
+
+    "newton": the Nash bargaining solution K alpha = 1 / alpha (alpha > 0),
+    or `previous` when none exists. "ccp": the authors' procedure, started
+    from `previous`: at most `max_iter` convex subproblems
+
+        alpha_{k+1} = argmin_a (K 1 + 1/alpha_k + K (1 / (K alpha_k))) . a
+                      subject to a_t (K a)_t >= 1,
+
+    stopping (and keeping alpha_k) when ||K alpha_k / ||K||_F -
+    1 / (alpha_k + 1e-10)|| < 1e-3, when a subproblem has no solution, or
+    when ||alpha_{k+1} - alpha_k|| < 1e-6. Both run on the cosine matrix
+    C = D^-1 K D^-1 (D = diag of the gradient norms) for conditioning.
+    """
+    dtype = gramian.dtype
+    norms, corr, norms_ok = _correlation(gramian)
+    safe_norms = tf.where(norms > 0, norms, tf.ones_like(norms))
+    nbs_b, nbs_ok = bargaining_solution(corr, previous * safe_norms)
+    feasible = tf.logical_and(norms_ok, nbs_ok)
+    if solver == "newton":
+        return tf.where(feasible, nbs_b / safe_norms, previous)
+
+    frob = tf.norm(gramian)
+    safe_frob = tf.where(frob > 0, frob, tf.ones_like(frob))
+    # Strictly feasible start of every subproblem: h_t = 0.5 for all t.
+    start = nbs_b * tf.cast(math.exp(0.25), dtype)
+
+    def residual_small(alpha):
+        res = tf.linalg.matvec(gramian, alpha) / safe_frob - 1.0 / (
+            alpha + _REF_ALPHA_EPS
+        )
+        return tf.norm(res) < _REF_RESIDUAL_TOL
+
+    def cond(k, alpha, done):
+        return tf.logical_and(k < max_iter, tf.logical_not(done))
+
+    def body(k, alpha, done):
+        b_prev = alpha * norms
+        cb_prev = tf.linalg.matvec(corr, b_prev)
+        cost = tf.linalg.matvec(corr, norms) + 1.0 / b_prev
+        cost = cost + tf.linalg.matvec(corr, 1.0 / cb_prev)
+        cost_ok = tf.reduce_all(tf.math.is_finite(cost)) & tf.reduce_any(cost != 0)
+        safe_cost = tf.where(cost_ok, cost, tf.ones_like(cost))
+        b_new, solved = ccp_subproblem(corr, safe_cost, start)
+        alpha_new = b_new / safe_norms
+        failed = tf.logical_not(tf.logical_and(cost_ok, solved))
+        stop = residual_small(alpha) | failed
+        stop = stop | (tf.norm(alpha_new - alpha) < _REF_CHANGE_TOL)
+        alpha = tf.where(stop, alpha, alpha_new)
+        return k + 1, alpha, stop
+
+    def run():
+        _, alpha, _ = tf.while_loop(
+            cond, body, (tf.constant(0), previous, residual_small(previous))
+        )
+        return alpha
+
+    # Without a feasible point the first subproblem is infeasible: the
+    # reference keeps the previous alpha.
+    return tf.cond(feasible, run, lambda: previous)
+
+
+_compiled_nash_mtl_alpha = tf.function(nash_mtl_alpha, autograph=False)
+
+
+@register_strategy("nash_mtl", "nashmtl", "nash")
+class NashMTL(GradientAggregation):
+    """Nash-MTL: the task weights of the Nash bargaining solution.
+
+    Notation: T tasks, g_t the gradient of task t (row t of G), K = G G^T.
+    Nash-MTL chooses the update d = sum_t alpha_t g_t with alpha > 0 solving
+    the bargaining equations
+
+        alpha_t (K alpha)_t = 1  for all t,  i.e.  K alpha = 1 / alpha,
+
+    so every task gets the same "utility" alpha_t g_t . d = 1. This
+    bargaining solution does not depend on the scale of any single task's
+    gradient: scaling g_k by c scales alpha_k by 1/c and leaves d unchanged;
+    ||d||^2 = T.
+
+    Solver (`solver`): the authors' code runs a convex-concave procedure
+    (CCP): up to `optim_niter` convex subproblems solved with cvxpy/ECOS,
+    warm-started from the previous step's alpha, with their stopping rules.
+    "ccp" (default) reproduces that procedure in the graph, each subproblem
+    solved by a log-barrier interior-point Newton method, so alpha matches
+    the reference's, including the inputs (about one in ten random small
+    problems) where the procedure stops at a fixed point that is not the
+    bargaining solution (one constraint alpha_t (K alpha)_t >= 1 stays
+    slack), or keeps the previous alpha because a subproblem is unbounded.
+    On those inputs the result is not scale invariant, as in the
+    reference. "newton" returns the exact bargaining solution (Newton's
+    method on the convex f(a) = a^T K a / 2 - sum_t log a_t). Both keep the
+    previous alpha when no solution exists (0 in the convex hull of the
+    gradients, for example g_1 = -g_2, or a zero gradient), as the
+    reference does when its solver fails. The authors' Frobenius
+    normalisation of K only rescales their subproblem's objective (its
+    constraints use the raw K), so the solution solves the equations for
+    the raw Gramian; we compute on the cosine matrix for conditioning.
+
+    The weights are recomputed every `update_weights_every` steps and
+    reused in between (the stored alpha, applied to the current
+    gradients). Then, as in the reference, the update is clipped to norm
+    `max_norm` (torch's `clip_grad_norm_`: multiplied by
+    min(1, max_norm / (||d|| + 1e-6))), when `max_norm > 0`.
+
+    Scale: the method's own: ||d|| = sqrt(T) before clipping, so with the
+    default max_norm = 1 the update has norm 1 whatever the gradients'
+    scale. The returned weights are the effective ones (alpha times the
+    clipping factor); `alpha` holds the unclipped alpha.
+
+    Properties: stateful (alpha and a step counter; `reset_state()` sets
+    alpha to ones, the reference's initial value, and the counter to 0);
+    T backward passes; parameter gradients only (as in the reference).
+
+    Args:
+        update_weights_every: recompute alpha every this many steps (>= 1).
+            Default 1.
+        optim_niter: maximum number of convex subproblems per update
+            ("ccp"). Default 20.
+        max_norm: clip the update to this norm; 0 disables clipping.
+            Default 1.0.
+        solver: "ccp" (the authors' procedure, default) or "newton" (the
+            exact bargaining solution).
+        **kwargs: passed to `GradientAggregation` (`name`, `dtype`).
+
+    Example:
+
+    >>> from keras_mtl.weighting.nash_mtl import NashMTL
+    >>> grads = np.array([[1.0, 0.0], [0.0, 2.0]], "float32")
+    >>> update = NashMTL(max_norm=0.0).aggregate(grads)
+    >>> np.round(update.numpy().astype("float64"), 3).tolist()
+    [1.0, 1.0]
+
+    References:
+        Aviv Navon, Aviv Shamsian, Idan Achituve, Haggai Maron, Kenji
+        Kawaguchi, Gal Chechik, Ethan Fetaya. "Multi-Task Learning as a
+        Bargaining Game". ICML 2022. arXiv:2202.01017. Official code:
+        AvivNavon/nash-mtl (`methods/weight_methods.py`, `NashMTL`, commit
+        8d60c75); also LibMTL `LibMTL/weighting/Nash_MTL.py` (commit
+        ab85804), the same code.
+
+    Note:
+        The reference clips the norm of the shared parameters' gradient
+        after its backward pass; here the clipping is applied to the
+        returned update (the same vector). Against the authors' solver
+        (ECOS, tolerance 1e-8) alphas agree to about 1e-5 relative, up to
+        1e-3 where the procedure converges slowly within its 20
+        iterations. On infeasible inputs ECOS sometimes returns an
+        inaccurate point that violates the constraints instead of
+        failing; we keep the previous alpha there. Gradients whose
+        bargaining solution would need weights above 1e3 in the cosine
+        scale (cosine-matrix eigenvalues below ~1e-6, rounding noise of a
+        float32 Gramian) count as having none. The stored alpha is float64,
+        the step counter int64.
+    """
+
+    requires: ClassVar[str] = "gramian"
+    stateful: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        update_weights_every=1,
+        optim_niter=20,
+        max_norm=1.0,
+        solver="ccp",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for name, value in (
+            ("update_weights_every", update_weights_every),
+            ("optim_niter", optim_niter),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"NashMTL `{name}` must be an int >= 1, got {value!r}."
+                )
+        try:
+            max_norm_value = float(max_norm)
+        except (TypeError, ValueError):
+            max_norm_value = float("nan")
+        if not (math.isfinite(max_norm_value) and max_norm_value >= 0.0):
+            raise ValueError(
+                f"NashMTL `max_norm` must be finite and >= 0, got {max_norm!r}."
+            )
+        if solver not in _SOLVERS:
+            raise ValueError(
+                f"NashMTL `solver` must be one of {_SOLVERS}, got {solver!r}."
+            )
+        self.update_weights_every = update_weights_every
+        self.optim_niter = optim_niter
+        self.max_norm = max_norm_value
+        self.solver = solver
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "update_weights_every": self.update_weights_every,
+                "optim_niter": self.optim_niter,
+                "max_norm": self.max_norm,
+                "solver": self.solver,
+            }
+        )
+        return config
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.alpha = self.add_weight(
+            shape=(self.num_tasks,),
+            initializer="ones",
+            dtype="float64",
+            trainable=False,
+            name="alpha",
+        )
+        self.step_count = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            dtype="int64",
+            trainable=False,
+            name="step_count",
+        )
+
+    def reset_state(self):
+        self.alpha.assign(ops.ones_like(self.alpha))
+        self.step_count.assign(ops.zeros_like(self.step_count))
+
+    def _solve(self, gramian, previous):
+        return _compiled_nash_mtl_alpha(
+            gramian, previous, self.solver, self.optim_niter
+        )
+
+    def compute_weights(self, gramian, losses=None, training=True):
+        gramian = ops.cast(gramian, "float64")
+        previous = tf.identity(self.alpha.value)
+        if self.update_weights_every == 1:
+            alpha = self._solve(gramian, previous)
+        else:
+            due = ops.equal(
+                ops.mod(self.step_count.value, self.update_weights_every), 0
+            )
+            alpha = tf.cond(
+                due, lambda: self._solve(gramian, previous), lambda: previous
+            )
+        if training:
+            self.alpha.assign(alpha)
+            self.step_count.assign_add(1)
+        weights = alpha
+        if self.max_norm > 0:
+            norm = ops.sqrt(
+                ops.maximum(ops.sum(alpha * ops.matmul(gramian, alpha)), 0.0)
+            )
+            weights = alpha * ops.minimum(1.0, self.max_norm / (norm + _CLIP_EPS))
+        return ops.cast(weights, self.compute_dtype)

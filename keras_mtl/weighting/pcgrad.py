@@ -1,0 +1,167 @@
+"""PCGrad, projecting conflicting gradients (Yu et al., NeurIPS 2020)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+from keras_mtl.weighting.registry import register_strategy
+
+# Added to ||g_j||^2 in the projection, as in LibMTL's PCGrad.py.
+_EPS = 1e-8
+
+
+def _mix32(x):
+    """MurmurHash3's 32-bit finaliser (a bijective integer hash)."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+    x = x * tf.constant(0x85EBCA6B, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(13, tf.uint32)))
+    x = x * tf.constant(0xC2B2AE35, tf.uint32)
+    return tf.bitwise.bitwise_xor(
+        x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32))
+    )
+
+
+def random_orders(seed, num_tasks):
+    """`(T, T)` int32 orders, row i a pseudo-random permutation of the tasks.
+
+    The permutations are the argsorts of hashed integer keys derived from a
+    `(2,)` integer seed, so they are bit-identical in eager mode and under
+    XLA (TensorFlow's stateless random kernels differ between the two).
+    """
+    seed = tf.cast(tf.math.floormod(tf.cast(seed, tf.int64), 2**32), tf.uint32)
+    base = _mix32(
+        tf.bitwise.bitwise_xor(
+            seed[0], _mix32(seed[1] + tf.constant(0x7F4A7C15, tf.uint32))
+        )
+    )
+    index = tf.cast(tf.range(num_tasks * num_tasks), tf.uint32)
+    keys = _mix32(index * tf.constant(0x9E3779B9, tf.uint32) + base)
+    keys = tf.cast(tf.bitwise.right_shift(keys, tf.constant(1, tf.uint32)), tf.int32)
+    keys = tf.reshape(keys, (num_tasks, num_tasks))
+    return tf.cast(tf.argsort(keys, axis=1, stable=True), tf.int32)
+
+
+def pcgrad_weights(gramian, orders):
+    """PCGrad's effective weights from the Gramian and the visit orders.
+
+    Each projected gradient g_i^pc stays a combination sum_m C_im g_m of the
+    original rows (C starts as the identity), so the whole procedure runs
+    on the `(T, T)` Gramian: at visit k, task i looks at j = orders[i, k]
+    and, when g_i^pc . g_j = (C A)_ij < 0, subtracts
+    (g_i^pc . g_j) / (||g_j||^2 + 1e-8) g_j, i.e. adds that coefficient to
+    C_ij. All tasks i advance together. The update sum_i g_i^pc has the
+    weights sum_i C_im on the original rows.
+
+    Args:
+        gramian: `(T, T)` float tensor A = G G^T (T static).
+        orders: `(T, T)` int tensor; row i is a permutation of the tasks.
+
+    Returns:
+        `(T,)` effective weights.
+    """
+    num = gramian.shape[0]
+    dtype = gramian.dtype
+    sq_norms = tf.linalg.diag_part(gramian)
+    coeffs = tf.eye(num, dtype=dtype)
+    for k in range(num):
+        j = orders[:, k]
+        columns = tf.gather(gramian, j, axis=1)  # [m, i] = A[m, j_i]
+        dots = tf.reduce_sum(coeffs * tf.transpose(columns), axis=1)
+        denom = tf.gather(sq_norms, j) + _EPS
+        shift = tf.where(dots < 0, -dots / denom, tf.zeros_like(dots))
+        coeffs = coeffs + tf.one_hot(j, num, dtype=dtype) * shift[:, None]
+    return tf.reduce_sum(coeffs, axis=0)
+
+
+@register_strategy("pcgrad", "pc_grad")
+class PCGrad(GradientAggregation):
+    """Gradient surgery: project each gradient off the ones it conflicts with.
+
+    Notation: T tasks, g_t the gradient of task t (row t of G). For each
+    task i, starting from g_i^pc = g_i, the tasks j are visited in a fresh
+    uniformly random order (all T tasks, i itself included, as in the
+    reference), and
+
+        if g_i^pc . g_j < 0:
+            g_i^pc <- g_i^pc - (g_i^pc . g_j) / (||g_j||^2 + 1e-8) g_j
+
+    projecting onto the normal plane of the ORIGINAL g_j. The update is the
+    sum of the projected gradients, update = sum_i g_i^pc, the scale of a
+    sum of task gradients (the plain sum when no pair conflicts).
+
+    Each g_i^pc is a combination of the original rows, so the whole
+    procedure runs on the `(T, T)` Gramian, and the returned weights are
+    the effective ones, update = sum_t weights_t g_t with
+    weights_j = 1 - sum_i (g_i^pc . g_j) / (||g_j||^2 + 1e-8) over the
+    projections made onto g_j (LibMTL's `batch_weight`).
+
+    Properties: stateless apart from the random orders (from a
+    `keras.random.SeedGenerator`: the same `seed` gives the same sequence,
+    eagerly and under XLA alike);
+    T backward passes; parameter gradients only (LibMTL refuses
+    `rep_grad`). After the surgery of two tasks, g_1^pc . g_2 >= 0 and
+    g_2^pc . g_1 >= 0; non-conflicting gradients pass unchanged. Not scale
+    invariant.
+
+    Args:
+        seed: seed of the random visit orders (None for a random seed).
+        **kwargs: passed to `GradientAggregation` (`name`, `dtype`).
+
+    Example:
+
+    >>> from keras_mtl.weighting.pcgrad import PCGrad
+    >>> grads = np.array([[1.0, 0.0], [-1.0, 1.0]], "float32")
+    >>> update = PCGrad(seed=0).aggregate(grads)
+    >>> np.round(update.numpy().astype("float64"), 3).tolist()
+    [0.5, 1.5]
+
+    References:
+        Tianhe Yu, Saurabh Kumar, Abhishek Gupta, Sergey Levine, Karol
+        Hausman, Chelsea Finn. "Gradient Surgery for Multi-Task Learning".
+        NeurIPS 2020. arXiv:2001.06782. Official code: tianheyu927/PCGrad;
+        matched against LibMTL `LibMTL/weighting/PCGrad.py` (commit
+        b1f2a6f).
+
+    Note:
+        The weights are the effective weights (as LibMTL's return value),
+        not ones. The permutations come from a hash of the seed generator's
+        state rather than from `keras.random` draws, whose values differ
+        between eager and XLA execution; they are not those of Python's
+        `random.shuffle` in the reference (any uniform order is correct).
+        The projections are computed from the Gramian in float64 instead of
+        on the float32 gradient vectors (the same math; the rounding
+        differs). The RNG state lives in the layer's seed
+        generator, not in `get_weights()`.
+    """
+
+    requires: ClassVar[str] = "gramian"
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"PCGrad `seed` must be None or an int, got {seed!r}.")
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def get_config(self):
+        config = super().get_config()
+        config["seed"] = self.seed
+        return config
+
+    def _task_orders(self, num_tasks):
+        """`(T, T)` int32: row i is a random permutation of the tasks."""
+        return random_orders(self.seed_generator.next(), num_tasks)
+
+    def compute_weights(self, gramian, losses=None, training=True):
+        num = gramian.shape[0]
+        if num == 1:
+            # g . g >= 0: a single task is never projected.
+            return ops.ones((1,), self.compute_dtype)
+        orders = self._task_orders(num)
+        weights = pcgrad_weights(ops.cast(gramian, "float64"), orders)
+        return ops.cast(weights, self.compute_dtype)

@@ -1,0 +1,140 @@
+"""Tests of Aligned-MTL."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl.weighting as weighting
+from keras_mtl.weighting.aligned_mtl import AlignedMTL, aligned_mtl_matrix
+
+
+def _reference_weights(grads, scale_mode="min"):
+    """Float64 re-derivation of LibMTL `LibMTL/weighting/Aligned_MTL.py`
+    (commit 0aaada5) and of the authors' `ProcrustesSolver` scale modes
+    (SamsungLabs/MTL `code/optim/aligned/solver.py`): alpha = B.sum(0)."""
+    grads = np.asarray(grads, np.float64)
+    gramian = grads @ grads.T
+    lmbda, vecs = np.linalg.eigh(gramian)
+    tol = lmbda.max() * len(gramian) * np.finfo(np.float32).eps
+    rank = int((lmbda > tol).sum())
+    order = np.argsort(-lmbda)
+    lmbda, vecs = lmbda[order][:rank], vecs[:, order][:, :rank]
+    sigma_sq = {
+        "min": lmbda[-1],
+        "median": np.sort(lmbda)[(rank - 1) // 2],
+        "rmse": lmbda.mean(),
+    }[scale_mode]
+    basis = np.sqrt(sigma_sq) * (vecs / np.sqrt(lmbda)) @ vecs.T
+    return basis.sum(0)
+
+
+def _random_grads(rng, num, dim, common=0.0):
+    grads = rng.normal(size=(num, dim)) * rng.uniform(0.3, 3.0, size=(num, 1))
+    return (grads + common * rng.normal(size=(1, dim))).astype("float32")
+
+
+def test_registry_and_config_round_trip():
+    assert isinstance(weighting.get("aligned_mtl"), AlignedMTL)
+    original = AlignedMTL(scale_mode="rmse", rep_grad=True, name="a")
+    rebuilt = AlignedMTL.from_config(original.get_config())
+    assert rebuilt.get_config() == original.get_config()
+    assert AlignedMTL.requires == "gramian" and AlignedMTL.supports_rep_grad
+    with pytest.raises(ValueError, match="scale_mode"):
+        AlignedMTL(scale_mode="max")
+
+
+def test_doc_example_values():
+    update, weights = AlignedMTL()(np.array([[1.0, 0.0], [0.0, 2.0]], "float32"))
+    np.testing.assert_allclose(weights.numpy(), [1.0, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(update.numpy(), [1.0, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
+def test_matches_reference(scale_mode):
+    rng = np.random.default_rng(0)
+    for num in (2, 3, 4, 5):
+        grads = _random_grads(rng, num, 7, common=1.0)
+        update, weights = AlignedMTL(scale_mode=scale_mode)(grads)
+        expected = _reference_weights(grads, scale_mode)
+        np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            update.numpy(), expected @ grads, rtol=1e-4, atol=1e-5
+        )
+
+
+def test_aligned_rows_are_orthogonal_with_equal_norms():
+    rng = np.random.default_rng(1)
+    for num in (2, 3, 5):
+        grads = _random_grads(rng, num, 8, common=2.0).astype("float64")
+        basis = aligned_mtl_matrix(tf.constant(grads @ grads.T)).numpy()
+        aligned = basis @ grads
+        gram = aligned @ aligned.T
+        sigma_min_sq = np.linalg.eigvalsh(grads @ grads.T).min()
+        # Orthogonal rows, all of squared norm lambda_min.
+        np.testing.assert_allclose(
+            gram, sigma_min_sq * np.eye(num), atol=1e-9 * gram.max()
+        )
+        # The update is the sum of the aligned rows.
+        _, weights = AlignedMTL()(grads.astype("float32"))
+        np.testing.assert_allclose(
+            weights.numpy() @ grads, aligned.sum(0), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_rank_deficient_input_drops_the_null_direction():
+    rng = np.random.default_rng(2)
+    g = _random_grads(rng, 2, 6).astype("float64")
+    grads = np.stack([g[0], g[1], g[0] + g[1]])
+    update, weights = AlignedMTL()(grads.astype("float32"))
+    assert np.isfinite(update.numpy()).all()
+    np.testing.assert_allclose(
+        weights.numpy(), _reference_weights(grads), rtol=1e-3, atol=1e-4
+    )
+    basis = aligned_mtl_matrix(tf.constant(grads @ grads.T)).numpy()
+    singular = np.linalg.svd(basis @ grads, compute_uv=False)
+    # Two equal non-zero singular values, one zero.
+    np.testing.assert_allclose(singular[0], singular[1], rtol=1e-6)
+    assert singular[2] < 1e-6 * singular[0]
+
+
+def test_global_scale_leaves_the_weights():
+    rng = np.random.default_rng(3)
+    grads = _random_grads(rng, 3, 6, common=1.0)
+    _, weights = AlignedMTL()(grads)
+    for scale in (1e-10, 1e10):
+        _, scaled = AlignedMTL()(grads * np.float32(scale))
+        np.testing.assert_allclose(scaled.numpy(), weights.numpy(), rtol=1e-4)
+
+
+def test_identical_rows_and_degenerate_inputs():
+    row = np.array([0.5, -1.0, 2.0], "float32")
+    update, weights = AlignedMTL()(np.tile(row, (3, 1)))
+    np.testing.assert_allclose(weights.numpy(), [1.0, 1.0, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(update.numpy(), 3 * row, rtol=1e-5)
+    rng = np.random.default_rng(4)
+    g = _random_grads(rng, 4, 6)
+    cases = [
+        np.zeros((3, 5), "float32"),
+        np.stack([g[0], np.zeros_like(g[0]), g[1]]),
+        g * np.array([[1e-10], [1.0], [1e10], [1.0]], "float32"),
+        _random_grads(rng, 5, 2),
+        g[:1],
+    ]
+    for grads in cases:
+        update, weights = AlignedMTL()(grads)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+    np.testing.assert_array_equal(AlignedMTL().aggregate(np.zeros((2, 3))).numpy(), 0.0)
+    # One task: B = 1.
+    np.testing.assert_allclose(AlignedMTL().aggregate(g[:1]).numpy(), g[0], rtol=1e-6)
+
+
+def test_eager_equals_xla():
+    rng = np.random.default_rng(5)
+    eager, xla = AlignedMTL(), AlignedMTL()
+    step = tf.function(lambda g: xla(g), jit_compile=True)
+    for _ in range(2):
+        grads = _random_grads(rng, 4, 7, common=1.0)
+        u1, w1 = eager(grads)
+        u2, w2 = step(tf.constant(grads))
+        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,202 @@
+"""Tests of CAGrad."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl.weighting as weighting
+from keras_mtl.weighting.cagrad import CAGrad, cagrad_inner_weights
+
+_inner = tf.function(cagrad_inner_weights)
+
+
+def _objective(w, gramian, radius):
+    """CAGrad's inner objective as in the reference (LibMTL CAGrad.py)."""
+    w = np.atleast_2d(w)
+    quad = np.einsum("ni,ij,nj->n", w, gramian, w)
+    return w @ gramian.mean(axis=1) + radius * np.sqrt(quad + 1e-8)
+
+
+def _radius(gramian, c):
+    return c * np.sqrt(gramian.mean() + 1e-8) + 1e-8
+
+
+def _reference_update(grads, w, c, rescale):
+    """The reference's update for given inner weights w (LibMTL CAGrad.py,
+    commit e56caa7)."""
+    grads = np.asarray(grads, np.float64)
+    gramian = grads @ grads.T
+    radius = _radius(gramian, c)
+    gw = w @ grads
+    d = grads.mean(0) + radius / (np.linalg.norm(gw) + 1e-8) * gw
+    return d / {0: 1.0, 1: 1.0 + c**2, 2: 1.0 + c}[rescale]
+
+
+def _simplex_grid(num, steps):
+    """All points of the simplex with coordinates in multiples of 1/steps."""
+    if num == 2:
+        t = np.linspace(0.0, 1.0, steps + 1)
+        return np.stack([t, 1 - t], axis=1)
+    i, j = np.meshgrid(np.arange(steps + 1), np.arange(steps + 1), indexing="ij")
+    keep = i + j <= steps
+    i, j = i[keep], j[keep]
+    return np.stack([i, j, steps - i - j], axis=1) / steps
+
+
+def _random_grads(rng, num, dim, common=0.0):
+    grads = rng.normal(size=(num, dim)) * rng.uniform(0.3, 3.0, size=(num, 1))
+    return (grads + common * rng.normal(size=(1, dim))).astype("float32")
+
+
+def test_registry_and_config_round_trip():
+    strategy = weighting.get("cagrad")
+    assert isinstance(strategy, CAGrad)
+    assert (strategy.c, strategy.rescale) == (0.5, 1)
+    original = CAGrad(c=0.4, rescale=2, name="ca")
+    rebuilt = CAGrad.from_config(original.get_config())
+    assert rebuilt.get_config() == original.get_config()
+    assert CAGrad.requires == "gramian" and not CAGrad.supports_rep_grad
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"c": -0.1}, "`c`"), ({"c": float("nan")}, "`c`"), ({"rescale": 3}, "rescale")],
+)
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CAGrad(**kwargs)
+
+
+def test_doc_example_orthogonal_gradients():
+    # Symmetric case: w* = (1/2, 1/2), g_w = g_0, d = (1 + c) g_0.
+    grads = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
+    for c, rescale, factor in ((0.5, 1, 1.5 / 1.25), (0.5, 0, 1.5), (0.4, 2, 1.0)):
+        update = CAGrad(c=c, rescale=rescale).aggregate(grads)
+        np.testing.assert_allclose(update.numpy(), [0.5 * factor] * 2, rtol=1e-5)
+
+
+def test_c_zero_gives_the_mean_gradient():
+    rng = np.random.default_rng(0)
+    grads = _random_grads(rng, 4, 6)
+    for rescale in (0, 1, 2):
+        update, weights = CAGrad(c=0.0, rescale=rescale)(grads)
+        np.testing.assert_allclose(update.numpy(), grads.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(weights.numpy(), 0.25, rtol=1e-5)
+
+
+def test_rescale_factors():
+    rng = np.random.default_rng(1)
+    grads = _random_grads(rng, 3, 5, common=1.0)
+    raw = CAGrad(c=0.6, rescale=0).aggregate(grads).numpy()
+    np.testing.assert_allclose(
+        CAGrad(c=0.6, rescale=1).aggregate(grads).numpy(), raw / 1.36, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        CAGrad(c=0.6, rescale=2).aggregate(grads).numpy(), raw / 1.6, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("num", [2, 3])
+def test_inner_weights_beat_a_dense_grid(num):
+    # An independent solution of the inner problem: a dense grid of the
+    # simplex, refined around its best point.
+    rng = np.random.default_rng(10 + num)
+    for trial in range(4):
+        grads = _random_grads(rng, num, 5, common=1.5 if trial % 2 else 0.0)
+        gramian = grads.astype("float64") @ grads.astype("float64").T
+        radius = _radius(gramian, 0.5)
+        w = _inner(tf.constant(gramian), tf.constant(radius, "float64")).numpy()
+        assert (w >= 0).all()
+        np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-12)
+        grid = _simplex_grid(num, 2000 if num == 2 else 300)
+        values = _objective(grid, gramian, radius)
+        best = grid[np.argmin(values)]
+        fine = np.clip(best + (_simplex_grid(num, 400) - 1.0 / num) * 0.01, 0, None)
+        fine = fine / fine.sum(axis=1, keepdims=True)
+        grid_best = min(values.min(), _objective(fine, gramian, radius).min())
+        ours = _objective(w, gramian, radius)[0]
+        assert ours <= grid_best + 1e-9 * abs(grid_best)
+        np.testing.assert_allclose(w, best, atol=2e-2)
+
+
+def test_update_matches_reference_formula():
+    rng = np.random.default_rng(2)
+    for num in (2, 3, 5):
+        grads = _random_grads(rng, num, 7, common=1.0)
+        gramian = grads.astype("float64") @ grads.astype("float64").T
+        w = _inner(
+            tf.constant(gramian), tf.constant(_radius(gramian, 0.5), "float64")
+        ).numpy()
+        update, weights = CAGrad()(grads)
+        expected = _reference_update(grads, w, 0.5, 1)
+        np.testing.assert_allclose(update.numpy(), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            weights.numpy() @ grads, expected, rtol=1e-5, atol=1e-6
+        )
+
+
+def test_ball_constraint_and_worst_case_improvement():
+    rng = np.random.default_rng(3)
+    for num in (2, 3, 4, 6):
+        for c in (0.2, 0.5, 0.9):
+            grads = _random_grads(rng, num, 8, common=1.0).astype("float64")
+            d = CAGrad(c=c, rescale=0).aggregate(grads.astype("float32")).numpy()
+            g0 = grads.mean(0)
+            # ||d - g0|| <= c ||g0|| (equality when w* is found).
+            assert np.linalg.norm(d - g0) <= c * np.linalg.norm(g0) * (1 + 1e-4) + 1e-6
+            # g0 is feasible: the worst task improvement is at least g0's.
+            assert (grads @ d).min() >= (grads @ g0).min() - 1e-4 * np.abs(
+                grads @ g0
+            ).max()
+
+
+def test_identical_rows_give_a_multiple_of_the_mean():
+    row = np.array([0.5, -1.0, 2.0], "float32")
+    # The inner objective is constant on the simplex: any w* is optimal and
+    # g_w = g_0 = row, so d = (1 + c) row / (1 + c^2).
+    update, weights = CAGrad()(np.tile(row, (3, 1)))
+    np.testing.assert_allclose(update.numpy(), row * (1 + 0.5) / 1.25, rtol=1e-5)
+    np.testing.assert_allclose(weights.numpy().sum(), 1.5 / 1.25, rtol=1e-5)
+
+
+def test_scale_equivariance_for_moderate_scales():
+    rng = np.random.default_rng(4)
+    grads = _random_grads(rng, 3, 6, common=1.0)
+    base = CAGrad().aggregate(grads).numpy()
+    for scale in (10.0, 1e3):
+        scaled = CAGrad().aggregate(grads * np.float32(scale)).numpy()
+        np.testing.assert_allclose(scaled / scale, base, rtol=1e-4, atol=1e-6)
+
+
+def test_degenerate_inputs_are_finite():
+    rng = np.random.default_rng(5)
+    g = _random_grads(rng, 4, 6)
+    cases = [
+        np.zeros((3, 5), "float32"),
+        np.stack([g[0], g[1], g[0] + g[1]]),
+        np.stack([g[0], -g[0]]),
+        g * 1e-10,
+        g * 1e10,
+        g * np.array([[1e-10], [1.0], [1e10], [1.0]], "float32"),
+        g[:1],
+    ]
+    for grads in cases:
+        update, weights = CAGrad()(grads)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+    # Zero gradients give a zero update; one task gives its gradient.
+    np.testing.assert_array_equal(CAGrad().aggregate(np.zeros((2, 3))).numpy(), 0.0)
+    np.testing.assert_allclose(
+        CAGrad(rescale=0).aggregate(g[:1]).numpy(), g[0] * 1.5, rtol=1e-5
+    )
+
+
+def test_eager_equals_xla():
+    rng = np.random.default_rng(6)
+    eager, xla = CAGrad(c=0.4), CAGrad(c=0.4)
+    step = tf.function(lambda g: xla(g), jit_compile=True)
+    for _ in range(2):
+        grads = _random_grads(rng, 4, 7, common=1.0)
+        u1, w1 = eager(grads)
+        u2, w2 = step(tf.constant(grads))
+        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)

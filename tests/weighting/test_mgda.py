@@ -1,0 +1,315 @@
+"""Tests of MGDA / MGDA-UB."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl.weighting as weighting
+from keras_mtl.weighting.mgda import MGDA, min_norm_weights
+
+
+def _two_task_reference(g1, g2):
+    """The authors' two-point rule (min_norm_solvers.py,
+    `_min_norm_element_from2`): weight of g1, clipped to [0.001, 0.999]."""
+    v11, v12, v22 = g1 @ g1, g1 @ g2, g2 @ g2
+    if v12 >= v11:
+        return 0.999
+    if v12 >= v22:
+        return 0.001
+    return (v22 - v12) / (v11 + v22 - 2 * v12)
+
+
+def _reference_solver(gramian):
+    """Float64 re-derivation of the authors' `find_min_norm_element`
+    (isl-org/MultiObjectiveOptimization `multi_task/min_norm_solvers.py`, as
+    in LibMTL `weighting/MGDA.py` with its iteration counter)."""
+    n = len(gramian)
+
+    def from2(v11, v12, v22):
+        # (weight of x1, cost); the cost of a clipped case is that of the
+        # end point itself, as in the reference.
+        if v12 >= v11:
+            return 0.999, v11
+        if v12 >= v22:
+            return 0.001, v22
+        c = (v22 - v12) / (v11 + v22 - 2 * v12)
+        return c, v22 + c * (v12 - v22)
+
+    best, start = np.inf, None
+    for i in range(n):
+        for j in range(i + 1, n):
+            c, d = from2(gramian[i, i], gramian[i, j], gramian[j, j])
+            if d < best:
+                best, start = d, (i, j, c)
+    sol = np.zeros(n)
+    sol[start[0]], sol[start[1]] = start[2], 1 - start[2]
+    if n < 3:
+        return sol
+
+    def project(y):
+        s = np.sort(y)[::-1]
+        total, thr = 0.0, (y.sum() - 1) / n
+        for i in range(n - 1):
+            total += s[i]
+            if (total - 1) / (i + 1) > s[i + 1]:
+                thr = (total - 1) / (i + 1)
+                break
+        return np.maximum(y - thr, 0)
+
+    for _ in range(250):
+        grad = -gramian @ sol
+        proj = grad - grad.sum() / n
+        step = 1.0
+        neg, pos = proj < 0, proj > 0
+        t1 = -sol[neg] / proj[neg]
+        t2 = (1 - sol[pos]) / proj[pos]
+        if (t1 > 1e-7).any():
+            step = t1[t1 > 1e-7].min()
+        if (t2 > 1e-7).any():
+            step = min(step, t2[t2 > 1e-7].min())
+        new = project(proj * step + sol)
+        c, _ = from2(sol @ gramian @ sol, sol @ gramian @ new, new @ gramian @ new)
+        nxt = c * sol + (1 - c) * new
+        if np.abs(nxt - sol).sum() < 1e-5:
+            return sol
+        sol = nxt
+    return sol
+
+
+def _min_norm_sq_reference(gramian):
+    """An independent exact value of min_{w in simplex} w^T A w: enumerate
+    the supports S of w, solve the equality-constrained problem on each
+    (w_S proportional to A_S^+ 1), keep the feasible ones."""
+    n = len(gramian)
+    best = np.inf
+    for mask in range(1, 2**n):
+        support = [i for i in range(n) if mask >> i & 1]
+        sub = gramian[np.ix_(support, support)]
+        x = np.linalg.pinv(sub) @ np.ones(len(support))
+        if abs(x.sum()) < 1e-12:
+            continue
+        x = x / x.sum()
+        if (x >= -1e-12).all():
+            best = min(best, x @ sub @ x)
+    return best
+
+
+_compiled_solver = tf.function(min_norm_weights)
+
+
+def _random_grads(rng, num, dim, common=0.0):
+    grads = rng.normal(size=(num, dim)) * rng.uniform(0.2, 3.0, size=(num, 1))
+    return (grads + common * rng.normal(size=(1, dim))).astype("float32")
+
+
+def test_registry_and_config_round_trip():
+    strategy = weighting.get("mgda")
+    assert isinstance(strategy, MGDA)
+    assert strategy.normalization == "none"
+    original = MGDA(normalization="loss+", rep_grad=True, name="m")
+    rebuilt = MGDA.from_config(original.get_config())
+    assert rebuilt.get_config() == original.get_config()
+    assert rebuilt.rep_grad and rebuilt.normalization == "loss+"
+    assert MGDA.requires == "gramian" and MGDA.supports_rep_grad
+
+
+def test_invalid_normalization_raises():
+    with pytest.raises(ValueError, match="normalization"):
+        MGDA(normalization="l1")
+
+
+@pytest.mark.parametrize("normalization", ["loss", "loss+"])
+def test_loss_normalizations_need_losses(normalization):
+    with pytest.raises(ValueError, match="losses"):
+        MGDA(normalization=normalization)(np.eye(2, 3, dtype="float32"))
+
+
+def test_two_task_closed_form():
+    rng = np.random.default_rng(0)
+    pairs = [_random_grads(rng, 2, 5) for _ in range(20)]
+    # Clipped cases: g1 inside the other's half-space, and identical rows.
+    pairs.append(np.array([[1.0, 0.0], [3.0, 0.1]], "float32"))
+    pairs.append(np.array([[3.0, 0.1], [1.0, 0.0]], "float32"))
+    pairs.append(np.array([[1.0, 2.0], [1.0, 2.0]], "float32"))
+    for grads in pairs:
+        g = grads.astype("float64")
+        c = _two_task_reference(g[0], g[1])
+        update, weights = MGDA()(grads)
+        np.testing.assert_allclose(weights.numpy(), [c, 1 - c], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            update.numpy(), c * g[0] + (1 - c) * g[1], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_doc_example_values():
+    update, weights = MGDA()(np.array([[1.0, 0.0], [0.0, 2.0]], "float32"))
+    np.testing.assert_allclose(weights.numpy(), [0.8, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(update.numpy(), [0.8, 0.4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("num", [3, 4, 5])
+def test_solver_follows_the_reference_step_for_step(num):
+    rng = np.random.default_rng(num)
+    for trial in range(4):
+        grads = _random_grads(rng, num, num + 4, common=1.0 if trial % 2 else 0.0)
+        gramian = grads.astype("float64") @ grads.astype("float64").T
+        weights = _compiled_solver(tf.constant(gramian)).numpy()
+        np.testing.assert_allclose(weights, _reference_solver(gramian), atol=1e-9)
+
+
+@pytest.mark.parametrize("num", [3, 4, 5])
+def test_weights_on_simplex_reach_the_exact_min_norm(num):
+    rng = np.random.default_rng(10 + num)
+    for trial in range(4):
+        grads = _random_grads(rng, num, num + 4, common=1.0 if trial % 2 else 0.0)
+        gramian = grads.astype("float64") @ grads.astype("float64").T
+        _, weights = MGDA()(grads)
+        w = weights.numpy().astype("float64")
+        assert (w >= 0).all()
+        np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-6)
+        # The reference stops when an iteration moves w by less than 1e-5,
+        # so its min-norm value is near-optimal, not exact.
+        best = _min_norm_sq_reference(gramian)
+        np.testing.assert_allclose(w @ gramian @ w, best, rtol=1e-3, atol=1e-6)
+
+
+def test_common_descent_direction():
+    # g_t . d >= ||d||^2 for every task (d the min-norm point).
+    rng = np.random.default_rng(3)
+    for num in (2, 3, 5):
+        grads = _random_grads(rng, num, 8, common=1.5)
+        update, _ = MGDA()(grads)
+        d = update.numpy().astype("float64")
+        products = grads.astype("float64") @ d
+        assert (products >= (d @ d) * (1 - 1e-3) - 1e-6).all(), (products, d @ d)
+
+
+def test_pareto_stationary_gives_zero():
+    # 0 is in the convex hull: d = 0 (up to the 0.999 clipping).
+    grads = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], "float32")
+    update, weights = MGDA()(grads)
+    assert np.linalg.norm(update.numpy()) < 1e-4
+    np.testing.assert_allclose(weights.numpy().sum(), 1.0, rtol=1e-6)
+
+
+def test_min_norm_weights_function_directly():
+    gramian = tf.constant(
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], "float64"
+    )
+    np.testing.assert_allclose(
+        min_norm_weights(gramian).numpy(), [1 / 3] * 3, atol=1e-5
+    )
+
+
+def test_l2_normalization_is_scale_invariant():
+    rng = np.random.default_rng(5)
+    grads = _random_grads(rng, 3, 6, common=1.0)
+    scaled = grads.copy()
+    scaled[1] *= 1000.0
+    update, weights = MGDA(normalization="l2")(grads)
+    update_s, weights_s = MGDA(normalization="l2")(scaled)
+    np.testing.assert_allclose(update_s.numpy(), update.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        weights_s.numpy()[1] * 1000.0, weights.numpy()[1], rtol=1e-4
+    )
+    # The update is the min-norm point of the unit gradients.
+    unit = grads / np.linalg.norm(grads, axis=1, keepdims=True)
+    _, unit_weights = MGDA()(unit.astype("float32"))
+    np.testing.assert_allclose(
+        update.numpy(), unit_weights.numpy() @ unit, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_none_normalization_is_not_scale_invariant():
+    grads = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
+    _, weights = MGDA()(grads * np.array([[1.0], [3.0]], "float32"))
+    assert not np.allclose(weights.numpy(), [0.5, 0.5])
+
+
+def test_loss_normalizations():
+    rng = np.random.default_rng(6)
+    grads = _random_grads(rng, 3, 5)
+    losses = np.array([0.5, 2.0, 4.0], "float32")
+    norms = np.linalg.norm(grads.astype("float64"), axis=1)
+    for name, divisor in (("loss", losses), ("loss+", losses * norms)):
+        normalized = (grads / divisor[:, None]).astype("float32")
+        update, weights = MGDA(normalization=name)(grads, losses)
+        ref_update, ref_weights = MGDA()(normalized)
+        np.testing.assert_allclose(
+            update.numpy(), ref_update.numpy(), rtol=1e-4, atol=1e-6
+        )
+        # Effective weights on the raw rows: w* / n_t.
+        np.testing.assert_allclose(
+            weights.numpy(), ref_weights.numpy() / divisor, rtol=1e-4, atol=1e-7
+        )
+
+
+def test_rep_grad_applies_solution_to_raw_rows():
+    # LibMTL's MGDA-UB: the solution of the normalised problem is applied to
+    # the un-normalised representation gradients.
+    rng = np.random.default_rng(7)
+    grads = _random_grads(rng, 3, 6, common=1.0)
+    unit = (grads / np.linalg.norm(grads, axis=1, keepdims=True)).astype("float32")
+    _, unit_weights = MGDA()(unit)
+    update, weights = MGDA(normalization="l2", rep_grad=True)(grads)
+    np.testing.assert_allclose(
+        weights.numpy(), unit_weights.numpy(), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        update.numpy(), unit_weights.numpy() @ grads, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_identical_rows_give_the_mean_direction():
+    row = np.array([0.5, -1.0, 2.0], "float32")
+    update, weights = MGDA()(np.tile(row, (4, 1)))
+    np.testing.assert_allclose(weights.numpy().sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(update.numpy(), row, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", ["none", "l2"])
+def test_degenerate_inputs_are_finite(normalization):
+    rng = np.random.default_rng(8)
+    g = _random_grads(rng, 4, 6)
+    cases = [
+        np.zeros((3, 5), "float32"),
+        np.stack([g[0], g[1], g[0] + g[1]]),
+        g * 1e-10,
+        g * 1e10,
+        g * np.array([[1e-10], [1.0], [1e10], [1.0]], "float32"),
+        g[:1],
+        np.stack([g[0], np.zeros_like(g[0]), g[1]]),
+    ]
+    for grads in cases:
+        update, weights = MGDA(normalization=normalization)(grads)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+
+
+def test_one_task_returns_its_gradient():
+    grads = np.array([[1.0, -3.0]], "float32")
+    np.testing.assert_allclose(MGDA().aggregate(grads).numpy(), [1.0, -3.0])
+    np.testing.assert_allclose(
+        MGDA(normalization="l2").aggregate(grads).numpy(),
+        grads[0] / np.sqrt(10.0),
+        rtol=1e-6,
+    )
+
+
+def test_eager_equals_xla():
+    rng = np.random.default_rng(9)
+    for normalization, num in (("loss+", 4),):
+        eager = MGDA(normalization=normalization)
+        xla = MGDA(normalization=normalization)
+        step = tf.function(lambda g, loss, s=xla: s(g, loss), jit_compile=True)
+        for _ in range(2):
+            grads = _random_grads(rng, num, 7, common=1.0)
+            losses = rng.uniform(0.5, 2.0, size=num).astype("float32")
+            u1, w1 = eager(grads, losses)
+            u2, w2 = step(tf.constant(grads), tf.constant(losses))
+            np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_aggregate_standalone():
+    update = MGDA().aggregate([[1.0, 0.0], [0.0, 2.0]])
+    np.testing.assert_allclose(update.numpy(), [0.8, 0.4], rtol=1e-6)

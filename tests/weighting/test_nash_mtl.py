@@ -1,0 +1,274 @@
+"""Tests of Nash-MTL."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_mtl.weighting as weighting
+from keras_mtl.weighting.nash_mtl import NashMTL
+
+# Golden values computed once with the authors' solver (AvivNavon/nash-mtl
+# `methods/weight_methods.py`, NashMTL, commit 8d60c75: cvxpy 1.9 + ECOS,
+# optim_niter=20, max_norm=1.0), started from alpha = 1.
+_NBS_GRADS = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, -0.5], [0.5, 0.0, 2.0]], "float32")
+_NBS_ALPHA = [0.6332721943915367, 1.0025814613239952, 0.5724377154429264]
+_NBS_UPDATE = [0.5308681130409241, 0.7616502046585083, 0.3715735971927643]
+# The second step, warm-started from the first.
+_NBS_GRADS_2 = np.array([[1.2, 0.4, 0.1], [0.1, 0.9, -0.6], [0.4, 0.2, 1.8]], "float32")
+_NBS_ALPHA_2 = [0.5570073876374422, 1.054339182319748, 0.6158161620616492]
+_NBS_UPDATE_2 = [0.5889946818351746, 0.7475939989089966, 0.306899756193161]
+# The procedure stops at a point that is not the bargaining solution
+# (alpha_1 (K alpha)_1 = 11.4, alpha_2 (K alpha)_2 = 1).
+_CCP_GRADS = np.array(
+    [
+        [0.2, 0.9, -0.9, -1.7, -1.6, -0.2, 0.3, 0.7],
+        [-2.6, -11.0, -0.4, 13.9, 32.5, 1.8, 18.1, -1.5],
+    ],
+    "float32",
+)
+_CCP_ALPHA = [1.7921963392473017, 0.09193122501123953]
+_CCP_UPDATE = [
+    0.03394988924264908,
+    0.17106930911540985,
+    -0.4690142571926117,
+    -0.5028852820396423,
+    0.03418650105595589,
+    -0.05485830456018448,
+    0.6259062886238098,
+    0.3174545168876648,
+]
+# The first subproblem is unbounded (ECOS: "unbounded"): alpha stays 1.
+_UNBOUNDED_GRADS = np.array(
+    [[-1.7, -3.5, 0.3], [1.1, -1.5, 2.8], [1.6, 1.3, 0.8]], "float32"
+)
+
+
+def _random_grads(rng, num, dim, common=0.0):
+    grads = rng.normal(size=(num, dim)) * rng.uniform(0.3, 3.0, size=(num, 1))
+    return (grads + common * rng.normal(size=(1, dim))).astype("float32")
+
+
+def _products(grads, alpha):
+    grads = np.asarray(grads, np.float64)
+    gramian = grads @ grads.T
+    return np.asarray(alpha, np.float64) * (gramian @ np.asarray(alpha, np.float64))
+
+
+def test_registry_and_config_round_trip():
+    strategy = weighting.get("nash_mtl")
+    assert isinstance(strategy, NashMTL)
+    config = strategy.get_config()
+    assert (
+        config["update_weights_every"],
+        config["optim_niter"],
+        config["max_norm"],
+    ) == (
+        1,
+        20,
+        1.0,
+    )
+    original = NashMTL(
+        update_weights_every=3, optim_niter=5, max_norm=0.0, solver="newton"
+    )
+    rebuilt = NashMTL.from_config(original.get_config())
+    assert rebuilt.get_config() == original.get_config()
+    assert NashMTL.stateful and not NashMTL.supports_rep_grad
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"update_weights_every": 0}, "update_weights_every"),
+        ({"optim_niter": 2.5}, "optim_niter"),
+        ({"max_norm": -1.0}, "max_norm"),
+        ({"solver": "cvxpy"}, "solver"),
+    ],
+)
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NashMTL(**kwargs)
+
+
+def test_golden_values_of_the_reference_procedure():
+    strategy = NashMTL()
+    update = strategy.aggregate(_NBS_GRADS)
+    np.testing.assert_allclose(strategy.alpha.numpy(), _NBS_ALPHA, rtol=1e-5)
+    np.testing.assert_allclose(update.numpy(), _NBS_UPDATE, rtol=1e-5, atol=1e-6)
+    update = strategy.aggregate(_NBS_GRADS_2)
+    np.testing.assert_allclose(strategy.alpha.numpy(), _NBS_ALPHA_2, rtol=1e-5)
+    np.testing.assert_allclose(update.numpy(), _NBS_UPDATE_2, rtol=1e-5, atol=1e-6)
+
+    strategy = NashMTL()
+    update = strategy.aggregate(_CCP_GRADS)
+    np.testing.assert_allclose(strategy.alpha.numpy(), _CCP_ALPHA, rtol=1e-4)
+    np.testing.assert_allclose(update.numpy(), _CCP_UPDATE, rtol=1e-4, atol=1e-5)
+    products = _products(_CCP_GRADS, strategy.alpha.numpy())
+    assert products[0] > 10 and abs(products[1] - 1) < 1e-4
+
+    strategy = NashMTL()
+    strategy.aggregate(_UNBOUNDED_GRADS)
+    np.testing.assert_allclose(strategy.alpha.numpy(), [1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("num", [2, 3, 5])
+def test_newton_solver_satisfies_the_bargaining_equations(num):
+    rng = np.random.default_rng(num)
+    for trial in range(3):
+        grads = _random_grads(rng, num, num + 4, common=1.0 if trial else 0.0)
+        strategy = NashMTL(solver="newton", max_norm=0.0)
+        update, weights = strategy(grads)
+        alpha = strategy.alpha.numpy()
+        assert (alpha > 0).all()
+        np.testing.assert_allclose(_products(grads, alpha), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(weights.numpy(), alpha, rtol=1e-6)
+        # ||d||^2 = sum_t alpha_t g_t . d = T.
+        d = update.numpy().astype("float64")
+        np.testing.assert_allclose(d @ d, num, rtol=1e-4)
+
+
+def test_procedure_reaches_the_bargaining_solution_on_near_orthogonal_tasks():
+    rng = np.random.default_rng(11)
+    grads = _random_grads(rng, 4, 60)
+    ccp, newton = NashMTL(), NashMTL(solver="newton")
+    ccp(grads)
+    newton(grads)
+    np.testing.assert_allclose(_products(grads, ccp.alpha.numpy()), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(ccp.alpha.numpy(), newton.alpha.numpy(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["ccp", "newton"])
+def test_invariance_to_rescaling_one_task(solver):
+    grads = _NBS_GRADS.copy()
+    scaled = grads.copy()
+    scaled[1] *= 7.0
+    base, other = NashMTL(solver=solver), NashMTL(solver=solver)
+    update = base.aggregate(grads)
+    update_s = other.aggregate(scaled)
+    expected = base.alpha.numpy() * np.array([1.0, 1 / 7.0, 1.0])
+    np.testing.assert_allclose(other.alpha.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(update_s.numpy(), update.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_clipping_to_max_norm():
+    rng = np.random.default_rng(2)
+    grads = _random_grads(rng, 3, 9)
+    for max_norm in (1.0, 0.3, 5.0):
+        strategy = NashMTL(max_norm=max_norm, solver="newton")
+        update, weights = strategy(grads)
+        alpha = strategy.alpha.numpy().astype("float64")
+        raw = alpha @ grads.astype("float64")
+        norm = np.linalg.norm(raw)  # sqrt(3) > 1.
+        coef = min(1.0, max_norm / (norm + 1e-6))
+        np.testing.assert_allclose(update.numpy(), coef * raw, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(weights.numpy(), coef * alpha, rtol=1e-5)
+        assert np.linalg.norm(update.numpy()) <= max_norm * (1 + 1e-5)
+
+
+def test_update_weights_every_k_steps_reuses_alpha():
+    rng = np.random.default_rng(3)
+    # Nearly orthogonal tasks: every solve reaches the bargaining solution.
+    sequence = [_random_grads(rng, 3, 40) for _ in range(7)]
+    strategy = NashMTL(update_weights_every=3, max_norm=0.0)
+    alphas = []
+    for grads in sequence:
+        update, weights = strategy(grads)
+        alpha = strategy.alpha.numpy().copy()
+        alphas.append(alpha)
+        # The (stored) alpha is applied to the current gradients.
+        np.testing.assert_allclose(update.numpy(), alpha @ grads, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(weights.numpy(), alpha, rtol=1e-6)
+    assert int(strategy.step_count.numpy()) == 7
+    for k in (1, 2, 4, 5):
+        np.testing.assert_array_equal(alphas[k], alphas[k - 1])
+    for k in (3, 6):
+        assert not np.allclose(alphas[k], alphas[k - 1])
+    # Steps 0, 3, 6 solve for their own gradients.
+    for k in (0, 3, 6):
+        np.testing.assert_allclose(_products(sequence[k], alphas[k]), 1.0, rtol=1e-3)
+
+
+def test_infeasible_and_degenerate_inputs_keep_the_previous_alpha():
+    rng = np.random.default_rng(4)
+    g = _random_grads(rng, 4, 6)
+    # 0 in the convex hull, a zero gradient: no solution, alpha stays 1.
+    cases = [
+        (np.stack([g[0], -g[0]]), "ccp"),
+        (np.stack([g[0], -g[0]]), "newton"),
+        (np.stack([g[0], np.zeros_like(g[0]), g[1]]), "ccp"),
+    ]
+    for grads, solver in cases:
+        strategy = NashMTL(solver=solver)
+        update, weights = strategy(grads)
+        np.testing.assert_array_equal(strategy.alpha.numpy(), 1.0)
+        assert np.isfinite(update.numpy()).all()
+    cases = [
+        np.zeros((3, 5), "float32"),
+        np.stack([g[0], g[1], g[0] + g[1]]),
+        g * 1e-10,
+        g * 1e10,
+        g * np.array([[1e-10], [1.0], [1e10], [1.0]], "float32"),
+        _random_grads(rng, 5, 2),
+    ]
+    for grads in cases:
+        update, weights = NashMTL()(grads)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        assert np.linalg.norm(update.numpy()) <= 1.0 + 1e-5
+
+
+def test_scale_free_update_norm():
+    rng = np.random.default_rng(5)
+    grads = _random_grads(rng, 3, 8)
+    for scale in (1e-10, 1e10):
+        update = NashMTL(max_norm=0.0).aggregate(grads * np.float32(scale))
+        np.testing.assert_allclose(
+            np.linalg.norm(update.numpy()), np.sqrt(3.0), rtol=1e-3
+        )
+
+
+def test_one_task():
+    # The reference stops at once (its residual test passes at alpha = 1):
+    # the update is the clipped gradient.
+    grads = np.array([[3.0, 4.0]], "float32")
+    np.testing.assert_allclose(
+        NashMTL().aggregate(grads).numpy(), [0.6, 0.8], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        NashMTL(max_norm=0.0).aggregate(grads).numpy(), [3.0, 4.0], rtol=1e-6
+    )
+
+
+def test_state_round_trip_reset_and_training_false():
+    rng = np.random.default_rng(6)
+    sequence = [_random_grads(rng, 3, 6) for _ in range(3)]
+    strategy = NashMTL(update_weights_every=2)
+    strategy(sequence[0])
+    clone = NashMTL.from_config(strategy.get_config())
+    clone.build(sequence[0].shape)
+    clone.set_weights(strategy.get_weights())
+    for grads in sequence[1:]:
+        np.testing.assert_array_equal(
+            clone(grads)[0].numpy(), strategy(grads)[0].numpy()
+        )
+    # training=False leaves the state.
+    alpha, count = strategy.alpha.numpy().copy(), int(strategy.step_count.numpy())
+    strategy(sequence[0], training=False)
+    np.testing.assert_array_equal(strategy.alpha.numpy(), alpha)
+    assert int(strategy.step_count.numpy()) == count
+    strategy.reset_state()
+    np.testing.assert_array_equal(strategy.alpha.numpy(), 1.0)
+    assert int(strategy.step_count.numpy()) == 0
+
+
+def test_eager_equals_xla():
+    rng = np.random.default_rng(7)
+    sequence = [_random_grads(rng, 3, 7, common=1.0) for _ in range(3)]
+    eager, xla = NashMTL(update_weights_every=2), NashMTL(update_weights_every=2)
+    eager.build((3, 7))
+    xla.build((3, 7))
+    step = tf.function(lambda g: xla(g), jit_compile=True)
+    for grads in sequence:
+        u1, w1 = eager(grads)
+        u2, w2 = step(tf.constant(grads))
+        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(xla.alpha.numpy(), eager.alpha.numpy(), rtol=1e-6)
