@@ -36,3 +36,20 @@ def test_averaging_stalls_from_two_starts_and_converges_from_the_third(start, st
         assert abs(losses[0] - losses[1]) > 3.0, losses
     else:
         np.testing.assert_allclose(theta, PARETO_CENTRE, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_cagrad_reaches_the_centre_of_the_pareto_segment():
+    """CAGrad (c = 0.5) crosses the flat valley from (-8.5, 7.5), where
+    averaging stalls, and sits at the centre (reference: from 70k steps)."""
+    from keras_mtl.weighting import CAGrad
+
+    strategy = CAGrad(c=0.5)
+    strategy.build((2, 2))
+    theta, losses = run_conflicting_toy(
+        lambda grads, losses: strategy(grads, losses, training=True),
+        (-8.5, 7.5),
+        steps=80_000,
+    )
+    np.testing.assert_allclose(theta, PARETO_CENTRE, atol=0.05)
+    assert abs(losses[0] - losses[1]) < 0.1, losses

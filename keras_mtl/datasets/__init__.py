@@ -1,0 +1,28 @@
+"""Real multi-task data sets that a machine reaching only package registries can get.
+
+One module per data set, each with `load(...)` (a batched `tf.data.Dataset`
+of `(inputs, {task: target})`, or `(inputs, targets, sample_weights)`) and
+`load_arrays(...)` (numpy):
+
+- `multi_mnist`: Multi-MNIST, Multi-Fashion, Multi-(Fashion+MNIST); tasks
+  "left" and "right" (10 classes each).
+- `turkish_treebank`: token tagging; tasks "upos", "xpos", "case", "deprel",
+  with per-token sample weights that are 0 on padding.
+- `yeast`: 14 binary tasks "label_0".."label_13" on 103 features.
+- `dense_digits`: pixel-wise "segmentation", "edges" and "depth" on two
+  overlapping real digits (scikit-learn's digits, offline).
+
+`paths` finds the files (argument, `KERAS_MTL_DATA_DIR`, per-data-set
+variables, the packages' install places) and says how to fetch them;
+`scripts/fetch_data.sh` fetches all of them.
+"""
+
+from keras_mtl.datasets import (
+    dense_digits,
+    multi_mnist,
+    paths,
+    turkish_treebank,
+    yeast,
+)
+
+__all__ = ["dense_digits", "multi_mnist", "paths", "turkish_treebank", "yeast"]

@@ -1,0 +1,91 @@
+"""Small checks shared by the tests of the soft-sharing and fusion layers
+(MultiBackbone, CrossStitch, MTANAttention, MMoE, PLE)."""
+
+import json
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def to_numpy(value):
+    """Converts a tensor, or a list/dict of tensors, to numpy."""
+    if isinstance(value, dict):
+        return {k: to_numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_numpy(v) for v in value]
+    return keras.ops.convert_to_numpy(value)
+
+
+def assert_all_close(a, b, atol=1e-6):
+    a, b = to_numpy(a), to_numpy(b)
+    if isinstance(a, dict):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=1e-5)
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, atol=atol, rtol=1e-5)
+    else:
+        np.testing.assert_allclose(a, b, atol=atol, rtol=1e-5)
+
+
+def _as_json(config):
+    return json.loads(json.dumps(config))  # tuples become lists
+
+
+def assert_config_round_trip(layer):
+    """get_config -> from_config gives the same config, also through JSON
+    and Keras' registered-name (de)serialization."""
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert _as_json(clone.get_config()) == _as_json(config)
+    serialized = _as_json(keras.saving.serialize_keras_object(layer))
+    assert serialized["registered_name"] == f"keras_mtl>{type(layer).__name__}"
+    restored = keras.saving.deserialize_keras_object(serialized)
+    assert type(restored) is type(layer)
+    assert _as_json(restored.get_config()) == _as_json(config)
+    return clone
+
+
+def assert_save_load_equal(model, x, tmp_path, atol=1e-6):
+    """model.save / load_model keep the predictions (inference mode)."""
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(model)
+    assert_all_close(model(x, training=False), loaded(x, training=False), atol)
+    return loaded
+
+
+def assert_eager_equals_xla(fn, *args, atol=1e-5):
+    """The function gives the same result eagerly and under XLA."""
+    eager = fn(*args)
+    compiled = tf.function(fn, jit_compile=True)(*args)
+    assert_all_close(eager, compiled, atol)
+
+
+def assert_one_fit_step_trains(model, x, y, loss, jit_compile=True, lr=0.05):
+    """Compiles and runs one `fit` step of a MultiTaskModel; checks the
+    loss is finite and returns {variable path: whether it changed}."""
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr), loss=loss, jit_compile=jit_compile
+    )
+    before = [np.array(v) for v in model.trainable_variables]
+    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    changed = [
+        not np.array_equal(b, np.array(v))
+        for b, v in zip(before, model.trainable_variables)
+    ]
+    return dict(zip([v.path for v in model.trainable_variables], changed))
+
+
+def gradients(model, x, task, variables):
+    """Gradients of the sum of `task`'s output w.r.t. `variables`."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        out = model(x, training=False)[task]
+        total = tf.reduce_sum(out)
+    return tape.gradient(total, variables)
