@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import keras
-import tensorflow as tf
 
 from keras_mtl.models.multi_task_model import MultiTaskModel
 
@@ -25,14 +23,15 @@ def attach_heads(trunk, heads, refine_variable_roles=True, name=None):
     Trunk layers that no head reads from (directly or indirectly) are left
     out of the model.
 
-    With `refine_variable_roles=True` (default), the model's split into
-    shared and task variables (`MultiTaskModel.shared_variables`,
-    `task_variables`) follows what each task's output really depends on,
-    found by tracing the gradient of every output once. This matters when
-    one layer produces several outputs that heads read separately (a
-    `StackedBiRNN` returning every depth): the layer-level analysis would
-    count all its variables as shared, the traced one counts as shared
-    only the variables below both attachment points.
+    `MultiTaskModel` splits variables into shared and task variables layer
+    by layer. When one layer returns several outputs that heads read
+    separately (a `StackedBiRNN` returning every depth), that split would
+    count all its variables as shared. With `refine_variable_roles=True`
+    (default), a layer that has an `output_variables(output_index)` method
+    (listing the variables one output depends on, as `StackedBiRNN` does)
+    is split per output instead, so that `shared_variables` holds only the
+    variables below both attachment points, and variables above every
+    attachment point belong to no task.
 
     Args:
         trunk: a functional `keras.Model` (built from `keras.Input`).
@@ -44,8 +43,8 @@ def attach_heads(trunk, heads, refine_variable_roles=True, name=None):
             - a pair `(name_or_index, k)`: output k of a layer that returns
               several tensors (depth k + 1 of a `StackedBiRNN`);
             - a KerasTensor of the trunk's graph.
-        refine_variable_roles: whether to trace which variables each task
-            depends on and set the model's variable roles from it.
+        refine_variable_roles: whether to split multi-output layers' variables
+            per output (see above) with `MultiTaskModel.set_variable_roles`.
         name: the model's name.
 
     Returns:
@@ -174,56 +173,64 @@ def _attachment_point(trunk, where, task):
     return tensors[output_index]
 
 
-def _task_dependencies(model):
-    """Dict task -> ids of the trainable variables its output depends on.
-
-    Traces (without running) one forward pass and the gradient of each
-    task's output; a variable the output does not depend on gets None.
-    """
-    variables = list(model.trainable_variables)
-    found = {}
-
-    def spec(tensor):
-        return tf.TensorSpec(tensor.shape, tensor.dtype)
-
-    specs = keras.tree.map_structure(spec, model.input)
-
-    def probe(inputs):
-        with tf.GradientTape(persistent=True) as tape:
-            outputs = model(inputs, training=False)
-        for task in model.task_names:
-            output = outputs[task]
-            if not output.dtype.is_floating:
-                found[task] = None
+def _tensor_tasks(model):
+    """Dict id(KerasTensor) -> the set of tasks whose output needs it."""
+    tasks = {}
+    for task in model.task_names:
+        stack, seen = [model.output[task]], set()
+        while stack:
+            tensor = stack.pop()
+            if id(tensor) in seen:
                 continue
-            grads = tape.gradient(output, variables)
-            found[task] = {id(v) for v, g in zip(variables, grads) if g is not None}
-        return tf.constant(0)
+            seen.add(id(tensor))
+            tasks.setdefault(id(tensor), set()).add(task)
+            history = getattr(tensor, "_keras_history", None)
+            if history is None:
+                continue
+            operation, node_index, _ = history
+            stack.extend(operation._inbound_nodes[node_index].input_tensors)
+    return tasks
 
-    tf.function(probe, autograph=False).get_concrete_function(specs)
-    return found
+
+def _refined_owners(model):
+    """Dict id(variable) -> set of tasks, for variables of multi-output
+    layers that say which variables each output needs (`output_variables`)."""
+    tensor_tasks = _tensor_tasks(model)
+    owners = {}
+    for layer in model.layers:
+        hook = getattr(layer, "output_variables", None)
+        if not callable(hook):
+            continue
+        nodes = [
+            node
+            for node in layer._inbound_nodes
+            if any(id(t) in tensor_tasks for t in node.output_tensors)
+        ]
+        if len(nodes) != 1:
+            continue  # called several times: keep the layer-level roles
+        layer_owners = {id(v): set() for v in layer.trainable_variables}
+        for index, tensor in enumerate(nodes[0].output_tensors):
+            for variable in hook(index):
+                if id(variable) in layer_owners:
+                    layer_owners[id(variable)] |= tensor_tasks.get(id(tensor), set())
+        owners.update(layer_owners)
+    return owners
 
 
 def _refine_variable_roles(model):
-    try:
-        dependencies = _task_dependencies(model)
-    except Exception as error:  # noqa: BLE001 - keep the layer-level roles
-        warnings.warn(
-            "attach_heads could not trace which variables each task depends "
-            f"on ({type(error).__name__}: {error}); keeping the layer-level "
-            "variable roles.",
-            stacklevel=3,
-        )
+    refined = _refined_owners(model)
+    if not refined:
         return
-    if any(dep is None for dep in dependencies.values()):
-        return
+    automatic = {id(v): set(model.task_names) for v in model.shared_variables}
+    for task, variables in model.task_variables.items():
+        automatic.update({id(v): {task} for v in variables})
     shared, tasks = [], {task: [] for task in model.task_names}
     for variable in model.trainable_variables:
-        owners = [t for t in model.task_names if id(variable) in dependencies[t]]
+        owners = refined.get(id(variable), automatic.get(id(variable), set()))
         if len(owners) > 1:
             shared.append(variable)
         elif owners:
-            tasks[owners[0]].append(variable)
+            tasks[next(iter(owners))].append(variable)
     same_shared = [id(v) for v in shared] == [id(v) for v in model.shared_variables]
     current = model.task_variables
     same_tasks = all(

@@ -342,10 +342,11 @@ class MultiTaskModel(keras.Model):
             self._tracker.untrack(previous)
         self.loss_weighting = strategy
         self._on_nonfinite = on_nonfinite
-        self._mtl_compile_config = dict(
-            optimizer=self.optimizer,
+        # Kept in a plain holder, not a dict attribute: Keras' saving walks
+        # dict attributes and would save the optimizer and the strategy a
+        # second time (and warn when loading them back).
+        self._compile_arguments = _CompileArguments(
             loss=loss,
-            loss_weighting=strategy,
             metrics=metrics,
             weighted_metrics=weighted_metrics,
             on_nonfinite=on_nonfinite,
@@ -353,6 +354,10 @@ class MultiTaskModel(keras.Model):
             steps_per_execution=steps_per_execution,
             jit_compile=self.jit_compile,
         )
+        if self.optimizer is not None and not self.optimizer.built:
+            # Built here, not in the first traced step: building inside the
+            # trace creates variables and makes Keras trace the step twice.
+            self.optimizer.build(self.trainable_variables)
 
     def _per_task_dict(self, value, arg_name):
         if value is None:
@@ -448,8 +453,11 @@ class MultiTaskModel(keras.Model):
     def get_compile_config(self):
         if not self.compiled or self.loss_weighting is None:
             return {}
-        config = dict(self._mtl_compile_config)
-        config["loss_weighting"] = weighting.serialize(config["loss_weighting"])
+        config = dict(
+            optimizer=self.optimizer,
+            loss_weighting=weighting.serialize(self.loss_weighting),
+            **vars(self._compile_arguments),
+        )
         return {
             key: keras.saving.serialize_keras_object(value)
             for key, value in config.items()
@@ -463,8 +471,6 @@ class MultiTaskModel(keras.Model):
             for key, value in config.items()
         }
         self.compile(loss_weighting=strategy, **config)
-        if self.optimizer is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
         config = super().get_config()
@@ -1072,6 +1078,13 @@ class MultiTaskModel(keras.Model):
                 }
             self._compile_metrics.update_state(y, y_pred, weights)
         return self._collect_logs(include_weights=False)
+
+
+class _CompileArguments:
+    """The arguments of the last `compile` call (a plain, untracked holder)."""
+
+    def __init__(self, **arguments):
+        self.__dict__.update(arguments)
 
 
 class _RepresentationSplit:

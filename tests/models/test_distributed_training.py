@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-STRATEGIES = ["ew", "uw", "dwa", "slaw", "db_mtl"]
+STRATEGIES = ["ew", "uw", "dwa", "slaw", "famo", "db_mtl", "pcgrad", "mgda", "nash_mtl"]
 
 
 @pytest.mark.slow

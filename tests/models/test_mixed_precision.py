@@ -1,0 +1,48 @@
+"""MultiTaskModel under mixed precision (float16 and bfloat16 compute)."""
+
+import keras
+import numpy as np
+import pytest
+from model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp
+
+
+@pytest.fixture
+def policy():
+    def set_policy(name):
+        keras.mixed_precision.set_global_policy(name)
+
+    yield set_policy
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _train(strategy, optimizer="sgd", steps=4):
+    keras.utils.set_random_seed(4)
+    model = two_task_mlp()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05) if optimizer == "sgd" else optimizer,
+        loss=TWO_TASK_LOSSES,
+        loss_weighting=strategy,
+    )
+    x, y = two_task_data(n=8 * steps)
+    history = model.fit(x, y, batch_size=8, shuffle=False, epochs=1, verbose=0)
+    return model, history
+
+
+@pytest.mark.parametrize("policy_name", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("strategy", ["ew", "uw", "mgda", "pcgrad", "nash_mtl"])
+def test_mixed_precision_matches_float32(policy, policy_name, strategy):
+    reference, _ = _train(strategy)
+    policy(policy_name)
+    model, history = _train(strategy)
+    if policy_name == "mixed_float16":
+        # Keras wraps the optimizer to scale the loss; per-task gradients are
+        # unscaled before the strategy combines them.
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.loss_weighting.compute_dtype == "float32"
+    assert np.all(np.isfinite(history.history["loss"]))
+    tolerance = 2e-2 if policy_name == "mixed_float16" else 8e-2
+    for a, b in zip(reference.trainable_variables, model.trainable_variables):
+        change_ref = a.numpy()
+        np.testing.assert_allclose(
+            b.numpy(), change_ref, atol=tolerance, rtol=tolerance, err_msg=a.path
+        )
