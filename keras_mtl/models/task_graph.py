@@ -58,6 +58,22 @@ def _ancestor_nodes(tensor):
     return found
 
 
+def _tensor_tasks(outputs):
+    """Returns {id(tensor): tasks whose output depends on that tensor}."""
+    result = {}
+    for task, tensor in outputs.items():
+        seen, stack = set(), [tensor]
+        while stack:
+            current = stack.pop()
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            result.setdefault(id(current), set()).add(task)
+            if getattr(current, "_keras_history", None) is not None:
+                stack.extend(_node_of(current)[1].input_tensors)
+    return result
+
+
 def analyze_task_graph(outputs: dict, variables_in_order) -> TaskGraph:
     """Finds shared and task-specific variables of a functional graph.
 
@@ -84,8 +100,22 @@ def analyze_task_graph(outputs: dict, variables_in_order) -> TaskGraph:
         operation_tasks.setdefault(id(operation), set()).update(node_tasks[key])
 
     # Tasks per variable (a variable owned by several layers: the union).
+    # A layer with several outputs may say which variables each output uses
+    # (`output_variables(index)`, e.g. StackedBiRNN): its variables then
+    # serve only the tasks that read the outputs depending on them.
+    tensor_tasks = _tensor_tasks(outputs)
     variable_tasks = {}
     for key, operation in operations.items():
+        per_output = getattr(operation, "output_variables", None)
+        if callable(per_output):
+            for op, node in nodes.values():
+                if op is not operation:
+                    continue
+                for index, tensor in enumerate(node.outputs):
+                    tasks = tensor_tasks.get(id(tensor), set())
+                    for variable in per_output(index):
+                        variable_tasks.setdefault(id(variable), set()).update(tasks)
+            continue
         for variable in getattr(operation, "trainable_variables", []):
             variable_tasks.setdefault(id(variable), set()).update(operation_tasks[key])
 
