@@ -16,7 +16,7 @@ For every loss-based strategy the script prints:
 - the training step time under XLA (and without) as a ratio to equal
   weighting, measured in the same run.
 
-    python benchmarks/loss_weighting_regression.py                  # 10 tasks, sigma_t = t
+    python benchmarks/loss_weighting_regression.py   # 10 tasks, sigma_t = t
     python benchmarks/loss_weighting_regression.py --sigmas=1,10 --steps=3000
 """
 

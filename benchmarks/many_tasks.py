@@ -9,7 +9,8 @@ the same T, the ratio to the per-task gradients alone, and the allocator's
 peak memory during the timed steps.
 
     python benchmarks/many_tasks.py
-    python benchmarks/many_tasks.py --tasks=2,10,40 --loss_methods=dwa --gradient_methods=mgda
+    python benchmarks/many_tasks.py --tasks=2,10 --loss_methods=dwa \
+        --gradient_methods=mgda
 """
 
 import os
