@@ -285,6 +285,7 @@ class MultiTaskModel(keras.Model):
         metrics=None,
         weighted_metrics=None,
         on_nonfinite="raise",
+        task_sampling=None,
         run_eagerly=False,
         steps_per_execution=1,
         jit_compile="auto",
@@ -312,6 +313,14 @@ class MultiTaskModel(keras.Model):
                 stops with an error naming the task and the step. `"skip"`:
                 the step is not applied (model, optimizer and strategy state
                 stay as they were) and training goes on.
+            task_sampling: None (every step trains every task), or
+                `"uniform"`: every step draws one task uniformly at random
+                and only its loss trains the model, as in Task Routing
+                (Strezoski et al. 2019) and the alternating training of
+                Søgaard & Goldberg (2016). The other tasks' losses are still
+                computed and logged. Only with strategies whose weights do
+                not depend on the losses (`"ew"`, `loss_weights`); the
+                logged `<task>_weight` is then how often the task was drawn.
             run_eagerly, steps_per_execution, jit_compile, auto_scale_loss:
                 as for `keras.Model.compile`. `jit_compile=True` compiles
                 the whole step, strategy included, with XLA.
@@ -342,6 +351,7 @@ class MultiTaskModel(keras.Model):
             self._tracker.untrack(previous)
         self.loss_weighting = strategy
         self._on_nonfinite = on_nonfinite
+        self._set_task_sampling(task_sampling, strategy)
         # Kept in a plain holder, not a dict attribute: Keras' saving walks
         # dict attributes and would save the optimizer and the strategy a
         # second time (and warn when loading them back).
@@ -350,6 +360,7 @@ class MultiTaskModel(keras.Model):
             metrics=metrics,
             weighted_metrics=weighted_metrics,
             on_nonfinite=on_nonfinite,
+            task_sampling=task_sampling,
             run_eagerly=run_eagerly,
             steps_per_execution=steps_per_execution,
             jit_compile=self.jit_compile,
@@ -358,6 +369,32 @@ class MultiTaskModel(keras.Model):
             # Built here, not in the first traced step: building inside the
             # trace creates variables and makes Keras trace the step twice.
             self.optimizer.build(self.trainable_variables)
+
+    def _set_task_sampling(self, task_sampling, strategy):
+        if task_sampling not in (None, "uniform"):
+            raise ValueError(
+                f"task_sampling must be None or 'uniform', got {task_sampling!r}."
+            )
+        if task_sampling is not None and not isinstance(
+            strategy, (weighting.EqualWeighting, weighting.StaticWeighting)
+        ):
+            raise ValueError(
+                "task_sampling trains one task per step, which only makes sense "
+                "with fixed weights: use loss_weighting='ew' or loss_weights, "
+                f"not {type(strategy).__name__}."
+            )
+        self._task_sampling = task_sampling
+        if task_sampling is not None and getattr(self, "_task_sampler", None) is None:
+            self._task_sampler = keras.random.SeedGenerator(0, name="task_sampler")
+
+    def _sampled_task_mask(self):
+        """A one-hot `(T,)` mask of this step's task, or None."""
+        if getattr(self, "_task_sampling", None) is None:
+            return None
+        task = keras.random.randint(
+            (), 0, self.num_tasks, seed=self._task_sampler, dtype="int32"
+        )
+        return ops.one_hot(task, self.num_tasks, dtype="float32")
 
     def _per_task_dict(self, value, arg_name):
         if value is None:
@@ -769,7 +806,14 @@ class MultiTaskModel(keras.Model):
                 kwargs["shared_grads"] = ops.where(
                     finite, matrix, ops.zeros_like(matrix)
                 )
-            objective, weights = strategy(safe_losses, training=True, **kwargs)
+            sampled = self._sampled_task_mask()
+            if sampled is not None:
+                objective, weights = strategy(
+                    safe_losses * sampled, training=True, **kwargs
+                )
+                weights = weights * sampled
+            else:
+                objective, weights = strategy(safe_losses, training=True, **kwargs)
             extra = self._extra_objective(aux_losses)
             if extra is not None:
                 objective = objective + extra

@@ -737,3 +737,24 @@ def test_rep_grad_gramian_strategies_weigh_with_batch_summed_gradients():
     np.testing.assert_allclose(
         seen["gramian"].numpy(), summed @ summed.T, rtol=1e-5, atol=1e-8
     )
+
+
+def test_uniform_task_sampling_trains_one_task_per_step():
+    model = _compile(two_task_mlp(), task_sampling="uniform")
+    x, y = two_task_data(n=8)
+    heads = [model.get_layer("cls_head").kernel, model.get_layer("reg_head").kernel]
+    changed = []
+    for _ in range(12):
+        before = [h.numpy() for h in heads]
+        model.train_on_batch(x, y)
+        moved = [not np.array_equal(b, h.numpy()) for b, h in zip(before, heads)]
+        assert sum(moved) == 1, moved  # exactly one head trained per step
+        changed.append(moved.index(True))
+    assert set(changed) == {0, 1}
+    history = model.fit(x, y, batch_size=1, epochs=1, verbose=0)
+    weights = history.history["cls_weight"][0] + history.history["reg_weight"][0]
+    np.testing.assert_allclose(weights, 1.0, atol=1e-6)  # one task drawn per step
+    with pytest.raises(ValueError, match="task_sampling"):
+        _compile(two_task_mlp(), task_sampling="uniform", loss_weighting="dwa")
+    with pytest.raises(ValueError, match="task_sampling must be"):
+        _compile(two_task_mlp(), task_sampling="round_robin")

@@ -188,3 +188,27 @@ def test_bad_arguments_raise():
         task_routed_model(inputs, [L.Dense(4)], heads, seed=1.5)
     with pytest.raises(ValueError, match="sigma"):
         task_routed_model(inputs, [L.Dense(4)], heads, sigma=1.0)
+
+
+def test_one_sampled_task_per_step_trains_only_its_masked_units():
+    """The reference's schedule: each step one task (uniformly drawn) trains,
+    through its own routing masks."""
+    model, _, heads = _conv_model(num_tasks=3)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        task_sampling="uniform",
+    )
+    x = _images(n=8)
+    y = {f"attr_{t}": (x[:, 0, 0, :1] > 0).astype("float32") for t in range(3)}
+    drawn = set()
+    for _ in range(15):
+        before = [heads[f"attr_{t}"].kernel.numpy() for t in range(3)]
+        model.train_on_batch(x, y)
+        moved = [
+            not np.array_equal(b, heads[f"attr_{t}"].kernel.numpy())
+            for t, b in enumerate(before)
+        ]
+        assert sum(moved) == 1, moved
+        drawn.add(moved.index(True))
+    assert drawn == {0, 1, 2}
