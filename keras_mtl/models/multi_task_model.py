@@ -615,7 +615,7 @@ class MultiTaskModel(keras.Model):
         name = self.loss_weighting.kpi_metric
         results = {}
         if self._compile_metrics is not None:
-            results = self._compile_metrics.result()
+            results = self._compiled_metric_results()
         values = []
         for task in self.task_names:
             key = f"{task}_{name}"
@@ -1086,6 +1086,21 @@ class MultiTaskModel(keras.Model):
         for t, tracker in enumerate(self._aux_loss_trackers):
             tracker.update_state(safe[t], sample_weight=sample_weight)
 
+    def _compiled_metric_results(self):
+        """The compiled metrics' values keyed `<task>_<metric>`.
+
+        Keras names the metrics of a single-output model without the output
+        name; a one-task MultiTaskModel keeps the task prefix anyway.
+        """
+        results = self._compile_metrics.result()
+        if self.num_tasks != 1:
+            return results
+        prefix = f"{self.task_names[0]}_"
+        return {
+            key if key.startswith(prefix) else prefix + key: value
+            for key, value in results.items()
+        }
+
     def _collect_logs(self, include_weights):
         logs = {"loss": self._loss_tracker_sum.result()}
         for tracker in self._task_loss_trackers:
@@ -1096,7 +1111,7 @@ class MultiTaskModel(keras.Model):
         for tracker in self._aux_loss_trackers:
             logs[tracker.name] = tracker.result()
         if self._compile_metrics is not None:
-            logs.update(self._compile_metrics.result())
+            logs.update(self._compiled_metric_results())
         return logs
 
     def test_step(self, data):

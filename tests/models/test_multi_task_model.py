@@ -758,3 +758,19 @@ def test_uniform_task_sampling_trains_one_task_per_step():
         _compile(two_task_mlp(), task_sampling="uniform", loss_weighting="dwa")
     with pytest.raises(ValueError, match="task_sampling must be"):
         _compile(two_task_mlp(), task_sampling="round_robin")
+
+
+def test_one_task_model_keeps_the_task_prefix_on_metrics():
+    inputs = keras.Input((8,))
+    model = keras_mtl.MultiTaskModel(inputs, {"cls": keras.layers.Dense(3)(inputs)})
+    model.compile(
+        optimizer="sgd",
+        loss={"cls": TWO_TASK_LOSSES["cls"]},
+        metrics={"cls": ["accuracy"]},
+        loss_weighting=keras_mtl.weighting.get(
+            {"class_name": "dtp", "config": {"kpi": "accuracy"}}
+        ),
+    )
+    x, y = two_task_data(n=16)
+    history = model.fit(x, {"cls": y["cls"]}, epochs=1, verbose=0)
+    assert "cls_accuracy" in history.history and "accuracy" not in history.history
