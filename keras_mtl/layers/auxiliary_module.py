@@ -143,6 +143,8 @@ class AuxiliaryModule(keras.layers.Layer):
         if self._rank == 2 and len(tap.shape) > 2:
             return ops.mean(tap, axis=tuple(range(1, len(tap.shape) - 1)))
         if self._rank == 4 and size is not None:
+            if tuple(tap.shape[1:3]) == tuple(size):
+                return tap  # already the target size: resizing would only cost
             return ops.image.resize(tap, size, interpolation="bilinear")
         return tap
 
