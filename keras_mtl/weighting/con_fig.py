@@ -3,9 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_mtl.weighting._dual_cone_aggregation import _check_pref_vector
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
-from keras_mtl.weighting.upgrad import _check_pref_vector
 
 #: Upper bound on the relative cut-off of the pseudo-inverse (see the Note).
 _MAX_RCOND = 1e-4

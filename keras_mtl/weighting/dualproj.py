@@ -3,17 +3,13 @@
 import tensorflow as tf
 from keras import ops
 
-from keras_mtl.weighting._dual_cone_ops import (
-    normalize_and_regularize,
-    project_weights,
-)
-from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+from keras_mtl.weighting._dual_cone_aggregation import DualConeAggregation
+from keras_mtl.weighting._dual_cone_ops import project_weights
 from keras_mtl.weighting.registry import register_strategy
-from keras_mtl.weighting.upgrad import _check_eps, _check_pref_vector
 
 
 @register_strategy("dualproj", "dual_proj")
-class DualProj(GradientAggregation):
+class DualProj(DualConeAggregation):
     """DualProj: projects the averaged gradient onto the dual cone of the tasks.
 
     Notation: G is the `(T, P)` matrix of task gradients g_t, A = G G^T its
@@ -88,43 +84,8 @@ class DualProj(GradientAggregation):
         differentiable through the weights (they are used as constants).
     """
 
-    requires = "gramian"
-
-    def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, **kwargs):
-        super().__init__(**kwargs)
-        self.pref_vector = _check_pref_vector("DualProj", pref_vector)
-        self.norm_eps = _check_eps("DualProj", "norm_eps", norm_eps)
-        self.reg_eps = _check_eps("DualProj", "reg_eps", reg_eps)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        if self.pref_vector is not None and len(self.pref_vector) != self.num_tasks:
-            raise ValueError(
-                f"DualProj `pref_vector` has {len(self.pref_vector)} entries "
-                f"but the strategy is built for {self.num_tasks} tasks."
-            )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "pref_vector": (
-                    None if self.pref_vector is None else list(self.pref_vector)
-                ),
-                "norm_eps": self.norm_eps,
-                "reg_eps": self.reg_eps,
-            }
-        )
-        return config
-
     def compute_weights(self, gramian, losses=None, training=True):
         gramian = ops.convert_to_tensor(gramian)
-        num_tasks = gramian.shape[0]
-        if self.pref_vector is None:
-            pref = tf.fill([num_tasks], tf.constant(1.0 / num_tasks, tf.float64))
-        else:
-            pref = tf.constant(self.pref_vector, tf.float64)
-        matrix = normalize_and_regularize(gramian, self.norm_eps, self.reg_eps)
-        matrix = tf.cast(matrix, tf.float64)
+        pref, matrix = self._preference_and_matrix(gramian)
         weights = project_weights(pref[None, :], matrix)[0]
         return tf.cast(weights, gramian.dtype)

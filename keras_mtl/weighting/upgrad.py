@@ -1,52 +1,15 @@
 """UPGrad: unconflicting projection of gradients (Jacobian descent)."""
 
-import math
-
 import tensorflow as tf
 from keras import ops
 
-from keras_mtl.weighting._dual_cone_ops import (
-    normalize_and_regularize,
-    project_weights,
-)
-from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+from keras_mtl.weighting._dual_cone_aggregation import DualConeAggregation
+from keras_mtl.weighting._dual_cone_ops import project_weights
 from keras_mtl.weighting.registry import register_strategy
 
 
-def _check_pref_vector(cls_name, pref_vector):
-    if pref_vector is None:
-        return None
-    if isinstance(pref_vector, str):
-        raise ValueError(
-            f"{cls_name} `pref_vector` must be None or a sequence of floats, "
-            f"got {pref_vector!r}."
-        )
-    try:
-        values = [float(v) for v in pref_vector]
-    except TypeError as error:
-        raise ValueError(
-            f"{cls_name} `pref_vector` must be None or a sequence of floats, "
-            f"got {pref_vector!r}."
-        ) from error
-    if not values or not all(math.isfinite(v) for v in values):
-        raise ValueError(
-            f"{cls_name} `pref_vector` must be a non-empty sequence of finite "
-            f"floats, got {pref_vector!r}."
-        )
-    return values
-
-
-def _check_eps(cls_name, name, value):
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"{cls_name} `{name}` must be a finite non-negative float, got {value!r}."
-        )
-    return value
-
-
 @register_strategy("upgrad", "up_grad")
-class UPGrad(GradientAggregation):
+class UPGrad(DualConeAggregation):
     """UPGrad: projects every task gradient onto the dual cone, then averages.
 
     Notation: G is the `(T, P)` matrix of task gradients g_t, A = G G^T its
@@ -126,43 +89,8 @@ class UPGrad(GradientAggregation):
         differentiable through the weights (they are used as constants).
     """
 
-    requires = "gramian"
-
-    def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, **kwargs):
-        super().__init__(**kwargs)
-        self.pref_vector = _check_pref_vector("UPGrad", pref_vector)
-        self.norm_eps = _check_eps("UPGrad", "norm_eps", norm_eps)
-        self.reg_eps = _check_eps("UPGrad", "reg_eps", reg_eps)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        if self.pref_vector is not None and len(self.pref_vector) != self.num_tasks:
-            raise ValueError(
-                f"UPGrad `pref_vector` has {len(self.pref_vector)} entries but "
-                f"the strategy is built for {self.num_tasks} tasks."
-            )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "pref_vector": (
-                    None if self.pref_vector is None else list(self.pref_vector)
-                ),
-                "norm_eps": self.norm_eps,
-                "reg_eps": self.reg_eps,
-            }
-        )
-        return config
-
     def compute_weights(self, gramian, losses=None, training=True):
         gramian = ops.convert_to_tensor(gramian)
-        num_tasks = gramian.shape[0]
-        if self.pref_vector is None:
-            pref = tf.fill([num_tasks], tf.constant(1.0 / num_tasks, tf.float64))
-        else:
-            pref = tf.constant(self.pref_vector, tf.float64)
-        matrix = normalize_and_regularize(gramian, self.norm_eps, self.reg_eps)
-        matrix = tf.cast(matrix, tf.float64)
+        pref, matrix = self._preference_and_matrix(gramian)
         projected = project_weights(tf.linalg.diag(pref), matrix)
         return tf.cast(tf.reduce_sum(projected, axis=0), gramian.dtype)

@@ -1,0 +1,98 @@
+"""The shared base of UPGrad and DualProj (TorchJD's dual-cone aggregators).
+
+Both take a preference vector p and the Gramian normalisation and
+regularisation constants of TorchJD, and both solve a QP on the dual cone
+of the task gradients; they differ only in what they project (each task's
+gradient for UPGrad, the preference-weighted mean for DualProj).
+"""
+
+import math
+
+import tensorflow as tf
+from keras import ops
+
+from keras_mtl.weighting._dual_cone_ops import normalize_and_regularize
+from keras_mtl.weighting.gradient_aggregation import GradientAggregation
+
+
+def _check_pref_vector(cls_name, pref_vector):
+    if pref_vector is None:
+        return None
+    if isinstance(pref_vector, str):
+        raise ValueError(
+            f"{cls_name} `pref_vector` must be None or a sequence of floats, "
+            f"got {pref_vector!r}."
+        )
+    try:
+        values = [float(v) for v in pref_vector]
+    except TypeError as error:
+        raise ValueError(
+            f"{cls_name} `pref_vector` must be None or a sequence of floats, "
+            f"got {pref_vector!r}."
+        ) from error
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(
+            f"{cls_name} `pref_vector` must be a non-empty sequence of finite "
+            f"floats, got {pref_vector!r}."
+        )
+    return values
+
+
+def _check_eps(cls_name, name, value):
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{cls_name} `{name}` must be a finite non-negative float, got {value!r}."
+        )
+    return value
+
+
+class DualConeAggregation(GradientAggregation):
+    """Arguments, validation and Gramian preparation of UPGrad and DualProj.
+
+    Args:
+        pref_vector: the preference p (None: p_t = 1/T).
+        norm_eps, reg_eps: TorchJD's Gramian normalisation and
+            regularisation constants.
+    """
+
+    requires = "gramian"
+
+    def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, **kwargs):
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        self.pref_vector = _check_pref_vector(name, pref_vector)
+        self.norm_eps = _check_eps(name, "norm_eps", norm_eps)
+        self.reg_eps = _check_eps(name, "reg_eps", reg_eps)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.pref_vector is not None and len(self.pref_vector) != self.num_tasks:
+            raise ValueError(
+                f"{type(self).__name__} `pref_vector` has {len(self.pref_vector)} "
+                f"entries but the strategy is built for {self.num_tasks} tasks."
+            )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "pref_vector": (
+                    None if self.pref_vector is None else list(self.pref_vector)
+                ),
+                "norm_eps": self.norm_eps,
+                "reg_eps": self.reg_eps,
+            }
+        )
+        return config
+
+    def _preference_and_matrix(self, gramian):
+        """The float64 preference `(T,)` and prepared Gramian `(T, T)`."""
+        gramian = ops.convert_to_tensor(gramian)
+        num_tasks = gramian.shape[0]
+        if self.pref_vector is None:
+            pref = tf.fill([num_tasks], tf.constant(1.0 / num_tasks, tf.float64))
+        else:
+            pref = tf.constant(self.pref_vector, tf.float64)
+        matrix = normalize_and_regularize(gramian, self.norm_eps, self.reg_eps)
+        return pref, tf.cast(matrix, tf.float64)
