@@ -128,7 +128,6 @@ class MultiTaskModel(keras.Model):
             {task: self._outputs_struct[task] for task in self.task_names},
             self.trainable_variables,
         )
-        self._roles_overridden = False
         self.loss_weighting = None
         self._loss_fns = None
         self._on_nonfinite = "raise"
@@ -269,7 +268,6 @@ class MultiTaskModel(keras.Model):
             list(graph.shared_representations),
             last or new_shared,
         )
-        self._roles_overridden = True
         self.train_function = None
 
     # ------------------------------------------------------------------
@@ -329,7 +327,6 @@ class MultiTaskModel(keras.Model):
             raise ValueError(
                 f"on_nonfinite must be one of {_NONFINITE_MODES}, got {on_nonfinite!r}."
             )
-        self._loss_config = loss
         self._loss_fns = self._resolve_losses(loss)
         metrics = self._per_task_dict(metrics, "metrics")
         weighted_metrics = self._per_task_dict(weighted_metrics, "weighted_metrics")
