@@ -12,6 +12,10 @@ of `(inputs, {task: target})`, or `(inputs, targets, sample_weights)`) and
 - `dense_digits`: pixel-wise "segmentation", "edges" and "depth" on two
   overlapping real digits (scikit-learn's digits, offline).
 
+`TaskSampler` trains on one data set per task: each batch comes from one
+task's data set, drawn uniformly, in proportion to the sizes or annealed,
+and the other tasks' targets are marked missing.
+
 `paths` finds the files (argument, `KERAS_MTL_DATA_DIR`, per-data-set
 variables, the packages' install places) and says how to fetch them;
 `scripts/fetch_data.sh` fetches all of them.
@@ -24,5 +28,13 @@ from keras_mtl.datasets import (
     turkish_treebank,
     yeast,
 )
+from keras_mtl.datasets.task_sampler import TaskSampler
 
-__all__ = ["dense_digits", "multi_mnist", "paths", "turkish_treebank", "yeast"]
+__all__ = [
+    "TaskSampler",
+    "dense_digits",
+    "multi_mnist",
+    "paths",
+    "turkish_treebank",
+    "yeast",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -130,6 +131,7 @@ class MultiTaskModel(keras.Model):
         )
         self.loss_weighting = None
         self._loss_fns = None
+        self._missing_labels = None
         self._on_nonfinite = "raise"
         self._guard = NonFiniteGuard()
         self._loss_tracker_sum = keras.metrics.Mean(name="loss")
@@ -284,6 +286,7 @@ class MultiTaskModel(keras.Model):
         weighted_metrics=None,
         on_nonfinite="raise",
         task_sampling=None,
+        missing_labels=None,
         run_eagerly=False,
         steps_per_execution=1,
         jit_compile="auto",
@@ -319,6 +322,20 @@ class MultiTaskModel(keras.Model):
                 computed and logged. Only with strategies whose weights do
                 not depend on the losses (`"ew"`, `loss_weights`); the
                 logged `<task>_weight` is then how often the task was drawn.
+            missing_labels: None (every sample has every label), or how an
+                absent label is marked: a number (for example -1) or NaN,
+                the value the whole target of an unlabelled sample holds (a
+                target counts as missing when any of its entries equals it;
+                for integer labels of dense outputs, per position), or
+                `"sample_weight"` (the task's sample weights are the mask:
+                weight 0 means unlabelled). One value for every task, or a
+                dict `{task: value}` (tasks it does not name are always
+                labelled). A task's loss and metrics then average over its
+                labelled samples only; a step in which a task has no
+                labelled sample gives it loss 0, weight 0, no gradient, and
+                leaves the strategy's state for it untouched (gradient
+                methods drop its row). Only strategies with
+                `supports_missing_tasks` accept it.
             run_eagerly, steps_per_execution, jit_compile, auto_scale_loss:
                 as for `keras.Model.compile`. `jit_compile=True` compiles
                 the whole step, strategy included, with XLA.
@@ -349,6 +366,7 @@ class MultiTaskModel(keras.Model):
         self.loss_weighting = strategy
         self._on_nonfinite = on_nonfinite
         self._set_task_sampling(task_sampling, strategy)
+        self._missing_labels = self._resolve_missing_labels(missing_labels, strategy)
         # Kept in a plain holder, not a dict attribute: Keras' saving walks
         # dict attributes and would save the optimizer and the strategy a
         # second time (and warn when loading them back).
@@ -358,6 +376,7 @@ class MultiTaskModel(keras.Model):
             weighted_metrics=weighted_metrics,
             on_nonfinite=on_nonfinite,
             task_sampling=task_sampling,
+            missing_labels=missing_labels,
             run_eagerly=run_eagerly,
             steps_per_execution=steps_per_execution,
             jit_compile=self.jit_compile,
@@ -383,6 +402,81 @@ class MultiTaskModel(keras.Model):
         self._task_sampling = task_sampling
         if task_sampling is not None and getattr(self, "_task_sampler", None) is None:
             self._task_sampler = keras.random.SeedGenerator(0, name="task_sampler")
+
+    def _resolve_missing_labels(self, missing_labels, strategy):
+        """`{task: sentinel | "sample_weight"}` for masked tasks, or None."""
+        if missing_labels is None:
+            return None
+        if isinstance(missing_labels, Mapping):
+            self._check_task_names(missing_labels.keys(), "missing_labels")
+            rules = {
+                t: missing_labels[t] for t in self.task_names if t in missing_labels
+            }
+        else:
+            rules = {t: missing_labels for t in self.task_names}
+        resolved = {}
+        for task, rule in rules.items():
+            if isinstance(rule, str) and rule.lower() == "nan":
+                rule = float("nan")
+            if rule is None:
+                continue
+            if rule != "sample_weight" and (
+                isinstance(rule, (bool, str)) or not isinstance(rule, (int, float))
+            ):
+                raise ValueError(
+                    f"missing_labels for task {task!r} must be a number (the "
+                    "sentinel of an absent label, for example -1 or NaN), "
+                    f"'sample_weight' or None, got {rule!r}."
+                )
+            resolved[task] = rule
+        if not resolved:
+            return None
+        if not strategy.supports_missing_tasks:
+            supported = [
+                name
+                for name in weighting.available()
+                if weighting.registry.lookup(name).supports_missing_tasks
+            ]
+            raise ValueError(
+                f"Strategy {type(strategy).__name__} does not support "
+                "missing_labels: it cannot leave out a task that has no label "
+                f"in a step. Strategies that can: {supported}."
+            )
+        return resolved
+
+    def _label_mask(self, task, target, pred, sample_weight):
+        """The target with absent labels filled, and the labelled mask.
+
+        Returns `(target, labelled)`: `labelled` is None when the task is
+        not masked, else a boolean tensor of the shape of the loss values
+        (the prediction's shape without its last axis).
+        """
+        rule = (self._missing_labels or {}).get(task)
+        if rule is None:
+            return target, None
+        pred_rank = len(pred.shape)
+        if rule == "sample_weight":
+            if sample_weight is None:
+                return target, None
+            labelled = ops.convert_to_tensor(sample_weight) > 0
+            while len(labelled.shape) < pred_rank - 1:
+                labelled = ops.expand_dims(labelled, -1)
+            return target, labelled
+        target = ops.convert_to_tensor(target)
+        if math.isnan(rule):
+            if not keras.backend.is_float_dtype(target.dtype):
+                raise ValueError(
+                    f"missing_labels for task {task!r} is NaN, but its targets "
+                    f"are {target.dtype} and cannot hold NaN: mark absent "
+                    "labels with a number such as -1."
+                )
+            missing = ops.isnan(target)
+        else:
+            missing = ops.equal(target, ops.cast(rule, target.dtype))
+        target = ops.where(missing, ops.zeros_like(target), target)
+        if len(target.shape) == pred_rank:
+            missing = ops.any(missing, axis=-1)
+        return target, ops.logical_not(missing)
 
     def _sampled_task_mask(self):
         """A one-hot `(T,)` mask of this step's task, or None."""
@@ -595,17 +689,75 @@ class MultiTaskModel(keras.Model):
                 )
 
     def _task_losses(self, y, y_pred, sample_weights, tasks=None):
-        values = []
-        for task in tasks or self.task_names:
-            target, pred = y[task], y_pred[task]
-            if len(target.shape) == len(pred.shape) - 1 and pred.shape[-1] == 1:
-                # Labels (B,) for a one-unit head (B, 1): align the ranks.
-                target = ops.expand_dims(target, -1)
-            value = self._loss_fns[task](
-                target, pred, sample_weight=sample_weights.get(task)
+        """The `(T,)` task losses of the global batch, and label counts.
+
+        The counts are None without `missing_labels`; else `(T,)` floats,
+        the number of labelled elements of each task in the global batch.
+        """
+        tasks = tasks or self.task_names
+        if self._missing_labels is None:
+            values = []
+            for task in tasks:
+                target, pred = _aligned_target(y[task], y_pred[task])
+                value = self._loss_fns[task](
+                    target, pred, sample_weight=sample_weights.get(task)
+                )
+                values.append(ops.cast(value, "float32"))
+            return _global_batch_losses(ops.stack(values)), None
+        sums, divisors, counts = [], [], []
+        for task in tasks:
+            target, pred = _aligned_target(y[task], y_pred[task])
+            total, divisor, count = self._masked_loss_terms(
+                task, target, pred, sample_weights.get(task)
             )
-            values.append(ops.cast(value, "float32"))
-        return _global_batch_losses(ops.stack(values))
+            sums.append(total)
+            divisors.append(divisor)
+            counts.append(count)
+        return _masked_global_losses(
+            ops.stack(sums), ops.stack(divisors), ops.stack(counts)
+        )
+
+    def _masked_loss_terms(self, task, target, pred, sample_weight):
+        """This replica's weighted loss sum, divisor and labelled count."""
+        fn = self._loss_fns[task]
+        target, labelled = self._label_mask(task, target, pred, sample_weight)
+        values = fn.call(
+            ops.convert_to_tensor(target, dtype=fn.dtype),
+            ops.convert_to_tensor(pred, dtype=fn.dtype),
+        )
+        values = ops.cast(values, "float32")
+        if labelled is None:
+            labelled = ops.ones(ops.shape(values), dtype="bool")
+        if len(labelled.shape) != len(values.shape):
+            raise ValueError(
+                f"missing_labels: the loss of task {task!r} gives values of "
+                f"shape {tuple(values.shape)}, but its labels mark samples of "
+                f"shape {tuple(labelled.shape)}. Use a loss that returns one "
+                "value per labelled element (the prediction's shape without "
+                "its last axis)."
+            )
+        mask = ops.cast(labelled, "float32")
+        weight = mask
+        if sample_weight is not None:
+            sample_weight = ops.cast(sample_weight, "float32")
+            while len(sample_weight.shape) < len(values.shape):
+                sample_weight = ops.expand_dims(sample_weight, -1)
+            weight = mask * sample_weight
+        total = ops.sum(values * weight)
+        count = ops.sum(mask)
+        reduction = fn.reduction
+        if reduction in (None, "none"):
+            raise ValueError(
+                f"The loss of task {task!r} has reduction={reduction!r}; a task "
+                "loss must reduce to a scalar."
+            )
+        if reduction == "sum":
+            divisor = ops.convert_to_tensor(1.0 / _num_replicas())
+        elif reduction == "mean_with_sample_weight":
+            divisor = ops.sum(weight)
+        else:
+            divisor = count
+        return total, divisor, count
 
     def _kpis(self):
         """The per-task metric values a strategy asks for (`kpi_metric`)."""
@@ -626,19 +778,44 @@ class MultiTaskModel(keras.Model):
             values.append(ops.cast(results[key], "float32"))
         return ops.stack(values)
 
-    def _masked_for_metrics(self, finite, y, y_pred, sample_weights):
-        """Targets, predictions and weights that drop a non-finite step."""
-        keep = ops.cast(finite, "float32")
-        safe_pred, safe_y, safe_w = {}, {}, {}
+    def _masked_for_metrics(self, y, y_pred, sample_weights, finite=None):
+        """What the compiled metrics see: targets with absent labels filled,
+        and predictions carrying a Keras mask that drops the unlabelled
+        samples (and every sample of a non-finite step), so that weighted
+        and unweighted metrics average over the labelled samples alone.
+
+        Returns `(y, y_pred, sample_weights)`, the weights a full dict or
+        None."""
+        y, y_pred = dict(y), dict(y_pred)
         for task in self.task_names:
-            pred, target = y_pred[task], y[task]
-            safe_pred[task] = ops.where(finite, pred, ops.zeros_like(pred))
-            safe_y[task] = ops.where(finite, target, ops.zeros_like(target))
-            weight = sample_weights.get(task)
-            if weight is None:
-                weight = ops.ones((ops.shape(target)[0],), dtype="float32")
-            safe_w[task] = ops.cast(weight, "float32") * keep
-        return safe_y, safe_pred, safe_w
+            target, pred = y[task], y_pred[task]
+            aligned, _ = _aligned_target(target, pred)
+            filled, labelled = self._label_mask(
+                task, aligned, pred, sample_weights.get(task)
+            )
+            if labelled is None and finite is None:
+                continue
+            if labelled is not None and filled is not aligned:
+                target = filled
+                if len(target.shape) != len(y[task].shape):
+                    target = ops.squeeze(target, -1)
+            if labelled is None:
+                labelled = ops.ones(ops.shape(pred)[:-1], dtype="bool")
+            if finite is not None:
+                labelled = ops.logical_and(labelled, finite)
+                target = ops.where(finite, target, ops.zeros_like(target))
+                pred = ops.where(finite, pred, ops.zeros_like(pred))
+            else:
+                pred = tf.identity(pred)  # a new tensor to carry the mask
+            _set_keras_mask(pred, labelled)
+            y[task], y_pred[task] = target, pred
+        weights = None
+        if sample_weights:
+            weights = {
+                t: sample_weights.get(t, ops.ones((ops.shape(y[t])[0],)))
+                for t in self.task_names
+            }
+        return y, y_pred, weights
 
     def _loss_scale(self):
         scale = getattr(self.optimizer, "dynamic_scale", None)
@@ -689,24 +866,32 @@ class MultiTaskModel(keras.Model):
         strategy = self.loss_weighting
         state = [*self.non_trainable_variables, *strategy.trainable_variables]
         snapshot = [tf.identity(v.value) for v in state]
+        task_snapshot = strategy.task_state_snapshot() if self._missing_labels else []
 
         if strategy.requires == "losses":
             update = self._loss_based_update
         else:
             update = self._gradient_based_update
-        y_pred, losses, aux_losses, weights, finite = update(x, y, sample_weights)
+        step = update(x, y, sample_weights)
+        task_mask = _task_mask(step.counts)
 
         if strategy.uses_post_step_losses:
             model_state = list(self._model_state_variables())
             before = [tf.identity(v.value) for v in model_state]
-            new_losses = self._task_losses(y, self(x, training=True), sample_weights)
+            new_losses, _ = self._task_losses(y, self(x, training=True), sample_weights)
             for variable, value in zip(model_state, before):
                 variable.assign(value)
-            strategy.update_after_step(losses, new_losses)
+            if task_mask is None:
+                strategy.update_after_step(step.losses, new_losses)
+            else:
+                strategy.update_after_step(step.losses, new_losses, task_mask=task_mask)
 
         for variable, value in zip(state, snapshot):
-            variable.assign(ops.where(finite, variable, value))
-        return self._update_logs(finite, losses, aux_losses, weights, y_pred)
+            variable.assign(ops.where(step.finite, variable, value))
+        if task_mask is not None:
+            # An absent task's state stays as it was (Strategy docs).
+            strategy.restore_absent_tasks(task_mask, task_snapshot)
+        return self._update_logs(step, y_pred=step.y_pred)
 
     def _model_state_variables(self):
         strategy_ids = {id(v) for v in self.loss_weighting.variables}
@@ -719,9 +904,10 @@ class MultiTaskModel(keras.Model):
         return (y_pred, *self._losses_and_check(y, y_pred, sample_weights))
 
     def _losses_and_check(self, y, y_pred, sample_weights):
-        """Task losses, auxiliary losses and whether the step may proceed."""
+        """Task losses, auxiliary losses, whether the step may proceed, and
+        the label counts (None without `missing_labels`)."""
         self._check_target_shapes(y, y_pred)
-        losses = self._task_losses(y, y_pred, sample_weights)
+        losses, counts = self._task_losses(y, y_pred, sample_weights)
         aux_losses = self._auxiliary_losses(y, y_pred, sample_weights)
         checked = (
             losses if aux_losses is None else ops.concatenate([losses, aux_losses])
@@ -729,7 +915,7 @@ class MultiTaskModel(keras.Model):
         finite = _on_all_replicas(self._guard.record(checked))
         if self._on_nonfinite == "raise":
             finite = ops.logical_and(finite, self._guard.bad_step < 0)
-        return losses, aux_losses, finite
+        return losses, aux_losses, finite, counts
 
     @property
     def _checked_loss_names(self):
@@ -740,7 +926,8 @@ class MultiTaskModel(keras.Model):
         if not self.auxiliary_tasks:
             return None
         aux_pred = {t: y_pred[_aux_key(t)] for t in self.auxiliary_tasks}
-        return self._task_losses(y, aux_pred, sample_weights, self.auxiliary_tasks)
+        losses, _ = self._task_losses(y, aux_pred, sample_weights, self.auxiliary_tasks)
+        return losses
 
     def _extra_objective(self, aux_losses):
         """What every step adds to the strategy's combination, unweighted by
@@ -758,17 +945,20 @@ class MultiTaskModel(keras.Model):
             return None
         return terms[0] if len(terms) == 1 else ops.sum(ops.stack(terms))
 
-    def _strategy_kwargs(self):
+    def _strategy_kwargs(self, counts=None):
         """Extra inputs of the strategy call; KPIs need metrics updated."""
-        if self.loss_weighting.kpi_metric is None:
-            return {}
-        return {"kpis": self._kpis()}
+        kwargs = {}
+        if self.loss_weighting.kpi_metric is not None:
+            kwargs["kpis"] = self._kpis()
+        if counts is not None:
+            kwargs["task_mask"] = _task_mask(counts)
+        return kwargs
 
     def _update_compiled_metrics(self, finite, y, y_pred, sample_weights):
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(
                 *self._masked_for_metrics(
-                    finite, y, self._task_outputs(y_pred), sample_weights
+                    y, self._task_outputs(y_pred), sample_weights, finite
                 )
             )
 
@@ -789,13 +979,13 @@ class MultiTaskModel(keras.Model):
         grad_variables = self._shared_gradient_variables(strategy)
         with tf.GradientTape() as tape:
             with tf.GradientTape(persistent=True) as inner:
-                y_pred, losses, aux_losses, finite = self._forward_and_losses(
+                y_pred, losses, aux_losses, finite, counts = self._forward_and_losses(
                     x, y, sample_weights
                 )
                 task_losses = [losses[t] for t in range(self.num_tasks)]
             self._update_compiled_metrics(finite, y, y_pred, sample_weights)
             safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
-            kwargs = self._strategy_kwargs()
+            kwargs = self._strategy_kwargs(counts)
             if grad_variables:
                 matrix = self._gradient_matrix(inner, task_losses, grad_variables)
                 if not strategy.differentiable_gradients:
@@ -829,7 +1019,7 @@ class MultiTaskModel(keras.Model):
                 g / replicas if id(v) in own else g for g, v in zip(grads, variables)
             ]
         self._apply_if(finite, grads, variables)
-        return y_pred, losses, aux_losses, weights, finite
+        return _Step(y_pred, losses, aux_losses, weights, finite, counts)
 
     def _shared_gradient_variables(self, strategy):
         """The variables whose per-task gradients a loss strategy asks for."""
@@ -912,12 +1102,12 @@ class MultiTaskModel(keras.Model):
             for rep in reps:
                 tape.watch(rep)
             y_pred = split.heads(reps, training=True)
-            losses, aux_losses, finite = self._losses_and_check(
+            losses, aux_losses, finite, counts = self._losses_and_check(
                 y, y_pred, sample_weights
             )
-            task_objectives = [
-                self.optimizer.scale_loss(losses[t]) for t in range(self.num_tasks)
-            ]
+            task_objectives, strategy_objective = self._task_objectives(
+                strategy, losses
+            )
             extra = self._extra_objective(aux_losses)
         rows, summed_rows, own_grads = [], [], []
         for t, task in enumerate(self.task_names):
@@ -937,6 +1127,7 @@ class MultiTaskModel(keras.Model):
         matrix = ops.where(finite, matrix, ops.zeros_like(matrix))
         self._update_compiled_metrics(finite, y, y_pred, sample_weights)
         safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
+        kwargs = self._strategy_kwargs(counts)
         if strategy.requires == "gramian":
             # As LibMTL's representation-gradient mode: the weights come from
             # the task gradients summed over the batch, (T, D); the update
@@ -946,13 +1137,15 @@ class MultiTaskModel(keras.Model):
                 summed = summed / scale
             summed = ops.where(finite, summed, ops.zeros_like(summed))
             gramian = ops.matmul(summed, ops.transpose(summed))
-            weights = strategy.compute_weights(gramian, safe_losses, training=True)
+            weights = strategy.compute_weights(
+                gramian, safe_losses, training=True, **kwargs
+            )
             weights = ops.cast(weights, matrix.dtype)
+            if "task_mask" in kwargs:
+                weights = weights * kwargs["task_mask"]
             update = ops.matmul(weights[None, :], matrix)[0]
         else:
-            update, weights = strategy(
-                matrix, safe_losses, training=True, **self._strategy_kwargs()
-            )
+            update, weights = strategy(matrix, safe_losses, training=True, **kwargs)
         if scale is not None:
             update = update * scale
         cotangents, offset = [], 0
@@ -971,9 +1164,12 @@ class MultiTaskModel(keras.Model):
         grads, variables = self._add_extra_gradients(
             tape, extra, shared_grads + task_grads, list(shared) + task_vars
         )
+        grads, variables = self._add_strategy_gradients(
+            tape, strategy_objective, grads, variables
+        )
         del tape
         self._apply_if(finite, grads, variables)
-        return y_pred, losses, aux_losses, weights, finite
+        return _Step(y_pred, losses, aux_losses, weights, finite, counts)
 
     def _scaled_head_gradients(self, strategy, losses, weights, own_grads):
         head_scales = strategy.head_gradient_scales(losses, weights)
@@ -992,12 +1188,12 @@ class MultiTaskModel(keras.Model):
         shared = self._task_graph.shared_variables
         own = self._task_graph.task_variables
         with tf.GradientTape(persistent=True) as tape:
-            y_pred, losses, aux_losses, finite = self._forward_and_losses(
+            y_pred, losses, aux_losses, finite, counts = self._forward_and_losses(
                 x, y, sample_weights
             )
-            task_objectives = [
-                self.optimizer.scale_loss(losses[t]) for t in range(self.num_tasks)
-            ]
+            task_objectives, strategy_objective = self._task_objectives(
+                strategy, losses
+            )
             extra = self._extra_objective(aux_losses)
         rows, own_grads = [], []
         for t, task in enumerate(self.task_names):
@@ -1022,7 +1218,7 @@ class MultiTaskModel(keras.Model):
         matrix = ops.where(finite, matrix, ops.zeros_like(matrix))
         self._update_compiled_metrics(finite, y, y_pred, sample_weights)
         safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
-        kwargs = self._strategy_kwargs()
+        kwargs = self._strategy_kwargs(counts)
         update, weights = strategy(matrix, safe_losses, training=True, **kwargs)
         if scale is not None:
             update = update * scale
@@ -1041,9 +1237,42 @@ class MultiTaskModel(keras.Model):
         grads, variables = self._add_extra_gradients(
             tape, extra, shared_grads + task_grads, list(shared) + task_vars
         )
+        grads, variables = self._add_strategy_gradients(
+            tape, strategy_objective, grads, variables
+        )
         del tape
         self._apply_if(finite, grads, variables)
-        return y_pred, losses, aux_losses, weights, finite
+        return _Step(y_pred, losses, aux_losses, weights, finite, counts)
+
+    def _task_objectives(self, strategy, losses):
+        """The (loss-scaled) objective of each task's gradient, and what
+        trains the strategy's own variables (None when it has none).
+
+        Called inside the tape. Per-task gradients are those of the
+        strategy's `transform_losses` (the identity for most methods)."""
+        transformed = ops.cast(strategy.transform_losses(losses), "float32")
+        objectives = [
+            self.optimizer.scale_loss(transformed[t]) for t in range(self.num_tasks)
+        ]
+        own = None
+        if strategy.trainable_variables:
+            own = self.optimizer.scale_loss(ops.sum(transformed))
+        return objectives, own
+
+    def _add_strategy_gradients(self, tape, objective, grads, variables):
+        """Adds the strategy's trainable variables and their gradients."""
+        if objective is None:
+            return grads, variables
+        own = list(self.loss_weighting.trainable_variables)
+        own_grads = tape.gradient(objective, own)
+        # Every replica computes the full gradient of the global-batch
+        # losses; the optimizer sums the replicas.
+        replicas = _num_replicas()
+        own_grads = [
+            ops.zeros_like(v) if g is None else g / replicas
+            for g, v in zip(own_grads, own)
+        ]
+        return [*grads, *own_grads], [*variables, *own]
 
     def _add_extra_gradients(self, tape, extra, grads, variables):
         """Adds the gradient of the extra objective (regularisers, auxiliary
@@ -1063,18 +1292,41 @@ class MultiTaskModel(keras.Model):
         ]
         return grads, variables
 
-    def _update_logs(self, finite, losses, aux_losses, weights, y_pred):
+    def _update_logs(self, step, y_pred):
+        finite = step.finite
         keep = ops.cast(finite, "float32") * _batch_size(y_pred)
-        safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
+        safe_losses = ops.where(finite, step.losses, ops.zeros_like(step.losses))
         weights = ops.where(
-            finite, ops.cast(weights, "float32"), ops.zeros_like(weights)
+            finite, ops.cast(step.weights, "float32"), ops.zeros_like(step.weights)
         )
         self._loss_tracker_sum.update_state(ops.sum(safe_losses), sample_weight=keep)
+        loss_weights = self._loss_log_weights(finite, keep, step.counts)
         for t in range(self.num_tasks):
-            self._task_loss_trackers[t].update_state(safe_losses[t], sample_weight=keep)
-            self._task_weight_trackers[t].update_state(weights[t], sample_weight=keep)
-        self._update_aux_trackers(aux_losses, keep, finite)
+            self._task_loss_trackers[t].update_state(
+                safe_losses[t], sample_weight=loss_weights[t]
+            )
+            weight_keep = keep
+            if step.counts is not None:
+                # The mean weight of the steps in which the task was present.
+                weight_keep = keep * ops.cast(step.counts[t] > 0, "float32")
+            self._task_weight_trackers[t].update_state(
+                weights[t], sample_weight=weight_keep
+            )
+        self._update_aux_trackers(step.aux_losses, keep, finite)
         return self._collect_logs(include_weights=True)
+
+    def _loss_log_weights(self, finite, keep, counts):
+        """How much each task's loss weighs in its epoch mean: the batch
+        size, or with `missing_labels` the number of labelled elements of
+        masked tasks (so the mean is over labelled samples)."""
+        if counts is None:
+            return [keep] * self.num_tasks
+        masked = self._missing_labels
+        labelled = ops.cast(finite, "float32") * counts / _num_replicas()
+        return [
+            labelled[t] if task in masked else keep
+            for t, task in enumerate(self.task_names)
+        ]
 
     def _update_aux_trackers(self, aux_losses, sample_weight, finite=True):
         if aux_losses is None:
@@ -1116,24 +1368,41 @@ class MultiTaskModel(keras.Model):
         y, sample_weights = self._standardize_targets(y, sample_weight)
         y_pred = self(x, training=False)
         self._check_target_shapes(y, y_pred)
-        losses = self._task_losses(y, y_pred, sample_weights)
+        losses, counts = self._task_losses(y, y_pred, sample_weights)
         batch = _batch_size(y_pred)
         self._loss_tracker_sum.update_state(ops.sum(losses), sample_weight=batch)
+        loss_weights = self._loss_log_weights(True, batch, counts)
         for t in range(self.num_tasks):
-            self._task_loss_trackers[t].update_state(losses[t], sample_weight=batch)
+            self._task_loss_trackers[t].update_state(
+                losses[t], sample_weight=loss_weights[t]
+            )
         self._update_aux_trackers(
             self._auxiliary_losses(y, y_pred, sample_weights), batch
         )
         y_pred = self._task_outputs(y_pred)
         if self._compile_metrics is not None:
-            weights = None
-            if sample_weights:
-                weights = {
-                    t: sample_weights.get(t, ops.ones((ops.shape(y[t])[0],)))
-                    for t in self.task_names
-                }
-            self._compile_metrics.update_state(y, y_pred, weights)
+            self._compile_metrics.update_state(
+                *self._masked_for_metrics(y, y_pred, sample_weights)
+            )
         return self._collect_logs(include_weights=False)
+
+
+class _Step(NamedTuple):
+    """What one training step's update computed."""
+
+    y_pred: dict
+    losses: object
+    aux_losses: object
+    weights: object
+    finite: object
+    counts: object  # None without missing_labels
+
+
+def _task_mask(counts):
+    """`(T,)` floats, 1.0 for tasks with a labelled sample; None if no mask."""
+    if counts is None:
+        return None
+    return ops.cast(counts > 0, "float32")
 
 
 class _CompileArguments:
@@ -1174,6 +1443,41 @@ def _global_batch_losses(scaled_losses):
         tf.distribute.ReduceOp.SUM, tf.stop_gradient(scaled_losses)
     )
     return scaled_losses + tf.stop_gradient(global_mean - scaled_losses)
+
+
+def _set_keras_mask(tensor, mask):
+    """Attaches a Keras mask, which Keras metrics apply to their values."""
+    try:
+        from keras.src.backend.common.masking import set_keras_mask
+    except ImportError:  # Keras < 3.6 kept the mask in an attribute.
+        tensor._keras_mask = mask
+    else:
+        set_keras_mask(tensor, mask)
+
+
+def _masked_global_losses(sums, divisors, counts):
+    """Task losses averaged over the labelled samples of the global batch.
+
+    `sums`, `divisors` and `counts` are this replica's `(T,)` weighted loss
+    sums, divisors and labelled counts. The value is the global-batch loss
+    sum_r S_r / sum_r D_r (0 for a task without labels); its gradient is
+    this replica's share dS / sum_r D_r, which the replicas' summed
+    gradients turn into the global one. Returns `(losses, counts)`, the
+    latter the global number of labelled elements of each task.
+    """
+    divisors = _sum_over_replicas(ops.stop_gradient(divisors))
+    counts = _sum_over_replicas(ops.stop_gradient(counts))
+    local = ops.divide_no_nan(sums, divisors)
+    total = _sum_over_replicas(ops.stop_gradient(local))
+    losses = local + ops.stop_gradient(total - local)
+    return losses, counts
+
+
+def _aligned_target(target, pred):
+    """Labels (B,) for a one-unit head (B, 1) get the head's rank."""
+    if len(target.shape) == len(pred.shape) - 1 and pred.shape[-1] == 1:
+        target = ops.expand_dims(target, -1)
+    return target, pred
 
 
 def _sum_over_replicas(value):

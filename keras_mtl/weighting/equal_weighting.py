@@ -17,7 +17,8 @@ class EqualWeighting(LossWeighting):
     This is the convention of LibMTL (weights 1, not 1/T); multiply the
     learning rate by 1/T for the mean. Equal weighting is the baseline every
     other strategy must beat, and it is the default of
-    `MultiTaskModel.compile`. Stateless, one backward pass.
+    `MultiTaskModel.compile`. Stateless, one backward pass. With missing
+    labels, a task absent from a step has weight 0.
 
     Example:
 
@@ -27,5 +28,7 @@ class EqualWeighting(LossWeighting):
     2.5
     """
 
-    def compute_weights(self, losses, training=True):
+    supports_missing_tasks = True
+
+    def compute_weights(self, losses, training=True, task_mask=None):
         return ops.ones_like(losses)

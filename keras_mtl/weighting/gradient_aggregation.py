@@ -67,28 +67,53 @@ class GradientAggregation(Strategy):
         config["rep_grad"] = self.rep_grad
         return config
 
-    def compute_weights(self, gramian, losses=None, training=True):
-        """Returns `(T,)` weights from the `(T, T)` Gramian."""
+    def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
+        """Returns `(T,)` weights from the `(T, T)` Gramian.
+
+        `task_mask` (see `Strategy`) is passed only by models compiled with
+        `missing_labels`; only strategies with `supports_missing_tasks`
+        receive it."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement compute_weights() or call()."
         )
 
-    def call(self, grads, losses=None, training=True):
+    def call(self, grads, losses=None, training=True, task_mask=None):
         """Combines the `(T, P)` per-task gradients.
 
         Args:
             grads: float tensor `(T, P)`.
             losses: optional float tensor `(T,)` of the task losses.
             training: whether to update the strategy's state.
+            task_mask: None, or `(T,)` floats, 1.0 for the tasks with
+                labelled samples in this step (see `Strategy`); the rows of
+                absent tasks are zero.
 
         Returns:
             A tuple `(update, weights)` of shapes `(P,)` and `(T,)`.
         """
         self._check_num_tasks(grads, "gradients")
         gramian = ops.matmul(grads, ops.transpose(grads))
-        weights = self.compute_weights(gramian, losses, training=training)
+        if task_mask is None:
+            weights = self.compute_weights(gramian, losses, training=training)
+        else:
+            weights = self.compute_weights(
+                gramian, losses, training=training, task_mask=task_mask
+            )
+            weights = ops.cast(weights, grads.dtype) * task_mask
         weights = ops.cast(weights, grads.dtype)
         return ops.matmul(weights[None, :], grads)[0], weights
+
+    def transform_losses(self, losses):
+        """The task losses whose per-task gradients the model computes.
+
+        Called by the model inside its gradient tape on the `(T,)` task
+        losses. The default is the identity. A strategy with trainable
+        variables (IMTL's loss scales) returns a transformation of the
+        losses; the model then trains those variables with the gradient of
+        the sum of the transformed losses, while `call` still receives the
+        untransformed losses.
+        """
+        return losses
 
     def head_gradient_scales(self, losses, weights):
         """Multipliers of each task's gradient on its own (head) variables.

@@ -41,24 +41,36 @@ class LossWeighting(Strategy):
 
     requires: ClassVar[str] = "losses"
 
-    def compute_weights(self, losses, training=True):
-        """Returns the `(T,)` task weights for these `(T,)` losses."""
+    def compute_weights(self, losses, training=True, task_mask=None):
+        """Returns the `(T,)` task weights for these `(T,)` losses.
+
+        `task_mask` (see `Strategy`) is passed only by models compiled with
+        `missing_labels`; only strategies with `supports_missing_tasks`
+        receive it."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement compute_weights() or call()."
         )
 
-    def call(self, losses, training=True):
+    def call(self, losses, training=True, task_mask=None):
         """Combines `(T,)` task losses.
 
         Args:
             losses: float tensor of shape `(T,)`, the task losses.
             training: whether to update the strategy's state.
+            task_mask: None, or `(T,)` floats, 1.0 for the tasks with
+                labelled samples in this step (see `Strategy`).
 
         Returns:
             A tuple `(objective, weights)`: the scalar to differentiate and
             the `(T,)` effective task weights.
         """
         self._check_num_tasks(losses)
-        weights = self.compute_weights(losses, training=training)
+        if task_mask is None:
+            weights = self.compute_weights(losses, training=training)
+        else:
+            weights = self.compute_weights(
+                losses, training=training, task_mask=task_mask
+            )
+            weights = ops.cast(weights, losses.dtype) * task_mask
         weights = ops.stop_gradient(ops.cast(weights, losses.dtype))
         return ops.sum(weights * losses), weights

@@ -22,7 +22,8 @@ class StaticWeighting(LossWeighting):
             silently drop a task.
 
     Stateless, one backward pass. `MultiTaskModel.compile(loss_weights=...)`
-    is a shortcut for this strategy.
+    is a shortcut for this strategy. With missing labels, a task absent from
+    a step has weight 0.
 
     Example:
 
@@ -31,6 +32,8 @@ class StaticWeighting(LossWeighting):
     >>> float(total)
     3.0
     """
+
+    supports_missing_tasks = True
 
     def __init__(self, weights, **kwargs):
         super().__init__(**kwargs)
@@ -90,7 +93,7 @@ class StaticWeighting(LossWeighting):
                 f"used with {self.num_tasks} tasks."
             )
 
-    def compute_weights(self, losses, training=True):
+    def compute_weights(self, losses, training=True, task_mask=None):
         return ops.convert_to_tensor(self.task_weights, dtype=losses.dtype)
 
     def get_config(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import keras
+from keras import ops
 
 #: What a strategy may ask the model to compute each training step.
 #: - "losses": the vector of task losses only (one backward pass);
@@ -50,6 +51,23 @@ class Strategy(keras.layers.Layer):
     - `differentiable_gradients`: with `shared_gradients`, True when the
       objective must be differentiated through those gradients (second
       order, double back-propagation).
+    - `supports_missing_tasks`: True when the strategy handles steps in
+      which some tasks have no labelled sample (see below).
+
+    Missing tasks. A model compiled with `missing_labels` passes
+    `task_mask`, a `(T,)` float tensor (1.0 where the task has at least one
+    labelled sample in the global batch, 0.0 where it has none), to `call`,
+    `compute_weights` and `update_after_step`. An absent task's loss is 0
+    and its row of per-task gradients is zero. A strategy that sets
+    `supports_missing_tasks = True` must then give absent tasks weight 0,
+    compute everything else as if only the present tasks existed (a
+    gradient method drops their rows) and leave their state untouched. It
+    declares which state is per task with `add_weight(..., task_axis=k)`:
+    after every step the model puts back, along axis k, the values of absent
+    tasks, whatever the strategy assigned (trainable variables included,
+    which the optimizer would otherwise still move through its momentum).
+    Other state (step counters) advances as usual. Strategies that do not
+    support missing tasks are refused by `compile(missing_labels=...)`.
 
     Hooks the model calls outside the traced step: `on_epoch_end()` at the
     end of every training epoch (epoch-level state such as DWA's loss
@@ -67,6 +85,7 @@ class Strategy(keras.layers.Layer):
     stateful: ClassVar[bool] = False
     shared_gradients: ClassVar[str | None] = None
     differentiable_gradients: ClassVar[bool] = False
+    supports_missing_tasks: ClassVar[bool] = False
     registry_name: ClassVar[str | None] = None
 
     def __init__(self, **kwargs):
@@ -79,6 +98,9 @@ class Strategy(keras.layers.Layer):
             )
         self.num_tasks = None
         self._task_names = None
+        # Paths of per-task state -> task axis; a plain dict, kept out of
+        # Keras' tracking.
+        object.__setattr__(self, "_task_axes", {})
 
     # --- Binding to a model's tasks -------------------------------------
 
@@ -138,6 +160,55 @@ class Strategy(keras.layers.Layer):
         self.num_tasks = num_tasks
         self.built = True
 
+    def add_weight(self, *args, task_axis=None, **kwargs):
+        """`keras.layers.Layer.add_weight`, marking per-task state.
+
+        Args:
+            *args, **kwargs: as for `keras.layers.Layer.add_weight`.
+            task_axis: None for state shared by all tasks, or the axis of
+                the variable indexed by task. The model keeps an absent
+                task's slice unchanged (see "Missing tasks" above).
+        """
+        variable = super().add_weight(*args, **kwargs)
+        if task_axis is not None:
+            rank = len(variable.shape)
+            axis = task_axis + rank if task_axis < 0 else task_axis
+            if not 0 <= axis < rank or variable.shape[axis] != self.num_tasks:
+                raise ValueError(
+                    f"{type(self).__name__}: task_axis={task_axis} of variable "
+                    f"{variable.name!r} with shape {tuple(variable.shape)} is "
+                    f"not an axis of size num_tasks={self.num_tasks}."
+                )
+            self._task_axes[variable.path] = axis
+        return variable
+
+    def per_task_state(self) -> list:
+        """The `(variable, task_axis)` pairs of the strategy's per-task state."""
+        return [
+            (v, self._task_axes[v.path])
+            for v in self.variables
+            if v.path in self._task_axes
+        ]
+
+    def task_state_snapshot(self) -> list:
+        """The values of `per_task_state()`, to pass to
+        `restore_absent_tasks` after a step."""
+        return [ops.copy(v.value) for v, _ in self.per_task_state()]
+
+    def restore_absent_tasks(self, task_mask, snapshot) -> None:
+        """Puts back the per-task state of the tasks absent from a step.
+
+        Args:
+            task_mask: `(T,)`, nonzero for the tasks present in the step.
+            snapshot: `task_state_snapshot()` taken before the step.
+        """
+        present = ops.convert_to_tensor(task_mask) > 0
+        for (variable, axis), before in zip(self.per_task_state(), snapshot):
+            shape = [1] * len(variable.shape)
+            shape[axis] = self.num_tasks
+            keep = ops.reshape(present, shape)
+            variable.assign(ops.where(keep, variable.value, before))
+
     def _check_num_tasks(self, tensor, what="losses"):
         """Raises if `tensor`'s leading dimension is not `num_tasks`."""
         count = tensor.shape[0]
@@ -154,10 +225,11 @@ class Strategy(keras.layers.Layer):
     def on_epoch_end(self) -> None:
         """Called by the model at the end of each training epoch."""
 
-    def update_after_step(self, losses, new_losses) -> None:
+    def update_after_step(self, losses, new_losses, task_mask=None) -> None:
         """Called inside the step after the update when
         `uses_post_step_losses` is True, with the task losses before the
-        update and recomputed on the same batch after it."""
+        update and recomputed on the same batch after it (and `task_mask`
+        when the model is compiled with `missing_labels`)."""
 
     def reset_state(self) -> None:
         """Restores the state the strategy had right after `build`.
