@@ -43,3 +43,33 @@ def time_fit_steps(model, dataset, steps, repeats=3):
         peak = float("nan")
     times = sorted(timer.times)
     return times[len(times) // 2] / steps, peak
+
+
+def time_interleaved(candidates, dataset, steps, rounds=5):
+    """Median seconds per step of several models timed in alternation.
+
+    `candidates` maps a name to a compiled model, or to a callable taking no
+    argument that runs `steps` steps itself. After one warm-up epoch each,
+    the candidates run one timed epoch of `steps` steps in turn, `rounds`
+    times, so that a slow drift of the machine's load affects all of them
+    alike; ratios of the medians are then far steadier than ratios of
+    separate runs. Returns `{name: median seconds per step}`.
+    """
+    runners = {}
+    for name, candidate in candidates.items():
+        if isinstance(candidate, keras.Model):
+
+            def run(model=candidate):
+                model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+
+        else:
+            run = candidate
+        run()  # warm-up: tracing and compilation
+        runners[name] = run
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] / steps for name, t in times.items()}

@@ -14,7 +14,12 @@ For every loss-based strategy the script prints:
   mean_t (T w_t / sum(w) - w*_t)^2, with w the strategy's effective
   weights averaged over the last epoch;
 - the training step time under XLA (and without) as a ratio to equal
-  weighting, measured in the same run.
+  weighting; each strategy is timed in alternation with its own equal
+  weighting reference (`_timing.time_interleaved`), so that the ratio is
+  not the machine's load drifting between two measurements;
+- for strategies that recompute the losses after the update (FAMO), the
+  target "one extra forward pass": (EW step + forward pass) / EW step,
+  with the forward pass (and task losses) timed on the same batch.
 
     python benchmarks/loss_weighting_regression.py   # 10 tasks, sigma_t = t
     python benchmarks/loss_weighting_regression.py --sigmas=1,10 --steps=3000
@@ -27,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from _timing import time_fit_steps  # noqa: E402
+from _timing import time_interleaved  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import keras_mtl  # noqa: E402
@@ -35,7 +40,8 @@ import keras_mtl  # noqa: E402
 flags.DEFINE_list("sigmas", [str(t) for t in range(1, 11)], "Output scales.")
 flags.DEFINE_list("strategies", [], "Names (default: every loss-based strategy).")
 flags.DEFINE_integer("steps", 2000, "Training steps per strategy (paper: 9,900).")
-flags.DEFINE_integer("timing_steps", 30, "Steps per timed epoch.")
+flags.DEFINE_integer("timing_steps", 100, "Steps per timed epoch.")
+flags.DEFINE_integer("timing_rounds", 7, "Timed epochs per model (median).")
 flags.DEFINE_integer("seed", 0, "Seed of the data and the initial weights.")
 FLAGS = flags.FLAGS
 
@@ -106,9 +112,8 @@ def main(argv):
         f"{num_tasks} tasks, sigmas {sigmas.tolist()}, {FLAGS.steps} steps of "
         f"batch {BATCH}.\n"
         f"{'strategy':<10} {'norm. loss':>10} {'weight err':>10} "
-        f"{'ms/step':>8} {'x EW':>6} {'ms XLA':>8} {'x EW XLA':>9}"
+        f"{'x EW':>8} {'target':>7} {'x EW XLA':>8} {'target':>7}"
     )
-    reference = {}
     for name in ["ew", *[n for n in names if n != "ew"]]:
         model = compiled(name, num_tasks, jit_compile=False)
         epochs = max(1, FLAGS.steps // 100)
@@ -121,19 +126,44 @@ def main(argv):
             [history.history[f"task_{t}_weight"][-1] for t in range(num_tasks)]
         )
         weight_error = np.mean((num_tasks * weights / weights.sum() - ideal) ** 2)
-        timing = {}
+        row = f"{name:<10} {normalised:>10.4f} {weight_error:>10.4f}"
         for xla in (False, True):
-            seconds, _ = time_fit_steps(
-                compiled(name, num_tasks, xla), train, FLAGS.timing_steps
-            )
-            reference.setdefault(xla, seconds)
-            timing[xla] = seconds
-        print(
-            f"{name:<10} {normalised:>10.4f} {weight_error:>10.4f} "
-            f"{1e3 * timing[False]:>8.2f} {timing[False] / reference[False]:>6.2f} "
-            f"{1e3 * timing[True]:>8.2f} {timing[True] / reference[True]:>9.2f}",
-            flush=True,
-        )
+            ratio, target = timing_ratio(name, num_tasks, xla, train)
+            row += f" {ratio:>8.3f}" + (f" {target:>7.3f}" if target else " " * 8)
+        print(row, flush=True)
+
+
+def timing_ratio(name, num_tasks, jit_compile, train):
+    """(strategy / EW step time, the extra-forward target or None)."""
+    strategy_model = compiled(name, num_tasks, jit_compile)
+    candidates = {"ew": compiled("ew", num_tasks, jit_compile), name: strategy_model}
+    extra_forward = strategy_model.loss_weighting.uses_post_step_losses
+    if extra_forward:
+        candidates["forward"] = forward_runner(strategy_model, train, jit_compile)
+    times = time_interleaved(candidates, train, FLAGS.timing_steps, FLAGS.timing_rounds)
+    target = None
+    if extra_forward:
+        target = (times["ew"] + times["forward"]) / times["ew"]
+    return times[name] / times["ew"], target
+
+
+def forward_runner(model, train, jit_compile):
+    """Runs `timing_steps` forward passes with the task losses, compiled
+    like the training step, on batches of the training pipeline."""
+    iterator = iter(train)
+    losses = {t: keras.losses.MeanSquaredError() for t in model.task_names}
+
+    @tf.function(jit_compile=jit_compile)
+    def forward(x, y):
+        pred = model(x, training=True)
+        return tf.add_n([losses[t](y[t], pred[t]) for t in model.task_names])
+
+    def run():
+        for _ in range(FLAGS.timing_steps):
+            x, y = next(iterator)
+            forward(x, y).numpy()
+
+    return run
 
 
 if __name__ == "__main__":

@@ -140,3 +140,47 @@ def test_save_load_restores_strategy_state_and_reset_state(name, tmp_path):
         if "seed_generator" in a.path:
             continue
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_TABLE))
+def test_missing_tasks_keep_their_state_or_the_strategy_is_refused(name):
+    """In a real model under XLA: a batch without labels for one task leaves
+    that task's per-task strategy state as it was and trains finitely;
+    strategies without support are refused at compile time."""
+    _, compile_kwargs = STRATEGY_TABLE[name]
+    model = two_task_mlp()
+    strategy = _strategy(name)
+    kwargs = dict(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=TWO_TASK_LOSSES,
+        loss_weighting=strategy,
+        missing_labels={"cls": -1, "reg": float("nan")},
+        jit_compile=True,
+        **compile_kwargs,
+    )
+    if not type(strategy).supports_missing_tasks:
+        with pytest.raises(ValueError, match="does not support missing_labels"):
+            model.compile(**kwargs)
+        return
+    model.compile(**kwargs)
+    keras.utils.set_random_seed(7)
+    x, y = two_task_data(n=8)
+    model.train_on_batch(x, y)  # every task present
+    for absent, fill in (("cls", -1), ("reg", np.nan), ("cls", -1)):
+        masked = dict(y)
+        masked[absent] = np.full_like(y[absent], fill)
+        t = model.task_names.index(absent)
+        before = [
+            (variable.path, axis, np.take(variable.numpy(), t, axis=axis))
+            for variable, axis in strategy.per_task_state()
+        ]
+        logs = model.train_on_batch(x, masked, return_dict=True)
+        assert logs[f"{absent}_loss"] == 0.0
+        assert all(np.isfinite(v) for v in logs.values()), logs
+        for path, axis, value in before:
+            variable = next(v for v in strategy.variables if v.path == path)
+            np.testing.assert_array_equal(
+                np.take(variable.numpy(), t, axis=axis), value, err_msg=path
+            )
+    for variable in model.weights + strategy.weights:
+        assert np.all(np.isfinite(variable.numpy())), variable.path
