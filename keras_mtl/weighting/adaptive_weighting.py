@@ -6,6 +6,11 @@ import math
 
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import (
+    masked_softmax,
+    present_count,
+    present_tasks,
+)
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -44,6 +49,19 @@ class AdaptiveWeighting(LossWeighting):
     epoch and the previous epoch's mean), stateless in batch mode; one
     backward pass.
 
+    Missing tasks: with a `task_mask` (a model compiled with
+    `missing_labels`) and K present tasks, the normalisation runs over the
+    present tasks only (w_t = K * Ltilde_t / sum_{j present} Ltilde_j, or
+    the softmax over the present tasks) and absent tasks get weight 0; the
+    fallback to w = 1 (all-zero or non-finite values) looks at the present
+    tasks only. In epoch mode a task's epoch mean averages its losses over
+    the steps where it is present (`current_steps` counts them per task),
+    and an epoch in which a task never appeared keeps that task's previous
+    mean (`epochs` is kept per task). The present tasks get w = 1 until
+    every one of them has a recorded epoch mean (there is no neutral value
+    of a loss to stand in for a missing one); when all tasks are always
+    present this is the first epoch, as without a mask.
+
     Args:
         mode: `"batch"` (default) or `"epoch"`.
         normalize: `"ratio"` (default) or `"softmax"`.
@@ -75,6 +93,7 @@ class AdaptiveWeighting(LossWeighting):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(self, mode="batch", normalize="ratio", temperature=1.0, **kwargs):
         super().__init__(**kwargs)
@@ -103,19 +122,18 @@ class AdaptiveWeighting(LossWeighting):
     def build(self, input_shape):
         super().build(input_shape)
         if self.mode == "epoch":
-            shape = (self.num_tasks,)
-            self.current_mean = self.add_weight(
-                shape=shape, initializer="zeros", trainable=False, name="current_mean"
-            )
-            self.current_steps = self.add_weight(
-                shape=(), initializer="zeros", trainable=False, name="current_steps"
-            )
-            self.previous_mean = self.add_weight(
-                shape=shape, initializer="zeros", trainable=False, name="previous_mean"
-            )
-            self.epochs = self.add_weight(
-                shape=(), initializer="zeros", trainable=False, name="epochs"
-            )
+            # The running mean of the current epoch and its per-task step
+            # count, the previous epoch's mean, and per task whether an epoch
+            # mean was recorded (0 or 1).
+            for name in ("current_mean", "current_steps", "previous_mean", "epochs"):
+                variable = self.add_weight(
+                    shape=(self.num_tasks,),
+                    initializer="zeros",
+                    trainable=False,
+                    name=name,
+                    task_axis=0,
+                )
+                setattr(self, name, variable)
 
     def _normalized(self, values):
         num_tasks = self.num_tasks
@@ -130,29 +148,56 @@ class AdaptiveWeighting(LossWeighting):
             weights = num_tasks * values / safe_total
         return ops.where(valid, weights, ops.ones_like(weights))
 
-    def compute_weights(self, losses, training=True):
+    def _normalized_present(self, values, present):
+        """`_normalized` over the present tasks alone (0 for the others)."""
+        count = present_count(present, values.dtype)
+        # The absent tasks' values are never used.
+        values = ops.where(present, values, ops.zeros_like(values))
+        if self.normalize == "softmax":
+            weights = count * masked_softmax(values / self.temperature, present)
+            valid = ops.all(ops.isfinite(values))
+        else:
+            values = ops.maximum(values, 0.0)
+            total = ops.sum(values)
+            valid = ops.logical_and(total > 0.0, ops.isfinite(total))
+            safe_total = ops.where(valid, total, ops.ones_like(total))
+            weights = count * values / safe_total
+        return ops.where(valid, weights, ops.ones_like(weights))
+
+    def compute_weights(self, losses, training=True, task_mask=None):
         values = ops.cast(ops.stop_gradient(losses), "float32")
         if self.num_tasks == 1:
             return ops.ones_like(values)
+        if task_mask is None:
+            present = ops.ones((self.num_tasks,), dtype="bool")
+            normalized = self._normalized
+        else:
+            present = present_tasks(task_mask)
+
+            def normalized(x):
+                return self._normalized_present(x, present)
+
         if self.mode == "batch":
-            return self._normalized(values)
+            return normalized(values)
+        recorded = ops.logical_or(self.epochs >= 1.0, ops.logical_not(present))
         weights = ops.where(
-            self.epochs >= 1.0,
-            self._normalized(self.previous_mean),
+            ops.all(recorded),
+            normalized(self.previous_mean),
             ops.ones_like(values),
         )
         if training:
-            steps = self.current_steps + 1.0
-            self.current_mean.assign(
-                self.current_mean + (values - self.current_mean) / steps
+            steps = self.current_steps + ops.cast(present, "float32")
+            mean = self.current_mean + (values - self.current_mean) / ops.maximum(
+                steps, 1.0
             )
+            self.current_mean.assign(ops.where(present, mean, self.current_mean))
             self.current_steps.assign(steps)
         return weights
 
     def on_epoch_end(self):
         if not self.built or self.mode != "epoch":
             return
-        seen = self.current_steps > 0.0
+        seen = self.current_steps > 0.0  # per task
         self.previous_mean.assign(
             ops.where(seen, self.current_mean, self.previous_mean)
         )
@@ -160,7 +205,7 @@ class AdaptiveWeighting(LossWeighting):
             ops.where(seen, ops.minimum(self.epochs + 1.0, 1.0), self.epochs)
         )
         self.current_mean.assign(ops.zeros_like(self.current_mean))
-        self.current_steps.assign(0.0)
+        self.current_steps.assign(ops.zeros_like(self.current_steps))
 
     def reset_state(self):
         if self.built and self.mode == "epoch":

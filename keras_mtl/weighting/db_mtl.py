@@ -57,6 +57,13 @@ class DBMTL(GradientAggregation):
     rescaling of any task's loss (L_t -> c L_t, g_t -> c g_t) up to eps.
     Not defined on representation gradients (as in LibMTL).
 
+    Missing tasks: with a `task_mask` (see `Strategy`) an absent task's
+    buffer gh_t and step count k_t (kept per task, `steps`) are untouched
+    and it gets alpha_t = 0; the present tasks are balanced among
+    themselves (max_j over present j), so alpha and the update are those
+    of DB-MTL on the K present tasks alone. The zero loss of an absent task
+    is never divided by.
+
     The returned weights are alpha, the scale of each task's averaged
     log-gradient in the update (not of the raw g_t).
 
@@ -91,6 +98,7 @@ class DBMTL(GradientAggregation):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(self, beta=0.9, beta_sigma=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -118,16 +126,30 @@ class DBMTL(GradientAggregation):
             initializer="zeros",
             trainable=False,
             name="grad_buffer",
+            task_axis=0,
         )
-        self.step = self.add_weight(
-            shape=(), initializer="zeros", dtype="int32", trainable=False, name="step"
+        # The step count k of each task's buffer (it sets beta_k): per task,
+        # since an absent task's buffer does not move.
+        self.steps = self.add_weight(
+            shape=(self.num_tasks,),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name="steps",
+            task_axis=0,
         )
+
+    @property
+    def step(self):
+        """The number of training steps so far: the largest entry of
+        `steps` (every entry when no task was ever absent)."""
+        return ops.max(self.steps)
 
     def reset_state(self):
         self.grad_buffer.assign(ops.zeros_like(self.grad_buffer))
-        self.step.assign(0)
+        self.steps.assign(ops.zeros_like(self.steps))
 
-    def call(self, grads, losses=None, training=True):
+    def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")
         if losses is None:
             raise ValueError(
@@ -136,19 +158,27 @@ class DBMTL(GradientAggregation):
             )
         losses = ops.reshape(ops.cast(losses, grads.dtype), (-1,))
         self._check_num_tasks(losses, "losses")
-        step = self.step + 1
-        k = ops.cast(step, grads.dtype)
+        old_buffer = ops.cast(self.grad_buffer, grads.dtype)
+        if task_mask is None:
+            present = ops.ones((self.num_tasks,), dtype="bool")
+        else:
+            present = ops.convert_to_tensor(task_mask) > 0
+            # An absent task's loss (0) and row are not divided.
+            losses = ops.where(present, losses, ops.ones_like(losses))
+        step = self.steps + ops.cast(present, "int32")
+        k = ops.cast(ops.maximum(step, 1), grads.dtype)
         beta_k = self.beta / ops.power(k, self.beta_sigma)
         log_grads = grads / (losses[:, None] + _LOSS_EPS)
-        buffer = log_grads + beta_k * (
-            ops.cast(self.grad_buffer, grads.dtype) - log_grads
-        )
+        buffer = log_grads + beta_k[:, None] * (old_buffer - log_grads)
+        # An absent task's buffer stays as it was and takes no part.
+        buffer = ops.where(present[:, None], buffer, old_buffer)
         norms = _row_norms(buffer)
-        alpha = ops.max(norms) / (norms + _NORM_EPS)
+        largest = ops.max(ops.where(present, norms, 0.0))
+        alpha = ops.where(present, largest / (norms + _NORM_EPS), 0.0)
         update = ops.matmul(alpha[None, :], buffer)[0]
         if training:
             self.grad_buffer.assign(buffer)
-            self.step.assign(step)
+            self.steps.assign(step)
         return update, alpha
 
     def head_gradient_scales(self, losses, weights):

@@ -54,6 +54,14 @@ class DynamicTaskPrioritization(LossWeighting):
     - `warmup_steps=0`: with a positive value the weights are 1 for the
       first `warmup_steps` training steps while kbar is already tracked.
 
+    Missing tasks: with a `task_mask` (see `Strategy`) an absent task gets
+    weight 0 and its KPI (the metric received no sample of it) is not
+    read: kbar_t and its step count stay as they were. The step count is
+    kept per task, so a task's first present step initialises its kbar_t
+    and `warmup_steps` counts the steps in which the task was present. The
+    weights of the present tasks are not normalised, so they are exactly
+    those of DTP on the present tasks alone.
+
     Properties: stateful (kbar and a step count), one backward pass, needs
     a per-task KPI metric, not invariant to loss scaling.
 
@@ -95,6 +103,7 @@ class DynamicTaskPrioritization(LossWeighting):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(
         self,
@@ -176,12 +185,19 @@ class DynamicTaskPrioritization(LossWeighting):
             initializer="zeros",
             trainable=False,
             name="kpi_average",
+            task_axis=0,
         )
+        # One count per task: with missing tasks, a task's first present
+        # step initialises its average and its warm-up is its own.
         self.steps = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="steps"
+            shape=(self.num_tasks,),
+            initializer="zeros",
+            trainable=False,
+            name="steps",
+            task_axis=0,
         )
 
-    def call(self, losses, kpis=None, training=True):
+    def call(self, losses, kpis=None, training=True, task_mask=None):
         self._check_num_tasks(losses)
         if kpis is None:
             raise ValueError(
@@ -194,11 +210,19 @@ class DynamicTaskPrioritization(LossWeighting):
         kpis = ops.convert_to_tensor(kpis)
         self._check_num_tasks(kpis, what="kpis")
         kpis = ops.cast(ops.stop_gradient(kpis), "float32")
+        if task_mask is not None:
+            present = ops.convert_to_tensor(task_mask) > 0
+            # An absent task's KPI (a metric without new samples, possibly
+            # NaN) is never read: its average stays as it was.
+            kpis = ops.where(present, kpis, self.kpi_average)
         first = self.steps < 1.0
         average = ops.where(
             first, kpis, self.alpha * kpis + (1.0 - self.alpha) * self.kpi_average
         )
         steps = self.steps + 1.0
+        if task_mask is not None:
+            average = ops.where(present, average, self.kpi_average)
+            steps = ops.where(present, steps, self.steps)
         if training:
             self.kpi_average.assign(average)
             # Capped: only "first step" and "still warming up" are read.
@@ -210,13 +234,15 @@ class DynamicTaskPrioritization(LossWeighting):
             weights = ops.where(
                 steps <= float(self.warmup_steps), ops.ones_like(weights), weights
             )
+        if task_mask is not None:
+            weights = ops.where(present, weights, 0.0)
         weights = ops.stop_gradient(ops.cast(weights, losses.dtype))
         return ops.sum(weights * losses), weights
 
     def reset_state(self):
         if self.built:
             self.kpi_average.assign(ops.zeros_like(self.kpi_average))
-            self.steps.assign(0.0)
+            self.steps.assign(ops.zeros_like(self.steps))
 
     def get_config(self):
         config = super().get_config()

@@ -6,6 +6,11 @@ import math
 
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import (
+    masked_softmax,
+    present_count,
+    present_tasks,
+)
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -52,6 +57,26 @@ class DynamicWeightAverage(LossWeighting):
     scaled by T, not invariant to loss scaling in the sense of C4 (the
     ratios are scale-free but do not compensate a task's scale).
 
+    Missing tasks: with a `task_mask` (a model compiled with
+    `missing_labels`), every statistic is kept per task over the steps in
+    which the task is present: a task's epoch mean averages its losses over
+    the steps where it had labels (`current_steps` counts them per task), an
+    epoch in which a task never appeared is not recorded for that task (its
+    two-epoch history and its count `task_count` stay as they were), and in
+    step mode its EMA advances only on the steps where it is present. The
+    weights of the K present tasks are
+
+        w_t = K * exp(r_t / tau) / sum_{j present} exp(r_j / tau),
+
+    the rule of the method run on the present tasks alone; absent tasks get
+    weight 0. The w = 1 warm-up is applied per task: while no present task
+    has two recorded epochs (steps in step mode) the present tasks get
+    w = 1; otherwise a present task without two records yet enters the
+    softmax with the neutral ratio r_t = 1 (the value of a task whose loss
+    did not change, and what step mode gives after a single record). When
+    all tasks are always present, every per-task count equals the shared
+    `count` and the weights are the plain method's.
+
     Args:
         temperature: tau > 0. Large values give uniform weights, small
             values concentrate the weight on the slowest task. Default 2.0.
@@ -87,6 +112,7 @@ class DynamicWeightAverage(LossWeighting):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(self, temperature=2.0, mode="epoch", ema_decay=0.9, **kwargs):
         super().__init__(**kwargs)
@@ -113,25 +139,50 @@ class DynamicWeightAverage(LossWeighting):
     def build(self, input_shape):
         super().build(input_shape)
         shape = (self.num_tasks,)
-        # Epoch mode: running mean of the current epoch and its step count,
-        # the means of the last two completed epochs, and how many epochs
-        # were completed (capped at 2).
+        # Epoch mode: running mean of the current epoch and its per-task step
+        # count, the means of the last two completed epochs, and how many
+        # epochs were completed (capped at 2; `task_count` per task, `count`
+        # for any task).
         # Step mode: `latest` / `previous` hold the last two EMAs and
-        # `count` the number of steps seen (capped at 2).
+        # `task_count` (`count`) the number of steps seen per task (by any
+        # task), capped at 2.
         self.current_mean = self.add_weight(
-            shape=shape, initializer="zeros", trainable=False, name="current_mean"
+            shape=shape,
+            initializer="zeros",
+            trainable=False,
+            name="current_mean",
+            task_axis=0,
         )
         self.current_steps = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="current_steps"
+            shape=shape,
+            initializer="zeros",
+            trainable=False,
+            name="current_steps",
+            task_axis=0,
         )
         self.latest = self.add_weight(
-            shape=shape, initializer="zeros", trainable=False, name="latest"
+            shape=shape,
+            initializer="zeros",
+            trainable=False,
+            name="latest",
+            task_axis=0,
         )
         self.previous = self.add_weight(
-            shape=shape, initializer="zeros", trainable=False, name="previous"
+            shape=shape,
+            initializer="zeros",
+            trainable=False,
+            name="previous",
+            task_axis=0,
         )
         self.count = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="count"
+        )
+        self.task_count = self.add_weight(
+            shape=shape,
+            initializer="zeros",
+            trainable=False,
+            name="task_count",
+            task_axis=0,
         )
 
     def _ratio_weights(self, dtype):
@@ -142,38 +193,65 @@ class DynamicWeightAverage(LossWeighting):
         weights = self.num_tasks * soft
         return ops.where(self.count >= 2.0, weights, ops.ones_like(weights))
 
-    def compute_weights(self, losses, training=True):
+    def _present_ratio_weights(self, present, dtype):
+        """The weights of the present tasks alone (see "Missing tasks")."""
+        if self.num_tasks == 1:
+            return ops.ones((1,), dtype=dtype)
+        recorded = self.task_count >= 2.0
+        ratio = self.latest / ops.maximum(self.previous, 1e-12)
+        ratio = ops.cast(ops.where(recorded, ratio, 1.0), dtype)
+        soft = masked_softmax(ratio / self.temperature, present)
+        weights = present_count(present, dtype) * soft
+        ready = ops.any(ops.logical_and(present, recorded))
+        return ops.where(ready, weights, ops.ones_like(weights))
+
+    def compute_weights(self, losses, training=True, task_mask=None):
         losses = ops.stop_gradient(losses)
-        weights = self._ratio_weights(losses.dtype)
+        if task_mask is None:
+            weights = self._ratio_weights(losses.dtype)
+            present = ops.ones((self.num_tasks,), dtype="bool")
+        else:
+            present = present_tasks(task_mask)
+            weights = self._present_ratio_weights(present, losses.dtype)
         if not training:
             return weights
+        losses = ops.cast(losses, "float32")
         if self.mode == "epoch":
-            steps = self.current_steps + 1.0
-            self.current_mean.assign(
-                self.current_mean
-                + (ops.cast(losses, "float32") - self.current_mean) / steps
+            steps = self.current_steps + ops.cast(present, "float32")
+            mean = self.current_mean + (losses - self.current_mean) / ops.maximum(
+                steps, 1.0
             )
+            self.current_mean.assign(ops.where(present, mean, self.current_mean))
             self.current_steps.assign(steps)
         else:
-            losses = ops.cast(losses, "float32")
-            first = self.count < 1.0
+            first = self.task_count < 1.0
             ema = self.ema_decay * self.latest + (1.0 - self.ema_decay) * losses
-            self.previous.assign(ops.where(first, losses, self.latest))
-            self.latest.assign(ops.where(first, losses, ema))
+            previous = ops.where(first, losses, self.latest)
+            latest = ops.where(first, losses, ema)
+            self.previous.assign(ops.where(present, previous, self.previous))
+            self.latest.assign(ops.where(present, latest, self.latest))
             self.count.assign(ops.minimum(self.count + 1.0, 2.0))
+            self.task_count.assign(
+                ops.where(
+                    present, ops.minimum(self.task_count + 1.0, 2.0), self.task_count
+                )
+            )
         return weights
 
     def on_epoch_end(self):
         if not self.built or self.mode != "epoch":
             return
-        seen = self.current_steps > 0.0
+        seen = self.current_steps > 0.0  # per task
         self.previous.assign(ops.where(seen, self.latest, self.previous))
         self.latest.assign(ops.where(seen, self.current_mean, self.latest))
+        self.task_count.assign(
+            ops.where(seen, ops.minimum(self.task_count + 1.0, 2.0), self.task_count)
+        )
         self.count.assign(
-            ops.where(seen, ops.minimum(self.count + 1.0, 2.0), self.count)
+            ops.where(ops.any(seen), ops.minimum(self.count + 1.0, 2.0), self.count)
         )
         self.current_mean.assign(ops.zeros_like(self.current_mean))
-        self.current_steps.assign(0.0)
+        self.current_steps.assign(ops.zeros_like(self.current_steps))
 
     def reset_state(self):
         if not self.built:
@@ -184,6 +262,7 @@ class DynamicWeightAverage(LossWeighting):
             self.latest,
             self.previous,
             self.count,
+            self.task_count,
         ):
             variable.assign(ops.zeros_like(variable))
 

@@ -46,6 +46,24 @@ class ExcessMTL(GradientAggregation):
     while tasks with a large but irreducible loss (noise) do not. The
     update has the scale of a sum of task gradients (sum_t w_t = T).
 
+    Missing tasks: with a `task_mask` (see `Strategy`) an absent task (zero
+    gradient row) gets weight 0 in the update, and its S_t, e0_t, w_t and
+    step count (kept per task, `steps`) are untouched. e0_t is recorded at
+    the task's first present step (the weights stay as they are while
+    every present task is at its first step, as at the reference's first
+    step). The exponentiated-gradient step runs over the K present tasks
+    (softmax over them) and keeps the sum of their weights, so the stored
+    weights keep summing to T and an absent task keeps its weight relative
+    to the others:
+
+        w_t <- (sum_{j present} w_j) * w_t exp(eta r_t)
+               / sum_{j present} w_j exp(eta r_j)        (t present).
+
+    The present weights are thus those of ExcessMTL run on the K present
+    tasks alone up to one positive factor (that method renormalises them
+    to sum to K; with weights learnt over all T tasks, that would rescale
+    the present tasks against the absent ones at every partial step).
+
     Default `robust_step_size` eta = 1e-2, from LibMTL's `config.py` and the
     authors' fork of it (`--robust_step_size`).
 
@@ -91,6 +109,7 @@ class ExcessMTL(GradientAggregation):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(self, robust_step_size=1e-2, **kwargs):
         super().__init__(**kwargs)
@@ -116,42 +135,69 @@ class ExcessMTL(GradientAggregation):
             initializer="zeros",
             trainable=False,
             name="grad_sq_sum",
+            task_axis=0,
         )
         self.initial_excess = self.add_weight(
             shape=(num_tasks,),
             initializer="zeros",
             trainable=False,
             name="initial_excess",
+            task_axis=0,
         )
         self.loss_weight = self.add_weight(
             shape=(num_tasks,),
             initializer="ones",
             trainable=False,
             name="loss_weight",
+            task_axis=0,
         )
-        self.step = self.add_weight(
-            shape=(), initializer="zeros", dtype="int32", trainable=False, name="step"
+        # The number of steps each task took part in: e0_t is recorded at the
+        # task's first one, which with missing tasks may come late.
+        self.steps = self.add_weight(
+            shape=(num_tasks,),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name="steps",
+            task_axis=0,
         )
+
+    @property
+    def step(self):
+        """The number of training steps so far: the largest entry of
+        `steps` (every entry when no task was ever absent)."""
+        return ops.max(self.steps)
 
     def reset_state(self):
         self.grad_sq_sum.assign(ops.zeros_like(self.grad_sq_sum))
         self.initial_excess.assign(ops.zeros_like(self.initial_excess))
         self.loss_weight.assign(ops.ones_like(self.loss_weight))
-        self.step.assign(0)
+        self.steps.assign(ops.zeros_like(self.steps))
 
     def excess_risks(self, grads, grad_sq_sum):
         """Returns the `(T,)` estimates e_t from gradients and the new S."""
         curvature = ops.sqrt(grad_sq_sum + _CURVATURE_EPS)
         return ops.sum(ops.square(grads) / curvature, axis=1)
 
-    def call(self, grads, losses=None, training=True):
+    def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")
         dtype = grads.dtype
-        grad_sq_sum = ops.cast(self.grad_sq_sum, dtype) + ops.square(grads)
+        if task_mask is None:
+            present = ops.ones((self.num_tasks,), dtype="bool")
+        else:
+            present = ops.convert_to_tensor(task_mask) > 0
+        old_sq_sum = ops.cast(self.grad_sq_sum, dtype)
+        grad_sq_sum = ops.where(
+            present[:, None], old_sq_sum + ops.square(grads), old_sq_sum
+        )
         excess = self.excess_risks(grads, grad_sq_sum)
-        first = ops.equal(self.step, 0)
-        initial = ops.where(first, excess, ops.cast(self.initial_excess, dtype))
-        positive = initial > 0
+        first = ops.equal(self.steps, 0)
+        initial = ops.where(
+            ops.logical_and(first, present),
+            excess,
+            ops.cast(self.initial_excess, dtype),
+        )
+        positive = ops.logical_and(initial > 0, present)
         ratio = ops.where(
             positive,
             excess / ops.where(positive, initial, ops.ones_like(initial)),
@@ -159,19 +205,35 @@ class ExcessMTL(GradientAggregation):
         )
         exponent = ops.minimum(self.robust_step_size * ratio, _MAX_EXPONENT)
         old_weight = ops.cast(self.loss_weight, dtype)
-        if self.num_tasks > 1:
+        if self.num_tasks == 1:  # a single weight normalised to sum to T = 1
+            new_weight = ops.ones_like(old_weight)
+        elif task_mask is None:
             logits = ops.log(old_weight) + exponent
             new_weight = self.num_tasks * ops.softmax(logits)
-        else:  # a single weight normalised to sum to T = 1
-            new_weight = ops.ones_like(old_weight)
-        weight = ops.where(first, old_weight, new_weight)
-        update = ops.matmul(weight[None, :], grads)[0]
+        else:
+            # The step on the present weights only, keeping their sum (and
+            # so the total T): see "Missing tasks".
+            safe = ops.where(present, old_weight, ops.ones_like(old_weight))
+            logits = ops.where(present, ops.log(safe) + exponent, 0.0)
+            kept = self.num_tasks - ops.sum(ops.where(present, 0.0, old_weight))
+            kept = ops.where(
+                kept > 0.0, kept, ops.sum(ops.where(present, old_weight, 0.0))
+            )
+            new_weight = ops.where(
+                present, kept * _present_softmax(logits, present), old_weight
+            )
+        # Only record, as the reference's first step, while every present
+        # task is at its first step.
+        recording = ops.all(ops.logical_or(first, ops.logical_not(present)))
+        weight = ops.where(recording, old_weight, new_weight)
+        used = weight if task_mask is None else ops.where(present, weight, 0.0)
+        update = ops.matmul(used[None, :], grads)[0]
         if training:
             self.grad_sq_sum.assign(grad_sq_sum)
             self.initial_excess.assign(initial)
             self.loss_weight.assign(weight)
-            self.step.assign(self.step + 1)
-        return update, weight
+            self.steps.assign(self.steps + ops.cast(present, "int32"))
+        return update, used
 
     def head_gradient_scales(self, losses, weights):
         """Heads get w_t times their task's gradient: the reference code
@@ -182,3 +244,12 @@ class ExcessMTL(GradientAggregation):
         config = super().get_config()
         config["robust_step_size"] = self.robust_step_size
         return config
+
+
+def _present_softmax(logits, present):
+    """Softmax over the present entries of `(T,)` logits; 0 elsewhere."""
+    finite = ops.where(present, logits, ops.min(logits))
+    shifted = ops.where(present, logits - ops.max(finite), 0.0)
+    exp = ops.where(present, ops.exp(shifted), 0.0)
+    total = ops.sum(exp)
+    return exp / ops.where(total > 0.0, total, 1.0)

@@ -59,6 +59,17 @@ class FAMO(LossWeighting):
     official QM9 script; the official class default is 1e-5, its CelebA
     script and `famo.py` example use 1e-2: tune it).
 
+    Missing tasks: with a `task_mask` (see `Strategy`) everything is
+    computed over the K present tasks alone: z = softmax of their logits
+    (absent tasks get z_t = 0 and weight 0), c sums over them, the weights
+    of the present tasks sum to 1, and `update_after_step(losses,
+    new_losses, task_mask)` takes the Adam step on their logits only (the
+    softmax Jacobian and the z-weighted mean of delta over the present
+    tasks; weight decay on their logits). An absent task's logit, moments
+    and Adam step count t_t (kept per task, `adam_steps`) are untouched,
+    so its bias correction resumes where it stopped. The loss of an absent
+    task (0) never enters a logarithm.
+
     Properties: stateful (xi and its Adam state); one backward pass plus one
     extra forward pass per step (`uses_post_step_losses = True`); invariant
     to loss scales (multiplying L_t, and L*_t, by a constant changes
@@ -111,6 +122,7 @@ class FAMO(LossWeighting):
 
     stateful = True
     uses_post_step_losses = True
+    supports_missing_tasks = True
 
     def __init__(
         self,
@@ -135,21 +147,42 @@ class FAMO(LossWeighting):
                 f"{num_tasks} tasks."
             )
         self.logits = self.add_weight(
-            shape=(num_tasks,), initializer="zeros", trainable=False, name="logits"
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+            name="logits",
+            task_axis=0,
         )
         self.adam_m = self.add_weight(
-            shape=(num_tasks,), initializer="zeros", trainable=False, name="adam_m"
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+            name="adam_m",
+            task_axis=0,
         )
         self.adam_v = self.add_weight(
-            shape=(num_tasks,), initializer="zeros", trainable=False, name="adam_v"
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+            name="adam_v",
+            task_axis=0,
         )
-        self.adam_step = self.add_weight(
-            shape=(),
+        # Adam's step count t of each logit (its bias corrections): per task,
+        # since an absent task's logit and moments do not move.
+        self.adam_steps = self.add_weight(
+            shape=(num_tasks,),
             initializer="zeros",
             dtype="int32",
             trainable=False,
-            name="adam_step",
+            name="adam_steps",
+            task_axis=0,
         )
+
+    @property
+    def adam_step(self):
+        """The number of logit updates so far: the largest entry of
+        `adam_steps` (every entry when no task was ever absent)."""
+        return ops.max(self.adam_steps)
 
     # --- Math -----------------------------------------------------------
 
@@ -160,19 +193,32 @@ class FAMO(LossWeighting):
             losses = losses - ops.convert_to_tensor(self.min_losses, losses.dtype)
         return ops.log(ops.maximum(losses, 0.0) + self.epsilon)
 
-    def call(self, losses, training=True):
+    def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
-        z = task_softmax(ops.convert_to_tensor(self.logits))
-        log_gap = self._log_gap(losses)
-        inverse_gap = ops.stop_gradient(ops.exp(-log_gap))  # 1 / D_t
+        if task_mask is None:
+            z = task_softmax(ops.convert_to_tensor(self.logits))
+            log_gap = self._log_gap(losses)
+            inverse_gap = ops.stop_gradient(ops.exp(-log_gap))  # 1 / D_t
+            c = ops.sum(z * inverse_gap)
+            objective = ops.sum(z / c * log_gap)
+            weights = z * inverse_gap / c
+            return objective, ops.stop_gradient(weights)
+        present = ops.convert_to_tensor(task_mask) > 0
+        z = _present_softmax(ops.convert_to_tensor(self.logits), present)
+        # An absent task's loss (0) never reaches a logarithm.
+        safe = ops.where(present, losses, ops.ones_like(losses))
+        log_gap = ops.where(present, self._log_gap(safe), 0.0)
+        inverse_gap = ops.stop_gradient(ops.where(present, ops.exp(-log_gap), 0.0))
         c = ops.sum(z * inverse_gap)
+        c = ops.where(c > 0.0, c, 1.0)  # no task present
         objective = ops.sum(z / c * log_gap)
         weights = z * inverse_gap / c
         return objective, ops.stop_gradient(weights)
 
-    def update_after_step(self, losses, new_losses):
+    def update_after_step(self, losses, new_losses, task_mask=None):
         """One Adam step on the logits from the losses before and after the
-        model update (same batch)."""
+        model update (same batch); with `task_mask`, on the logits of the
+        present tasks only."""
         if not self.built:
             raise ValueError(
                 "FAMO.update_after_step() was called before the strategy was "
@@ -180,30 +226,40 @@ class FAMO(LossWeighting):
             )
         self._check_num_tasks(losses)
         self._check_num_tasks(new_losses, what="new_losses")
-        delta = ops.stop_gradient(self._log_gap(losses) - self._log_gap(new_losses))
         xi = ops.convert_to_tensor(self.logits)
-        z = task_softmax(xi)
+        if task_mask is None:
+            present = ops.ones(xi.shape, dtype="bool")
+            delta = self._log_gap(losses) - self._log_gap(new_losses)
+            z = task_softmax(xi)
+        else:
+            present = ops.convert_to_tensor(task_mask) > 0
+            old = ops.where(present, losses, ops.ones_like(losses))
+            new = ops.where(present, new_losses, ops.ones_like(new_losses))
+            delta = ops.where(present, self._log_gap(old) - self._log_gap(new), 0.0)
+            z = _present_softmax(xi, present)
+        delta = ops.stop_gradient(delta)
         grad = z * (delta - ops.sum(z * delta)) + self.weight_decay * xi
-        step = self.adam_step + 1
-        t = ops.cast(step, xi.dtype)
+        step = self.adam_steps + ops.cast(present, "int32")
+        # At least 1: an absent task's (unused) bias correction stays finite.
+        t = ops.cast(ops.maximum(step, 1), xi.dtype)
         m = _BETA_1 * self.adam_m + (1.0 - _BETA_1) * grad
         v = _BETA_2 * self.adam_v + (1.0 - _BETA_2) * ops.square(grad)
         # 1 - beta^t as -expm1(t log beta): exact to float32 precision even
         # for beta_2 = 0.999 (1 - 0.999 in float32 is off by 1e-5).
         m_hat = m / -ops.expm1(t * math.log(_BETA_1))
         v_hat = v / -ops.expm1(t * math.log(_BETA_2))
-        self.logits.assign(
-            xi - self.learning_rate * m_hat / (ops.sqrt(v_hat) + _ADAM_EPSILON)
-        )
-        self.adam_m.assign(m)
-        self.adam_v.assign(v)
-        self.adam_step.assign(step)
+        new_xi = xi - self.learning_rate * m_hat / (ops.sqrt(v_hat) + _ADAM_EPSILON)
+        # An absent task's logit and moments stay as they were.
+        self.logits.assign(ops.where(present, new_xi, xi))
+        self.adam_m.assign(ops.where(present, m, self.adam_m))
+        self.adam_v.assign(ops.where(present, v, self.adam_v))
+        self.adam_steps.assign(step)
 
     def reset_state(self):
         if self.built:
             for variable in (self.logits, self.adam_m, self.adam_v):
                 variable.assign(ops.zeros_like(variable))
-            self.adam_step.assign(0)
+            self.adam_steps.assign(ops.zeros_like(self.adam_steps))
 
     def get_config(self):
         config = super().get_config()
@@ -218,6 +274,15 @@ class FAMO(LossWeighting):
             }
         )
         return config
+
+
+def _present_softmax(logits, present):
+    """Softmax over the present entries of `(T,)` logits; 0 elsewhere."""
+    finite = ops.where(present, logits, ops.min(logits))
+    shifted = ops.where(present, logits - ops.stop_gradient(ops.max(finite)), 0.0)
+    exp = ops.where(present, ops.exp(shifted), 0.0)
+    total = ops.sum(exp)
+    return exp / ops.where(total > 0.0, total, 1.0)
 
 
 def _as_float(name, value):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import present_count, present_tasks
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -74,9 +75,13 @@ class GeometricLossStrategy(LossWeighting):
         as in the limit.
     """
 
-    def call(self, losses, training=True):
+    supports_missing_tasks = True
+
+    def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
         losses = ops.cast(losses, self.compute_dtype)
+        if task_mask is not None:
+            return self._masked_call(losses, present_tasks(task_mask))
         log_losses = ops.log(ops.maximum(losses, _FLOOR))
         mean_log = ops.mean(log_losses)
         objective = ops.exp(mean_log)
@@ -84,4 +89,14 @@ class GeometricLossStrategy(LossWeighting):
         # objective / (T * L_t), formed in log space so it cannot overflow
         # before the division.
         weights = ops.exp(mean_log - log_losses) / num_tasks
+        return objective, ops.stop_gradient(weights)
+
+    def _masked_call(self, losses, present):
+        # log 1 = 0 for the absent tasks.
+        log_losses = ops.log(ops.where(present, ops.maximum(losses, _FLOOR), 1.0))
+        count = present_count(present, losses.dtype)
+        safe_count = ops.maximum(count, 1.0)
+        mean_log = ops.sum(log_losses) / safe_count
+        objective = ops.where(count > 0, ops.exp(mean_log), 0.0)
+        weights = ops.where(present, ops.exp(mean_log - log_losses) / safe_count, 0.0)
         return objective, ops.stop_gradient(weights)

@@ -69,6 +69,24 @@ class GradNorm(LossWeighting):
       last shared layer (`MultiTaskModel.last_shared_variables`); `"all"`
       uses every shared variable (as LibMTL does).
 
+    Missing tasks: with a `task_mask` (see `Strategy`) an absent task (loss
+    0, zero gradient row) gets weight 0 in the objective and all its state
+    (w_t, L_t(0), the Adam moments and step count, the first-epoch mean and
+    count, all kept per task) is untouched. L_t(0) is recorded per task
+    (flags `recorded`): with "first_step", at the task's first present
+    step; with "first_epoch", at the end of the first epoch in which the
+    task was present, as the mean of its losses over the steps where it was
+    present. The weight update runs over the tasks that are present and
+    have their L(0) (the others keep their weight, 1 until then): G_bar,
+    mean_j Ltilde_j and the targets are over those K tasks only, which is
+    GradNorm on those tasks alone, except for the renormalisation: the K
+    updated weights keep their sum (sum_{j present} w_j), so all the
+    weights keep summing to T, instead of being renormalised to sum to K
+    (with weights learnt over all T tasks, that would rescale the present
+    tasks against the absent ones at every partial step). The updated
+    weights are thus those of GradNorm on the K tasks alone up to one
+    positive factor.
+
     Properties: stateful (w, L(0), the optimiser's moments); needs per-task
     gradients of the chosen shared variables (T extra backward passes
     through them, cheap for the last layer); weights sum to T; after w has
@@ -121,6 +139,7 @@ class GradNorm(LossWeighting):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(
         self,
@@ -169,42 +188,46 @@ class GradNorm(LossWeighting):
     def build(self, input_shape):
         super().build(input_shape)
         shape = (self.num_tasks,)
-        self.loss_weights = self.add_weight(
-            shape=shape, initializer="ones", trainable=False, name="loss_weights"
-        )
-        self.initial_losses = self.add_weight(
-            shape=shape, initializer="zeros", trainable=False, name="initial_losses"
-        )
-        # 1.0 once L(0) is known and GradNorm updates run.
-        self.active = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="active"
-        )
-        if self.initial_loss == "first_epoch":
-            # Running mean of the losses of the first epoch and its length.
-            self.epoch_mean = self.add_weight(
-                shape=shape, initializer="zeros", trainable=False, name="epoch_mean"
-            )
-            self.epoch_steps = self.add_weight(
-                shape=(), initializer="zeros", trainable=False, name="epoch_steps"
-            )
-        if self.weight_optimizer == "adam":
-            self.adam_m = self.add_weight(
-                shape=shape, initializer="zeros", trainable=False, name="adam_m"
-            )
-            self.adam_v = self.add_weight(
-                shape=shape, initializer="zeros", trainable=False, name="adam_v"
-            )
-            self.adam_steps = self.add_weight(
-                shape=(), initializer="zeros", trainable=False, name="adam_steps"
+
+        def per_task(name, initializer="zeros"):
+            return self.add_weight(
+                shape=shape,
+                initializer=initializer,
+                trainable=False,
+                name=name,
+                task_axis=0,
             )
 
-    def weight_gradient(self, losses, grad_norms, initial_losses):
+        self.loss_weights = per_task("loss_weights", "ones")
+        self.initial_losses = per_task("initial_losses")
+        # 1.0 once the task's L(0) is known and it takes part in the updates.
+        self.recorded = per_task("recorded")
+        if self.initial_loss == "first_epoch":
+            # Running mean of the task's losses over its first epoch and the
+            # number of steps in it (per task: with missing tasks, the
+            # steps where the task is present).
+            self.epoch_mean = per_task("epoch_mean")
+            self.epoch_steps = per_task("epoch_steps")
+        if self.weight_optimizer == "adam":
+            self.adam_m = per_task("adam_m")
+            self.adam_v = per_task("adam_v")
+            # Adam's step count of each weight (its bias corrections).
+            self.adam_steps = per_task("adam_steps")
+
+    @property
+    def active(self):
+        """1.0 once every task's L(0) is known (GradNorm runs on all)."""
+        return ops.min(self.recorded)
+
+    def weight_gradient(self, losses, grad_norms, initial_losses, task_mask=None):
         """dL_grad/dw at the current weights (Target held constant).
 
         Args:
             losses: `(T,)` current task losses.
             grad_norms: `(T,)` norms n_t of the unweighted task gradients.
             initial_losses: `(T,)` the losses L(0).
+            task_mask: None, or `(T,)`, nonzero for the tasks taking part
+                (the means run over them; the others get gradient 0).
 
         Returns:
             The `(T,)` gradient sign(w_t n_t - Target_t) * n_t.
@@ -216,35 +239,57 @@ class GradNorm(LossWeighting):
             losses / ops.where(initial_losses > 0.0, initial_losses, 1.0),
             1.0,
         )
-        mean_ratio = ops.mean(ratio)
+        if task_mask is None:
+            mean_ratio = ops.mean(ratio)
+        else:
+            present = ops.convert_to_tensor(task_mask) > 0
+            ratio = ops.where(present, ratio, 1.0)
+            mean_ratio = _present_mean(ratio, present)
         relative = ops.where(
             mean_ratio > 0.0, ratio / ops.where(mean_ratio > 0.0, mean_ratio, 1.0), 1.0
         )
-        target = ops.mean(norms) * ops.power(relative, self.alpha)
-        return ops.sign(norms - target) * grad_norms
+        if task_mask is None:
+            mean_norm = ops.mean(norms)
+        else:
+            mean_norm = _present_mean(norms, present)
+        target = mean_norm * ops.power(relative, self.alpha)
+        gradient = ops.sign(norms - target) * grad_norms
+        if task_mask is not None:
+            gradient = ops.where(present, gradient, 0.0)
+        return gradient
 
-    def _step(self, gradient):
-        """New weights (and optimiser state) after one step on `gradient`."""
+    def _step(self, gradient, taking_part):
+        """New weights (and optimiser state) after one step on `gradient`,
+        for the tasks `taking_part` (a `(T,)` boolean tensor)."""
         weights = ops.convert_to_tensor(self.loss_weights)
         if self.weight_optimizer == "sgd":
             new = weights - self.weight_learning_rate * gradient
             state = ()
         else:
-            steps = self.adam_steps + 1.0
+            steps = self.adam_steps + ops.cast(taking_part, "float32")
             m = _BETA_1 * self.adam_m + (1.0 - _BETA_1) * gradient
             v = _BETA_2 * self.adam_v + (1.0 - _BETA_2) * ops.square(gradient)
-            # 1 - beta^t written as -expm1(t log beta), exact in float32.
-            m_hat = m / -ops.expm1(steps * math.log(_BETA_1))
-            v_hat = v / -ops.expm1(steps * math.log(_BETA_2))
+            # 1 - beta^t written as -expm1(t log beta), exact in float32; t
+            # at least 1 so that a task not taking part stays finite.
+            t = ops.maximum(steps, 1.0)
+            m_hat = m / -ops.expm1(t * math.log(_BETA_1))
+            v_hat = v / -ops.expm1(t * math.log(_BETA_2))
             new = weights - self.weight_learning_rate * m_hat / (
                 ops.sqrt(v_hat) + _ADAM_EPSILON
             )
             state = (m, v, steps)
         new = ops.maximum(new, _MIN_WEIGHT)
-        new = self.num_tasks * new / ops.sum(new)
+        # The tasks taking part keep the sum of their weights, so that all
+        # the weights keep summing to T (T itself when all take part).
+        kept = self.num_tasks - ops.sum(ops.where(taking_part, 0.0, weights))
+        kept = ops.where(
+            kept > 0.0, kept, ops.sum(ops.where(taking_part, weights, 0.0))
+        )
+        total = ops.sum(ops.where(taking_part, new, 0.0))
+        new = ops.where(taking_part, kept * new / total, weights)
         return new, state
 
-    def call(self, losses, shared_grads=None, training=True):
+    def call(self, losses, shared_grads=None, training=True, task_mask=None):
         """Returns `(sum_t w_t L_t, w)` and, when training, updates w.
 
         Args:
@@ -252,14 +297,22 @@ class GradNorm(LossWeighting):
             shared_grads: `(T, P')` per-task gradients of the shared
                 variables chosen by `gradients_of` (passed by the model).
             training: whether to update the weights and L(0).
+            task_mask: None, or `(T,)` floats, 1.0 for the tasks present in
+                the step (see `Strategy` and "Missing tasks" above).
         """
         self._check_num_tasks(losses)
         # A copy: in eager mode a read of the variable may share its buffer,
         # which the assign below would overwrite.
         weights = self.loss_weights * 1.0
-        objective = ops.sum(ops.stop_gradient(ops.cast(weights, losses.dtype)) * losses)
+        if task_mask is None:
+            present = ops.ones((self.num_tasks,), dtype="bool")
+            used = weights
+        else:
+            present = ops.convert_to_tensor(task_mask) > 0
+            used = ops.where(present, weights, 0.0)
+        objective = ops.sum(ops.stop_gradient(ops.cast(used, losses.dtype)) * losses)
         if not training:
-            return objective, ops.cast(weights, losses.dtype)
+            return objective, ops.cast(used, losses.dtype)
         if shared_grads is None:
             raise ValueError(
                 "GradNorm needs the per-task gradients `shared_grads` (a (T, P) "
@@ -269,16 +322,19 @@ class GradNorm(LossWeighting):
         values = ops.cast(ops.stop_gradient(losses), "float32")
         grads = ops.cast(ops.stop_gradient(shared_grads), "float32")
         grad_norms = ops.sqrt(ops.sum(ops.square(grads), axis=1))
-        finite_losses = ops.all(ops.isfinite(values))
+        absent = ops.logical_not(present)
+        finite_losses = ops.all(ops.logical_or(ops.isfinite(values), absent))
+        waiting = ops.logical_and(self.recorded < 0.5, present)
 
         if self.initial_loss == "first_step":
-            record = ops.logical_and(self.active < 0.5, finite_losses)
+            # L(0) of each task: its losses at its first (finite) present step.
+            record = ops.logical_and(waiting, finite_losses)
             initial = ops.where(record, values, self.initial_losses)
-            active = ops.logical_or(self.active > 0.5, record)
+            recorded = ops.logical_or(self.recorded > 0.5, record)
             self.initial_losses.assign(initial)
-            self.active.assign(ops.cast(active, "float32"))
+            self.recorded.assign(ops.cast(recorded, "float32"))
         else:
-            warming = ops.logical_and(self.active < 0.5, finite_losses)
+            warming = ops.logical_and(waiting, finite_losses)
             steps = self.epoch_steps + ops.cast(warming, "float32")
             mean = self.epoch_mean + ops.where(
                 warming, (values - self.epoch_mean) / ops.maximum(steps, 1.0), 0.0
@@ -286,34 +342,41 @@ class GradNorm(LossWeighting):
             self.epoch_mean.assign(mean)
             self.epoch_steps.assign(steps)
             initial = ops.convert_to_tensor(self.initial_losses)
-            active = self.active > 0.5
+            recorded = self.recorded > 0.5
 
-        gradient = self.weight_gradient(values, grad_norms, initial)
-        new, state = self._step(gradient)
+        # GradNorm runs over the present tasks whose L(0) is known.
+        taking_part = ops.logical_and(present, recorded)
+        part_mask = None if task_mask is None else ops.cast(taking_part, "float32")
+        gradient = self.weight_gradient(values, grad_norms, initial, part_mask)
+        new, state = self._step(gradient, taking_part)
+        not_part = ops.logical_not(taking_part)
         update = ops.logical_and(
-            active,
+            ops.any(taking_part),
             ops.logical_and(
-                ops.all(ops.isfinite(new)), ops.all(ops.isfinite(gradient))
+                ops.all(ops.logical_or(ops.isfinite(new), not_part)),
+                ops.all(ops.logical_or(ops.isfinite(gradient), not_part)),
             ),
         )
+        update = ops.logical_and(update, taking_part)
         self.loss_weights.assign(ops.where(update, new, weights))
         if state:
             for variable, value in zip(
                 (self.adam_m, self.adam_v, self.adam_steps), state
             ):
                 variable.assign(ops.where(update, value, variable))
-        return objective, ops.cast(weights, losses.dtype)
+        return objective, ops.cast(used, losses.dtype)
 
     def on_epoch_end(self):
-        """With `initial_loss="first_epoch"`, fixes L(0) to the mean loss of
-        the first epoch and switches GradNorm on."""
+        """With `initial_loss="first_epoch"`, fixes L(0) of the tasks seen
+        in their first epoch to their mean loss in it and switches GradNorm
+        on for them."""
         if not self.built or self.initial_loss != "first_epoch":
             return
-        start = ops.logical_and(self.active < 0.5, self.epoch_steps > 0.0)
+        start = ops.logical_and(self.recorded < 0.5, self.epoch_steps > 0.0)
         self.initial_losses.assign(
             ops.where(start, self.epoch_mean, self.initial_losses)
         )
-        self.active.assign(ops.where(start, 1.0, self.active))
+        self.recorded.assign(ops.where(start, 1.0, self.recorded))
 
     def reset_state(self):
         if not self.built:
@@ -335,6 +398,12 @@ class GradNorm(LossWeighting):
             }
         )
         return config
+
+
+def _present_mean(values, present):
+    """The mean of `values` over the `present` entries (0 if none)."""
+    count = ops.sum(ops.cast(present, values.dtype))
+    return ops.sum(ops.where(present, values, 0.0)) / ops.maximum(count, 1.0)
 
 
 def _as_float(value, name):

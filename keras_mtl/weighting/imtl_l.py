@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import present_tasks
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -45,6 +46,14 @@ class IMTLL(LossWeighting):
     leaves the scaled loss and the model gradient unchanged). The objective
     may be negative.
 
+    Missing tasks: with a `task_mask` (a model compiled with
+    `missing_labels`), the objective sums the terms exp(s_t) L_t - s_t of
+    the present tasks only: an absent task's s_t gets a zero gradient (its
+    -s_t term is left out, else s_t would grow without bound while the task
+    is absent) and its weight is 0. The present tasks' objective, weights
+    and s-gradients are those of the method built for them alone. s is
+    per-task state: the model puts back an absent task's s_t after the step.
+
     Args:
         init: initial value of every s_t (float, default 0 as in the paper
             and LibMTL), or a sequence of one float per task.
@@ -77,6 +86,7 @@ class IMTLL(LossWeighting):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(self, init=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -94,6 +104,7 @@ class IMTLL(LossWeighting):
             initializer=self._initial_value,
             trainable=True,
             name="loss_scales",
+            task_axis=0,
         )
 
     def _initial_value(self, shape, dtype=None):
@@ -101,12 +112,17 @@ class IMTLL(LossWeighting):
             return ops.convert_to_tensor(self.init, dtype=dtype)
         return ops.full(shape, self.init, dtype=dtype)
 
-    def call(self, losses, training=True):
+    def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
         losses = ops.cast(losses, self.compute_dtype)
         s = ops.convert_to_tensor(self.loss_scales)
         scale = ops.exp(s)
-        objective = ops.sum(scale * losses - s)
+        terms = scale * losses - s
+        if task_mask is not None:
+            present = present_tasks(task_mask)
+            terms = ops.where(present, terms, 0.0)
+            scale = ops.where(present, scale, 0.0)
+        objective = ops.sum(terms)
         return objective, ops.stop_gradient(scale)
 
     def reset_state(self):

@@ -6,6 +6,7 @@ import math
 
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import present_tasks
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -35,6 +36,11 @@ class LogSE(LossWeighting):
     objective and leaves every gradient unchanged (up to eps). This is the
     same as uncertainty weighting at the optimum of its sigma_t, without
     the lag of learning sigma_t.
+
+    Missing tasks: with a `task_mask` (a model compiled with
+    `missing_labels`), the objective is the sum over the present tasks
+    only; an absent task (whose loss is 0) contributes no log(eps) term and
+    gets weight 0. No state.
 
     Args:
         epsilon: eps > 0 added inside the log so that a zero loss gives a
@@ -67,6 +73,8 @@ class LogSE(LossWeighting):
         the log undefined (NaN).
     """
 
+    supports_missing_tasks = True
+
     def __init__(self, epsilon=1e-8, **kwargs):
         super().__init__(**kwargs)
         try:
@@ -79,12 +87,18 @@ class LogSE(LossWeighting):
             )
         self.epsilon = epsilon
 
-    def call(self, losses, training=True):
+    def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
         shifted = losses + ops.cast(self.epsilon, losses.dtype)
-        objective = ops.sum(ops.log(shifted))
-        weights = ops.stop_gradient(1.0 / shifted)
-        return objective, weights
+        if task_mask is None:
+            objective = ops.sum(ops.log(shifted))
+            weights = ops.stop_gradient(1.0 / shifted)
+            return objective, weights
+        present = present_tasks(task_mask)
+        shifted = ops.where(present, shifted, 1.0)
+        objective = ops.sum(ops.where(present, ops.log(shifted), 0.0))
+        weights = ops.where(present, 1.0 / shifted, 0.0)
+        return objective, ops.stop_gradient(weights)
 
     def get_config(self):
         config = super().get_config()

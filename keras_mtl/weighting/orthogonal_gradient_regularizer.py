@@ -33,6 +33,13 @@ class OrthogonalGradientRegularizer(LossWeighting):
     there is no pair and R = 0. The weights reported are 1 (each task's
     loss enters the objective with weight 1; the regulariser is extra).
 
+    Missing tasks: with a `task_mask` (see `Strategy`) an absent task, whose
+    loss is 0 and gradient row zero, gets weight 0 and enters no pair: R
+    sums over the ordered pairs of present tasks and, for "mean", divides by
+    their number K (K - 1), which is R of the K present tasks alone (0 when
+    K < 2). The zero row already gives cos = 0; the mask changes the mean's
+    denominator.
+
     The paper observes that well-performing multi-task models show a low
     variance of the angles between task gradients on the shared parameters,
     and regularises towards orthogonal task gradients, which neither
@@ -85,6 +92,7 @@ class OrthogonalGradientRegularizer(LossWeighting):
     """
 
     differentiable_gradients = True
+    supports_missing_tasks = True
 
     def __init__(
         self,
@@ -134,18 +142,28 @@ class OrthogonalGradientRegularizer(LossWeighting):
         dots = ops.matmul(grads, ops.transpose(grads))
         return dots / (norms[:, None] * norms[None, :] + self.epsilon)
 
-    def regularizer(self, shared_grads):
-        """The penalty R (before the factor lambda) of `(T, P)` gradients."""
+    def regularizer(self, shared_grads, task_mask=None):
+        """The penalty R (before the factor lambda) of `(T, P)` gradients;
+        with `task_mask`, over the pairs of present tasks only."""
         num_tasks = self.num_tasks or int(shared_grads.shape[0])
         if num_tasks < 2:
             return ops.zeros((), dtype="float32")
         off_diagonal = 1.0 - ops.eye(num_tasks, dtype="float32")
-        total = ops.sum(ops.square(self.cosine_matrix(shared_grads)) * off_diagonal)
+        squared = ops.square(self.cosine_matrix(shared_grads))
+        if task_mask is None:
+            total = ops.sum(squared * off_diagonal)
+            if self.reduction == "mean":
+                total = total / float(num_tasks * (num_tasks - 1))
+            return total
+        present = ops.cast(ops.convert_to_tensor(task_mask) > 0, "float32")
+        pairs = off_diagonal * present[:, None] * present[None, :]
+        total = ops.sum(ops.where(pairs > 0.0, squared, 0.0))
         if self.reduction == "mean":
-            total = total / float(num_tasks * (num_tasks - 1))
+            # K (K - 1) ordered pairs of present tasks; none when K < 2.
+            total = total / ops.maximum(ops.sum(pairs), 1.0)
         return total
 
-    def call(self, losses, shared_grads=None, training=True):
+    def call(self, losses, shared_grads=None, training=True, task_mask=None):
         """Returns `(sum_t L_t + penalty * R, ones)`.
 
         Args:
@@ -154,6 +172,9 @@ class OrthogonalGradientRegularizer(LossWeighting):
                 variables chosen by `gradients_of`, differentiable with
                 respect to the model's variables (passed by the model).
             training: unused (the strategy is stateless).
+            task_mask: None, or `(T,)` floats, 1.0 for the tasks present in
+                the step (see `Strategy`); absent tasks get weight 0 and no
+                pair.
         """
         self._check_num_tasks(losses)
         if shared_grads is None:
@@ -163,11 +184,17 @@ class OrthogonalGradientRegularizer(LossWeighting):
                 "during training."
             )
         self._check_num_tasks(shared_grads, what="shared_grads")
-        objective = ops.sum(losses)
+        if task_mask is None:
+            weights = ops.ones_like(losses)
+            objective = ops.sum(losses)
+        else:
+            present = ops.convert_to_tensor(task_mask) > 0
+            weights = ops.cast(present, losses.dtype)
+            objective = ops.sum(ops.where(present, losses, 0.0))
         if self.penalty > 0.0:
-            penalty = self.penalty * self.regularizer(shared_grads)
+            penalty = self.penalty * self.regularizer(shared_grads, task_mask)
             objective = objective + ops.cast(penalty, losses.dtype)
-        return objective, ops.ones_like(losses)
+        return objective, weights
 
     def get_config(self):
         config = super().get_config()

@@ -9,6 +9,12 @@ import keras
 from keras import ops
 
 from keras_mtl.weighting._portable_random_ops import uniform as portable_uniform
+from keras_mtl.weighting._present_task_ops import (
+    masked_softmax,
+    present_count,
+    present_ranks,
+    present_tasks,
+)
 from keras_mtl.weighting._softmax_ops import task_softmax
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
@@ -61,6 +67,18 @@ class RandomLossWeighting(LossWeighting):
     rewinds it to its initial seed), one backward pass, not invariant to
     loss scales (a task with a 100x larger loss dominates on average).
 
+    Missing tasks: with a `task_mask` (a model compiled with
+    `missing_labels`) and K present tasks, the weights are drawn for the K
+    present tasks alone (softmax over K draws, a uniform one-hot among the
+    K tasks, or a non-zero 0/1 vector of length K) and absent tasks get 0.
+    The draws are exactly those of a strategy built for K tasks with the
+    same seed state: the j-th present task (in task order) receives the
+    random numbers that task j of that strategy would receive, and the
+    generator advances once per step as usual. With `training=False` the
+    present tasks get the expected weights for K tasks (1/K, or
+    2^(K-1) / (2^K - 1) for "bernoulli"). With no task present every
+    weight is 0.
+
     Args:
         distribution: one of "normal" (default, the LibMTL default and the
             paper's main choice), "uniform", "dirichlet", "bernoulli",
@@ -110,6 +128,7 @@ class RandomLossWeighting(LossWeighting):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(self, distribution="normal", seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -179,6 +198,70 @@ class RandomLossWeighting(LossWeighting):
             ops.where(index == first, ops.ones((num_tasks,), dtype), coins),
         )
 
+    def _sample_present(self, present):
+        """Weights of the K present tasks, drawn as by a K-task strategy
+        with the same seed state (0 for absent tasks).
+
+        Each draw of `_sample` takes its random numbers from one flat
+        uniform vector, one block of K per random quantity; the element
+        index i of that vector determines its value whatever the length of
+        the vector. The T-task vector drawn here holds every index a K-task
+        strategy would read, so present task t takes element
+        block * K + rank_t, where rank_t is its position among the present
+        tasks."""
+        num_tasks = self.num_tasks
+        dtype = self.compute_dtype
+        ranks = present_ranks(present)
+        safe_ranks = ops.maximum(ranks, 0)
+        count = present_count(present, "int32")
+        zeros = ops.zeros((num_tasks,), dtype)
+
+        def take(values, offset):
+            return ops.take(values, offset + safe_ranks)
+
+        if self.distribution == "normal":
+            u = self._uniform((2 * num_tasks,))
+            radius = ops.sqrt(-2.0 * ops.log(1.0 - take(u, 0)))
+            z = radius * ops.cos(2.0 * math.pi * take(u, count))
+            return masked_softmax(z, present)
+        if self.distribution == "uniform":
+            return masked_softmax(take(self._uniform((num_tasks,)), 0), present)
+        if self.distribution == "dirichlet":
+            exponential = -ops.log(1.0 - take(self._uniform((num_tasks,)), 0))
+            exponential = ops.where(present, exponential, zeros)
+            total = ops.sum(exponential)
+            total = ops.where(total > 0, total, ops.ones_like(total))
+            return masked_softmax(exponential / total, present)
+        if self.distribution == "constrained_bernoulli":
+            u = self._uniform((1,))[0]
+            index = ops.cast(ops.floor(u * ops.cast(count, dtype)), "int32")
+            index = ops.minimum(index, count - 1)
+            chosen = ops.logical_and(present, ops.equal(ranks, index))
+            return ops.cast(chosen, dtype)
+        # "bernoulli": the CDF of the first 1 for K tasks, row K - 1 of a
+        # constant table (the same float32 constants as `_sample` uses for
+        # K tasks), +inf beyond K so that those entries are never counted.
+        table = [
+            [
+                (1.0 - 2.0 ** -(j + 1)) / (1.0 - 2.0**-k) if j < k else math.inf
+                for j in range(num_tasks)
+            ]
+            for k in range(1, num_tasks + 1)
+        ]
+        cdf = ops.take(
+            ops.convert_to_tensor(table, dtype=dtype), ops.maximum(count - 1, 0), axis=0
+        )
+        u = self._uniform((num_tasks + 1,))
+        first = ops.sum(ops.cast(cdf < u[0], "int32"))
+        first = ops.minimum(first, count - 1)
+        coins = ops.cast(take(u, 1) < 0.5, dtype)
+        weights = ops.where(
+            ranks < first,
+            zeros,
+            ops.where(ops.equal(ranks, first), ops.ones_like(zeros), coins),
+        )
+        return ops.where(present, weights, zeros)
+
     def expected_weights(self, num_tasks=None):
         """Returns E[w], the weights used when `training=False`."""
         num_tasks = self.num_tasks if num_tasks is None else int(num_tasks)
@@ -191,11 +274,28 @@ class RandomLossWeighting(LossWeighting):
 
     # --- Contract -------------------------------------------------------
 
-    def compute_weights(self, losses, training=True):
+    def compute_weights(self, losses, training=True, task_mask=None):
         num_tasks = self.num_tasks
+        if task_mask is not None:
+            present = present_tasks(task_mask)
+            if not training:
+                weights = self._expected_present_weights(present)
+            else:
+                weights = self._sample_present(present)
+            return ops.cast(weights, losses.dtype)
         if not training:
             return ops.cast(self.expected_weights(num_tasks), losses.dtype)
         return ops.cast(self._sample(num_tasks), losses.dtype)
+
+    def _expected_present_weights(self, present):
+        """E[w] for the K present tasks (0 for absent ones)."""
+        dtype = self.compute_dtype
+        count = ops.maximum(present_count(present, dtype), 1.0)
+        if self.distribution == "bernoulli":
+            value = 0.5 / (1.0 - ops.power(2.0, -count))
+        else:
+            value = 1.0 / count
+        return ops.where(present, value, ops.zeros((self.num_tasks,), dtype))
 
     def reset_state(self):
         self.seed_generator.state.assign(

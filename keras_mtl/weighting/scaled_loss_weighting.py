@@ -45,6 +45,13 @@ class ScaledLossWeighting(LossWeighting):
     last shared layer's parameters (`network.last_shared_params()`), eps =
     1e-5 (`EPSILON`), weights normalised to the initial total weight (T).
 
+    Missing tasks: with a `task_mask` (see `Strategy`) an absent task, whose
+    gradient row is zero, gets weight 0 and is left out of the
+    normalisation; the K present tasks get the weights of SLW on them
+    alone, summing to K:
+
+        w_t = K * (1 / max(n_t, eps)) / sum_{j present} (1 / max(n_j, eps)).
+
     Properties: stateless; needs per-task gradients of the last shared
     layer (T extra backward passes through it only); adapts to rescaling
     a task's loss: multiplying L_t by c > 0 divides w_t by c relative to
@@ -80,6 +87,8 @@ class ScaledLossWeighting(LossWeighting):
         1.
     """
 
+    supports_missing_tasks = True
+
     def __init__(self, gradients_of="last_layer", epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         if gradients_of not in _GRADIENTS_OF:
@@ -103,16 +112,30 @@ class ScaledLossWeighting(LossWeighting):
         #: Tells the model which per-task gradients to pass as `shared_grads`.
         self.shared_gradients = gradients_of
 
-    def weights_from_gradients(self, shared_grads):
-        """The `(T,)` weights for `(T, P)` per-task gradients."""
+    def weights_from_gradients(self, shared_grads, task_mask=None):
+        """The `(T,)` weights for `(T, P)` per-task gradients (0 for the
+        tasks absent from `task_mask`, if given)."""
         grads = ops.cast(ops.stop_gradient(shared_grads), "float32")
         norms = ops.sqrt(ops.sum(ops.square(grads), axis=1))
         inverse = 1.0 / ops.maximum(norms, self.epsilon)
-        weights = self.num_tasks * inverse / ops.sum(inverse)
-        finite = ops.all(ops.isfinite(weights))
-        return ops.where(finite, weights, ops.ones_like(weights))
+        if task_mask is None:
+            weights = self.num_tasks * inverse / ops.sum(inverse)
+            finite = ops.all(ops.isfinite(weights))
+            return ops.where(finite, weights, ops.ones_like(weights))
+        # The zero row of an absent task would have the largest inverse norm
+        # 1 / eps: it is left out of the normalisation.
+        present = ops.convert_to_tensor(task_mask) > 0
+        inverse = ops.where(present, inverse, 0.0)
+        count = ops.sum(ops.cast(present, "float32"))
+        total = ops.sum(inverse)
+        weights = count * inverse / ops.where(total > 0.0, total, 1.0)
+        finite = ops.all(
+            ops.logical_or(ops.isfinite(weights), ops.logical_not(present))
+        )
+        weights = ops.where(finite, weights, ops.ones_like(weights))
+        return ops.where(present, weights, 0.0)
 
-    def call(self, losses, shared_grads=None, training=True):
+    def call(self, losses, shared_grads=None, training=True, task_mask=None):
         """Returns `(sum_t w_t L_t, w)` with w from `shared_grads`.
 
         Args:
@@ -120,6 +143,8 @@ class ScaledLossWeighting(LossWeighting):
             shared_grads: `(T, P')` per-task gradients of the shared
                 variables chosen by `gradients_of` (passed by the model).
             training: unused (the strategy is stateless).
+            task_mask: None, or `(T,)` floats, 1.0 for the tasks present in
+                the step (see `Strategy`).
         """
         self._check_num_tasks(losses)
         if shared_grads is None:
@@ -129,8 +154,8 @@ class ScaledLossWeighting(LossWeighting):
                 "during training."
             )
         self._check_num_tasks(shared_grads, what="shared_grads")
-        weights = ops.cast(self.weights_from_gradients(shared_grads), losses.dtype)
-        weights = ops.stop_gradient(weights)
+        weights = self.weights_from_gradients(shared_grads, task_mask=task_mask)
+        weights = ops.stop_gradient(ops.cast(weights, losses.dtype))
         return ops.sum(weights * losses), weights
 
     def get_config(self):

@@ -50,6 +50,18 @@ class SLAW(LossWeighting):
     `meta/utils/estimate.py`): beta = 0.99 (`ema_alpha`), eps = 1e-5
     (`EPSILON`), arithmetic warm-up for N0 steps.
 
+    Missing tasks: with a `task_mask` (see `Strategy`) an absent task gets
+    weight 0 and its statistics (n_t, m_t, v_t) are left untouched; the
+    count n_t is kept per task, so a task's running means advance only in
+    the steps where it is present, and its warm-up is its own. The weights
+    of the K present tasks are those of SLAW on those tasks alone:
+
+        w_t = K * (1 / max(s_t, eps)) / sum_{j present} (1 / max(s_j, eps)),
+
+    summing to K, and all present weights are 1 while some present task has
+    been seen fewer than 2 times (its s_t is undefined) or has a non-finite
+    s_t.
+
     Properties: stateful (n, m, v), one backward pass, adapts to loss
     scaling: multiplying L_t by c multiplies s_t by c and so w_t by about
     1/c. On regression tasks with output scales sigma_t the weights
@@ -85,6 +97,7 @@ class SLAW(LossWeighting):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(self, beta=0.99, epsilon=1e-5, warmup="arithmetic", **kwargs):
         super().__init__(**kwargs)
@@ -109,27 +122,46 @@ class SLAW(LossWeighting):
     def build(self, input_shape):
         super().build(input_shape)
         shape = (self.num_tasks,)
+        # One count per task: with missing tasks a task's running means
+        # advance only in the steps where it is present.
         self.steps = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="steps"
+            shape=shape, initializer="zeros", trainable=False, name="steps", task_axis=0
         )
         self.loss_mean = self.add_weight(
-            shape=shape, initializer="zeros", trainable=False, name="loss_mean"
+            shape=shape,
+            initializer="zeros",
+            trainable=False,
+            name="loss_mean",
+            task_axis=0,
         )
         self.loss_variance = self.add_weight(
-            shape=shape, initializer="zeros", trainable=False, name="loss_variance"
+            shape=shape,
+            initializer="zeros",
+            trainable=False,
+            name="loss_variance",
+            task_axis=0,
         )
 
-    def _weights_from(self, steps, variance, dtype):
+    def _weights_from(self, steps, variance, dtype, present):
         std = ops.sqrt(ops.maximum(variance, 0.0))
-        inverse = 1.0 / ops.maximum(std, self.epsilon)
-        weights = self.num_tasks * inverse / ops.sum(inverse)
-        valid = ops.logical_and(steps >= 2.0, ops.all(ops.isfinite(std)))
+        inverse = ops.where(present, 1.0 / ops.maximum(std, self.epsilon), 0.0)
+        count = ops.sum(ops.cast(present, "float32"))
+        total = ops.sum(inverse)
+        weights = count * inverse / ops.where(total > 0.0, total, 1.0)
+        absent = ops.logical_not(present)
+        valid = ops.logical_and(
+            ops.all(ops.logical_or(steps >= 2.0, absent)),
+            ops.all(ops.logical_or(ops.isfinite(std), absent)),
+        )
         weights = ops.where(valid, weights, ops.ones_like(weights))
         return ops.cast(weights, dtype)
 
-    def compute_weights(self, losses, training=True):
+    def compute_weights(self, losses, training=True, task_mask=None):
+        present = _present(task_mask, self.num_tasks)
         if not training:
-            return self._weights_from(self.steps, self.loss_variance, losses.dtype)
+            return self._weights_from(
+                self.steps, self.loss_variance, losses.dtype, present
+            )
         values = ops.cast(ops.stop_gradient(losses), "float32")
         steps = self.steps + 1.0
         if self.warmup == "arithmetic":
@@ -141,11 +173,15 @@ class SLAW(LossWeighting):
         delta = values - self.loss_mean
         mean = self.loss_mean + (1.0 - decay) * delta
         variance = decay * (self.loss_variance + (1.0 - decay) * ops.square(delta))
+        # An absent task's statistics and count stay as they were.
+        mean = ops.where(present, mean, self.loss_mean)
+        variance = ops.where(present, variance, self.loss_variance)
+        steps = ops.where(present, steps, self.steps)
         self.loss_mean.assign(mean)
         self.loss_variance.assign(variance)
         # Only "first step" and "still warming up" are read: cap the count.
         self.steps.assign(ops.minimum(steps, float(self.warmup_steps) + 2.0))
-        return self._weights_from(steps, variance, losses.dtype)
+        return self._weights_from(steps, variance, losses.dtype, present)
 
     def reset_state(self):
         if self.built:
@@ -158,6 +194,13 @@ class SLAW(LossWeighting):
             {"beta": self.beta, "epsilon": self.epsilon, "warmup": self.warmup}
         )
         return config
+
+
+def _present(task_mask, num_tasks):
+    """`(T,)` booleans, True for the tasks present in the step."""
+    if task_mask is None:
+        return ops.ones((num_tasks,), dtype="bool")
+    return ops.convert_to_tensor(task_mask) > 0
 
 
 def _as_float(value, name):

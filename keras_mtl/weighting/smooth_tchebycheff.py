@@ -8,6 +8,12 @@ from collections.abc import Sequence
 
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import (
+    masked_logsumexp,
+    masked_softmax,
+    present_count,
+    present_tasks,
+)
 from keras_mtl.weighting._softmax_ops import task_softmax
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
@@ -71,6 +77,22 @@ class SmoothTchebycheff(LossWeighting):
     scaled loss is divided by its scaled normaliser) and during it (log
     losses); focuses the update on the worst-off task as mu -> 0.
 
+    Missing tasks: with a `task_mask` (a model compiled with
+    `missing_labels`) and K present tasks, the objective is the method's
+    over the present tasks alone,
+
+        K * mu * log sum_{t present} exp(lambda_t (f_t - z_t) / mu),
+
+    so p is the softmax over the present tasks and the factor is K instead
+    of T; during the warm-up it is sum_{t present} log(L_t + 1e-20). Absent
+    tasks get weight 0 and their zero loss never enters a logarithm. The
+    normaliser n_t is the mean of task t's losses over the steps of epoch W
+    in which it is present (`task_loss_count` counts them per task;
+    `loss_count` counts the steps of epoch W); a task absent during the
+    whole of epoch W keeps n_t = 1, the rule for an epoch without steps
+    (its normalised objective is then log L_t). The epoch counter is
+    shared. With no task present the objective is 0.
+
     Args:
         mu: positive float, the smoothing parameter.
         warmup_epochs: int >= 0, W above (used when `normalize=True`).
@@ -110,6 +132,7 @@ class SmoothTchebycheff(LossWeighting):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(
         self,
@@ -161,13 +184,28 @@ class SmoothTchebycheff(LossWeighting):
             shape=(), initializer="zeros", dtype="int32", trainable=False, name="epoch"
         )
         self.loss_sum = self.add_weight(
-            shape=(num_tasks,), initializer="zeros", trainable=False, name="loss_sum"
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+            name="loss_sum",
+            task_axis=0,
         )
         self.loss_count = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="loss_count"
         )
         self.normalizers = self.add_weight(
-            shape=(num_tasks,), initializer="ones", trainable=False, name="normalizers"
+            shape=(num_tasks,),
+            initializer="ones",
+            trainable=False,
+            name="normalizers",
+            task_axis=0,
+        )
+        self.task_loss_count = self.add_weight(
+            shape=(num_tasks,),
+            initializer="zeros",
+            trainable=False,
+            name="task_loss_count",
+            task_axis=0,
         )
 
     # --- Math -----------------------------------------------------------
@@ -177,31 +215,53 @@ class SmoothTchebycheff(LossWeighting):
             return ops.full((self.num_tasks,), default, dtype=dtype)
         return ops.convert_to_tensor(values, dtype=dtype)
 
-    def _tchebycheff(self, objectives):
-        """T * g_mu(f) and its gradient T * p * lambda with respect to f."""
+    def _tchebycheff(self, objectives, present=None):
+        """T * g_mu(f) and its gradient T * p * lambda with respect to f
+        (over the K present tasks, with K for T, when `present` is given)."""
         dtype = objectives.dtype
         preference = self._vector(self.preference, 1.0, dtype)
         ideal = self._vector(self.ideal_point, 0.0, dtype)
         scaled = preference * (objectives - ideal) / self.mu
+        if present is not None:
+            count = present_count(present, dtype)
+            value = count * self.mu * masked_logsumexp(scaled, present)
+            softmax = masked_softmax(ops.stop_gradient(scaled), present)
+            return value, count * softmax * preference
         num_tasks = float(self.num_tasks)
         value = num_tasks * self.mu * ops.logsumexp(scaled)
         grad = num_tasks * task_softmax(ops.stop_gradient(scaled)) * preference
         return value, grad
 
-    def call(self, losses, training=True):
+    def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
         losses = ops.cast(losses, self.compute_dtype)
+        present = None if task_mask is None else present_tasks(task_mask)
         if not self.normalize:
-            return self._tchebycheff(losses)
+            if present is None:
+                return self._tchebycheff(losses)
+            objective, weights = self._tchebycheff(losses, present)
+            return objective, ops.stop_gradient(weights)
 
         if training:
             accumulate = ops.cast(
                 ops.equal(self.epoch, self.warmup_epochs), losses.dtype
             )
-            self.loss_sum.assign_add(accumulate * ops.stop_gradient(losses))
+            if present is None:
+                self.loss_sum.assign_add(accumulate * ops.stop_gradient(losses))
+                self.task_loss_count.assign_add(
+                    accumulate * ops.ones((self.num_tasks,), losses.dtype)
+                )
+            else:
+                counted = accumulate * ops.cast(present, losses.dtype)
+                self.loss_sum.assign_add(
+                    ops.where(present, accumulate * ops.stop_gradient(losses), 0.0)
+                )
+                self.task_loss_count.assign_add(counted)
             self.loss_count.assign_add(accumulate)
 
         normalizers = ops.convert_to_tensor(self.normalizers)
+        if present is not None:
+            return self._present_call(losses, normalizers, present)
 
         def warm_up():
             objective = ops.sum(ops.log(losses + _LOG_EPSILON))
@@ -219,10 +279,33 @@ class SmoothTchebycheff(LossWeighting):
         )
         return objective, ops.stop_gradient(weights)
 
+    def _present_call(self, losses, normalizers, present):
+        """The normalised objective over the present tasks alone."""
+        # An absent task's (zero) loss is replaced by a value whose log is
+        # finite; its terms are then left out.
+        safe_losses = ops.where(present, losses, ops.ones_like(losses))
+
+        def warm_up():
+            logs = ops.log(safe_losses + _LOG_EPSILON)
+            objective = ops.sum(ops.where(present, logs, 0.0))
+            weights = ops.where(present, 1.0 / (safe_losses + _LOG_EPSILON), 0.0)
+            return objective, weights
+
+        def tchebycheff():
+            objectives = ops.log(safe_losses / normalizers + _LOG_EPSILON)
+            objective, grad = self._tchebycheff(objectives, present)
+            weights = grad / (safe_losses + _LOG_EPSILON * normalizers)
+            return objective, ops.where(present, weights, 0.0)
+
+        objective, weights = ops.cond(
+            self.epoch <= self.warmup_epochs, warm_up, tchebycheff
+        )
+        return objective, ops.stop_gradient(weights)
+
     def on_epoch_end(self):
         if not self.built or not self.normalize:
             return
-        count = ops.convert_to_tensor(self.loss_count)
+        count = ops.convert_to_tensor(self.task_loss_count)  # per task
         mean = self.loss_sum / ops.maximum(count, 1.0)
         mean = ops.where(count > 0, mean, ops.ones_like(mean))
         is_last_warmup_epoch = ops.equal(self.epoch, self.warmup_epochs)
@@ -240,6 +323,7 @@ class SmoothTchebycheff(LossWeighting):
             self.epoch.assign(0)
             self.loss_sum.assign(ops.zeros_like(self.loss_sum))
             self.loss_count.assign(0.0)
+            self.task_loss_count.assign(ops.zeros_like(self.task_loss_count))
             self.normalizers.assign(ops.ones_like(self.normalizers))
 
     def get_config(self):

@@ -8,6 +8,11 @@ from fractions import Fraction
 
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import (
+    masked_softmax,
+    present_count,
+    present_tasks,
+)
 from keras_mtl.weighting._softmax_ops import task_softmax
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
@@ -81,6 +86,23 @@ class SoftAdapt(LossWeighting):
     variant, and only up to a common scale (the loss-weighted variant
     favours large losses).
 
+    Missing tasks: with a `task_mask` (a model compiled with
+    `missing_labels`) and K present tasks, each task's history records only
+    the steps in which it is present (its column of `loss_history` shifts
+    only then, and `task_steps` counts its records), so its slope is the
+    finite difference of its own last n + 1 labelled losses. The weights
+    of the present tasks are the formulas above over the present tasks
+    alone (softmax, slope normalisation and loss weighting over them,
+    times K); absent tasks get 0. The schedule follows the shared
+    `step_count`; on a due step the weights are recomputed if every present
+    task has a full history, otherwise (and on the steps in between) the
+    held weights of the present tasks are used, rescaled to sum to K: the
+    softmax of the last computed slopes restricted to the present tasks
+    (exactly for "plain", and for "loss_weighted" up to its 1e-8; for
+    "normalized" the slope normaliser of the last update included the tasks
+    present then). With `training=False` the held weights are rescaled the
+    same way.
+
     Args:
         beta: float, the focus parameter (default 0.1, the official code's
             default).
@@ -124,6 +146,7 @@ class SoftAdapt(LossWeighting):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(
         self, beta=0.1, variant="plain", accuracy_order=1, update_every=1, **kwargs
@@ -165,6 +188,7 @@ class SoftAdapt(LossWeighting):
             initializer="zeros",
             trainable=False,
             name="loss_history",
+            task_axis=1,
         )
         self.step_count = self.add_weight(
             shape=(),
@@ -178,16 +202,29 @@ class SoftAdapt(LossWeighting):
             initializer="ones",
             trainable=False,
             name="task_weights",
+            task_axis=0,
+        )
+        # Per task, how many losses its history holds (capped at n + 1).
+        self.task_steps = self.add_weight(
+            shape=(num_tasks,),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name="task_steps",
+            task_axis=0,
         )
 
     # --- Math -----------------------------------------------------------
 
-    def weights_from_history(self, history):
+    def weights_from_history(self, history, task_mask=None):
         """The SoftAdapt weights (summing to T) of a `(n + 1, T)` history,
-        oldest row first."""
+        oldest row first; with a `task_mask`, the weights (summing to K) of
+        the present tasks alone and 0 for the others."""
         history = ops.cast(history, self.compute_dtype)
         coefficients = ops.convert_to_tensor(self._coefficients, history.dtype)
         slopes = ops.sum(coefficients[:, None] * history, axis=0)
+        if task_mask is not None:
+            return self._present_weights(history, slopes, present_tasks(task_mask))
         if self.variant == "normalized":
             slopes = slopes / (ops.sum(ops.abs(slopes)) + _EPSILON)
         num_tasks = ops.cast(ops.shape(history)[1], history.dtype)
@@ -198,7 +235,33 @@ class SoftAdapt(LossWeighting):
             return num_tasks * numerator / (ops.sum(numerator) + _EPSILON)
         return num_tasks * task_softmax(self.beta * slopes)
 
-    def compute_weights(self, losses, training=True):
+    def _present_weights(self, history, slopes, present):
+        count = present_count(present, history.dtype)
+        slopes = ops.where(present, slopes, 0.0)
+        if self.variant == "normalized":
+            slopes = slopes / (ops.sum(ops.abs(slopes)) + _EPSILON)
+        if self.variant != "loss_weighted":
+            return count * masked_softmax(self.beta * slopes, present)
+        logits = self.beta * slopes
+        shift = ops.max(ops.where(present, logits, ops.min(logits)))
+        exp = ops.where(present, ops.exp(ops.where(present, logits - shift, 0.0)), 0.0)
+        numerator = ops.mean(history, axis=0) * exp
+        return count * numerator / (ops.sum(numerator) + _EPSILON)
+
+    def _held_weights(self, present):
+        """The stored weights of the present tasks, rescaled to sum to K."""
+        held = ops.where(present, ops.convert_to_tensor(self.task_weights), 0.0)
+        total = ops.sum(held)
+        count = present_count(present, held.dtype)
+        return ops.where(
+            total > 0, count * held / ops.where(total > 0, total, 1.0), held
+        )
+
+    def compute_weights(self, losses, training=True, task_mask=None):
+        if task_mask is not None:
+            return self._compute_present_weights(
+                losses, training, present_tasks(task_mask)
+            )
         if not training:
             return ops.convert_to_tensor(self.task_weights)
         losses = ops.stop_gradient(ops.cast(losses, self.compute_dtype))
@@ -212,6 +275,32 @@ class SoftAdapt(LossWeighting):
         self.loss_history.assign(history)
         self.step_count.assign(step)
         self.task_weights.assign(weights)
+        self.task_steps.assign(ops.minimum(self.task_steps + 1, window))
+        return weights
+
+    def _compute_present_weights(self, losses, training, present):
+        held = self._held_weights(present)
+        if not training:
+            return held
+        losses = ops.stop_gradient(ops.cast(losses, self.compute_dtype))
+        shifted = ops.concatenate([self.loss_history[1:], losses[None, :]], axis=0)
+        history = ops.where(present[None, :], shifted, self.loss_history)
+        step = self.step_count + 1
+        window = self.accuracy_order + 1
+        task_steps = ops.where(
+            present, ops.minimum(self.task_steps + 1, window), self.task_steps
+        )
+        full = ops.all(ops.logical_or(task_steps >= window, ops.logical_not(present)))
+        due = ops.logical_and(
+            ops.logical_and(full, ops.any(present)),
+            ops.equal((step - window) % self.update_every, 0),
+        )
+        fresh = self.weights_from_history(history, ops.cast(present, history.dtype))
+        weights = ops.where(due, fresh, held)
+        self.loss_history.assign(history)
+        self.step_count.assign(step)
+        self.task_weights.assign(ops.where(present, weights, self.task_weights))
+        self.task_steps.assign(task_steps)
         return weights
 
     def reset_state(self):
@@ -219,6 +308,7 @@ class SoftAdapt(LossWeighting):
             self.loss_history.assign(ops.zeros_like(self.loss_history))
             self.step_count.assign(0)
             self.task_weights.assign(ops.ones_like(self.task_weights))
+            self.task_steps.assign(ops.zeros_like(self.task_steps))
 
     def get_config(self):
         config = super().get_config()

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import present_tasks
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -48,6 +49,15 @@ class UncertaintyWeighting(LossWeighting):
     `init`), one backward pass, approximately invariant to loss scaling
     once s has adapted. The objective may be negative (s_t < 0).
 
+    Missing tasks: with a `task_mask` (a model compiled with
+    `missing_labels`), the objective is the sum of the terms of the present
+    tasks only, so an absent task contributes neither its loss nor its
+    regulariser 0.5 * s_t: its s_t receives a zero gradient and its weight
+    is 0. The present tasks' objective, weights and s-gradients are those
+    of the method built for them alone. s is per-task state: the model puts
+    back an absent task's s_t after the step (the optimizer's momentum would
+    otherwise still move it).
+
     Args:
         task_types: None (every task uses the regression form, as LibMTL),
             a sequence of `"regression"` / `"classification"` in the model's
@@ -86,6 +96,7 @@ class UncertaintyWeighting(LossWeighting):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(self, task_types=None, init=-0.5, **kwargs):
         super().__init__(**kwargs)
@@ -145,6 +156,7 @@ class UncertaintyWeighting(LossWeighting):
             initializer=self._initial_value,
             trainable=True,
             name="log_variances",
+            task_axis=0,
         )
 
     def _initial_value(self, shape, dtype=None):
@@ -154,12 +166,17 @@ class UncertaintyWeighting(LossWeighting):
 
     # --- Math -----------------------------------------------------------
 
-    def call(self, losses, training=True):
+    def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
         s = ops.cast(self.log_variances, losses.dtype)
         factors = ops.convert_to_tensor(self._factors, dtype=losses.dtype)
         scale = factors * ops.exp(-s)
-        objective = ops.sum(scale * losses + 0.5 * s)
+        terms = scale * losses + 0.5 * s
+        if task_mask is not None:
+            present = present_tasks(task_mask)
+            terms = ops.where(present, terms, 0.0)
+            scale = ops.where(present, scale, 0.0)
+        objective = ops.sum(terms)
         return objective, ops.stop_gradient(scale)
 
     def reset_state(self):

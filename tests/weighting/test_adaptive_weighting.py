@@ -172,3 +172,159 @@ def test_state_round_trip_and_reset():
     batch.build((2,))
     assert batch.weights == []
     batch.reset_state()
+
+
+# --- Missing tasks ------------------------------------------------------
+
+_KINDS = [
+    ("batch", "ratio"),
+    ("batch", "softmax"),
+    ("epoch", "ratio"),
+    ("epoch", "softmax"),
+]
+
+
+def _masked_epochs(strategy, epochs):
+    """Each epoch a list of (losses, task_mask); returns every step's weights."""
+    out = []
+    for epoch in epochs:
+        for losses, mask in epoch:
+            mask = np.asarray(mask, np.float32)
+            losses = np.asarray(losses, np.float32) * mask
+            out.append(strategy(_t(losses), task_mask=_t(mask))[1].numpy())
+        strategy.on_epoch_end()
+    return out
+
+
+@pytest.mark.parametrize("mode, normalize", _KINDS)
+def test_missing_tasks_all_present_mask_changes_nothing(mode, normalize):
+    assert AdaptiveWeighting.supports_missing_tasks
+    rng = np.random.default_rng(3)
+    epochs = [rng.uniform(0.1, 3.0, size=(2, 3)) for _ in range(3)]
+    plain = AdaptiveWeighting(mode=mode, normalize=normalize, temperature=0.7)
+    masked = AdaptiveWeighting(mode=mode, normalize=normalize, temperature=0.7)
+    expected = []
+    for epoch in epochs:
+        for losses in epoch:
+            expected.append(plain(_t(losses))[1].numpy())
+        plain.on_epoch_end()
+    got = _masked_epochs(masked, [[(x, [1, 1, 1]) for x in e] for e in epochs])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert not np.allclose(expected[-1], 1.0)
+    for a, b in zip(plain.weights, masked.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("normalize", ["ratio", "softmax"])
+def test_batch_mode_absent_task_as_if_only_present_tasks_existed(normalize):
+    losses = np.array([0.7, 0.0, 3.0, 1.2], np.float32)
+    mask = np.array([1.0, 0.0, 1.0, 1.0], np.float32)
+    strategy = AdaptiveWeighting(normalize=normalize, temperature=2.0)
+    _, weights = strategy(_t(losses), task_mask=_t(mask))
+    expected = (
+        _ratio(losses[mask > 0])
+        if normalize == "ratio"
+        else _softmax(losses[mask > 0], 2.0)
+    )
+    np.testing.assert_allclose(weights.numpy()[mask > 0], expected, rtol=1e-6)
+    assert weights.numpy()[1] == 0.0
+    reference = AdaptiveWeighting(normalize=normalize, temperature=2.0)
+    np.testing.assert_allclose(
+        weights.numpy()[mask > 0],
+        reference(_t(losses[mask > 0]))[1].numpy(),
+        rtol=1e-6,
+    )
+    # A single present task gets 1; none present gives 0; all finite.
+    _, weights = strategy(_t([0.0, 0.0, 5.0, 0.0]), task_mask=_t([0, 0, 1, 0]))
+    np.testing.assert_allclose(weights.numpy(), [0.0, 0.0, 1.0, 0.0], rtol=1e-6)
+    _, weights = strategy(_t([0.0] * 4), task_mask=_t([0.0] * 4))
+    np.testing.assert_array_equal(weights.numpy(), 0.0)
+
+
+@pytest.mark.parametrize("normalize", ["ratio", "softmax"])
+def test_epoch_mode_absent_task_as_if_only_present_tasks_existed(normalize):
+    rng = np.random.default_rng(4)
+    full = AdaptiveWeighting(mode="epoch", normalize=normalize)
+    present_only = AdaptiveWeighting(mode="epoch", normalize=normalize)
+    for losses in rng.uniform(0.1, 3.0, size=(2, 3)):
+        full(_t(losses))
+        present_only(_t(losses[[0, 2]]))
+    full.on_epoch_end()
+    present_only.on_epoch_end()
+    # Epoch 1: task 1 labelled at one step of three; epoch 2: never.
+    epoch_1 = rng.uniform(0.1, 3.0, size=(3, 3))
+    schedule = [
+        (epoch_1, [[1, 0, 1], [1, 1, 1], [1, 0, 1]]),
+        (rng.uniform(0.1, 3.0, size=(2, 3)), [[1, 0, 1], [1, 0, 1]]),
+    ]
+    for epoch, masks in schedule:
+        for losses, mask in zip(epoch, masks):
+            mask = np.asarray(mask, np.float32)
+            _, weights = full(_t(losses * mask), task_mask=_t(mask))
+            _, expected = present_only(_t(losses[[0, 2]]))
+            if mask[1] == 0:
+                np.testing.assert_allclose(
+                    weights.numpy()[[0, 2]], expected.numpy(), rtol=1e-6
+                )
+                assert weights.numpy()[1] == 0.0
+        full.on_epoch_end()
+        present_only.on_epoch_end()
+        np.testing.assert_allclose(
+            full.previous_mean.numpy()[[0, 2]],
+            present_only.previous_mean.numpy(),
+            rtol=1e-6,
+        )
+    # Task 1's mean is over its labelled step only; epoch 2 kept it.
+    np.testing.assert_allclose(full.previous_mean.numpy()[1], epoch_1[1, 1], rtol=1e-6)
+
+
+def test_epoch_mode_unit_weights_until_every_present_task_has_a_mean():
+    # Documented choice: task 1 has no label in epoch 0.
+    strategy = AdaptiveWeighting(mode="epoch")
+    _masked_epochs(strategy, [[([1.0, 0.0, 3.0], [1, 0, 1])]])
+    np.testing.assert_array_equal(strategy.epochs.numpy(), [1.0, 0.0, 1.0])
+    _, weights = strategy(_t([1.0, 1.0, 1.0]), task_mask=_t([1.0, 1.0, 1.0]))
+    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0, 1.0])
+    _, weights = strategy(_t([1.0, 0.0, 1.0]), task_mask=_t([1.0, 0.0, 1.0]))
+    np.testing.assert_allclose(weights.numpy(), [0.5, 0.0, 1.5], rtol=1e-6)
+
+
+def test_epoch_mode_absent_task_state_is_unchanged_and_restorable():
+    strategy = AdaptiveWeighting(mode="epoch")
+    _masked_epochs(strategy, [[([1.0, 2.0, 3.0], [1, 1, 1])]])
+    strategy(_t([1.0, 2.0, 3.0]))
+    assert [axis for _, axis in strategy.per_task_state()] == [0, 0, 0, 0]
+    snapshot = strategy.task_state_snapshot()
+    mask = _t([1.0, 0.0, 1.0])
+    _, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
+    assert np.all(np.isfinite(weights.numpy()))
+    for restored in (False, True):
+        if restored:
+            strategy.restore_absent_tasks(mask, snapshot)
+        moved = False
+        for (variable, _), before in zip(strategy.per_task_state(), snapshot):
+            after, before = variable.numpy(), before.numpy()
+            assert after[1] == before[1], variable.name
+            moved = moved or not np.array_equal(after[[0, 2]], before[[0, 2]])
+        assert moved
+    np.testing.assert_array_equal(strategy.current_steps.numpy(), [2.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize("mode", ["batch", "epoch"])
+def test_masked_eager_equals_xla(mode):
+    eager = AdaptiveWeighting(mode=mode, normalize="softmax", temperature=2.0)
+    eager.build((3,))
+    compiled = AdaptiveWeighting.from_config(eager.get_config())
+    compiled.build((3,))
+    step = tf.function(lambda x, m: compiled(x, task_mask=m), jit_compile=True)
+    rng = np.random.default_rng(5)
+    masks = [[1, 0, 1], [1, 1, 1], [0, 1, 0], [0, 0, 0], [0, 1, 1]]
+    for epoch in range(3):
+        for i in range(2):
+            mask = _t(masks[(2 * epoch + i) % len(masks)])
+            losses = _t(rng.uniform(0.1, 4.0, 3)) * mask
+            for a, b in zip(eager(losses, task_mask=mask), step(losses, mask)):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+                assert np.all(np.isfinite(b.numpy()))
+        eager.on_epoch_end()
+        compiled.on_epoch_end()

@@ -216,3 +216,115 @@ def test_state_round_trip_and_reset():
     np.testing.assert_array_equal(
         strategy(grads[0], losses[0])[0].numpy(), fresh(grads[0], losses[0])[0].numpy()
     )
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+
+def test_supports_missing_tasks_and_marks_per_task_state():
+    strategy = DBMTL()
+    strategy.build((3, 4))
+    assert DBMTL.supports_missing_tasks
+    marked = {v.path: axis for v, axis in strategy.per_task_state()}
+    assert len(marked) == len(strategy.weights) == 2
+    assert set(marked.values()) == {0}
+
+
+def test_all_ones_mask_equals_the_unmasked_call():
+    grads, losses = _random_sequence(np.random.default_rng(10), steps=3)
+    plain, masked = DBMTL(beta_sigma=0.5), DBMTL(beta_sigma=0.5)
+    for strategy in (plain, masked):
+        strategy.build(grads[0].shape)
+    ones = tf.ones(3)
+    for g, x in zip(grads, losses):
+        for a, b in zip(plain(g, x), masked(g, x, task_mask=ones)):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(plain.weights, masked.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
+    rng = np.random.default_rng(11)
+    grads, losses = _random_sequence(rng, steps=5)
+    full = DBMTL(beta_sigma=0.5)
+    _run(full, grads[:2], losses[:2])
+    present = [0, 2]
+    alone = DBMTL(beta_sigma=0.5)
+    alone.build((2, 5))
+    alone.set_weights([w[present] for w in full.get_weights()])
+    mask = tf.constant([1.0, 0.0, 1.0])
+    for g, x in zip(grads[2:], losses[2:]):
+        g, x = g.copy(), x.copy()
+        g[1], x[1] = 0.0, 0.0  # an absent task's row and loss
+        update, alpha = full(g, x, task_mask=mask)
+        expected_update, expected_alpha = alone(g[present], x[present])
+        assert alpha.numpy()[1] == 0.0
+        np.testing.assert_allclose(alpha.numpy()[present], expected_alpha, rtol=1e-6)
+        np.testing.assert_allclose(update.numpy(), expected_update, rtol=1e-5)
+    for a, b in zip(full.get_weights(), alone.get_weights()):
+        np.testing.assert_array_equal(a[present], b)
+    np.testing.assert_array_equal(full.steps.numpy(), [5, 2, 5])
+    assert int(full.step.numpy()) == 5
+    # The absent task's buffer did not decay; with beta_sigma > 0 its own
+    # count sets its next beta_k = beta / 3^0.5 (not beta / 6^0.5).
+    g, x = grads[0], losses[0]
+    buffer = full.grad_buffer.numpy()[1]
+    full(g, x)
+    expected = g[1] / (x[1] + 1e-8)
+    expected = expected + 0.9 / 3**0.5 * (buffer - expected)
+    np.testing.assert_allclose(full.grad_buffer.numpy()[1], expected, rtol=1e-6)
+
+
+def test_restore_absent_tasks_keeps_the_absent_state():
+    grads, losses = _random_sequence(np.random.default_rng(12), steps=3)
+    strategy = DBMTL()
+    _run(strategy, grads[:2], losses[:2])
+    before = [w.copy() for w in strategy.get_weights()]
+    snapshot = strategy.task_state_snapshot()
+    mask = tf.constant([1.0, 1.0, 0.0])
+    strategy(grads[2] * mask.numpy()[:, None], losses[2] * mask.numpy(), task_mask=mask)
+    strategy.restore_absent_tasks(mask, snapshot)
+    for b, a in zip(before, strategy.get_weights()):
+        np.testing.assert_array_equal(a[2], b[2])
+        assert np.all(a[:2] != b[:2])
+
+
+def test_masked_results_are_finite():
+    cases = [
+        (np.zeros((3, 4)), np.zeros(3), [0.0, 1.0, 1.0]),
+        (1e10 * np.arange(12.0).reshape(3, 4), np.zeros(3), [0.0, 1.0, 1.0]),
+        (1e-10 * np.arange(12.0).reshape(3, 4), np.full(3, 1e-10), [0.0, 0.0, 1.0]),
+        (np.ones((3, 4)), np.ones(3), [0.0, 0.0, 0.0]),
+    ]
+    for grads, losses, mask in cases:
+        strategy = DBMTL()
+        strategy.build((3, 4))
+        mask = np.array(mask, "float32")
+        for _ in range(2):
+            update, alpha = strategy(
+                (grads * mask[:, None]).astype("float32"),
+                (losses * mask).astype("float32"),
+                task_mask=tf.constant(mask),
+            )
+            assert np.all(np.isfinite(update.numpy())) and np.all(
+                np.isfinite(alpha.numpy())
+            )
+            assert np.all(alpha.numpy()[mask == 0] == 0.0)
+        assert np.all(strategy.grad_buffer.numpy()[mask == 0] == 0.0)
+
+
+def test_masked_eager_equals_xla():
+    grads, losses = _random_sequence(np.random.default_rng(13), steps=4)
+    masks = [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
+    masks = [np.array(m, "float32") for m in masks]
+    grads = [g * m[:, None] for g, m in zip(grads, masks)]
+    losses = [x * m for x, m in zip(losses, masks)]
+    eager, compiled = DBMTL(beta_sigma=0.5), DBMTL(beta_sigma=0.5)
+    for strategy in (eager, compiled):
+        strategy.build((3, 5))
+    step = tf.function(lambda g, x, m: compiled(g, x, task_mask=m), jit_compile=True)
+    for g, x, m in zip(grads, losses, masks):
+        for a, b in zip(eager(g, x, task_mask=m), step(g, x, m)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    for a, b in zip(eager.weights, compiled.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)

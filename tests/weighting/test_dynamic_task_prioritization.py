@@ -181,3 +181,110 @@ def test_permutation_equivariance_and_degenerate_inputs():
     for scale in (0.0, 1e-10, 1e10):
         total, w = strategy(_t(losses * scale), kpis=_t([0.0, 1.0, 0.5]))
         assert np.isfinite(total.numpy()) and np.all(np.isfinite(w.numpy()))
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+
+def test_supports_missing_tasks_and_marks_per_task_state():
+    strategy = DynamicTaskPrioritization()
+    strategy.build((3,))
+    assert DynamicTaskPrioritization.supports_missing_tasks
+    marked = {v.path: axis for v, axis in strategy.per_task_state()}
+    assert len(marked) == len(strategy.weights) == 2
+    assert set(marked.values()) == {0}
+
+
+def test_all_ones_mask_equals_the_unmasked_call():
+    rng = np.random.default_rng(10)
+    plain = DynamicTaskPrioritization(alpha=0.3, warmup_steps=2, gamma=[1.0, 2.0])
+    masked = DynamicTaskPrioritization.from_config(plain.get_config())
+    for _ in range(5):
+        losses, kpis = _t(rng.uniform(0.1, 3.0, 2)), _t(rng.uniform(0.0, 1.0, 2))
+        a = plain(losses, kpis=kpis)
+        b = masked(losses, kpis=kpis, task_mask=_t([1.0, 1.0]))
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
+    rng = np.random.default_rng(11)
+    gamma = [1.0, 2.0, 1.5]
+    full = DynamicTaskPrioritization(alpha=0.3, gamma=gamma, warmup_steps=3)
+    for _ in range(2):
+        full(_t(rng.uniform(0.1, 3.0, 3)), kpis=_t(rng.uniform(0.0, 1.0, 3)))
+    present = [0, 2]
+    alone = DynamicTaskPrioritization(alpha=0.3, gamma=[1.0, 1.5], warmup_steps=3)
+    alone.build((2,))
+    alone.set_weights([w[present] for w in full.get_weights()])
+    for _ in range(3):  # through the end of the warm-up
+        losses = rng.uniform(0.1, 3.0, 3)
+        kpis = rng.uniform(0.0, 1.0, 3)
+        losses[1], kpis[1] = 0.0, np.nan  # an absent task's loss and metric
+        total, weights = full(_t(losses), kpis=_t(kpis), task_mask=_t([1, 0, 1]))
+        expected_total, expected = alone(_t(losses[present]), kpis=_t(kpis[present]))
+        assert weights.numpy()[1] == 0.0
+        np.testing.assert_array_equal(weights.numpy()[present], expected.numpy())
+        np.testing.assert_allclose(float(total), float(expected_total), rtol=1e-6)
+    assert np.all(np.isfinite(full.kpi_average.numpy()))
+    for a, b in zip(full.get_weights(), alone.get_weights()):
+        np.testing.assert_array_equal(a[present], b)
+
+
+def test_first_present_step_initialises_the_average_and_starts_the_warmup():
+    strategy = DynamicTaskPrioritization(alpha=0.5, warmup_steps=1)
+    mask_0 = _t([1.0, 0.0])
+    strategy(_t([1.0, 0.0]), kpis=_t([0.2, 0.0]), task_mask=mask_0)
+    _, weights = strategy(_t([1.0, 0.0]), kpis=_t([0.4, 0.0]), task_mask=mask_0)
+    np.testing.assert_allclose(weights.numpy(), [_focal(0.3), 0.0], rtol=1e-5)
+    # Task 1 arrives: its average starts at its KPI and it is warming up.
+    _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.6, 0.8]))
+    np.testing.assert_allclose(weights.numpy(), [_focal(0.45), 1.0], rtol=1e-5)
+    np.testing.assert_allclose(strategy.kpi_average.numpy(), [0.45, 0.8], rtol=1e-6)
+    _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.6, 0.6]))
+    np.testing.assert_allclose(weights.numpy(), _focal([0.525, 0.7]), rtol=1e-5)
+
+
+def test_restore_absent_tasks_keeps_the_absent_state():
+    strategy = DynamicTaskPrioritization(alpha=0.5, warmup_steps=3)
+    strategy(_t([1.0, 1.0, 1.0]), kpis=_t([0.2, 0.3, 0.4]))
+    before = [w.copy() for w in strategy.get_weights()]
+    snapshot = strategy.task_state_snapshot()
+    mask = _t([1.0, 0.0, 1.0])
+    strategy(_t([1.0, 0.0, 1.0]), kpis=_t([0.6, 0.9, 0.8]), task_mask=mask)
+    strategy.restore_absent_tasks(mask, snapshot)
+    for b, a in zip(before, strategy.get_weights()):
+        assert a[1] == b[1]
+        assert np.all(a[[0, 2]] != b[[0, 2]])
+
+
+def test_masked_results_are_finite():
+    strategy = DynamicTaskPrioritization()
+    for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0]):
+        total, weights = strategy(
+            _t([0.0, 1e10, 1e-10]), kpis=_t([np.nan, 0.0, 1.0]), task_mask=_t(mask)
+        )
+        assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
+        assert weights.numpy()[0] == 0.0
+    assert np.all(np.isfinite(strategy.kpi_average.numpy()))
+
+
+def test_masked_eager_equals_xla():
+    eager = DynamicTaskPrioritization(alpha=0.4, warmup_steps=1, gamma=[1.0, 2.0, 1.5])
+    compiled = DynamicTaskPrioritization.from_config(eager.get_config())
+
+    @tf.function(jit_compile=True)
+    def step(losses, kpis, mask):
+        return compiled(losses, kpis=kpis, task_mask=mask)
+
+    rng = np.random.default_rng(12)
+    for k in range(6):
+        mask = _t([1.0, float(k % 3 != 0), float(k % 2 == 0)])
+        losses = _t(rng.uniform(0.1, 3.0, 3)) * mask
+        kpis = _t(rng.uniform(0.0, 1.0, 3))
+        for a, b in zip(
+            eager(losses, kpis=kpis, task_mask=mask), step(losses, kpis, mask)
+        ):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    for a, b in zip(eager.get_weights(), compiled.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

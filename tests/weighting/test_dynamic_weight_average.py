@@ -221,3 +221,171 @@ def test_weights_are_constants_and_degenerate_inputs_are_finite():
     single = DynamicWeightAverage()
     got = _run_epochs(single, [[[2.0]], [[1.0]], [[0.5]]])
     np.testing.assert_allclose(got, [[1.0]] * 3)
+
+
+# --- Missing tasks ------------------------------------------------------
+
+
+def _masked_epochs(strategy, epochs):
+    """Like `_run_epochs`, each step a pair (losses, task_mask)."""
+    out = []
+    for epoch in epochs:
+        for losses, mask in epoch:
+            _, weights = strategy(_t(losses), task_mask=_t(mask))
+            out.append(weights.numpy())
+        strategy.on_epoch_end()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["epoch", "step"])
+def test_missing_tasks_all_present_mask_changes_nothing(mode):
+    assert DynamicWeightAverage.supports_missing_tasks
+    rng = np.random.default_rng(4)
+    epochs = [rng.uniform(0.5, 3.0, size=(3, 3)).tolist() for _ in range(4)]
+    plain = DynamicWeightAverage(mode=mode)
+    masked = DynamicWeightAverage(mode=mode)
+    got = _run_epochs(plain, epochs)
+    got_masked = _masked_epochs(
+        masked, [[(losses, [1.0, 1.0, 1.0]) for losses in epoch] for epoch in epochs]
+    )
+    assert not np.allclose(got[-1], 1.0)
+    np.testing.assert_allclose(got_masked, got, rtol=1e-6)
+    for a, b in zip(plain.weights, masked.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_epoch_mode_absent_task_as_if_only_present_tasks_existed():
+    rng = np.random.default_rng(5)
+    full = DynamicWeightAverage(temperature=1.5)
+    present_only = DynamicWeightAverage(temperature=1.5)
+    # Two epochs with every task, for both strategies.
+    for _ in range(2):
+        for losses in rng.uniform(0.5, 3.0, size=(3, 3)):
+            full(_t(losses))
+            present_only(_t(losses[[0, 2]]))
+        full.on_epoch_end()
+        present_only.on_epoch_end()
+    # Epoch 2: task 1 labelled only at the first step; epoch 3: never.
+    epoch_2 = rng.uniform(0.5, 3.0, size=(3, 3))
+    epoch_3 = rng.uniform(0.5, 3.0, size=(2, 3))
+    schedule = [
+        (epoch_2, [[1, 1, 1], [1, 0, 1], [1, 0, 1]]),
+        (epoch_3, [[1, 0, 1], [1, 0, 1]]),
+    ]
+    for epoch, masks in schedule:
+        for losses, mask in zip(epoch, masks):
+            mask = np.asarray(mask, np.float32)
+            _, weights = full(_t(losses * mask), task_mask=_t(mask))
+            _, expected = present_only(_t(losses[[0, 2]]))
+            if mask[1] == 0:
+                np.testing.assert_allclose(
+                    weights.numpy()[[0, 2]], expected.numpy(), rtol=1e-6
+                )
+                assert weights.numpy()[1] == 0.0
+                np.testing.assert_allclose(weights.numpy().sum(), 2.0, rtol=1e-6)
+        latest_1 = full.latest.numpy()[1]
+        full.on_epoch_end()
+        present_only.on_epoch_end()
+        np.testing.assert_allclose(
+            full.latest.numpy()[[0, 2]], present_only.latest.numpy(), rtol=1e-6
+        )
+    # Task 1's epoch-2 mean is its only labelled loss; epoch 3 (no label) is
+    # not recorded for it, so its history still ends with epoch 2.
+    np.testing.assert_allclose(latest_1, epoch_2[0, 1], rtol=1e-6)
+    np.testing.assert_allclose(full.latest.numpy()[1], epoch_2[0, 1], rtol=1e-6)
+    np.testing.assert_array_equal(full.task_count.numpy(), [2.0, 2.0, 2.0])
+
+
+def test_step_mode_absent_task_as_if_only_present_tasks_existed():
+    rng = np.random.default_rng(6)
+    full = DynamicWeightAverage(mode="step")
+    present_only = DynamicWeightAverage(mode="step")
+    for losses in rng.uniform(0.5, 3.0, size=(3, 3)):
+        full(_t(losses))
+        present_only(_t(losses[[0, 2]]))
+    frozen = (full.latest.numpy()[1], full.previous.numpy()[1])
+    for losses in rng.uniform(0.5, 3.0, size=(4, 3)):
+        _, weights = full(_t(losses * [1, 0, 1]), task_mask=_t([1.0, 0.0, 1.0]))
+        _, expected = present_only(_t(losses[[0, 2]]))
+        np.testing.assert_allclose(weights.numpy()[[0, 2]], expected.numpy(), rtol=1e-6)
+        assert weights.numpy()[1] == 0.0
+    # The absent task's EMA did not move while it was absent.
+    assert (full.latest.numpy()[1], full.previous.numpy()[1]) == frozen
+    np.testing.assert_allclose(
+        full.latest.numpy()[[0, 2]], present_only.latest.numpy(), rtol=1e-6
+    )
+
+
+def test_task_without_two_recorded_epochs_enters_with_ratio_one():
+    # Documented choice: task 1 has no label in epochs 0 and 1; in epoch 2
+    # it takes part in the softmax with the neutral ratio r = 1, and while
+    # no present task has a ratio the present tasks get w = 1.
+    strategy = DynamicWeightAverage(temperature=2.0)
+    _masked_epochs(
+        strategy,
+        [
+            [([2.0, 0.0, 1.0], [1, 0, 1])],
+            [([1.0, 0.0, 1.5], [1, 0, 1])],
+        ],
+    )
+    np.testing.assert_array_equal(strategy.task_count.numpy(), [2.0, 0.0, 2.0])
+    _, weights = strategy(_t([1.0, 1.0, 1.0]), task_mask=_t([1.0, 1.0, 1.0]))
+    np.testing.assert_allclose(
+        weights.numpy(),
+        _reference_epoch_weights([[2.0, 1.0, 1.0], [1.0, 1.0, 1.5]], 2.0, 3),
+        rtol=1e-6,
+    )
+    _, weights = strategy(_t([0.0, 1.0, 0.0]), task_mask=_t([0.0, 1.0, 0.0]))
+    np.testing.assert_array_equal(weights.numpy(), [0.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("mode", ["epoch", "step"])
+def test_absent_task_state_is_unchanged_and_restorable(mode):
+    strategy = DynamicWeightAverage(mode=mode)
+    _run_epochs(strategy, [[[1.0, 2.0, 3.0]], [[0.9, 1.5, 2.0]], [[0.8, 1.4, 2.5]]])
+    strategy(_t([0.7, 1.2, 2.0]))
+    assert len(strategy.per_task_state()) == 5
+    snapshot = strategy.task_state_snapshot()
+    mask = _t([1.0, 0.0, 1.0])
+    _, weights = strategy(_t([0.5, 0.0, 1.0]), task_mask=mask)
+    assert np.all(np.isfinite(weights.numpy()))
+    # The strategy itself leaves the absent task's state alone; the model's
+    # restore (run here as the model does) is then a no-op for it.
+    for restored in (False, True):
+        if restored:
+            strategy.restore_absent_tasks(mask, snapshot)
+        moved = False
+        for (variable, axis), before in zip(strategy.per_task_state(), snapshot):
+            assert axis == 0
+            after, before = variable.numpy(), before.numpy()
+            assert after[1] == before[1], variable.name
+            moved = moved or not np.array_equal(after[[0, 2]], before[[0, 2]])
+        assert moved
+    # No task present: zero weights, nothing per task moves.
+    snapshot = strategy.task_state_snapshot()
+    _, weights = strategy(_t([0.0, 0.0, 0.0]), task_mask=_t([0.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(weights.numpy(), 0.0)
+    for (variable, _), before in zip(strategy.per_task_state(), snapshot):
+        np.testing.assert_array_equal(variable.numpy(), before.numpy())
+
+
+@pytest.mark.parametrize("mode", ["epoch", "step"])
+def test_masked_eager_equals_xla(mode):
+    eager = DynamicWeightAverage(mode=mode)
+    eager.build((3,))
+    compiled = DynamicWeightAverage.from_config(eager.get_config())
+    compiled.build((3,))
+    step = tf.function(lambda x, m: compiled(x, task_mask=m), jit_compile=True)
+    rng = np.random.default_rng(7)
+    masks = [[1, 1, 1], [1, 0, 1], [0, 1, 1], [0, 0, 0], [1, 1, 0]]
+    for epoch in range(4):
+        for i in range(3):
+            mask = _t(masks[(epoch + i) % len(masks)])
+            losses = _t(rng.uniform(0.1, 5.0, size=3)) * mask
+            for a, b in zip(eager(losses, task_mask=mask), step(losses, mask)):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+                assert np.all(np.isfinite(b.numpy()))
+        eager.on_epoch_end()
+        compiled.on_epoch_end()
+    for a, b in zip(eager.weights, compiled.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)

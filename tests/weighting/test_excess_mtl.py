@@ -212,3 +212,142 @@ def test_state_round_trip_and_reset():
     np.testing.assert_array_equal(strategy.loss_weight.numpy(), 1.0)
     assert int(strategy.step.numpy()) == 0
     np.testing.assert_array_equal(strategy(grads[0])[0].numpy(), grads[0].sum(0))
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+
+def test_supports_missing_tasks_and_marks_per_task_state():
+    strategy = ExcessMTL()
+    strategy.build((3, 4))
+    assert ExcessMTL.supports_missing_tasks
+    marked = {v.path: axis for v, axis in strategy.per_task_state()}
+    assert len(marked) == len(strategy.weights) == 4
+    assert set(marked.values()) == {0}
+
+
+def test_all_ones_mask_equals_the_unmasked_call():
+    grads = _random_sequence(np.random.default_rng(10), steps=4)
+    plain, masked = ExcessMTL(robust_step_size=0.5), ExcessMTL(robust_step_size=0.5)
+    for strategy in (plain, masked):
+        strategy.build(grads[0].shape)
+    for g in grads:
+        for a, b in zip(plain(g), masked(g, task_mask=tf.ones(3))):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    for a, b in zip(plain.weights, masked.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
+    # ExcessMTL on the present tasks alone renormalises their weights to K;
+    # the masked step keeps their sum instead (see the docstring), so the
+    # weights and the update agree up to that one factor; the rest of the
+    # state agrees exactly.
+    rng = np.random.default_rng(11)
+    grads = _random_sequence(rng, steps=6, num_tasks=4)
+    full = ExcessMTL(robust_step_size=0.5)
+    _run(full, grads[:3])
+    present = [0, 1, 3]
+    mask = tf.constant([1.0, 1.0, 0.0, 1.0])
+    for g in grads[3:]:
+        g = g.copy()
+        g[2] = 0.0  # an absent task's row
+        alone = ExcessMTL(robust_step_size=0.5)
+        alone.build((3, 5))
+        alone.set_weights([w[present] for w in full.get_weights()])
+        kept = full.loss_weight.numpy()[present].sum()
+        absent_weight = full.loss_weight.numpy()[2]
+        update, weight = full(g, task_mask=mask)
+        expected_update, expected_weight = alone(g[present])
+        factor = kept / 3.0
+        assert weight.numpy()[2] == 0.0
+        np.testing.assert_allclose(
+            weight.numpy()[present], factor * expected_weight.numpy(), rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            update.numpy(), factor * expected_update.numpy(), rtol=1e-5, atol=1e-6
+        )
+        stored = full.loss_weight.numpy()
+        assert stored[2] == absent_weight
+        np.testing.assert_allclose(stored.sum(), 4.0, rtol=1e-6)
+        for a, b in zip(full.get_weights()[:2], alone.get_weights()[:2]):
+            np.testing.assert_array_equal(a[present], b)  # S and e0
+    np.testing.assert_array_equal(full.steps.numpy(), [6, 6, 3, 6])
+    assert int(full.step.numpy()) == 6
+
+
+def test_initial_estimate_is_recorded_at_the_first_present_step():
+    strategy = ExcessMTL(robust_step_size=1.0)
+    strategy.build((2, 2))
+    mask = tf.constant([1.0, 0.0])
+    # Task 1 absent for two steps: task 0 alone (K = 1) keeps its weight.
+    for g in ([[1.0, 0.0], [0.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]]):
+        _, weight = strategy(np.array(g, "float32"), task_mask=mask)
+        np.testing.assert_allclose(weight.numpy(), [1.0, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(strategy.initial_excess.numpy()[1], 0.0)
+    # Task 1 arrives: e0_1 = e_1, r_1 = 1; task 0 has r_0 = e_0 / e0_0.
+    update, weight = strategy(np.array([[1.0, 0.0], [0.0, 3.0]], "float32"))
+    e1 = 9.0 / np.sqrt(9.0 + 1e-7)
+    np.testing.assert_allclose(strategy.initial_excess.numpy()[1], e1, rtol=1e-6)
+    e0 = 1.0 / np.sqrt(1.0 + 1e-7)
+    r0 = (1.0 / np.sqrt(6.0 + 1e-7)) / e0
+    expected = 2.0 * np.exp([r0, 1.0]) / np.exp([r0, 1.0]).sum()
+    np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        update.numpy(), [expected[0], 3 * expected[1]], rtol=1e-5
+    )
+
+
+def test_restore_absent_tasks_keeps_the_absent_state():
+    grads = _random_sequence(np.random.default_rng(12), steps=3)
+    strategy = ExcessMTL(robust_step_size=0.5)
+    _run(strategy, grads[:2])
+    before = [w.copy() for w in strategy.get_weights()]
+    snapshot = strategy.task_state_snapshot()
+    mask = tf.constant([0.0, 1.0, 1.0])
+    strategy(grads[2] * mask.numpy()[:, None], task_mask=mask)
+    strategy.restore_absent_tasks(mask, snapshot)
+    after = strategy.get_weights()
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a[0], b[0])
+    for name, b, a in zip(["S", "e0", "w", "steps"], before, after):
+        if name != "e0":  # e0 is recorded once
+            assert np.all(a[1:] != b[1:]), name
+
+
+def test_masked_results_are_finite():
+    cases = [
+        (np.zeros((3, 4)), [0.0, 1.0, 1.0]),
+        (1e10 * np.arange(12.0).reshape(3, 4), [0.0, 1.0, 1.0]),
+        (1e-10 * np.arange(12.0).reshape(3, 4), [1.0, 0.0, 0.0]),
+        (np.ones((3, 4)), [0.0, 0.0, 0.0]),
+    ]
+    for grads, mask in cases:
+        strategy = ExcessMTL(robust_step_size=1.0)
+        strategy.build((3, 4))
+        mask = np.array(mask, "float32")
+        for k in range(3):
+            update, weight = strategy(
+                (grads * (k + 1) * mask[:, None]).astype("float32"),
+                task_mask=tf.constant(mask),
+            )
+            assert np.all(np.isfinite(update.numpy()))
+            assert np.all(weight.numpy()[mask == 0] == 0.0)
+            assert all(np.all(np.isfinite(w)) for w in strategy.get_weights())
+        np.testing.assert_allclose(strategy.loss_weight.numpy().sum(), 3.0, rtol=1e-6)
+
+
+def test_masked_eager_equals_xla():
+    grads = _random_sequence(np.random.default_rng(13), steps=4)
+    masks = [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
+    masks = [np.array(m, "float32") for m in masks]
+    eager, compiled = ExcessMTL(robust_step_size=0.5), ExcessMTL(robust_step_size=0.5)
+    for strategy in (eager, compiled):
+        strategy.build((3, 5))
+    step = tf.function(lambda g, m: compiled(g, task_mask=m), jit_compile=True)
+    for g, m in zip(grads, masks):
+        g = g * m[:, None]
+        for a, b in zip(eager(g, task_mask=m), step(g, m)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    for a, b in zip(eager.weights, compiled.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)

@@ -298,3 +298,144 @@ def test_permutation_equivariance():
 def test_update_before_build_raises():
     with pytest.raises(ValueError, match="before the strategy was built"):
         FAMO().update_after_step(_t([1.0, 2.0]), _t([0.5, 1.0]))
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+
+def _run_steps(strategy, rng, steps, num_tasks=3):
+    for _ in range(steps):
+        losses = _t(rng.uniform(0.5, 3.0, num_tasks))
+        strategy(losses)
+        strategy.update_after_step(losses, losses * _t(rng.uniform(0.6, 1.0, 3)))
+
+
+def test_supports_missing_tasks_and_marks_per_task_state():
+    strategy = _built(3)
+    assert FAMO.supports_missing_tasks
+    marked = {v.path: axis for v, axis in strategy.per_task_state()}
+    assert len(marked) == len(strategy.weights) == 4
+    assert set(marked.values()) == {0}
+
+
+def test_all_ones_mask_equals_the_unmasked_call():
+    rng = np.random.default_rng(10)
+    plain, masked = _built(3), _built(3)
+    ones = _t([1.0, 1.0, 1.0])
+    for _ in range(4):
+        old = _t(rng.uniform(0.5, 3.0, 3))
+        new = old * _t(rng.uniform(0.6, 1.0, 3))
+        loss_tensor = tf.Variable(old)
+        with tf.GradientTape(persistent=True) as tape:
+            a = plain(loss_tensor)
+            b = masked(loss_tensor, task_mask=ones)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.numpy(), y.numpy())
+        np.testing.assert_array_equal(
+            tape.gradient(a[0], loss_tensor).numpy(),
+            tape.gradient(b[0], loss_tensor).numpy(),
+        )
+        plain.update_after_step(old, new)
+        masked.update_after_step(old, new, task_mask=ones)
+        for x, y in zip(plain.weights, masked.weights):
+            np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
+    rng = np.random.default_rng(11)
+    full = _built(3, weight_decay=0.01, min_losses=[0.1, 0.2, 0.0])
+    _run_steps(full, rng, 3)
+    present = [0, 2]
+    alone = _built(2, weight_decay=0.01, min_losses=[0.1, 0.0])
+    alone.set_weights([w[present] for w in full.get_weights()])
+    mask = _t([1.0, 0.0, 1.0])
+    for _ in range(3):
+        old = rng.uniform(0.5, 3.0, 3) * [1.0, 0.0, 1.0]
+        new = old * rng.uniform(0.6, 1.0, 3)
+        loss_tensor = tf.Variable(_t(old))
+        with tf.GradientTape() as tape:
+            total, weights = full(loss_tensor, task_mask=mask)
+        expected_total, expected = alone(_t(old[present]))
+        assert weights.numpy()[1] == 0.0
+        np.testing.assert_allclose(weights.numpy()[present], expected, rtol=1e-6)
+        np.testing.assert_allclose(weights.numpy().sum(), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(float(total), float(expected_total), rtol=1e-6)
+        # The weights are the gradient of the objective; 0 for the absent task.
+        gradient = tape.gradient(total, loss_tensor).numpy()
+        np.testing.assert_allclose(gradient, weights.numpy(), rtol=1e-5)
+        full.update_after_step(_t(old), _t(new), task_mask=mask)
+        alone.update_after_step(_t(old[present]), _t(new[present]))
+        for a, b in zip(full.get_weights(), alone.get_weights()):
+            np.testing.assert_allclose(a[present], b, rtol=1e-5, atol=1e-9)
+    np.testing.assert_array_equal(full.adam_steps.numpy(), [6, 3, 6])
+    assert int(full.adam_step.numpy()) == 6
+
+
+def test_a_returning_task_resumes_its_own_adam_bias_correction():
+    # Task 1 is absent for the first two updates: its first update is a
+    # first Adam step (moves its logit by lr against the sign of g).
+    strategy = _built(2)
+    mask = _t([1.0, 0.0])
+    for _ in range(2):
+        strategy.update_after_step(_t([1.0, 0.0]), _t([0.5, 0.0]), task_mask=mask)
+    np.testing.assert_array_equal(strategy.logits.numpy()[1], 0.0)
+    np.testing.assert_array_equal(strategy.adam_steps.numpy(), [2, 0])
+    xi0 = strategy.logits.numpy()[0]
+    strategy.update_after_step(_t([1.0, 1.0]), _t([0.9, 0.5]))
+    # z = softmax(xi0, 0); task 1 improved more: g_1 > 0, its logit -lr.
+    np.testing.assert_allclose(strategy.logits.numpy()[1], -0.025, rtol=1e-5)
+    assert strategy.logits.numpy()[0] != xi0
+
+
+def test_restore_absent_tasks_keeps_the_absent_state():
+    rng = np.random.default_rng(12)
+    strategy = _built(3)
+    _run_steps(strategy, rng, 2)
+    before = [w.copy() for w in strategy.get_weights()]
+    snapshot = strategy.task_state_snapshot()
+    mask = _t([1.0, 1.0, 0.0])
+    strategy(_t([1.0, 2.0, 0.0]), task_mask=mask)
+    strategy.update_after_step(_t([1.0, 2.0, 0.0]), _t([0.5, 1.9, 0.0]), task_mask=mask)
+    strategy.restore_absent_tasks(mask, snapshot)
+    for b, a in zip(before, strategy.get_weights()):
+        assert a[2] == b[2]
+        assert np.all(a[:2] != b[:2])
+
+
+def test_masked_results_are_finite():
+    for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]):
+        strategy = _built(3, min_losses=[0.5, 0.0, 0.0])
+        losses = tf.Variable(_t([0.0, 1e-10, 1e10]) * _t(mask))
+        with tf.GradientTape() as tape:
+            total, weights = strategy(losses, task_mask=_t(mask))
+        gradient = tape.gradient(total, losses).numpy()
+        assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
+        absent = np.array(mask) == 0.0
+        assert np.all(np.isfinite(gradient)) and np.all(gradient[absent] == 0.0)
+        assert np.all(weights.numpy()[absent] == 0.0)
+        strategy.update_after_step(
+            losses, _t([0.0, 1e-12, 1e9]) * _t(mask), task_mask=_t(mask)
+        )
+        assert all(np.all(np.isfinite(w)) for w in strategy.get_weights())
+        assert np.all(strategy.logits.numpy()[absent] == 0.0)
+
+
+def test_masked_eager_and_xla_agree_on_a_full_step():
+    rng = np.random.default_rng(13)
+    eager = _built(3, logits=[0.2, -0.1, 0.3])
+    compiled = _built(3, logits=[0.2, -0.1, 0.3])
+
+    def step(strategy, old, new, mask):
+        total, weights = strategy(old, task_mask=mask)
+        strategy.update_after_step(old, new, task_mask=mask)
+        return total, weights
+
+    xla_step = tf.function(lambda *a: step(compiled, *a), jit_compile=True)
+    for k in range(4):
+        mask = _t([1.0, float(k % 2 == 0), float(k != 1)])
+        old = _t(rng.uniform(0.5, 3.0, 3)) * mask
+        new = old * _t(rng.uniform(0.6, 1.0, 3))
+        for a, b in zip(step(eager, old, new, mask), xla_step(old, new, mask)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+    for a, b in zip(eager.weights, compiled.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-8)

@@ -416,3 +416,181 @@ def test_all_shared_variables_option_in_a_model():
         reference.loss_weights.numpy(),
         rtol=1e-5,
     )
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+
+def _masked_step(strategy, losses, norms, mask, seed=0):
+    mask = np.asarray(mask, np.float32)
+    grads = _grads_with_norms(np.asarray(norms) * mask, seed=seed)
+    return strategy(
+        _t(np.asarray(losses) * mask), shared_grads=_t(grads), task_mask=_t(mask)
+    )
+
+
+@pytest.mark.parametrize("initial_loss", ["first_step", "first_epoch"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_supports_missing_tasks_and_marks_per_task_state(initial_loss, optimizer):
+    strategy = GradNorm(initial_loss=initial_loss, weight_optimizer=optimizer)
+    strategy.build((3,))
+    assert GradNorm.supports_missing_tasks
+    marked = {v.path: axis for v, axis in strategy.per_task_state()}
+    assert len(marked) == len(strategy.weights)
+    assert set(marked.values()) == {0}
+
+
+@pytest.mark.parametrize("initial_loss", ["first_step", "first_epoch"])
+def test_all_ones_mask_equals_the_unmasked_call(initial_loss):
+    plain = GradNorm(initial_loss=initial_loss)
+    masked = GradNorm(initial_loss=initial_loss)
+    for k, (losses, norms) in enumerate(_random_steps(8)):
+        grads = _t(_grads_with_norms(norms, seed=k))
+        a = plain(_t(losses), shared_grads=grads)
+        b = masked(_t(losses), shared_grads=grads, task_mask=_t([1.0, 1.0, 1.0]))
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6)
+        if k == 3:
+            plain.on_epoch_end()
+            masked.on_epoch_end()
+    for x, y in zip(plain.weights, masked.weights):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6, err_msg=x.path)
+    assert np.ptp(plain.loss_weights.numpy()) > 0.01
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it(optimizer):
+    # GradNorm on the present tasks alone renormalises their weights to sum
+    # to K; the masked step keeps their sum instead (see the docstring), so
+    # the new weights agree up to that one factor; the rest of the state
+    # agrees exactly.
+    steps = _random_steps(8, num_tasks=3)
+    full = GradNorm(alpha=1.0, weight_optimizer=optimizer, weight_learning_rate=0.1)
+    _feed(full, steps[:4])
+    present = [0, 2]
+    mask = [1.0, 0.0, 1.0]
+    for k, (losses, norms) in enumerate(steps[4:]):
+        alone = GradNorm.from_config(full.get_config())
+        alone.build((2,))
+        alone.set_weights([w[present] for w in full.get_weights()])
+        before = full.loss_weights.numpy().copy()
+        total, used = _masked_step(full, losses, norms, mask, seed=k)
+        grads = _grads_with_norms(norms, seed=k)[present]
+        expected_total, expected = alone(_t(losses[present]), shared_grads=_t(grads))
+        np.testing.assert_array_equal(used.numpy(), before * mask)
+        np.testing.assert_array_equal(used.numpy()[present], expected.numpy())
+        np.testing.assert_allclose(float(total), float(expected_total), rtol=1e-6)
+        after = full.loss_weights.numpy()
+        factor = before[present].sum() / 2.0
+        np.testing.assert_allclose(
+            after[present], factor * alone.loss_weights.numpy(), rtol=1e-5
+        )
+        assert after[1] == before[1]
+        np.testing.assert_allclose(after.sum(), 3.0, rtol=1e-6)
+        assert np.max(np.abs(after - before)) > 1e-4
+        for a, b in zip(full.weights, alone.weights):
+            if a.path.endswith("loss_weights"):
+                continue
+            np.testing.assert_allclose(
+                a.numpy()[present], b.numpy(), rtol=1e-6, err_msg=a.path
+            )
+
+
+def test_initial_loss_is_recorded_at_the_first_present_step():
+    strategy = GradNorm(weight_optimizer="sgd", weight_learning_rate=0.1)
+    _masked_step(strategy, [2.0, 5.0, 4.0], [1.0, 1.0, 3.0], [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(strategy.recorded.numpy(), [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(strategy.initial_losses.numpy(), [2.0, 0.0, 4.0])
+    assert float(strategy.active.numpy()) == 0.0
+    _masked_step(strategy, [1.0, 3.0, 4.0], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(strategy.initial_losses.numpy(), [2.0, 3.0, 4.0])
+    assert float(strategy.active.numpy()) == 1.0
+    # An absent first-step loss of 0 never becomes L(0): no division by 0.
+    assert np.all(np.isfinite(strategy.loss_weights.numpy()))
+
+
+def test_first_epoch_mode_records_a_late_task_after_its_first_epoch():
+    strategy = GradNorm(initial_loss="first_epoch", weight_optimizer="sgd")
+    # Epoch 0: task 2 never present; equal weighting.
+    for losses in ([2.0, 4.0, 0.0], [4.0, 8.0, 0.0]):
+        _, used = _masked_step(strategy, losses, [1.0, 3.0, 0.0], [1.0, 1.0, 0.0])
+        np.testing.assert_array_equal(used.numpy(), [1.0, 1.0, 0.0])
+    strategy.on_epoch_end()
+    np.testing.assert_array_equal(strategy.recorded.numpy(), [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(strategy.initial_losses.numpy(), [3.0, 6.0, 0.0])
+    # Epoch 1: task 2 present; GradNorm runs on tasks 0 and 1 only (their
+    # sum, 2, is kept), task 2 keeps weight 1 and accumulates its mean.
+    for losses in ([3.0, 6.0, 1.0], [3.0, 6.0, 3.0]):
+        _masked_step(strategy, losses, [1.0, 3.0, 2.0], [1.0, 1.0, 1.0])
+    w = strategy.loss_weights.numpy()
+    assert w[2] == 1.0 and w[0] > 1.0 > w[1]
+    np.testing.assert_allclose(w[:2].sum(), 2.0, rtol=1e-6)
+    strategy.on_epoch_end()
+    np.testing.assert_allclose(strategy.initial_losses.numpy(), [3.0, 6.0, 2.0])
+    np.testing.assert_array_equal(strategy.recorded.numpy(), [1.0, 1.0, 1.0])
+    _masked_step(strategy, [3.0, 6.0, 2.0], [1.0, 3.0, 2.0], [1.0, 1.0, 1.0])
+    assert strategy.loss_weights.numpy()[2] != 1.0
+
+
+@pytest.mark.parametrize("initial_loss", ["first_step", "first_epoch"])
+def test_restore_absent_tasks_keeps_the_absent_state(initial_loss):
+    strategy = GradNorm(initial_loss=initial_loss)
+    _feed(strategy, _random_steps(3))
+    strategy.on_epoch_end()
+    _feed(strategy, _random_steps(2, seed=1))
+    before = {v.path: v.numpy().copy() for v in strategy.weights}
+    snapshot = strategy.task_state_snapshot()
+    mask = [1.0, 1.0, 0.0]
+    _masked_step(strategy, [1.0, 2.0, 0.0], [1.0, 0.2, 0.0], mask)
+    strategy.restore_absent_tasks(_t(mask), snapshot)
+    moved = 0
+    for v in strategy.weights:
+        assert v.numpy()[2] == before[v.path][2], v.path
+        moved += np.any(v.numpy()[:2] != before[v.path][:2])
+    assert moved >= 3  # the weights and the Adam moments
+
+
+@pytest.mark.parametrize("initial_loss", ["first_step", "first_epoch"])
+def test_masked_results_are_finite(initial_loss):
+    cases = [
+        ([0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [0.0, 1.0, 1.0]),
+        ([0.0, 1e-10, 1e10], [0.0, 1e-10, 1e10], [0.0, 1.0, 1.0]),
+        ([0.0, 0.0, 5.0], [0.0, 0.0, 5.0], [0.0, 0.0, 1.0]),
+        ([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]),
+    ]
+    for losses, norms, mask in cases:
+        strategy = GradNorm(initial_loss=initial_loss)
+        for k in range(3):
+            total, used = _masked_step(strategy, losses, norms, mask, seed=k)
+            assert np.isfinite(float(total)) and np.all(np.isfinite(used.numpy()))
+            assert np.all(used.numpy()[np.array(mask) == 0] == 0.0)
+            strategy.on_epoch_end()
+        w = strategy.loss_weights.numpy()
+        assert all(np.all(np.isfinite(v.numpy())) for v in strategy.weights)
+        assert np.all(w > 0) and np.isclose(w.sum(), 3.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("initial_loss", ["first_step", "first_epoch"])
+def test_masked_eager_equals_xla(initial_loss):
+    eager = GradNorm(initial_loss=initial_loss)
+    compiled = GradNorm.from_config(eager.get_config())
+
+    @tf.function(jit_compile=True)
+    def step(losses, grads, mask):
+        return compiled(losses, shared_grads=grads, task_mask=mask)
+
+    for k, (losses, norms) in enumerate(_random_steps(8)):
+        mask = np.array([1.0, float(k % 3 != 1), float(k % 2 == 0)], np.float32)
+        grads = _t(_grads_with_norms(norms * mask, seed=k))
+        losses = _t(losses * mask)
+        for a, b in zip(
+            eager(losses, shared_grads=grads, task_mask=_t(mask)),
+            step(losses, grads, _t(mask)),
+        ):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+        if k == 3:
+            eager.on_epoch_end()
+            compiled.on_epoch_end()
+    for a, b in zip(eager.weights, compiled.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, err_msg=a.path)
+    assert np.ptp(eager.loss_weights.numpy()) > 0.01

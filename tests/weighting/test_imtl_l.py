@@ -188,3 +188,93 @@ def test_permutation_equivariance():
     total_b, weights_b = _built(3, init=list(s[perm]))(_t(losses[perm]))
     np.testing.assert_allclose(float(total_a), float(total_b), rtol=1e-6)
     np.testing.assert_allclose(weights_a.numpy()[perm], weights_b.numpy(), rtol=1e-6)
+
+
+# --- Missing tasks ------------------------------------------------------
+
+_INIT = [0.3, -1.2, 0.5]
+
+
+def _objective_weights_and_grads(strategy, losses, task_mask=None):
+    losses = _t(losses)
+    kwargs = {} if task_mask is None else {"task_mask": _t(task_mask)}
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(losses)
+        total, weights = strategy(losses, **kwargs)
+    grad_losses = tape.gradient(total, losses)
+    grad_s = tape.gradient(total, strategy.loss_scales)
+    return total.numpy(), weights.numpy(), grad_losses.numpy(), grad_s.numpy()
+
+
+def test_missing_tasks_all_present_mask_changes_nothing():
+    assert IMTLL.supports_missing_tasks
+    strategy = _built(3, init=_INIT)
+    losses = [0.5, 2.0, 3.0]
+    plain = _objective_weights_and_grads(strategy, losses)
+    masked = _objective_weights_and_grads(strategy, losses, [1.0, 1.0, 1.0])
+    for a, b in zip(plain, masked):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_absent_task_is_left_out_as_if_only_present_tasks_existed():
+    strategy = _built(3, init=_INIT)
+    present_only = _built(2, init=[_INIT[0], _INIT[2]])
+    total, weights, grad_losses, grad_s = _objective_weights_and_grads(
+        strategy, [0.5, 0.0, 3.0], [1.0, 0.0, 1.0]
+    )
+    total_p, weights_p, grad_losses_p, grad_s_p = _objective_weights_and_grads(
+        present_only, [0.5, 3.0]
+    )
+    np.testing.assert_allclose(total, total_p, rtol=1e-6)
+    np.testing.assert_allclose(weights[[0, 2]], weights_p, rtol=1e-6)
+    np.testing.assert_allclose(grad_losses[[0, 2]], grad_losses_p, rtol=1e-6)
+    np.testing.assert_allclose(grad_s[[0, 2]], grad_s_p, rtol=1e-6)
+    assert weights[1] == 0.0 and grad_losses[1] == 0.0 and grad_s[1] == 0.0
+    # Unmasked, the zero loss would push s_1 up by -(exp(s) * 0 - 1) = +1.
+    assert _objective_weights_and_grads(strategy, [0.5, 0.0, 3.0])[3][1] == -1.0
+    total, weights, grad_losses, grad_s = _objective_weights_and_grads(
+        strategy, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+    )
+    assert total == 0.0
+    for value in (weights, grad_losses, grad_s):
+        np.testing.assert_array_equal(value, 0.0)
+
+
+def test_absent_task_scale_is_restored_after_an_optimizer_step():
+    strategy = _built(3, init=_INIT)
+    optimizer = keras.optimizers.Adam(learning_rate=0.1)
+    for losses, mask in (([1.0, 2.0, 3.0], [1.0] * 3), ([1.0, 0.0, 3.0], [1, 0, 1])):
+        snapshot = strategy.task_state_snapshot()
+        grad_s = _objective_weights_and_grads(strategy, losses, mask)[3]
+        optimizer.apply([tf.constant(grad_s)], [strategy.loss_scales])
+        moved = strategy.loss_scales.numpy().copy()
+        strategy.restore_absent_tasks(_t(mask), snapshot)
+    before = snapshot[0].numpy()
+    assert moved[1] != before[1]  # Adam's momentum, despite a zero gradient
+    after = strategy.loss_scales.numpy()
+    assert after[1] == before[1]
+    np.testing.assert_array_equal(after[[0, 2]], moved[[0, 2]])
+    assert np.all(after[[0, 2]] != before[[0, 2]])
+    assert [axis for _, axis in strategy.per_task_state()] == [0]
+
+
+def test_masked_eager_equals_xla():
+    eager = _built(3, init=_INIT)
+    compiled = _built(3, init=_INIT)
+
+    @tf.function(jit_compile=True)
+    def step(losses, mask):
+        with tf.GradientTape() as tape:
+            total, weights = compiled(losses, task_mask=mask)
+        return total, weights, tape.gradient(total, compiled.loss_scales)
+
+    for losses, mask in (
+        ([1.0, 0.0, 3.0], [1.0, 0.0, 1.0]),
+        ([0.0, 2.0, 0.0], [0.0, 1.0, 0.0]),
+        ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
+    ):
+        expected = _objective_weights_and_grads(eager, losses, mask)
+        got = step(_t(losses), _t(mask))
+        for a, b in zip((expected[0], expected[1], expected[3]), got):
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-6)
+            assert np.all(np.isfinite(b.numpy()))

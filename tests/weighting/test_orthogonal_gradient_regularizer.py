@@ -303,3 +303,96 @@ def test_training_with_the_penalty_makes_task_gradients_closer_to_orthogonal():
         )
     assert cosines[0.0] > 0.3, cosines  # the tasks conflict without the penalty
     assert cosines[10.0] < 0.25 * cosines[0.0], cosines
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+
+def _value_and_gradient(strategy, losses, grads, **kwargs):
+    variable = tf.Variable(np.asarray(grads, np.float32))
+    with tf.GradientTape() as tape:
+        total, weights = strategy(_t(losses), shared_grads=variable, **kwargs)
+    return total.numpy(), weights.numpy(), tape.gradient(total, variable).numpy()
+
+
+def test_supports_missing_tasks():
+    assert OrthogonalGradientRegularizer.supports_missing_tasks
+    strategy = OrthogonalGradientRegularizer()
+    strategy.build((3,))
+    assert strategy.per_task_state() == []  # stateless
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_all_ones_mask_equals_the_unmasked_call(reduction):
+    grads = np.random.default_rng(10).normal(size=(3, 4))
+    strategy = OrthogonalGradientRegularizer(reduction=reduction)
+    losses = [1.0, 2.0, 3.0]
+    plain = _value_and_gradient(strategy, losses, grads)
+    masked = _value_and_gradient(strategy, losses, grads, task_mask=_t([1, 1, 1]))
+    for a, b in zip(plain, masked):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it(reduction):
+    rng = np.random.default_rng(11)
+    grads = rng.normal(size=(4, 5))
+    grads[2] = 0.0  # an absent task's row
+    losses = np.array([1.0, 2.0, 0.0, 0.5])
+    present = [0, 1, 3]
+    strategy = OrthogonalGradientRegularizer(penalty=3.0, reduction=reduction)
+    total, weights, gradient = _value_and_gradient(
+        strategy, losses, grads, task_mask=_t([1, 1, 0, 1])
+    )
+    alone = OrthogonalGradientRegularizer(penalty=3.0, reduction=reduction)
+    expected_total, expected_weights, expected_gradient = _value_and_gradient(
+        alone, losses[present], grads[present]
+    )
+    np.testing.assert_allclose(total, expected_total, rtol=1e-6)
+    np.testing.assert_allclose(
+        total, losses.sum() + 3.0 * _reference_penalty(grads[present], reduction)
+    )
+    np.testing.assert_array_equal(weights, [1.0, 1.0, 0.0, 1.0])
+    np.testing.assert_allclose(gradient[present], expected_gradient, rtol=1e-5)
+    np.testing.assert_array_equal(gradient[2], 0.0)
+    if reduction == "mean":  # unmasked, the zero row dilutes the mean
+        unmasked, _, _ = _value_and_gradient(strategy, losses, grads)
+        assert unmasked < total - 1e-3
+
+
+def test_masked_results_are_finite():
+    strategy = OrthogonalGradientRegularizer()
+    grads = np.array([[0.0, 0.0], [1e-10, 0.0], [1e10, 1e10]])
+    for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]):
+        total, weights, gradient = _value_and_gradient(
+            strategy,
+            [0.0, 1.0, 2.0],
+            grads * np.array(mask)[:, None],
+            task_mask=_t(mask),
+        )
+        assert np.isfinite(total) and np.all(np.isfinite(gradient))
+        np.testing.assert_array_equal(weights, mask)
+        if sum(mask) < 2:  # no pair of present tasks
+            np.testing.assert_allclose(total, np.dot(mask, [0.0, 1.0, 2.0]))
+
+
+def test_masked_eager_equals_xla():
+    strategy = OrthogonalGradientRegularizer()
+    variable = tf.Variable(
+        np.random.default_rng(12).normal(size=(3, 6)), dtype="float32"
+    )
+    mask = _t([1.0, 0.0, 1.0])
+
+    def value_and_gradient():
+        with tf.GradientTape() as tape:
+            total, weights = strategy(
+                _t([1.0, 0.0, 3.0]),
+                shared_grads=variable * mask[:, None],
+                task_mask=mask,
+            )
+        return total, weights, tape.gradient(total, variable)
+
+    for a, b in zip(
+        value_and_gradient(), tf.function(value_and_gradient, jit_compile=True)()
+    ):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)

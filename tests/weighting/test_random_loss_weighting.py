@@ -265,3 +265,119 @@ def test_extreme_losses_give_finite_results():
     total, weights = strategy(_t([0.0, 1e-10, 1e10]))
     assert np.isfinite(float(total))
     assert np.all(np.isfinite(weights.numpy()))
+
+
+# --- Missing tasks ------------------------------------------------------
+
+_MASKS = [
+    [1.0, 0.0, 1.0, 1.0],
+    [0.0, 1.0, 0.0, 0.0],
+    [1.0, 1.0, 0.0, 1.0],
+    [0.0, 0.0, 1.0, 1.0],
+    [1.0, 1.0, 1.0, 1.0],
+]
+
+
+def test_missing_tasks_all_present_mask_changes_nothing():
+    assert RandomLossWeighting.supports_missing_tasks
+    losses = _t([1.0, 2.0, 3.0])
+    ones = _t([1.0, 1.0, 1.0])
+    for distribution in ALL_DISTRIBUTIONS:
+        plain = RandomLossWeighting(distribution, seed=5)
+        masked = RandomLossWeighting(distribution, seed=5)
+        for training in (True, True, False, True):
+            a = plain(losses, training=training)
+            b = masked(losses, training=training, task_mask=ones)
+            for x, y in zip(a, b):
+                np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6)
+        np.testing.assert_array_equal(
+            plain.seed_generator.state.numpy(), masked.seed_generator.state.numpy()
+        )
+
+
+def test_present_tasks_get_the_draws_of_a_strategy_built_for_them():
+    # With K present tasks, the weights are those of a K-task strategy with
+    # the same seed state, whatever the mask of the step.
+    losses = _t([1.0, 0.0, 2.0, 3.0])
+    for distribution in ALL_DISTRIBUTIONS:
+        strategy = RandomLossWeighting(distribution, seed=3)
+        for step in range(15):
+            mask = np.asarray(_MASKS[step % len(_MASKS)])
+            present = mask > 0
+            reference = RandomLossWeighting(distribution, seed=0)
+            reference.build((int(present.sum()),))
+            reference.seed_generator.state.assign(strategy.seed_generator.state)
+            _, weights = strategy(losses * mask, task_mask=_t(mask))
+            _, expected = reference(tf.ones((int(present.sum()),)))
+            weights = weights.numpy()
+            np.testing.assert_allclose(weights[present], expected.numpy(), rtol=1e-6)
+            np.testing.assert_array_equal(weights[~present], 0.0)
+            np.testing.assert_array_equal(
+                strategy.seed_generator.state.numpy(),
+                reference.seed_generator.state.numpy(),
+            )
+        # Evaluation: the expected weights of K tasks.
+        _, weights = strategy(losses, training=False, task_mask=_t(_MASKS[0]))
+        expected = 4 / 7 if distribution == "bernoulli" else 1 / 3
+        np.testing.assert_allclose(weights.numpy(), [expected, 0, expected, expected])
+
+
+def test_masked_draws_stay_on_the_present_simplex():
+    mask = _t([1.0, 0.0, 1.0, 1.0])
+    for distribution in ALL_DISTRIBUTIONS:
+        strategy = RandomLossWeighting(distribution, seed=11)
+        strategy.build((4,))
+
+        @tf.function
+        def run(s=strategy):
+            out = tf.TensorArray(tf.float32, size=300)
+            for i in tf.range(300):
+                out = out.write(i, s(mask, task_mask=mask)[1])
+            return out.stack()
+
+        draws = run().numpy()
+        np.testing.assert_array_equal(draws[:, 1], 0.0)
+        assert np.all(draws >= 0) and np.all(np.isfinite(draws))
+        sums = draws.sum(axis=1)
+        if distribution in SOFTMAX_DISTRIBUTIONS + ["constrained_bernoulli"]:
+            np.testing.assert_allclose(sums, 1.0, rtol=1e-5)
+        else:  # non-zero 0/1 vectors over the three present tasks
+            assert np.all(sums >= 1)
+        if distribution == "constrained_bernoulli":
+            # Each of the three present tasks is chosen about a third of the time.
+            np.testing.assert_allclose(draws[:, [0, 2, 3]].mean(0), 1 / 3, atol=0.1)
+
+
+def test_no_task_present_gives_zero_weights():
+    for distribution in ALL_DISTRIBUTIONS:
+        strategy = RandomLossWeighting(distribution, seed=2)
+        for training in (True, False):
+            total, weights = strategy(
+                _t([0.0, 0.0, 0.0]), training=training, task_mask=_t([0.0, 0.0, 0.0])
+            )
+            assert float(total) == 0.0
+            np.testing.assert_array_equal(weights.numpy(), 0.0)
+
+
+def test_missing_tasks_no_per_task_state():
+    # The only state is the shared random generator, which advances.
+    strategy = RandomLossWeighting(seed=0)
+    strategy.build((3,))
+    assert strategy.per_task_state() == []
+    assert strategy.task_state_snapshot() == []
+    before = strategy.seed_generator.state.numpy().copy()
+    strategy(_t([1.0, 0.0, 1.0]), task_mask=_t([1.0, 0.0, 1.0]))
+    strategy.restore_absent_tasks(_t([1.0, 0.0, 1.0]), [])
+    assert not np.array_equal(strategy.seed_generator.state.numpy(), before)
+
+
+def test_masked_eager_equals_xla():
+    for distribution in ALL_DISTRIBUTIONS:
+        eager = RandomLossWeighting(distribution, seed=7)
+        compiled = RandomLossWeighting(distribution, seed=7)
+        compiled.build((4,))
+        step = tf.function(lambda x, m, s=compiled: s(x, task_mask=m), jit_compile=True)
+        for mask in _MASKS + [[0.0] * 4]:
+            losses = _t(np.array([1.0, 2.0, 3.0, 4.0]) * mask)
+            for a, b in zip(eager(losses, task_mask=_t(mask)), step(losses, _t(mask))):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)

@@ -251,3 +251,77 @@ def test_weights_go_from_inverse_scales_to_inverse_squared_scales():
     assert np.mean((last - ideal) ** 2) < 0.1 * np.mean((last - inverse) ** 2), last
     assert np.mean((last - ideal) ** 2) < 0.02 * np.mean((1.0 - ideal) ** 2), last
     assert np.all(np.diff(last) < 0)
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+
+def test_supports_missing_tasks():
+    assert ScaledLossWeighting.supports_missing_tasks
+    strategy = ScaledLossWeighting()
+    strategy.build((3,))
+    assert strategy.per_task_state() == []  # stateless
+
+
+def test_all_ones_mask_equals_the_unmasked_call():
+    rng = np.random.default_rng(10)
+    grads = _t(rng.normal(size=(3, 5)) * [[1.0], [10.0], [1e-3]])
+    losses = _t([1.0, 2.0, 3.0])
+    strategy = ScaledLossWeighting()
+    plain = strategy(losses, shared_grads=grads)
+    masked = strategy(losses, shared_grads=grads, task_mask=_t([1.0, 1.0, 1.0]))
+    for a, b in zip(plain, masked):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
+    rng = np.random.default_rng(11)
+    grads = rng.normal(size=(3, 5)) * [[1.0], [1.0], [20.0]]
+    grads[1] = 0.0  # an absent task's row
+    losses = np.array([1.0, 0.0, 3.0], np.float32)
+    present = [0, 2]
+    total, weights = ScaledLossWeighting()(
+        _t(losses), shared_grads=_t(grads), task_mask=_t([1.0, 0.0, 1.0])
+    )
+    expected_total, expected = ScaledLossWeighting()(
+        _t(losses[present]), shared_grads=_t(grads[present])
+    )
+    assert weights.numpy()[1] == 0.0
+    np.testing.assert_allclose(weights.numpy()[present], expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(weights.numpy()[present], _reference(grads[present]))
+    np.testing.assert_allclose(weights.numpy().sum(), 2.0, rtol=1e-6)  # K
+    np.testing.assert_allclose(float(total), float(expected_total), rtol=1e-6)
+    # Unmasked, the zero row would take almost all the weight.
+    assert _weights(ScaledLossWeighting(), grads)[1] > 2.9
+
+
+def test_masked_results_are_finite():
+    strategy = ScaledLossWeighting()
+    grads = np.array([[0.0, 0.0], [1e-10, 0.0], [1e10, 1e10]], np.float32)
+    for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]):
+        total, weights = strategy(
+            _t([0.0, 1e-10, 1e10]) * _t(mask),
+            shared_grads=_t(grads),
+            task_mask=_t(mask),
+        )
+        assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
+        np.testing.assert_allclose(weights.numpy().sum(), sum(mask), rtol=1e-6)
+        assert weights.numpy()[0] == 0.0
+
+
+def test_masked_eager_equals_xla():
+    strategy = ScaledLossWeighting()
+    compiled = tf.function(
+        lambda losses, grads, mask: strategy(
+            losses, shared_grads=grads, task_mask=mask
+        ),
+        jit_compile=True,
+    )
+    rng = np.random.default_rng(12)
+    for mask in ([1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0]):
+        mask = _t(mask)
+        grads = _t(rng.normal(size=(3, 4))) * mask[:, None]
+        losses = _t(rng.uniform(0.5, 2.0, 3)) * mask
+        eager = strategy(losses, shared_grads=grads, task_mask=mask)
+        for a, b in zip(eager, compiled(losses, grads, mask)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)

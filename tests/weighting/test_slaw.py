@@ -264,3 +264,117 @@ def test_weights_approach_inverse_squared_output_scales_on_mtregression():
     equal_error = np.mean((1.0 - ideal) ** 2)  # EW's weights are all 1
     assert np.all(np.diff(weights) < 0)
     assert error < 0.02 * equal_error, (weights, ideal, error, equal_error)
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+
+def _masked_feed(strategy, sequence, masks):
+    return np.array(
+        [
+            strategy(_t(losses), task_mask=_t(mask))[1].numpy()
+            for losses, mask in zip(sequence, masks)
+        ]
+    )
+
+
+def test_supports_missing_tasks_and_marks_per_task_state():
+    strategy = SLAW()
+    strategy.build((3,))
+    assert SLAW.supports_missing_tasks
+    marked = {v.path: axis for v, axis in strategy.per_task_state()}
+    assert sorted(marked.values()) == [0, 0, 0]
+    assert len(marked) == len(strategy.weights)  # the count is per task too
+
+
+def test_all_ones_mask_equals_the_unmasked_call():
+    rng = np.random.default_rng(10)
+    sequence = rng.uniform(0.1, 3.0, (8, 3))
+    plain = _feed(SLAW(beta=0.8), sequence)
+    masked = _masked_feed(SLAW(beta=0.8), sequence, np.ones((8, 3)))
+    np.testing.assert_array_equal(plain, masked)
+
+
+def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
+    rng = np.random.default_rng(11)
+    full = SLAW(beta=0.9)
+    _feed(full, rng.uniform(0.1, 3.0, (6, 3)) * [1.0, 10.0, 0.1])
+    present = [0, 2]
+    alone = SLAW(beta=0.9)
+    alone.build((2,))
+    alone.set_weights([w[present] for w in full.get_weights()])
+    for losses in rng.uniform(0.1, 3.0, (4, 3)) * [1.0, 10.0, 0.1]:
+        losses[1] = 0.0  # an absent task's loss
+        total, weights = full(_t(losses), task_mask=_t([1.0, 0.0, 1.0]))
+        expected_total, expected = alone(_t(losses[present]))
+        assert weights.numpy()[1] == 0.0
+        np.testing.assert_allclose(weights.numpy()[present], expected, rtol=1e-6)
+        np.testing.assert_allclose(float(total), float(expected_total), rtol=1e-6)
+        np.testing.assert_allclose(weights.numpy().sum(), 2.0, rtol=1e-6)  # K
+    for a, b in zip(full.get_weights(), alone.get_weights()):
+        np.testing.assert_array_equal(a[present], b)
+
+
+def test_counts_are_per_task():
+    # Task 1 is absent for the first 3 steps: its statistics are the
+    # arithmetic mean and variance of its own 3 losses, and the weights are
+    # 1 until it has been seen twice.
+    strategy = SLAW()
+    sequence = np.array(
+        [[1.0, 0.0], [2.0, 0.0], [4.0, 0.0], [3.0, 10.0], [1.0, 30.0], [2.0, 20.0]]
+    )
+    masks = [[1.0, 0.0]] * 3 + [[1.0, 1.0]] * 3
+    got = _masked_feed(strategy, sequence, masks)
+    np.testing.assert_array_equal(got[:3], [[1.0, 0.0]] * 3)
+    np.testing.assert_array_equal(got[3], [1.0, 1.0])  # task 1 seen once
+    np.testing.assert_array_equal(strategy.steps.numpy(), [6.0, 3.0])
+    np.testing.assert_allclose(strategy.loss_mean.numpy(), [13 / 6, 20.0], rtol=1e-6)
+    variances = [np.var(sequence[:, 0]), np.var([10.0, 30.0, 20.0])]
+    np.testing.assert_allclose(strategy.loss_variance.numpy(), variances, rtol=1e-5)
+    inv = 1.0 / np.sqrt(variances)
+    np.testing.assert_allclose(got[-1], 2 * inv / inv.sum(), rtol=1e-5)
+
+
+def test_restore_absent_tasks_keeps_the_absent_state():
+    rng = np.random.default_rng(12)
+    strategy = SLAW()
+    _feed(strategy, rng.uniform(0.1, 3.0, (5, 3)))
+    before = [w.copy() for w in strategy.get_weights()]
+    snapshot = strategy.task_state_snapshot()
+    mask = _t([0.0, 1.0, 1.0])
+    strategy(_t([0.0, 1.5, 2.5]), task_mask=mask)
+    strategy.restore_absent_tasks(mask, snapshot)
+    for b, a in zip(before, strategy.get_weights()):
+        np.testing.assert_array_equal(a[0], b[0])
+        assert np.all(a[1:] != b[1:])
+
+
+def test_masked_results_are_finite():
+    for masks in ([[0.0, 1.0, 1.0]] * 4, [[0.0, 0.0, 0.0]] * 4):
+        strategy = SLAW()
+        sequence = np.array([[0.0, 1e-10, 1e10], [0.0, 2e-10, 3e10]] * 2)
+        got = _masked_feed(strategy, sequence * np.array(masks), masks)
+        assert np.all(np.isfinite(got))
+        assert np.all(got[:, 0] == 0.0)
+        assert all(np.all(np.isfinite(w)) for w in strategy.get_weights())
+    # training=False with a mask: stored statistics, over present tasks.
+    _, weights = strategy(_t([0.0, 0.0, 0.0]), training=False, task_mask=_t([0, 0, 0]))
+    np.testing.assert_array_equal(weights.numpy(), [0.0, 0.0, 0.0])
+
+
+def test_masked_eager_equals_xla():
+    eager = SLAW(beta=0.8)
+    compiled = SLAW.from_config(eager.get_config())
+
+    @tf.function(jit_compile=True)
+    def step(losses, mask):
+        return compiled(losses, task_mask=mask)
+
+    rng = np.random.default_rng(13)
+    for k in range(9):
+        mask = _t([1.0, float(k % 3 != 0), float(k % 2 == 0)])
+        losses = _t(rng.uniform(0.1, 4.0, 3)) * mask
+        for a, b in zip(eager(losses, task_mask=mask), step(losses, mask)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+    for a, b in zip(eager.get_weights(), compiled.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5)

@@ -268,3 +268,170 @@ def test_permutation_equivariance():
     total_b, weights_b, _ = _value_and_grad(b, losses[perm])
     np.testing.assert_allclose(total_a, total_b, rtol=1e-6)
     np.testing.assert_allclose(weights_a[perm], weights_b, rtol=1e-6)
+
+
+# --- Missing tasks ------------------------------------------------------
+
+
+def _masked(strategy, losses, task_mask=None, training=True):
+    """Objective, weights, gradient with respect to the losses."""
+    losses = _t(losses)
+    kwargs = {} if task_mask is None else {"task_mask": _t(task_mask)}
+    with tf.GradientTape() as tape:
+        tape.watch(losses)
+        total, weights = strategy(losses, training=training, **kwargs)
+    return float(total), weights.numpy(), tape.gradient(total, losses).numpy()
+
+
+_RAW = {
+    "normalize": False,
+    "mu": 0.3,
+    "preference": [1.0, 0.5, 2.0],
+    "ideal_point": [0.1, 0.0, -0.2],
+}
+
+
+def test_missing_tasks_all_present_mask_changes_nothing():
+    assert SmoothTchebycheff.supports_missing_tasks
+    ones = [1.0, 1.0, 1.0]
+    for kwargs in (_RAW, {"warmup_epochs": 1, "mu": 0.5}):
+        plain, masked = _built(3, **kwargs), _built(3, **kwargs)
+        for _ in range(3):  # warm-up, normalisation epoch, STCH
+            for losses in ([0.7, 2.5, 1.1], [0.5, 2.0, 1.3]):
+                a = _masked(plain, losses)
+                b = _masked(masked, losses, ones)
+                for x, y in zip(a, b):
+                    np.testing.assert_allclose(x, y, rtol=1e-6)
+            plain.on_epoch_end()
+            masked.on_epoch_end()
+        for x, y in zip(plain.weights, masked.weights):
+            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6)
+
+
+def test_raw_absent_task_as_if_only_present_tasks_existed():
+    strategy = _built(3, **_RAW)
+    present_only = _built(
+        2,
+        normalize=False,
+        mu=0.3,
+        preference=[_RAW["preference"][0], _RAW["preference"][2]],
+        ideal_point=[_RAW["ideal_point"][0], _RAW["ideal_point"][2]],
+    )
+    total, weights, grad = _masked(strategy, [0.8, 0.0, 0.6], [1.0, 0.0, 1.0])
+    total_p, weights_p, grad_p = _masked(present_only, [0.8, 0.6])
+    np.testing.assert_allclose(total, total_p, rtol=1e-6)
+    np.testing.assert_allclose(weights[[0, 2]], weights_p, rtol=1e-6)
+    np.testing.assert_allclose(grad[[0, 2]], grad_p, rtol=1e-6)
+    assert weights[1] == 0.0 and grad[1] == 0.0
+    # K * mu * logsumexp over the present tasks, in numpy.
+    u = np.array([1.0, 2.0]) * (np.array([0.8, 0.6]) - np.array([0.1, -0.2])) / 0.3
+    np.testing.assert_allclose(total, 2 * 0.3 * np.log(np.exp(u).sum()), rtol=1e-6)
+
+
+def test_normalized_absent_task_as_if_only_present_tasks_existed():
+    rng = np.random.default_rng(12)
+    full = _built(3, warmup_epochs=1, mu=0.5)
+    present_only = _built(2, warmup_epochs=1, mu=0.5)
+    mask = np.array([1.0, 0.0, 1.0], np.float32)
+    # Epoch 0 (warm-up) and epoch 1 (normalisation): task 1 labelled at one
+    # step of epoch 1 only.
+    epoch_1 = rng.uniform(0.2, 3.0, size=(3, 3))
+    schedule = [
+        (rng.uniform(0.2, 3.0, size=(2, 3)), [[1, 0, 1], [1, 1, 1]]),
+        (epoch_1, [[1, 0, 1], [1, 1, 1], [1, 0, 1]]),
+    ]
+    for batch, masks in schedule:
+        for losses, m in zip(batch, masks):
+            m = np.asarray(m, np.float32)
+            got = _masked(full, losses * m, m)
+            expected = _masked(present_only, losses[[0, 2]])
+            if m[1] == 0:
+                np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+                np.testing.assert_allclose(got[1][[0, 2]], expected[1], rtol=1e-6)
+                np.testing.assert_allclose(got[2][[0, 2]], expected[2], rtol=1e-6)
+                assert got[1][1] == 0.0 and got[2][1] == 0.0
+        full.on_epoch_end()
+        present_only.on_epoch_end()
+    # Task 1's normaliser: the mean over its single labelled step.
+    np.testing.assert_allclose(
+        full.normalizers.numpy(),
+        [epoch_1[:, 0].mean(), epoch_1[1, 1], epoch_1[:, 2].mean()],
+        rtol=1e-6,
+    )
+    np.testing.assert_array_equal(full.task_loss_count.numpy(), [3.0, 1.0, 3.0])
+    assert float(full.loss_count.numpy()) == 3.0
+    # Epoch 2: the STCH objective over the present tasks alone.
+    for losses in rng.uniform(0.2, 3.0, size=(2, 3)):
+        got = _masked(full, losses * mask, mask)
+        expected = _masked(present_only, losses[[0, 2]])
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
+        np.testing.assert_allclose(got[1][[0, 2]], expected[1], rtol=1e-5)
+        np.testing.assert_allclose(got[2][[0, 2]], expected[2], rtol=1e-5)
+        assert got[1][1] == 0.0 and got[2][1] == 0.0
+
+
+def test_task_absent_during_the_normalisation_epoch_keeps_normaliser_one():
+    strategy = _built(2, warmup_epochs=0)
+    _masked(strategy, [2.0, 0.0], [1.0, 0.0])
+    strategy.on_epoch_end()
+    np.testing.assert_allclose(strategy.normalizers.numpy(), [2.0, 1.0])
+
+
+def test_absent_task_state_is_unchanged_and_restorable():
+    strategy = _built(3, warmup_epochs=1)
+    strategy(_t([1.0, 2.0, 3.0]))
+    strategy.on_epoch_end()
+    strategy(_t([1.0, 2.0, 3.0]))  # epoch 1 accumulates
+    names = {v.name: axis for v, axis in strategy.per_task_state()}
+    assert names == {"loss_sum": 0, "normalizers": 0, "task_loss_count": 0}
+    snapshot = strategy.task_state_snapshot()
+    mask = _t([1.0, 0.0, 1.0])
+    total, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
+    assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
+    for restored in (False, True):
+        if restored:
+            strategy.restore_absent_tasks(mask, snapshot)
+        for (variable, _), before in zip(strategy.per_task_state(), snapshot):
+            assert variable.numpy()[1] == before.numpy()[1], variable.name
+        np.testing.assert_allclose(strategy.loss_sum.numpy(), [1.5, 2.0, 5.0])
+        np.testing.assert_allclose(strategy.task_loss_count.numpy(), [2.0, 1.0, 2.0])
+    assert float(strategy.loss_count.numpy()) == 2.0  # shared, advances
+
+
+def test_masked_degenerate_inputs_are_finite():
+    for kwargs in (_RAW, {"warmup_epochs": 0, "mu": 0.1}):
+        strategy = _built(3, **kwargs)
+        for _ in range(2):
+            for losses, mask in (
+                ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
+                ([0.0, 1e10, 0.0], [0.0, 1.0, 0.0]),
+                ([1e-10, 0.0, 1e10], [1.0, 0.0, 1.0]),
+            ):
+                total, weights, grad = _masked(strategy, losses, mask)
+                assert np.isfinite(total)
+                assert np.all(np.isfinite(weights)) and np.all(np.isfinite(grad))
+                np.testing.assert_array_equal(weights[np.asarray(mask) == 0], 0.0)
+                np.testing.assert_array_equal(grad[np.asarray(mask) == 0], 0.0)
+                if not any(mask):
+                    assert total == 0.0
+            strategy.on_epoch_end()
+        assert np.all(np.isfinite(strategy.normalizers.numpy()))
+
+
+def test_masked_eager_equals_xla():
+    masks = [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    losses = np.array([0.7, 2.5, 1.1], np.float32)
+    for kwargs in (_RAW, {"normalize": True, "warmup_epochs": 0, "mu": 0.5}):
+        eager_strategy, xla_strategy = _built(3, **kwargs), _built(3, **kwargs)
+        xla_call = tf.function(
+            lambda x, m, s=xla_strategy: s(x, task_mask=m), jit_compile=True
+        )
+        for _ in range(2):
+            for mask in masks:
+                x, m = _t(losses * mask), _t(mask)
+                for a, b in zip(eager_strategy(x, task_mask=m), xla_call(x, m)):
+                    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+            eager_strategy.on_epoch_end()
+            xla_strategy.on_epoch_end()
+        for a, b in zip(eager_strategy.weights, xla_strategy.weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)

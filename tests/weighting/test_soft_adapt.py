@@ -254,3 +254,193 @@ def test_objective_uses_constant_weights():
         tape.watch(losses)
         total, weights = strategy(losses)
     np.testing.assert_allclose(tape.gradient(total, losses).numpy(), weights.numpy())
+
+
+# --- Missing tasks ------------------------------------------------------
+
+
+def _run_masked(strategy, sequence, masks, training=True):
+    return np.stack(
+        [
+            strategy(_t(np.asarray(row) * mask), training=training, task_mask=_t(mask))[
+                1
+            ].numpy()
+            for row, mask in zip(sequence, masks)
+        ]
+    )
+
+
+@pytest.mark.parametrize("update_every", [1, 2])
+def test_missing_tasks_all_present_mask_changes_nothing(update_every):
+    assert SoftAdapt.supports_missing_tasks
+    rng = np.random.default_rng(8)
+    sequence = rng.uniform(0.5, 2.0, size=(7, 3))
+    for variant in VARIANTS:
+        kwargs = dict(beta=2.0, variant=variant, accuracy_order=2)
+        plain = SoftAdapt(update_every=update_every, **kwargs)
+        masked = SoftAdapt(update_every=update_every, **kwargs)
+        expected = _run(plain, sequence)
+        got = _run_masked(masked, sequence, np.ones_like(sequence))
+        assert not np.allclose(expected[-1], 1.0)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        for a, b in zip(plain.weights, masked.weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+        ones = _t([1.0, 1.0, 1.0])
+        np.testing.assert_allclose(
+            masked(ones, training=False, task_mask=ones)[1].numpy(),
+            plain(ones, training=False)[1].numpy(),
+            rtol=1e-6,
+        )
+
+
+@pytest.mark.parametrize(
+    "variant, update_every",
+    [
+        ("plain", 1),
+        ("normalized", 1),
+        ("loss_weighted", 1),
+        ("plain", 2),
+        ("loss_weighted", 3),
+    ],
+)
+def test_absent_task_as_if_only_present_tasks_existed(variant, update_every):
+    rng = np.random.default_rng(9)
+    kwargs = dict(beta=1.5, variant=variant, accuracy_order=2)
+    full = SoftAdapt(update_every=update_every, **kwargs)
+    present_only = SoftAdapt(update_every=update_every, **kwargs)
+    # A few steps with every task, then task 1 goes missing.
+    for losses in rng.uniform(0.5, 2.0, size=(4, 3)):
+        full(_t(losses))
+        present_only(_t(losses[[0, 2]]))
+    mask = np.array([1.0, 0.0, 1.0], np.float32)
+    for losses in rng.uniform(0.5, 2.0, size=(5, 3)):
+        _, weights = full(_t(losses * mask), task_mask=_t(mask))
+        _, expected = present_only(_t(losses[[0, 2]]))
+        np.testing.assert_allclose(weights.numpy()[[0, 2]], expected.numpy(), rtol=1e-5)
+        assert weights.numpy()[1] == 0.0
+    np.testing.assert_allclose(
+        full.loss_history.numpy()[:, [0, 2]], present_only.loss_history.numpy()
+    )
+    _, weights = full(_t(mask), training=False, task_mask=_t(mask))
+    _, expected = present_only(_t([1.0, 1.0]), training=False)
+    np.testing.assert_allclose(weights.numpy()[[0, 2]], expected.numpy(), rtol=1e-5)
+
+
+def test_a_task_history_records_only_its_labelled_steps():
+    # Task 1 is labelled every other step: its slope is the difference of
+    # its last two labelled losses, and on its unlabelled steps the weights
+    # of tasks 0 and 2 come from their own histories over K = 2 tasks.
+    sequence = np.array(
+        [
+            [2.0, 3.0, 1.0],
+            [1.5, 9.0, 1.1],
+            [1.2, 2.0, 1.0],
+            [1.0, 9.0, 0.8],
+            [0.9, 1.8, 0.8],
+        ]
+    )
+    masks = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1], [1, 0, 1], [1, 1, 1]], float)
+    strategy = SoftAdapt(beta=1.0)
+    got = _run_masked(strategy, sequence, masks)
+    np.testing.assert_array_equal(got[0], 1.0)  # no slope yet
+    two_tasks = _reference_weights(sequence[:2, [0, 2]], 1.0, "plain", 1)
+    np.testing.assert_allclose(got[1], np.insert(two_tasks, 1, 0.0), rtol=1e-5)
+    labelled = sequence[[0, 2, 4]]  # task 1's labelled losses
+    history = np.stack([sequence[3], sequence[4]])
+    history[:, 1] = labelled[1:, 1]
+    np.testing.assert_allclose(
+        got[4], _reference_weights(history, 1.0, "plain", 1), rtol=1e-5
+    )
+    np.testing.assert_array_equal(strategy.task_steps.numpy(), [2, 2, 2])
+
+
+def test_present_task_without_full_history_holds_the_weights():
+    # Documented choice: the weights are recomputed only once every present
+    # task has n + 1 records; until then the held weights (rescaled to K).
+    strategy = SoftAdapt(beta=1.0)
+    got = _run_masked(
+        strategy,
+        [[2.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.5, 4.0, 1.0], [0.4, 3.0, 1.0]],
+        np.array([[1, 0, 1], [1, 0, 1], [1, 1, 1], [1, 1, 1]], float),
+    )
+    fresh = _reference_weights([[2.0, 1.0], [1.0, 1.0]], 1.0, "plain", 1)
+    np.testing.assert_allclose(got[1], [fresh[0], 0.0, fresh[1]], rtol=1e-5)
+    # Step 3: task 1 has one record; the held weights of tasks 0, 2 and the
+    # initial 1 of task 1, rescaled to sum to 3.
+    held = np.array([fresh[0], 1.0, fresh[1]])
+    np.testing.assert_allclose(got[2], 3 * held / held.sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+        got[3],
+        _reference_weights([[0.5, 4.0, 1.0], [0.4, 3.0, 1.0]], 1.0, "plain", 1),
+        rtol=1e-5,
+    )
+
+
+def test_absent_task_state_is_unchanged_and_restorable():
+    strategy = SoftAdapt(beta=1.0, accuracy_order=2)
+    _run(strategy, [[1.0, 2.0, 3.0], [0.9, 1.9, 2.5], [0.8, 1.7, 2.4]])
+    axes = {v.name: axis for v, axis in strategy.per_task_state()}
+    assert axes == {"loss_history": 1, "task_weights": 0, "task_steps": 0}
+    snapshot = strategy.task_state_snapshot()
+    mask = _t([1.0, 0.0, 1.0])
+    _, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
+    assert np.all(np.isfinite(weights.numpy()))
+    for restored in (False, True):
+        if restored:
+            strategy.restore_absent_tasks(mask, snapshot)
+        for (variable, axis), before in zip(strategy.per_task_state(), snapshot):
+            after = np.moveaxis(variable.numpy(), axis, 0)
+            before = np.moveaxis(before.numpy(), axis, 0)
+            np.testing.assert_array_equal(after[1], before[1])
+        history = strategy.loss_history.numpy()
+        np.testing.assert_allclose(history[-1], [0.5, 1.7, 2.0], rtol=1e-6)
+    assert int(strategy.step_count.numpy()) == 4  # the shared counter advances
+
+
+def test_masked_degenerate_inputs_are_finite():
+    for variant in VARIANTS:
+        strategy = SoftAdapt(beta=0.1, variant=variant)
+        got = _run_masked(
+            strategy,
+            [[0.0, 0.0], [0.0, 0.0], [1e10, 1e-10], [1e-10, 1e10], [1.0, 1.0]],
+            np.array([[1, 1], [0, 0], [1, 1], [1, 0], [0, 0]], float),
+        )
+        assert np.all(np.isfinite(got)), variant
+        np.testing.assert_array_equal(got[[1, 4]], 0.0)
+        assert got[3, 1] == 0.0
+
+
+def test_masked_eager_equals_xla():
+    rng = np.random.default_rng(10)
+    sequence = rng.uniform(0.5, 2.0, size=(8, 3)).astype(np.float32)
+    masks = np.array(
+        [
+            [1, 1, 1],
+            [1, 0, 1],
+            [1, 1, 1],
+            [0, 1, 1],
+            [0, 0, 0],
+            [1, 1, 0],
+            [1, 0, 1],
+            [1, 1, 1],
+        ],
+        np.float32,
+    )
+    for variant in VARIANTS:
+        kwargs = dict(beta=2.0, variant=variant, accuracy_order=2, update_every=2)
+        eager_strategy = SoftAdapt(**kwargs)
+        eager = _run_masked(eager_strategy, sequence, masks)
+        xla_strategy = SoftAdapt(**kwargs)
+        xla_strategy.build((3,))
+        x, m = _t(sequence * masks), _t(masks)
+
+        @tf.function(jit_compile=True)
+        def steps(s=xla_strategy, x=x, m=m):
+            out = tf.TensorArray(tf.float32, size=8)
+            for i in tf.range(8):
+                out = out.write(i, s(x[i], task_mask=m[i])[1])
+            return out.stack()
+
+        np.testing.assert_allclose(steps().numpy(), eager, rtol=1e-5)
+        for a, b in zip(eager_strategy.weights, xla_strategy.weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
