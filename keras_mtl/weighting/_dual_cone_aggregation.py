@@ -57,6 +57,7 @@ class DualConeAggregation(GradientAggregation):
     """
 
     requires = "gramian"
+    supports_missing_tasks = True
 
     def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, **kwargs):
         super().__init__(**kwargs)
@@ -86,13 +87,32 @@ class DualConeAggregation(GradientAggregation):
         )
         return config
 
-    def _preference_and_matrix(self, gramian):
-        """The float64 preference `(T,)` and prepared Gramian `(T, T)`."""
+    def _preference_and_matrix(self, gramian, task_mask=None):
+        """The float64 preference `(T,)` and prepared Gramian `(T, T)`.
+
+        With `task_mask`, the absent tasks' rows and columns of the Gramian
+        are zeroed and their preference is 0; the default preference is
+        1/K over the K present tasks, a given one keeps its entries for the
+        present tasks. The prepared matrix is then block diagonal: its
+        present block is the one a strategy built for the present tasks
+        prepares (same trace), the absent block `reg_eps * I`, so the QPs
+        give the absent tasks v = 0 and the present ones the K-task
+        solution.
+        """
         gramian = ops.convert_to_tensor(gramian)
         num_tasks = gramian.shape[0]
-        if self.pref_vector is None:
-            pref = tf.fill([num_tasks], tf.constant(1.0 / num_tasks, tf.float64))
+        if task_mask is None:
+            if self.pref_vector is None:
+                pref = tf.fill([num_tasks], tf.constant(1.0 / num_tasks, tf.float64))
+            else:
+                pref = tf.constant(self.pref_vector, tf.float64)
         else:
-            pref = tf.constant(self.pref_vector, tf.float64)
+            present = tf.cast(tf.convert_to_tensor(task_mask) > 0, tf.float64)
+            if self.pref_vector is None:
+                pref = present / tf.maximum(tf.reduce_sum(present), 1.0)
+            else:
+                pref = tf.constant(self.pref_vector, tf.float64) * present
+            keep = tf.cast(present, gramian.dtype)
+            gramian = gramian * keep[:, None] * keep[None, :]
         matrix = normalize_and_regularize(gramian, self.norm_eps, self.reg_eps)
         return pref, tf.cast(matrix, tf.float64)

@@ -15,7 +15,7 @@ _FLOAT32_EPS = 1.1920928955078125e-07
 _SCALE_MODES = ("min", "median", "rmse")
 
 
-def aligned_mtl_matrix(gramian, scale_mode="min"):
+def aligned_mtl_matrix(gramian, scale_mode="min", task_mask=None):
     """Aligned-MTL's `(T, T)` matrix B from the `(T, T)` Gramian M.
 
     M = V diag(lambda) V^T; eigenvalues lambda_i <= max(lambda) T eps32 are
@@ -23,12 +23,24 @@ def aligned_mtl_matrix(gramian, scale_mode="min"):
     V_r^T with sigma^2 the smallest kept eigenvalue ("min"), their lower
     median ("median") or their mean ("rmse"). With no kept eigenvalue (zero
     gradients) B = 0. The task weights are alpha = B 1 (B is symmetric).
+
+    With `task_mask` (`(T,)`, nonzero for the K present tasks), the rows
+    and columns of absent tasks are zeroed: M is then block diagonal, each
+    absent task adds a zero eigenvalue (eigenvector e_t) that the threshold
+    max(lambda) K eps32 (K, not T) drops, and the kept eigenpairs are those
+    of the present block, so B restricted to the present tasks is the
+    K-task B, and its absent rows and columns are zeroed.
     """
     num = gramian.shape[0]
     dtype = gramian.dtype
+    count = num
+    if task_mask is not None:
+        present = tf.cast(tf.convert_to_tensor(task_mask) > 0, dtype)
+        gramian = gramian * present[:, None] * present[None, :]
+        count = tf.reduce_sum(present)
     eigenvalues, eigenvectors = tf.linalg.eigh(gramian)
     largest = tf.reduce_max(eigenvalues)
-    tol = largest * num * _FLOAT32_EPS
+    tol = largest * count * _FLOAT32_EPS
     keep = eigenvalues > tol
     rank = tf.reduce_sum(tf.cast(keep, tf.int32))
     safe = tf.where(keep, eigenvalues, tf.ones_like(eigenvalues))
@@ -45,14 +57,18 @@ def aligned_mtl_matrix(gramian, scale_mode="min"):
         sigma_sq = tf.reduce_sum(kept) / tf.cast(tf.maximum(rank, 1), dtype)
     sigma_sq = tf.where(rank > 0, sigma_sq, tf.zeros([], dtype))
     inv_sqrt = tf.where(keep, 1.0 / tf.sqrt(safe), tf.zeros_like(safe))
-    return tf.sqrt(sigma_sq) * tf.matmul(
+    matrix = tf.sqrt(sigma_sq) * tf.matmul(
         eigenvectors * inv_sqrt[None, :], eigenvectors, transpose_b=True
     )
+    if task_mask is not None:
+        # Exact zeros where the kept eigenvectors carry rounding noise.
+        matrix = matrix * present[:, None] * present[None, :]
+    return matrix
 
 
-def aligned_mtl_weights(gramian, scale_mode="min"):
+def aligned_mtl_weights(gramian, scale_mode="min", task_mask=None):
     """Aligned-MTL's task weights alpha = B 1 (`aligned_mtl_matrix`)."""
-    return tf.reduce_sum(aligned_mtl_matrix(gramian, scale_mode), axis=0)
+    return tf.reduce_sum(aligned_mtl_matrix(gramian, scale_mode, task_mask), axis=0)
 
 
 _compiled_aligned_mtl_weights = tf.function(aligned_mtl_weights, autograph=False)
@@ -85,6 +101,13 @@ class AlignedMTL(GradientAggregation):
     with equal norms. It reduces but does not remove the effect of
     rescaling one task (not scale invariant); alpha is invariant to a common
     rescaling of all gradients (the update scales with them).
+
+    Missing tasks: with a `task_mask`, the rows of absent tasks are
+    dropped: the eigendecomposition is that of the present block of M (the
+    zero eigenvalue each absent row would add is discarded, and the rank
+    threshold counts the K present tasks, max(lambda) K eps), so sigma,
+    B and alpha are those of Aligned-MTL on the present rows; absent tasks
+    get weight 0.
 
     Args:
         scale_mode: the scale sigma^2 of the aligned singular values:
@@ -121,6 +144,7 @@ class AlignedMTL(GradientAggregation):
 
     requires: ClassVar[str] = "gramian"
     supports_rep_grad: ClassVar[bool] = True
+    supports_missing_tasks: ClassVar[bool] = True
 
     def __init__(self, scale_mode="min", **kwargs):
         super().__init__(**kwargs)
@@ -136,8 +160,15 @@ class AlignedMTL(GradientAggregation):
         config["scale_mode"] = self.scale_mode
         return config
 
-    def compute_weights(self, gramian, losses=None, training=True):
-        weights = _compiled_aligned_mtl_weights(
-            ops.cast(gramian, "float64"), self.scale_mode
-        )
+    def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
+        if task_mask is None:
+            weights = _compiled_aligned_mtl_weights(
+                ops.cast(gramian, "float64"), self.scale_mode
+            )
+        else:
+            weights = _compiled_aligned_mtl_weights(
+                ops.cast(gramian, "float64"),
+                self.scale_mode,
+                ops.cast(task_mask, "float64"),
+            )
         return ops.cast(weights, self.compute_dtype)

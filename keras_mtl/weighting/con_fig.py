@@ -44,6 +44,14 @@ class ConFIG(GradientAggregation):
     gradient; with identical rows it is their sum; permutation equivariant.
     Needs the gradients themselves (`requires = "gradients"`).
 
+    Missing tasks: with a `task_mask`, the rows of absent tasks are
+    dropped: they get preference 0 and direction u_t = 0 (a zero singular
+    value, cut off by the pseudo-inverse), the cut-off `rcond` counts only
+    the K present rows, and the length sums the projections of the present
+    gradients. The update and the present tasks' weights are those of a
+    ConFIG built for the present tasks (with their entries of
+    `pref_vector`); absent tasks get weight 0.
+
     Args:
         pref_vector: None (equal weights 1) or one finite float per task: the
             target cosines p of the direction before normalisation, i.e. the
@@ -84,6 +92,7 @@ class ConFIG(GradientAggregation):
     """
 
     requires = "gradients"
+    supports_missing_tasks = True
 
     def __init__(self, pref_vector=None, **kwargs):
         super().__init__(**kwargs)
@@ -104,7 +113,7 @@ class ConFIG(GradientAggregation):
         )
         return config
 
-    def call(self, grads, losses=None, training=True):
+    def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")
         grads = tf.convert_to_tensor(grads)
         num_tasks = grads.shape[0]
@@ -118,6 +127,15 @@ class ConFIG(GradientAggregation):
             pref = tf.constant(self.pref_vector, f64)
 
         wide = tf.cast(grads, f64)
+        num_rows = num_tasks
+        if task_mask is not None:
+            # Drop the absent rows: zero preference and zero rows (u_t = 0),
+            # whose zero singular values the cut-off removes; the cut-off
+            # counts the K present rows.
+            present = tf.cast(tf.convert_to_tensor(task_mask) > 0, f64)
+            pref = pref * present
+            wide = wide * present[:, None]
+            num_rows = tf.cast(tf.reduce_sum(present), tf.int32)
         gramian = tf.matmul(wide, wide, transpose_b=True)
         norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
         inv_norms = tf.where(norms > 0, 1.0 / tf.where(norms > 0, norms, 1.0), 0.0)
@@ -128,7 +146,7 @@ class ConFIG(GradientAggregation):
         eigvals, eigvecs = tf.linalg.eigh(cosines)
         sing = tf.sqrt(tf.maximum(eigvals, 0.0))
         eps32 = float(np.finfo(np.float32).eps)
-        size = tf.cast(tf.maximum(num_tasks, num_params), f64)
+        size = tf.cast(tf.maximum(num_rows, num_params), f64)
         rcond = tf.minimum(eps32 * size, _MAX_RCOND)
         keep = sing > rcond * tf.reduce_max(sing)
         inv_eig = tf.where(keep, 1.0 / tf.where(keep, eigvals, 1.0), 0.0)

@@ -44,6 +44,15 @@ class DualProj(DualConeAggregation):
     in the dual cone; the weights satisfy w >= p; positively homogeneous;
     permutation equivariant; needs only the Gramian (`requires = "gramian"`).
 
+    Missing tasks: with a `task_mask`, the rows of absent tasks are dropped:
+    the preference-weighted mean of the present rows is projected onto their
+    dual cone, with the Gramian normalised by the trace of the present
+    block, and absent tasks get weight 0. The default preference becomes 1/K
+    over the K present tasks; a given `pref_vector` keeps its entries for
+    the present tasks (not renormalised). The weights are those of a
+    DualProj built for the present tasks (with the preference entries of
+    those tasks).
+
     Args:
         pref_vector: None (weights 1/T) or one finite float per task: the
             weights of the combination that is projected.
@@ -84,8 +93,8 @@ class DualProj(DualConeAggregation):
         differentiable through the weights (they are used as constants).
     """
 
-    def compute_weights(self, gramian, losses=None, training=True):
+    def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
         gramian = ops.convert_to_tensor(gramian)
-        pref, matrix = self._preference_and_matrix(gramian)
+        pref, matrix = self._preference_and_matrix(gramian, task_mask)
         weights = project_weights(pref[None, :], matrix)[0]
         return tf.cast(weights, gramian.dtype)

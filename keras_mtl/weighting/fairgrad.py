@@ -18,7 +18,7 @@ _NORM_FLOOR = 1e-60
 _MAX_WEIGHT = 1e30
 
 
-def _solve_fair_weights(gramian, alpha, max_iter=200, tol=1e-20):
+def _solve_fair_weights(gramian, alpha, max_iter=200, tol=1e-20, present=None):
     """Solves A w = w^(-1/alpha), w > 0, for a `(T, T)` float64 PSD matrix.
 
     The equation is the stationarity condition of the strictly convex
@@ -34,23 +34,41 @@ def _solve_fair_weights(gramian, alpha, max_iter=200, tol=1e-20):
     scales of the tasks do not matter) with a fraction-to-the-boundary rule
     and Armijo backtracking, which converges globally and quadratically.
     The Newton systems are solved after a symmetric diagonal scaling.
+
+    With `present` (`(T,)` float64, 1.0 for the present tasks), the absent
+    tasks' rows and columns are replaced by those of the identity, whose
+    equation w = w^(-1/alpha) the start w_t = 1 already solves; the Newton
+    steps, which never move them (zero gradient, decoupled Hessian), and
+    the objective (restricted to the present tasks) are those of the
+    present block alone.
     """
     dtype = gramian.dtype
     power = alpha / (1.0 + alpha)
     inv_alpha = 1.0 / alpha
+    if present is not None:
+        gramian = gramian * present[:, None] * present[None, :]
     diag = tf.linalg.diag_part(gramian)
     scale = tf.reduce_max(diag)
     scale = tf.where(scale > 0, scale, tf.ones_like(scale))
     floor = tf.maximum(diag / scale, _NORM_FLOOR)
     matrix = gramian / scale + tf.linalg.diag(_RIDGE * floor)
+    if present is not None:
+        matrix = matrix * present[:, None] * present[None, :] + tf.linalg.diag(
+            1.0 - present
+        )
+
+    def task_sum(values):
+        if present is None:
+            return tf.reduce_sum(values)
+        return tf.reduce_sum(tf.where(present > 0, values, tf.zeros_like(values)))
 
     def objective(w):
-        quad = 0.5 * tf.reduce_sum(w * tf.linalg.matvec(matrix, w))
+        quad = 0.5 * task_sum(w * tf.linalg.matvec(matrix, w))
         if alpha == 1.0:
-            barrier = tf.reduce_sum(tf.math.log(w))
+            barrier = task_sum(tf.math.log(w))
         else:
             expo = 1.0 - inv_alpha
-            barrier = tf.reduce_sum(tf.pow(w, expo)) / expo
+            barrier = task_sum(tf.pow(w, expo)) / expo
         return quad - barrier
 
     def cond(it, w, previous, done):
@@ -148,6 +166,13 @@ class FairGrad(GradientAggregation):
     Properties: stateless; weights positive; permutation equivariant; needs
     only the Gramian (`requires = "gramian"`).
 
+    Missing tasks: with a `task_mask`, the rows of absent tasks are
+    dropped: the equation is solved for the present tasks only, (A_PP w_P)
+    = w_P^(-1/alpha) on the present block P of the Gramian (its scale and
+    ridge included), and absent tasks get weight 0; with alpha = 0 the
+    weights are 1/K on the K present tasks. (Left in, a zero row would have
+    no solution and get the 1e30 cap.)
+
     Args:
         alpha: the fairness parameter, a finite float >= 0.
         **kwargs: passed to `GradientAggregation` (`name`, `dtype`).
@@ -193,6 +218,7 @@ class FairGrad(GradientAggregation):
     """
 
     requires = "gramian"
+    supports_missing_tasks = True
 
     def __init__(self, alpha=1.0, **kwargs):
         super().__init__(**kwargs)
@@ -213,10 +239,20 @@ class FairGrad(GradientAggregation):
         config["alpha"] = self.alpha
         return config
 
-    def compute_weights(self, gramian, losses=None, training=True):
+    def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
         gramian = ops.convert_to_tensor(gramian)
         num_tasks = gramian.shape[0]
+        if task_mask is None:
+            if self.alpha == 0.0:
+                return tf.fill([num_tasks], tf.constant(1.0 / num_tasks, gramian.dtype))
+            weights = _solve_fair_weights(tf.cast(gramian, tf.float64), self.alpha)
+            return tf.cast(weights, gramian.dtype)
+        present = tf.cast(tf.convert_to_tensor(task_mask) > 0, tf.float64)
         if self.alpha == 0.0:
-            return tf.fill([num_tasks], tf.constant(1.0 / num_tasks, gramian.dtype))
-        weights = _solve_fair_weights(tf.cast(gramian, tf.float64), self.alpha)
+            weights = present / tf.maximum(tf.reduce_sum(present), 1.0)
+        else:
+            weights = _solve_fair_weights(
+                tf.cast(gramian, tf.float64), self.alpha, present=present
+            )
+            weights = weights * present
         return tf.cast(weights, gramian.dtype)

@@ -49,6 +49,12 @@ class GradDrop(GradientAggregation):
     to the order of the tasks for given draws, not scale invariant (the
     purity's 1e-7 makes very small gradients look conflicting).
 
+    Missing tasks: with a `task_mask`, the (zero) rows of absent tasks
+    are dropped: they add nothing to the purity's sums nor to the update,
+    so for the same uniform draws (one per coordinate, independent of T)
+    the update is exactly that of GradDrop on the present rows. Absent
+    tasks get weight 0, present ones the nominal 1.
+
     Args:
         leak: fraction in [0, 1] of the dropped components that is still
             applied. Default 0.0 (LibMTL).
@@ -92,6 +98,7 @@ class GradDrop(GradientAggregation):
     """
 
     supports_rep_grad = True
+    supports_missing_tasks = True
 
     def __init__(self, leak=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -112,9 +119,13 @@ class GradDrop(GradientAggregation):
         """Returns U[0, 1) draws of `shape`, one per coordinate."""
         return portable_uniform(shape, self.seed_generator)
 
-    def call(self, grads, losses=None, training=True):
+    def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")
         dtype = grads.dtype
+        if task_mask is not None:
+            # Drop the absent rows (zero by contract; zeroed to be sure).
+            task_mask = ops.cast(ops.convert_to_tensor(task_mask) > 0, dtype)
+            grads = grads * task_mask[:, None]
         purity = self.sign_purity(grads)
         shape = tuple(purity.shape)
         if any(d is None for d in shape):
@@ -127,6 +138,8 @@ class GradDrop(GradientAggregation):
         )
         update = ops.sum(grads * (self.leak + (1.0 - self.leak) * mask), axis=0)
         weights = ops.ones((ops.shape(grads)[0],), dtype=dtype)
+        if task_mask is not None:
+            weights = weights * task_mask
         return update, weights
 
     def get_config(self):

@@ -54,6 +54,18 @@ class GradVac(GradientAggregation):
     parameter gradients only (as in LibMTL). The cosines and targets do not
     depend on the gradients' scales, but the update, a sum of rows, does.
 
+    Missing tasks: with a `task_mask`, the rows of absent tasks are
+    dropped: only pairs of present tasks are adjusted and only their
+    targets phi_ij move (the targets of pairs with an absent task keep
+    their values; `targets` is marked per task along its first axis, and
+    its columns of absent tasks are left untouched by the step itself).
+    The visit orders restricted to the present tasks are those a GradVac
+    built for the K present tasks draws from the same seed-generator state,
+    so the update, the present tasks' weights and the new targets of
+    present pairs are those of that K-task GradVac with the same targets.
+    Absent tasks get weight 0. (With a single present task the seed
+    generator still advances, where a one-task GradVac draws nothing.)
+
     Args:
         beta: EMA rate beta in [0, 1] of the targets. Default 0.5 (LibMTL).
         group_type: the parameter granularity of the similarities; only 0
@@ -92,6 +104,7 @@ class GradVac(GradientAggregation):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(self, beta=0.5, group_type=0, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -116,32 +129,56 @@ class GradVac(GradientAggregation):
             initializer="zeros",
             trainable=False,
             name="targets",
+            task_axis=0,
         )
 
     def reset_state(self):
         self.targets.assign(ops.zeros_like(self.targets))
 
-    def _task_orders(self, num_tasks):
+    def _task_orders(self, num_tasks, task_mask=None):
         """Returns `(T, T)` int indices: row i is the order of visits for i.
 
         Each row is an independent uniform permutation of all tasks; task i
         itself is skipped when it comes up, which leaves a uniform random
         order of the other tasks.
+
+        With `task_mask`, present task i (of rank r_i among the K present
+        tasks) draws for present task j the value a K-task GradVac draws
+        at (r_i, r_j) from the same seed-generator state (the draws depend
+        on the flat index only), and the absent tasks come last: restricted
+        to the present tasks, the orders are that K-task GradVac's.
         """
-        noise = portable_uniform((num_tasks, num_tasks), self.seed_generator)
+        if task_mask is None:
+            noise = portable_uniform((num_tasks, num_tasks), self.seed_generator)
+            return ops.argsort(noise, axis=1)
+        flat = portable_uniform((num_tasks * num_tasks,), self.seed_generator)
+        present = ops.cast(ops.convert_to_tensor(task_mask) > 0, "int32")
+        rank = ops.cumsum(present) - present
+        count = ops.sum(present)
+        index = ops.clip(rank[:, None] * count + rank[None, :], 0, num_tasks**2 - 1)
+        noise = ops.take(flat, index)
+        noise = ops.where(present[None, :] > 0, noise, ops.full_like(noise, 2.0))
         return ops.argsort(noise, axis=1)
 
-    def call(self, grads, losses=None, training=True):
+    def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")
         num_tasks = self.num_tasks
         dtype = grads.dtype
         targets = ops.cast(self.targets, dtype)
         weights = ops.ones((num_tasks,), dtype=dtype)
+        if task_mask is not None:
+            # Drop the absent rows (zero by contract; zeroed to be sure).
+            present = ops.cast(ops.convert_to_tensor(task_mask) > 0, dtype)
+            grads = grads * present[:, None]
+            weights = weights * present
         if num_tasks == 1:
             # No pair to adjust and no random draw.
             return grads[0], weights
         norms = ops.sqrt(ops.sum(ops.square(grads), axis=1))
-        orders = self._task_orders(num_tasks)
+        if task_mask is None:
+            orders = self._task_orders(num_tasks)
+        else:
+            orders = self._task_orders(num_tasks, task_mask)
         beta = self.beta
 
         def visit_task(i, carry):
@@ -160,6 +197,11 @@ class GradVac(GradientAggregation):
                 row_norm = ops.sqrt(ops.sum(ops.square(row)))
                 cos = ops.sum(row * g_j) / (row_norm * norm_j + _COS_EPS)
                 adjust = ops.logical_and(ops.not_equal(j, i), cos < target)
+                if task_mask is not None:
+                    # Only pairs of present tasks are adjusted and update
+                    # their targets.
+                    both = ops.sum(present * onehot_i) * ops.sum(present * onehot_j)
+                    adjust = ops.logical_and(adjust, both > 0)
                 sin = ops.sqrt(ops.maximum(1.0 - ops.square(cos), 0.0))
                 sin_target = ops.sqrt(ops.maximum(1.0 - ops.square(target), 0.0))
                 coef = (

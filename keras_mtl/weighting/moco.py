@@ -53,10 +53,25 @@ class MoCo(GradientAggregation):
     `MoCo_beta_sigma` = 0.5, `MoCo_gamma` = 0.1, `MoCo_gamma_sigma` = 0.5,
     `MoCo_rho` = 0), which ports the authors' code.
 
-    Properties: stateful (Y `(T, P)`, lambda `(T,)` and the step count;
-    `reset_state()` restores zero, 1/T and 0), needs the task losses, T
-    backward passes, weights on the simplex, invariant to the scale of each
-    g_t (but not of L_t). The returned weights are lambda.
+    Properties: stateful (Y `(T, P)`, lambda `(T,)`, the step count and the
+    per-task step counts; `reset_state()` restores zero, 1/T, 0 and 0),
+    needs the task losses, T backward passes, weights on the simplex,
+    invariant to the scale of each g_t (but not of L_t). The returned
+    weights are lambda.
+
+    Missing tasks: with a `task_mask`, the rows of absent tasks are
+    dropped. Only the present tasks' tracked rows Y_t move, each with
+    beta_k computed from the number of steps in which that task was
+    present (`task_steps`, per task, so that an absent task's running mean
+    is not decayed by steps it missed); gamma_k follows the shared step
+    count. The dual step uses the present block of Y Y^T and lambda, and
+    the softmax runs over the present tasks: their weights sum to one,
+    absent tasks get weight 0 and keep their stored lambda (the stored
+    vector then no longer sums to one until the next step with all tasks,
+    whose softmax renormalises it). These are the weights and the update of
+    a MoCo built for the present tasks with their slices of the state
+    (including `task_steps`) and the same step count; with a single present
+    task its weight is 1.
 
     Args:
         beta: learning rate of the tracking variable, > 0. Default 0.5.
@@ -92,6 +107,7 @@ class MoCo(GradientAggregation):
     """
 
     stateful = True
+    supports_missing_tasks = True
 
     def __init__(
         self,
@@ -123,23 +139,36 @@ class MoCo(GradientAggregation):
             initializer="zeros",
             trainable=False,
             name="tracking",
+            task_axis=0,
         )
         self.lambd = self.add_weight(
             shape=(num_tasks,),
             initializer=keras.initializers.Constant(1.0 / num_tasks),
             trainable=False,
             name="lambda",
+            task_axis=0,
         )
         self.step = self.add_weight(
             shape=(), initializer="zeros", dtype="int32", trainable=False, name="step"
+        )
+        # The number of steps in which each task was present: the k of its
+        # tracking rate beta_k (equal to `step` when no task is ever absent).
+        self.task_steps = self.add_weight(
+            shape=(num_tasks,),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
+            name="task_steps",
+            task_axis=0,
         )
 
     def reset_state(self):
         self.tracking.assign(ops.zeros_like(self.tracking))
         self.lambd.assign(ops.ones_like(self.lambd) / self.num_tasks)
         self.step.assign(0)
+        self.task_steps.assign(ops.zeros_like(self.task_steps))
 
-    def call(self, grads, losses=None, training=True):
+    def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")
         if losses is None:
             raise ValueError(
@@ -149,24 +178,58 @@ class MoCo(GradientAggregation):
         dtype = grads.dtype
         losses = ops.reshape(ops.cast(losses, dtype), (-1,))
         self._check_num_tasks(losses, "losses")
+        num_tasks = self.num_tasks
         step = self.step + 1
         k = ops.cast(step, dtype)
-        beta_k = self.beta / ops.power(k, self.beta_sigma)
         gamma_k = self.gamma / ops.power(k, self.gamma_sigma)
+        if task_mask is None:
+            task_steps = self.task_steps + 1
+        else:
+            present = ops.cast(ops.convert_to_tensor(task_mask) > 0, dtype)
+            keep = present > 0
+            # Drop the absent rows (zero by contract; zeroed to be sure).
+            grads = grads * present[:, None]
+            losses = losses * present
+            task_steps = self.task_steps + ops.cast(keep, "int32")
+        # beta_k per task, each computed as a scalar as for the shared step
+        # (a vectorised power may differ in the last bit); k >= 1 keeps a
+        # never-present task finite.
+        task_k = ops.cast(ops.maximum(task_steps, 1), dtype)
+        beta_k = ops.stack(
+            [
+                self.beta / ops.power(task_k[t], self.beta_sigma)
+                for t in range(num_tasks)
+            ]
+        )
         directions = grads / (_row_norms(grads) + _NORM_EPS)[:, None] * losses[:, None]
         tracking = ops.cast(self.tracking, dtype)
-        tracking = tracking - beta_k * (tracking - directions)
+        new_tracking = tracking - beta_k[:, None] * (tracking - directions)
         lambd = ops.cast(self.lambd, dtype)
-        gramian = ops.matmul(tracking, ops.transpose(tracking))
-        gramian = gramian + self.rho * ops.eye(self.num_tasks, dtype=dtype)
-        if self.num_tasks > 1:  # with one task lambda stays 1
-            lambd = ops.softmax(lambd - gamma_k * ops.matmul(gramian, lambd), axis=-1)
-        update = ops.matmul(lambd[None, :], tracking)[0]
+        if task_mask is None:
+            tracking = new_tracking
+            gramian = ops.matmul(tracking, ops.transpose(tracking))
+            gramian = gramian + self.rho * ops.eye(num_tasks, dtype=dtype)
+            if num_tasks > 1:  # with one task lambda stays 1
+                lambd = ops.softmax(
+                    lambd - gamma_k * ops.matmul(gramian, lambd), axis=-1
+                )
+        else:
+            tracking = ops.where(keep[:, None], new_tracking, tracking)
+            gramian = ops.matmul(tracking, ops.transpose(tracking))
+            gramian = gramian + self.rho * ops.eye(num_tasks, dtype=dtype)
+            # The dual step and the softmax over the present tasks only.
+            logits = lambd - gamma_k * ops.matmul(gramian, lambd * present)
+            logits = ops.where(keep, logits, ops.full_like(logits, -1e30))
+            lambd = ops.softmax(logits, axis=-1) * present
+            lambd = ops.where(keep, lambd, ops.cast(self.lambd, dtype))
+        weights = lambd if task_mask is None else lambd * present
+        update = ops.matmul(weights[None, :], tracking)[0]
         if training:
             self.tracking.assign(tracking)
             self.lambd.assign(lambd)
             self.step.assign(step)
-        return update, lambd
+            self.task_steps.assign(task_steps)
+        return update, weights
 
     def get_config(self):
         config = super().get_config()

@@ -26,12 +26,19 @@ def _mix32(x):
     )
 
 
-def random_orders(seed, num_tasks):
+def random_orders(seed, num_tasks, task_mask=None):
     """`(T, T)` int32 orders, row i a pseudo-random permutation of the tasks.
 
     The permutations are the argsorts of hashed integer keys derived from a
     `(2,)` integer seed, so they are bit-identical in eager mode and under
     XLA (TensorFlow's stateless random kernels differ between the two).
+
+    With `task_mask` (`(T,)`, nonzero for the present tasks), the key of
+    the pair (i, j) of present tasks is the key that pair (r_i, r_j) gets
+    without a mask for K = (number of present tasks) tasks, r_i being the
+    rank of task i among the present ones: restricted to the present tasks,
+    row i is then exactly row r_i of `random_orders(seed, K)`. Where the
+    absent tasks land in the orders is left unspecified.
     """
     seed = tf.cast(tf.math.floormod(tf.cast(seed, tf.int64), 2**32), tf.uint32)
     base = _mix32(
@@ -39,7 +46,14 @@ def random_orders(seed, num_tasks):
             seed[0], _mix32(seed[1] + tf.constant(0x7F4A7C15, tf.uint32))
         )
     )
-    index = tf.cast(tf.range(num_tasks * num_tasks), tf.uint32)
+    if task_mask is None:
+        index = tf.cast(tf.range(num_tasks * num_tasks), tf.uint32)
+    else:
+        present = tf.cast(tf.convert_to_tensor(task_mask) > 0, tf.int32)
+        rank = tf.cumsum(present, exclusive=True)
+        count = tf.reduce_sum(present)
+        index = tf.reshape(rank[:, None] * count + rank[None, :], [-1])
+        index = tf.cast(index, tf.uint32)
     keys = _mix32(index * tf.constant(0x9E3779B9, tf.uint32) + base)
     keys = tf.cast(tf.bitwise.right_shift(keys, tf.constant(1, tf.uint32)), tf.int32)
     keys = tf.reshape(keys, (num_tasks, num_tasks))
@@ -108,6 +122,14 @@ class PCGrad(GradientAggregation):
     g_2^pc . g_1 >= 0; non-conflicting gradients pass unchanged. Not scale
     invariant.
 
+    Missing tasks: with a `task_mask`, the rows of absent tasks are
+    dropped (their Gramian rows and columns are zeroed, so nothing is
+    projected onto or from them) and they get weight 0. The visit orders
+    restricted to the present tasks are those a PCGrad built for the K
+    present tasks draws from the same seed-generator state (see
+    `random_orders`), so the weights of the present tasks and the update
+    are those of that K-task PCGrad on the present rows.
+
     Args:
         seed: seed of the random visit orders (None for a random seed).
         **kwargs: passed to `GradientAggregation` (`name`, `dtype`).
@@ -133,6 +155,7 @@ class PCGrad(GradientAggregation):
         state rather than from `keras.random` draws, whose values differ
         between eager and XLA execution; they are not those of Python's
         `random.shuffle` in the reference (any uniform order is correct).
+
         The projections are computed from the Gramian in float64 instead of
         on the float32 gradient vectors (the same math; the rounding
         differs). The RNG state lives in the layer's seed
@@ -140,6 +163,7 @@ class PCGrad(GradientAggregation):
     """
 
     requires: ClassVar[str] = "gramian"
+    supports_missing_tasks: ClassVar[bool] = True
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -153,15 +177,32 @@ class PCGrad(GradientAggregation):
         config["seed"] = self.seed
         return config
 
-    def _task_orders(self, num_tasks):
-        """`(T, T)` int32: row i is a random permutation of the tasks."""
-        return random_orders(self.seed_generator.next(), num_tasks)
+    def _task_orders(self, num_tasks, task_mask=None):
+        """`(T, T)` int32: row i is a random permutation of the tasks (with
+        `task_mask`: of the present tasks as `random_orders` says)."""
+        if task_mask is None:
+            return random_orders(self.seed_generator.next(), num_tasks)
+        return random_orders(self.seed_generator.next(), num_tasks, task_mask)
 
-    def compute_weights(self, gramian, losses=None, training=True):
+    def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
         num = gramian.shape[0]
         if num == 1:
             # g . g >= 0: a single task is never projected.
-            return ops.ones((1,), self.compute_dtype)
-        orders = self._task_orders(num)
-        weights = pcgrad_weights(ops.cast(gramian, "float64"), orders)
+            weights = ops.ones((1,), self.compute_dtype)
+            if task_mask is not None:
+                weights = weights * ops.cast(task_mask, self.compute_dtype)
+            return weights
+        gramian = ops.cast(gramian, "float64")
+        if task_mask is None:
+            orders = self._task_orders(num)
+        else:
+            # Drop the absent rows: with a zero row and column no dot
+            # product with an absent task is negative, so nothing is
+            # projected onto or from it.
+            present = ops.cast(ops.convert_to_tensor(task_mask) > 0, "float64")
+            gramian = gramian * present[:, None] * present[None, :]
+            orders = self._task_orders(num, task_mask)
+        weights = pcgrad_weights(gramian, orders)
+        if task_mask is not None:
+            weights = weights * present
         return ops.cast(weights, self.compute_dtype)

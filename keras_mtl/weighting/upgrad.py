@@ -50,6 +50,15 @@ class UPGrad(DualConeAggregation):
     by c, while trace(A) >= norm_eps); permutation equivariant; needs only
     the Gramian (`requires = "gramian"`).
 
+    Missing tasks: with a `task_mask`, the rows of absent tasks are dropped:
+    every present task's gradient is projected onto the dual cone of the
+    present rows, with the Gramian normalised by the trace of the present
+    block, and absent tasks get weight 0. The default preference becomes 1/K
+    over the K present tasks; a given `pref_vector` keeps its entries for
+    the present tasks (not renormalised). The weights are those of a UPGrad
+    built for the present tasks (with the preference entries of those
+    tasks).
+
     Args:
         pref_vector: None (weights 1/T) or one finite float per task: the
             weights p used to combine the projected gradients.
@@ -89,8 +98,8 @@ class UPGrad(DualConeAggregation):
         differentiable through the weights (they are used as constants).
     """
 
-    def compute_weights(self, gramian, losses=None, training=True):
+    def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
         gramian = ops.convert_to_tensor(gramian)
-        pref, matrix = self._preference_and_matrix(gramian)
+        pref, matrix = self._preference_and_matrix(gramian, task_mask)
         projected = project_weights(tf.linalg.diag(pref), matrix)
         return tf.cast(tf.reduce_sum(projected, axis=0), gramian.dtype)

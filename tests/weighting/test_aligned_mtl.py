@@ -138,3 +138,122 @@ def test_eager_equals_xla():
         u2, w2 = step(tf.constant(grads))
         np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --- Missing tasks --------------------------------------------------------
+
+
+def _with_absent(grads, absent):
+    """Zeroes the absent rows; returns (grads, mask)."""
+    grads = np.array(grads, "float32")
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    return grads, mask
+
+
+@pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
+def test_missing_tasks_all_present_mask_equals_unmasked(scale_mode):
+    assert AlignedMTL.supports_missing_tasks
+    grads = _random_grads(np.random.default_rng(10), 4, 7, common=1.0)
+    strategy = AlignedMTL(scale_mode=scale_mode)
+    u1, w1 = strategy(grads)
+    u2, w2 = strategy(grads, task_mask=np.ones(4, "float32"))
+    np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+    np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+
+
+@pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
+def test_missing_tasks_equal_aligned_mtl_on_present_rows(scale_mode):
+    rng = np.random.default_rng(11)
+    strategy = AlignedMTL(scale_mode=scale_mode)
+    for absent in [(1,), (0, 3), (0, 1, 2, 4)]:
+        present = [t for t in range(5) if t not in absent]
+        grads, mask = _with_absent(_random_grads(rng, 5, 7, common=1.0), absent)
+        update, weights = strategy(grads, task_mask=mask)
+        ref_update, ref_weights = AlignedMTL(scale_mode=scale_mode)(grads[present])
+        np.testing.assert_allclose(
+            update.numpy(), ref_update.numpy(), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            weights.numpy()[present], ref_weights.numpy(), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+        np.testing.assert_allclose(
+            weights.numpy()[present],
+            _reference_weights(grads[present], scale_mode),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_missing_tasks_rank_threshold_counts_present_tasks():
+    # Present block diag(1, 4e-7): the relative eigenvalue 4e-7 is above the
+    # threshold of K = 2 tasks (2.4e-7) but below that of T = 5 (6e-7). On
+    # the present tasks alone it is kept: sigma^2 = 4e-7 and alpha =
+    # (sqrt(4e-7), 1); dropping it would give alpha = (1, 0).
+    small = 4e-7
+    gramian = np.zeros((5, 5))
+    gramian[1, 1], gramian[3, 3] = 1.0, small
+    mask = np.array([0, 1, 0, 1, 0], "float32")
+    weights = AlignedMTL().compute_weights(
+        tf.constant(gramian), task_mask=tf.constant(mask)
+    )
+    expected = np.zeros(5)
+    expected[[1, 3]] = [np.sqrt(small), 1.0]
+    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-5)
+    ref = AlignedMTL().compute_weights(tf.constant(gramian[np.ix_([1, 3], [1, 3])]))
+    np.testing.assert_allclose(weights.numpy()[[1, 3]], ref.numpy(), rtol=1e-6)
+    # Unmasked, the zero rows count and the small direction is dropped.
+    unmasked = AlignedMTL().compute_weights(tf.constant(gramian)).numpy()
+    np.testing.assert_allclose(unmasked[[1, 3]], [1.0, 0.0], atol=1e-6)
+
+
+def test_missing_tasks_compute_weights_drops_nonzero_rows():
+    # The representation-gradient path calls compute_weights directly.
+    grads = _random_grads(np.random.default_rng(12), 4, 6, common=1.0)
+    grads = grads.astype("float64")
+    mask = np.array([1.0, 1.0, 0.0, 1.0], "float32")
+    weights = (
+        AlignedMTL()
+        .compute_weights(tf.constant(grads @ grads.T), task_mask=tf.constant(mask))
+        .numpy()
+    )
+    present = [0, 1, 3]
+    np.testing.assert_allclose(
+        weights[present], _reference_weights(grads[present]), rtol=1e-5
+    )
+    assert weights[2] == 0.0
+
+
+def test_missing_tasks_finite_and_stateless():
+    rng = np.random.default_rng(13)
+    g = _random_grads(rng, 3, 4)
+    strategy = AlignedMTL()
+    cases = [
+        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+        (np.stack([g[0], g[0], g[1]]), [1.0, 1.0, 0.0]),
+    ]
+    for grads, mask in cases:
+        mask = np.asarray(mask, "float32")
+        update, weights = strategy(grads * mask[:, None], task_mask=mask)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    # One present task: B = 1, its gradient passes unchanged.
+    update, weights = strategy(g * [[0.0], [1.0], [0.0]], task_mask=[0.0, 1.0, 0.0])
+    np.testing.assert_allclose(weights.numpy(), [0.0, 1.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(update.numpy(), g[1], rtol=1e-6)
+    assert strategy.per_task_state() == []
+
+
+def test_missing_tasks_eager_equals_xla():
+    rng = np.random.default_rng(14)
+    eager, xla = AlignedMTL(), AlignedMTL()
+    step = tf.function(lambda g, m: xla(g, task_mask=m), jit_compile=True)
+    for absent in [(0,), (2,), (1, 3)]:
+        grads, mask = _with_absent(_random_grads(rng, 4, 7, common=1.0), absent)
+        u1, w1 = eager(grads, task_mask=mask)
+        u2, w2 = step(tf.constant(grads), tf.constant(mask))
+        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)

@@ -221,3 +221,112 @@ def test_state_round_trip_reset_and_aggregate():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(update), [0.1588, 2.0706, 2.0706], atol=1e-4
     )
+
+
+# --- Missing tasks --------------------------------------------------------
+
+
+def _with_absent(grads, absent):
+    """Zeroes the absent rows; returns (grads, mask)."""
+    grads = np.array(grads, "float32")
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    return grads, mask
+
+
+def test_missing_tasks_all_present_mask_equals_unmasked():
+    assert ConFIG.supports_missing_tasks
+    rng = np.random.default_rng(20)
+    for pref in (None, [0.5, 1.0, 2.0, 1.0]):
+        strategy = ConFIG(pref_vector=pref)
+        grads = rng.standard_normal((4, 6)).astype(np.float32)
+        u1, w1 = strategy(grads)
+        u2, w2 = strategy(grads, task_mask=np.ones(4, "float32"))
+        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+
+
+@pytest.mark.parametrize("absent", [(1,), (0, 3), (0, 1, 2)])
+@pytest.mark.parametrize("pref", [None, [0.5, 1.0, 2.0, 3.0]])
+def test_missing_tasks_equal_config_on_present_rows(absent, pref):
+    rng = np.random.default_rng(21)
+    present = [t for t in range(4) if t not in absent]
+    small_pref = None if pref is None else [pref[t] for t in present]
+    grads, mask = _with_absent(rng.standard_normal((4, 5)), absent)
+    update, weights = ConFIG(pref_vector=pref)(grads, task_mask=mask)
+    ref_update, ref_weights = ConFIG(pref_vector=small_pref)(grads[present])
+    np.testing.assert_allclose(update.numpy(), ref_update.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        weights.numpy()[present], ref_weights.numpy(), rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+    np.testing.assert_allclose(
+        update.numpy(), _reference_config(grads[present], small_pref), atol=1e-5
+    )
+    # The present rows keep equal (preference-proportional) cosines.
+    target = np.ones(len(present)) if small_pref is None else np.asarray(small_pref)
+    cosines = _cosines(grads[present], update.numpy().astype(np.float64))
+    np.testing.assert_allclose(cosines / cosines[0], target / target[0], rtol=1e-4)
+
+
+def test_missing_tasks_cut_off_counts_present_rows():
+    # With T = 5 > P = 3, the relative singular value 5e-7 of the present
+    # rows is kept by the cut-off of K = 3 rows (3.6e-7), not by that of
+    # T = 5 rows (6e-7): the masked update is the 3-row ConFIG's. The
+    # preference (1, 1, 2) needs the small singular direction (e_3).
+    present_rows = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1e-6]], np.float32)
+    grads = np.zeros((5, 3), np.float32)
+    grads[[0, 2, 4]] = present_rows
+    mask = np.array([1, 0, 1, 0, 1], "float32")
+    pref = [1.0, 9.0, 1.0, 9.0, 2.0]
+    update, _ = ConFIG(pref_vector=pref)(grads, task_mask=mask)
+    ref_update, _ = ConFIG(pref_vector=[1.0, 1.0, 2.0])(present_rows)
+    np.testing.assert_allclose(update.numpy(), ref_update.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        update.numpy(),
+        _reference_config(present_rows, [1.0, 1.0, 2.0]),
+        rtol=1e-4,
+        atol=1e-10,
+    )
+    assert abs(update.numpy()[2]) > 0.5 * np.linalg.norm(update.numpy())
+    # The zero rows left in, unmasked, change the cut-off and the answer.
+    unmasked, _ = ConFIG(pref_vector=[1.0, 0.0, 1.0, 0.0, 2.0])(grads)
+    assert abs(unmasked.numpy()[2]) < 1e-3 * np.linalg.norm(unmasked.numpy())
+
+
+def test_missing_tasks_finite_and_stateless():
+    rng = np.random.default_rng(22)
+    g = rng.standard_normal((3, 4)).astype(np.float32)
+    strategy = ConFIG()
+    cases = [
+        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+        (np.stack([g[0], -g[0], g[1]]), [1.0, 1.0, 0.0]),
+    ]
+    for grads, mask in cases:
+        mask = np.asarray(mask, "float32")
+        update, weights = strategy(grads * mask[:, None], task_mask=mask)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    # One present task: its gradient.
+    update, _ = strategy(g * [[0.0], [1.0], [0.0]], task_mask=[0.0, 1.0, 0.0])
+    np.testing.assert_allclose(update.numpy(), g[1], rtol=1e-5)
+    assert strategy.per_task_state() == []
+
+
+def test_missing_tasks_eager_matches_xla():
+    strategy = ConFIG()
+    strategy.build((4, 5))
+    compiled = tf.function(lambda g, m: strategy(g, task_mask=m), jit_compile=True)
+    rng = np.random.default_rng(23)
+    for absent in [(0,), (2,), (1, 3)]:
+        grads, mask = _with_absent(rng.standard_normal((4, 5)), absent)
+        eager_update, eager_weights = strategy(grads, task_mask=mask)
+        xla_update, xla_weights = compiled(tf.constant(grads), tf.constant(mask))
+        np.testing.assert_allclose(
+            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            xla_weights.numpy(), eager_weights.numpy(), rtol=1e-5, atol=1e-6
+        )

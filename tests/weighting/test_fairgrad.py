@@ -238,3 +238,111 @@ def test_state_round_trip_reset_and_aggregate():
         np.array([0.59146115, 0.40707148]) @ J_BASE,
         rtol=1e-5,
     )
+
+
+# --- Missing tasks --------------------------------------------------------
+
+
+def _with_absent(grads, absent):
+    """Zeroes the absent rows; returns (grads, mask)."""
+    grads = np.array(grads, "float32")
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    return grads, mask
+
+
+def _conflicting(rng, num=5, dim=6):
+    return (rng.standard_normal((num, dim)) * rng.uniform(0.2, 4.0, (num, 1))).astype(
+        "float32"
+    )
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 2.0])
+def test_missing_tasks_all_present_mask_equals_unmasked(alpha):
+    assert FairGrad.supports_missing_tasks
+    grads = _conflicting(np.random.default_rng(30))
+    strategy = FairGrad(alpha=alpha)
+    u1, w1 = strategy(grads)
+    u2, w2 = strategy(grads, task_mask=np.ones(5, "float32"))
+    np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+    np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 3.0])
+def test_missing_tasks_equal_fairgrad_on_present_rows(alpha):
+    rng = np.random.default_rng(31)
+    strategy = FairGrad(alpha=alpha)
+    for absent in [(1,), (0, 3), (0, 1, 2, 4)]:
+        present = [t for t in range(5) if t not in absent]
+        grads, mask = _with_absent(_conflicting(rng), absent)
+        update, weights = strategy(grads, task_mask=mask)
+        ref_update, ref_weights = FairGrad(alpha=alpha)(grads[present])
+        np.testing.assert_allclose(
+            update.numpy(), ref_update.numpy(), rtol=1e-6, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            weights.numpy()[present], ref_weights.numpy(), rtol=1e-6
+        )
+        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+        if alpha > 0:
+            # The fairness equation holds on the present rows.
+            w = weights.numpy().astype(np.float64)[present]
+            assert _residual(grads[present], w, alpha) < 1e-5
+
+
+def test_missing_tasks_compute_weights_drops_nonzero_rows():
+    grads = _conflicting(np.random.default_rng(32), 4, 6).astype("float64")
+    mask = np.array([1.0, 0.0, 1.0, 1.0], "float32")
+    weights = (
+        FairGrad()
+        .compute_weights(tf.constant(grads @ grads.T), task_mask=tf.constant(mask))
+        .numpy()
+    )
+    present = [0, 2, 3]
+    ref = FairGrad().compute_weights(tf.constant(grads[present] @ grads[present].T))
+    np.testing.assert_allclose(weights[present], ref.numpy(), rtol=1e-9)
+    assert weights[1] == 0.0
+    # Left unmasked, the zero row has no solution and hits the weight cap.
+    grads[1] = 0.0
+    capped = FairGrad().compute_weights(tf.constant(grads @ grads.T)).numpy()
+    assert capped[1] > 1e3 * capped[present].max()
+
+
+def test_missing_tasks_finite_and_stateless():
+    rng = np.random.default_rng(33)
+    g = _conflicting(rng, 3, 4)
+    strategy = FairGrad()
+    cases = [
+        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+        (np.stack([g[0], -g[0], g[1]]), [1.0, 1.0, 0.0]),
+    ]
+    for grads, mask in cases:
+        mask = np.asarray(mask, "float32")
+        update, weights = strategy(grads * mask[:, None], task_mask=mask)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    # One present task, alpha = 1: w = 1 / ||g||, the update is g / ||g||.
+    update, weights = strategy(g * [[0.0], [1.0], [0.0]], task_mask=[0.0, 1.0, 0.0])
+    norm = np.linalg.norm(g[1].astype(np.float64))
+    np.testing.assert_allclose(weights.numpy(), [0.0, 1.0 / norm, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(update.numpy(), g[1] / norm, rtol=1e-5)
+    assert strategy.per_task_state() == []
+
+
+def test_missing_tasks_eager_matches_xla():
+    strategy = FairGrad(alpha=2.0)
+    strategy.build((4, 6))
+    compiled = tf.function(lambda g, m: strategy(g, task_mask=m), jit_compile=True)
+    rng = np.random.default_rng(34)
+    for absent in [(0,), (2,), (1, 3)]:
+        grads, mask = _with_absent(_conflicting(rng, 4, 6), absent)
+        eager_update, eager_weights = strategy(grads, task_mask=mask)
+        xla_update, xla_weights = compiled(tf.constant(grads), tf.constant(mask))
+        np.testing.assert_allclose(
+            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            xla_weights.numpy(), eager_weights.numpy(), rtol=1e-5, atol=1e-7
+        )

@@ -178,3 +178,80 @@ def test_state_round_trip():
         clone.aggregate(grads).numpy(), strategy.aggregate(grads).numpy()
     )
     strategy.reset_state()  # stateless: nothing to reset, must not raise
+
+
+# --- Missing tasks --------------------------------------------------------
+
+
+def _with_absent(grads, absent):
+    """Zeroes the absent rows; returns (grads, mask)."""
+    grads = np.array(grads, "float32")
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    return grads, mask
+
+
+def test_missing_tasks_all_present_mask_equals_unmasked():
+    assert GradDrop.supports_missing_tasks
+    grads = np.random.default_rng(5).normal(size=(3, 30)).astype("float32")
+    plain, masked = GradDrop(seed=2, leak=0.1), GradDrop(seed=2, leak=0.1)
+    for _ in range(2):
+        u1, w1 = plain(grads)
+        u2, w2 = masked(grads, task_mask=np.ones(3, "float32"))
+        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+def test_missing_tasks_equal_graddrop_on_present_rows(leak):
+    rng = np.random.default_rng(6)
+    for absent in [(1,), (0, 2), (3,)]:
+        full, small = GradDrop(seed=8, leak=leak), GradDrop(seed=8, leak=leak)
+        present = [t for t in range(4) if t not in absent]
+        for _ in range(2):  # the seed generators advance alike
+            grads, mask = _with_absent(rng.normal(size=(4, 60)), absent)
+            update, weights = full(grads, task_mask=mask)
+            ref_update, _ = small(grads[present])
+            np.testing.assert_allclose(update.numpy(), ref_update.numpy(), atol=1e-6)
+            np.testing.assert_array_equal(weights.numpy(), mask)
+        # Against the reference with the draws of the K-task strategy.
+        uniform = np.random.default_rng(0).uniform(size=60).astype("float32")
+        fixed = _FixedUniformGradDrop(uniform, leak=leak)
+        np.testing.assert_allclose(
+            fixed(grads, task_mask=mask)[0].numpy(),
+            _reference(grads[present], uniform, leak),
+            rtol=1e-6,
+            atol=1e-7,
+        )
+
+
+def test_missing_tasks_finite_and_stateless():
+    strategy = GradDrop(seed=1)
+    g = np.random.default_rng(7).normal(size=(3, 8)).astype("float32")
+    cases = [
+        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+        (np.zeros((3, 8), "float32"), [0.0, 0.0, 0.0]),
+        (g, [0.0, 0.0, 1.0]),
+    ]
+    for grads, mask in cases:
+        mask = np.asarray(mask, "float32")
+        update, weights = strategy(grads * mask[:, None], task_mask=mask)
+        assert np.isfinite(update.numpy()).all()
+        np.testing.assert_array_equal(weights.numpy(), mask)
+    # One present task: its signs all agree, the gradient passes unchanged.
+    update, _ = strategy(g * [[0.0], [0.0], [1.0]], task_mask=[0.0, 0.0, 1.0])
+    np.testing.assert_allclose(update.numpy(), g[2], rtol=1e-6)
+    assert strategy.per_task_state() == []
+
+
+def test_missing_tasks_eager_equals_xla():
+    rng = np.random.default_rng(8)
+    eager, xla = GradDrop(seed=3), GradDrop(seed=3)
+    step = tf.function(lambda g, m: xla(g, task_mask=m), jit_compile=True)
+    for absent in [(0,), (2,)]:
+        grads, mask = _with_absent(rng.normal(size=(3, 20)), absent)
+        u1, w1 = eager(grads, task_mask=mask)
+        u2, w2 = step(tf.constant(grads), tf.constant(mask))
+        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-6)
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())

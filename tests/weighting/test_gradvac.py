@@ -239,3 +239,141 @@ def test_state_round_trip_and_reset():
 
     strategy.reset_state()
     np.testing.assert_array_equal(strategy.targets.numpy(), 0.0)
+
+
+# --- Missing tasks --------------------------------------------------------
+
+
+def _with_absent(grads, absent):
+    """Zeroes the absent rows; returns (grads, mask)."""
+    grads = np.array(grads, "float32")
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    return grads, mask
+
+
+def _warmed_up(rng, num_tasks=4, dim=6, steps=1, seed=21):
+    strategy = GradVac(seed=seed)
+    strategy.build((num_tasks, dim))
+    for _ in range(steps):
+        strategy(rng.normal(size=(num_tasks, dim)).astype("float32"))
+    # Make every pair's target negative (and distinct), as after long runs.
+    targets = -rng.uniform(0.05, 0.4, size=(num_tasks, num_tasks))
+    strategy.targets.assign(targets * (1 - np.eye(num_tasks)))
+    return strategy
+
+
+def test_missing_tasks_all_present_mask_equals_unmasked():
+    assert GradVac.supports_missing_tasks
+    rng = np.random.default_rng(5)
+    plain, masked = GradVac(seed=6), GradVac(seed=6)
+    for _ in range(2):
+        grads = rng.normal(size=(4, 5)).astype("float32")
+        u1, w1 = plain(grads)
+        u2, w2 = masked(grads, task_mask=np.ones(4, "float32"))
+        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+    np.testing.assert_array_equal(masked.targets.numpy(), plain.targets.numpy())
+
+
+@pytest.mark.parametrize("absent", [(1,), (0, 3)])
+def test_missing_tasks_equal_gradvac_on_present_tasks(absent):
+    # A GradVac built for the present tasks, with the present pairs' targets
+    # and the same seed-generator state, gives the same update, weights and
+    # new targets of present pairs; pairs with an absent task keep theirs.
+    rng = np.random.default_rng(6)
+    full = _warmed_up(rng)
+    present = [t for t in range(4) if t not in absent]
+    small = GradVac(seed=0)
+    small.build((len(present), 6))
+    small.targets.assign(full.targets.numpy()[np.ix_(present, present)])
+    small.seed_generator.state.assign(full.seed_generator.state)
+    before = full.targets.numpy().copy()
+    for _ in range(2):
+        grads = 3 * rng.normal(size=(4, 6))
+        grads[present[-1]] -= 2 * grads[present[0]]  # a strong conflict
+        grads, mask = _with_absent(grads, absent)
+        update, weights = full(grads, task_mask=mask)
+        ref_update, ref_weights = small(grads[present])
+        np.testing.assert_allclose(update.numpy(), ref_update.numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            weights.numpy()[present], ref_weights.numpy(), atol=1e-5
+        )
+        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+        np.testing.assert_allclose(
+            full.targets.numpy()[np.ix_(present, present)],
+            small.targets.numpy(),
+            atol=1e-6,
+        )
+    after = full.targets.numpy()
+    np.testing.assert_array_equal(after[list(absent)], before[list(absent)])
+    np.testing.assert_array_equal(after[:, list(absent)], before[:, list(absent)])
+    assert np.any(after != before)  # the present pairs moved
+
+
+def test_missing_tasks_orders_restricted_to_present_tasks():
+    mask = np.array([1, 0, 1, 1, 0], "float32")
+    present = np.flatnonzero(mask)
+    full, small = GradVac(seed=4), GradVac(seed=4)
+    full.build((5, 2))
+    small.build((3, 2))
+    for _ in range(3):
+        orders = np.asarray(full._task_orders(5, mask))
+        ref = np.asarray(small._task_orders(3))
+        for rank, i in enumerate(present):
+            assert sorted(orders[i].tolist()) == list(range(5))
+            np.testing.assert_array_equal(orders[i][:3], present[ref[rank]])
+
+
+def test_missing_tasks_restore_absent_state():
+    rng = np.random.default_rng(7)
+    strategy = _warmed_up(rng)
+    grads, mask = _with_absent(3 * rng.normal(size=(4, 6)), (2,))
+    snapshot = strategy.task_state_snapshot()
+    before = strategy.targets.numpy().copy()
+    strategy(grads, task_mask=mask)
+    strategy.restore_absent_tasks(mask, snapshot)
+    after = strategy.targets.numpy()
+    np.testing.assert_array_equal(after[2], before[2])
+    np.testing.assert_array_equal(after[:, 2], before[:, 2])
+    assert np.any(after[[0, 1, 3]] != before[[0, 1, 3]])
+    assert [axis for _, axis in strategy.per_task_state()] == [0]
+
+
+def test_missing_tasks_finite():
+    rng = np.random.default_rng(8)
+    g = rng.normal(size=(3, 4)).astype("float32")
+    cases = [
+        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+        (g, [0.0, 0.0, 1.0]),
+        (g * 1e-10, [1.0, 1.0, 0.0]),
+    ]
+    strategy = _warmed_up(rng, num_tasks=3, dim=4)
+    for grads, mask in cases:
+        mask = np.asarray(mask, "float32")
+        update, weights = strategy(grads * mask[:, None], task_mask=mask)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        assert np.isfinite(strategy.targets.numpy()).all()
+        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    # One present task passes unchanged.
+    update, _ = strategy(g * [[0.0], [1.0], [0.0]], task_mask=[0.0, 1.0, 0.0])
+    np.testing.assert_allclose(update.numpy(), g[1], rtol=1e-6)
+
+
+def test_missing_tasks_eager_equals_xla():
+    rng = np.random.default_rng(9)
+    eager, xla = GradVac(seed=5), GradVac(seed=5)
+    eager.build((4, 5))
+    xla.build((4, 5))
+    step = tf.function(lambda g, m: xla(g, task_mask=m), jit_compile=True)
+    for absent in [(), (1,), (0, 2), (3,)]:
+        grads, mask = _with_absent(rng.normal(size=(4, 5)), absent)
+        u1, w1 = eager(grads, task_mask=mask)
+        u2, w2 = step(tf.constant(grads), tf.constant(mask))
+        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        xla.targets.numpy(), eager.targets.numpy(), rtol=1e-5, atol=1e-6
+    )

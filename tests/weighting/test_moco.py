@@ -232,3 +232,161 @@ def test_state_round_trip_and_reset():
     np.testing.assert_array_equal(
         strategy(grads[0], losses[0])[0].numpy(), fresh(grads[0], losses[0])[0].numpy()
     )
+
+
+# --- Missing tasks --------------------------------------------------------
+
+
+def _with_absent(grads, losses, absent):
+    """Zeroes the absent rows and losses; returns (grads, losses, mask)."""
+    grads, losses = np.array(grads, "float32"), np.array(losses, "float32")
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    losses[list(absent)] = 0.0
+    return grads, losses, mask
+
+
+def _present_clone(strategy, present, **kwargs):
+    """A MoCo for the present tasks with their slices of the state."""
+    clone = MoCo(**kwargs)
+    clone.build((len(present), strategy.tracking.shape[1]))
+    clone.tracking.assign(strategy.tracking.numpy()[present])
+    # A one-task MoCo's lambda is 1 whatever the state it would inherit.
+    lambd = strategy.lambd.numpy()[present] if len(present) > 1 else [1.0]
+    clone.lambd.assign(lambd)
+    clone.step.assign(strategy.step.numpy())
+    clone.task_steps.assign(strategy.task_steps.numpy()[present])
+    return clone
+
+
+def test_missing_tasks_all_present_mask_equals_unmasked():
+    assert MoCo.supports_missing_tasks
+    grads, losses = _random_sequence(np.random.default_rng(10), steps=4, num_tasks=4)
+    plain, masked = MoCo(rho=0.1), MoCo(rho=0.1)
+    for g, x in zip(grads, losses):
+        u1, w1 = plain(g, x)
+        u2, w2 = masked(g, x, task_mask=np.ones(4, "float32"))
+        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+    for a, b in zip(plain.get_weights(), masked.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("absent", [(1,), (0, 3), (0, 1, 2)])
+def test_missing_tasks_equal_moco_on_present_tasks(absent):
+    kwargs = {"rho": 0.1, "beta_sigma": 0.3, "gamma": 0.5}
+    rng = np.random.default_rng(11)
+    present = [t for t in range(4) if t not in absent]
+    strategy = MoCo(**kwargs)
+    _run(strategy, *_random_sequence(rng, steps=3, num_tasks=4))
+    small = _present_clone(strategy, present, **kwargs)
+    before = [v.numpy().copy() for v in (strategy.tracking, strategy.lambd)]
+    grads, losses = _random_sequence(rng, steps=2, num_tasks=4)
+    for g, x in zip(grads, losses):
+        g, x, mask = _with_absent(g, x, absent)
+        update, weights = strategy(g, x, task_mask=mask)
+        ref_update, ref_weights = small(g[present], x[present])
+        np.testing.assert_allclose(update.numpy(), ref_update.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(
+            weights.numpy()[present], ref_weights.numpy(), rtol=1e-6
+        )
+        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+        np.testing.assert_allclose(weights.numpy().sum(), 1.0, rtol=1e-6)
+    # The present slices of the state follow the K-task MoCo ...
+    np.testing.assert_allclose(
+        strategy.tracking.numpy()[present], small.tracking.numpy(), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        strategy.lambd.numpy()[present], small.lambd.numpy(), rtol=1e-6
+    )
+    np.testing.assert_array_equal(
+        strategy.task_steps.numpy()[present], small.task_steps.numpy()
+    )
+    # ... the absent ones are untouched, the shared step advanced.
+    np.testing.assert_array_equal(
+        strategy.tracking.numpy()[list(absent)], before[0][list(absent)]
+    )
+    np.testing.assert_array_equal(
+        strategy.lambd.numpy()[list(absent)], before[1][list(absent)]
+    )
+    np.testing.assert_array_equal(strategy.task_steps.numpy()[list(absent)], 3)
+    assert int(strategy.step.numpy()) == 5
+
+
+def test_missing_tasks_per_task_step_counts_drive_tracking():
+    # Task 1 misses steps 2 and 3; at step 4 its row moves with
+    # beta / 2^beta_sigma (its second step), the others with beta / 4^sigma.
+    beta, sigma = 0.5, 0.5
+    grads, losses = _random_sequence(np.random.default_rng(12), steps=4)
+    strategy = MoCo(beta=beta, beta_sigma=sigma)
+    strategy(grads[0], losses[0])
+    for g, x in zip(grads[1:3], losses[1:3]):
+        g, x, mask = _with_absent(g, x, (1,))
+        strategy(g, x, task_mask=mask)
+    np.testing.assert_array_equal(strategy.task_steps.numpy(), [3, 1, 3])
+    tracking = strategy.tracking.numpy().astype(np.float64)
+    strategy(grads[3], losses[3], task_mask=np.ones(3, "float32"))
+    g = grads[3].astype(np.float64)
+    h = g / (np.linalg.norm(g, axis=1) + 1e-8)[:, None] * losses[3][:, None]
+    rates = beta / np.array([4.0, 2.0, 4.0]) ** sigma
+    expected = tracking - rates[:, None] * (tracking - h)
+    np.testing.assert_allclose(strategy.tracking.numpy(), expected, rtol=1e-5)
+
+
+def test_missing_tasks_restore_absent_state():
+    rng = np.random.default_rng(13)
+    strategy = MoCo()
+    _run(strategy, *_random_sequence(rng, steps=2))
+    g, x, mask = _with_absent(*[s[0] for s in _random_sequence(rng, steps=1)], (2,))
+    snapshot = strategy.task_state_snapshot()
+    before = [v.numpy().copy() for v, _ in strategy.per_task_state()]
+    strategy(g, x, task_mask=mask)
+    strategy.restore_absent_tasks(mask, snapshot)
+    after = [v.numpy() for v, _ in strategy.per_task_state()]
+    assert [v.name for v, _ in strategy.per_task_state()] == [
+        "tracking",
+        "lambda",
+        "task_steps",
+    ]
+    for old, new in zip(before, after):
+        np.testing.assert_array_equal(new[2], old[2])
+        assert np.any(new[:2] != old[:2])
+
+
+def test_missing_tasks_finite():
+    grads, losses = _random_sequence(np.random.default_rng(14), steps=3)
+    strategy = MoCo(beta_sigma=0.7)
+    # Task 0 absent from the very first step (its count stays 0).
+    cases = [
+        (grads[0], losses[0], (0,)),
+        (grads[1] * np.array([[1e10], [1.0], [1e-10]], "float32"), losses[1], (0,)),
+        (grads[2], losses[2], (0, 1, 2)),
+        (grads[2], losses[2], (0, 2)),
+    ]
+    for g, x, absent in cases:
+        g, x, mask = _with_absent(g, x, absent)
+        update, weights = strategy(g, x, task_mask=mask)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        for v in strategy.weights:
+            assert np.isfinite(v.numpy()).all(), v.name
+        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    # A single present task has weight 1.
+    np.testing.assert_array_equal(weights.numpy(), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(strategy.tracking.numpy()[0], 0.0)
+
+
+def test_missing_tasks_eager_equals_xla():
+    grads, losses = _random_sequence(np.random.default_rng(15), steps=4)
+    absents = [(), (1,), (0, 2), (2,)]
+    eager, xla = MoCo(rho=0.1), MoCo(rho=0.1)
+    xla.build(grads[0].shape)
+    step = tf.function(lambda g, x, m: xla(g, x, task_mask=m), jit_compile=True)
+    for g, x, absent in zip(grads, losses, absents):
+        g, x, mask = _with_absent(g, x, absent)
+        u1, w1 = eager(g, x, task_mask=mask)
+        u2, w2 = step(tf.constant(g), tf.constant(x), tf.constant(mask))
+        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5)
+    for a, b in zip(eager.weights, xla.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)

@@ -182,3 +182,108 @@ def test_seed_state_round_trip():
     clone.set_weights(strategy.get_weights())
     clone.seed_generator.state.assign(strategy.seed_generator.state.value)
     np.testing.assert_array_equal(clone(grads)[0].numpy(), strategy(grads)[0].numpy())
+
+
+# --- Missing tasks --------------------------------------------------------
+
+
+def _with_absent(grads, absent):
+    """Zeroes the absent rows; returns (grads, mask)."""
+    grads = np.array(grads, "float32")
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    return grads, mask
+
+
+def test_missing_tasks_all_present_mask_equals_unmasked():
+    assert PCGrad.supports_missing_tasks
+    rng = np.random.default_rng(8)
+    plain, masked = PCGrad(seed=5), PCGrad(seed=5)
+    for _ in range(4):
+        grads = _random_grads(rng, 4, 6)
+        u1, w1 = plain(grads)
+        u2, w2 = masked(grads, task_mask=np.ones(4, "float32"))
+        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+
+
+@pytest.mark.parametrize("absent", [(1,), (0, 3), (2, 3, 4)])
+def test_missing_tasks_equal_pcgrad_on_present_rows(absent):
+    # The K-task PCGrad with the same seed draws the same visit orders for
+    # the present tasks, so updates and weights agree step after step.
+    rng = np.random.default_rng(9)
+    full, small = PCGrad(seed=13), PCGrad(seed=13)
+    present = [t for t in range(5) if t not in absent]
+    conflicts = 0
+    for _ in range(6):
+        grads, mask = _with_absent(_random_grads(rng, 5, 4), absent)
+        update, weights = full(grads, task_mask=mask)
+        ref_update, ref_weights = small(grads[present])
+        np.testing.assert_allclose(update.numpy(), ref_update.numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            weights.numpy()[present], ref_weights.numpy(), atol=1e-6
+        )
+        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+        conflicts += int(np.any(ref_weights.numpy() != 1.0))
+    assert conflicts > 0  # the comparison covered projections
+
+
+def test_missing_tasks_orders_restricted_to_present_tasks():
+    seed = tf.constant([3, 17], "int64")
+    mask = np.array([1, 0, 1, 1, 0, 1], "float32")
+    present = np.flatnonzero(mask)
+    full = random_orders(seed, 6, mask).numpy()
+    small = random_orders(seed, len(present)).numpy()
+    for rank, i in enumerate(present):
+        restricted = [j for j in full[i] if mask[j] > 0]
+        assert restricted == present[small[rank]].tolist()
+    np.testing.assert_array_equal(
+        random_orders(seed, 6, np.ones(6, "float32")).numpy(),
+        random_orders(seed, 6).numpy(),
+    )
+
+
+def test_missing_tasks_drop_the_absent_row_even_if_not_zero():
+    rng = np.random.default_rng(10)
+    grads = _random_grads(rng, 3, 4)
+    mask = np.array([1.0, 0.0, 1.0], "float32")
+    zeroed = grads * mask[:, None]
+    u1, w1 = PCGrad(seed=2)(grads, task_mask=mask)
+    u2, w2 = PCGrad(seed=2)(zeroed, task_mask=mask)
+    np.testing.assert_allclose(u1.numpy(), u2.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(w1.numpy(), w2.numpy())
+
+
+def test_missing_tasks_no_per_task_state_and_finite():
+    strategy = PCGrad(seed=0)
+    rng = np.random.default_rng(11)
+    g = _random_grads(rng, 3, 4)
+    cases = [
+        (g, [0.0, 1.0, 1.0]),
+        (g * np.array([[1.0], [1e10], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+        (g, [0.0, 0.0, 1.0]),
+    ]
+    for grads, mask in cases:
+        mask = np.asarray(mask, "float32")
+        update, weights = strategy(grads * mask[:, None], task_mask=mask)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    # One present task: its gradient passes unchanged.
+    update, weights = strategy(g * [[0.0], [0.0], [1.0]], task_mask=[0.0, 0.0, 1.0])
+    np.testing.assert_allclose(update.numpy(), g[2], rtol=1e-6)
+    # Stateless: nothing for the model to restore.
+    assert strategy.per_task_state() == []
+
+
+def test_missing_tasks_eager_equals_xla():
+    rng = np.random.default_rng(12)
+    eager, xla = PCGrad(seed=4), PCGrad(seed=4)
+    step = tf.function(lambda g, m: xla(g, task_mask=m), jit_compile=True)
+    for absent in [(0,), (2,), (1, 3)]:
+        grads, mask = _with_absent(_random_grads(rng, 4, 6), absent)
+        u1, w1 = eager(grads, task_mask=mask)
+        u2, w2 = step(tf.constant(grads), tf.constant(mask))
+        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)

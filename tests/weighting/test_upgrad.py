@@ -289,3 +289,115 @@ def test_state_round_trip_reset_and_aggregate():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(update), [0.2929, 1.9004, 1.9004], atol=1e-4
     )
+
+
+# --- Missing tasks --------------------------------------------------------
+
+
+def _with_absent(grads, absent):
+    """Zeroes the absent rows; returns (grads, mask)."""
+    grads = np.array(grads, "float32")
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    return grads, mask
+
+
+def _conflicting(rng, num=5, dim=4):
+    return (rng.standard_normal((num, dim)) * rng.uniform(0.2, 4.0, (num, 1))).astype(
+        "float32"
+    )
+
+
+def test_missing_tasks_all_present_mask_equals_unmasked():
+    assert UPGrad.supports_missing_tasks
+    rng = np.random.default_rng(20)
+    for pref in (None, [0.5, 1.0, 2.0, 1.0, 0.3]):
+        strategy = UPGrad(pref_vector=pref)
+        grads = _conflicting(rng)
+        u1, w1 = strategy(grads)
+        u2, w2 = strategy(grads, task_mask=np.ones(5, "float32"))
+        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+
+
+@pytest.mark.parametrize("absent", [(1,), (0, 3), (0, 1, 2, 4)])
+@pytest.mark.parametrize("pref", [None, [0.5, 1.0, 2.0, 1.0, 0.3]])
+def test_missing_tasks_equal_upgrad_on_present_rows(absent, pref):
+    rng = np.random.default_rng(21)
+    present = [t for t in range(5) if t not in absent]
+    small_pref = None if pref is None else [pref[t] for t in present]
+    for _ in range(2):
+        grads, mask = _with_absent(_conflicting(rng), absent)
+        update, weights = UPGrad(pref_vector=pref)(grads, task_mask=mask)
+        ref_update, ref_weights = UPGrad(pref_vector=small_pref)(grads[present])
+        np.testing.assert_allclose(
+            update.numpy(), ref_update.numpy(), rtol=1e-6, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            weights.numpy()[present], ref_weights.numpy(), rtol=1e-6, atol=1e-9
+        )
+        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+        # Against the exhaustive QP on the present rows alone.
+        np.testing.assert_allclose(
+            weights.numpy()[present],
+            _reference_upgrad_weights(grads[present], small_pref),
+            rtol=1e-5,
+            atol=1e-7,
+        )
+
+
+def test_missing_tasks_compute_weights_drops_nonzero_rows():
+    # The representation-gradient path calls compute_weights directly; the
+    # absent rows and columns are dropped even when they are not zero.
+    rng = np.random.default_rng(22)
+    grads = _conflicting(rng, 4, 3).astype("float64")
+    mask = np.array([1.0, 0.0, 1.0, 1.0], "float32")
+    strategy = UPGrad()
+    weights = strategy.compute_weights(
+        tf.constant(grads @ grads.T, tf.float32), task_mask=tf.constant(mask)
+    ).numpy()
+    present = [0, 2, 3]
+    ref = UPGrad().compute_weights(
+        tf.constant(grads[present] @ grads[present].T, tf.float32)
+    )
+    np.testing.assert_allclose(weights[present], ref.numpy(), rtol=1e-6)
+    assert weights[1] == 0.0
+
+
+def test_missing_tasks_finite_and_stateless():
+    rng = np.random.default_rng(23)
+    g = _conflicting(rng, 3, 4)
+    strategy = UPGrad()
+    cases = [
+        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+        (g * 1e-10, [1.0, 1.0, 0.0]),
+    ]
+    for grads, mask in cases:
+        mask = np.asarray(mask, "float32")
+        update, weights = strategy(grads * mask[:, None], task_mask=mask)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    # One present task: the mean of one row is that row.
+    update, weights = strategy(g * [[0.0], [0.0], [1.0]], task_mask=[0.0, 0.0, 1.0])
+    np.testing.assert_allclose(weights.numpy(), [0.0, 0.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(update.numpy(), g[2], rtol=1e-6)
+    assert strategy.per_task_state() == []
+
+
+def test_missing_tasks_eager_matches_xla():
+    strategy = UPGrad()
+    strategy.build((4, 6))
+    compiled = tf.function(lambda g, m: strategy(g, task_mask=m), jit_compile=True)
+    rng = np.random.default_rng(24)
+    for absent in [(0,), (2,), (1, 3)]:
+        grads, mask = _with_absent(_conflicting(rng, 4, 6), absent)
+        eager_update, eager_weights = strategy(grads, task_mask=mask)
+        xla_update, xla_weights = compiled(tf.constant(grads), tf.constant(mask))
+        np.testing.assert_allclose(
+            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            xla_weights.numpy(), eager_weights.numpy(), rtol=1e-5, atol=1e-7
+        )
