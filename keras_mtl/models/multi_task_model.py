@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -402,6 +403,9 @@ class MultiTaskModel(keras.Model):
         self._task_sampling = task_sampling
         if task_sampling is not None and getattr(self, "_task_sampler", None) is None:
             self._task_sampler = keras.random.SeedGenerator(0, name="task_sampler")
+            # Saved with the model, so that a resumed run draws the same tasks.
+            self._track_variable(self._task_sampler.state)
+            self._seed_generators.remove(self._task_sampler)
 
     def _resolve_missing_labels(self, missing_labels, strategy):
         """`{task: sentinel | "sample_weight"}` for masked tasks, or None."""
@@ -629,6 +633,10 @@ class MultiTaskModel(keras.Model):
 
     def fit(self, *args, callbacks=None, **kwargs):
         self._require_compiled()
+        targets = args[1] if len(args) > 1 else kwargs.get("y")
+        if isinstance(targets, Mapping):
+            for task, target in targets.items():
+                _check_target_dtype(task, target)
         hooks = TrainingHooks(self, self._guard, self._on_nonfinite)
         callbacks = [hooks, *list(callbacks or [])]
         return super().fit(*args, callbacks=callbacks, **kwargs)
@@ -679,7 +687,19 @@ class MultiTaskModel(keras.Model):
         pairs += [(t, _aux_key(t)) for t in self.auxiliary_tasks]
         for task, key in pairs:
             target, pred = y[task], y_pred[key]
+            _check_target_dtype(task, target)
             t_shape, p_shape = tuple(target.shape), tuple(pred.shape)
+            if (
+                _is_sparse_loss(self._loss_fns[task])
+                and len(t_shape) == len(p_shape)
+                and t_shape[-1] not in (1, None)
+            ):
+                raise ValueError(
+                    f"Task {task!r}: its loss takes integer class labels, but "
+                    f"the targets have shape {t_shape}, like one-hot vectors. "
+                    f"Pass labels of shape {p_shape[:-1]}, or use "
+                    "categorical_crossentropy for one-hot targets."
+                )
             if not _shapes_compatible(t_shape, p_shape):
                 raise ValueError(
                     f"Task {task!r}: target shape {t_shape} cannot match "
@@ -699,17 +719,22 @@ class MultiTaskModel(keras.Model):
             values = []
             for task in tasks:
                 target, pred = _aligned_target(y[task], y_pred[task])
-                value = self._loss_fns[task](
-                    target, pred, sample_weight=sample_weights.get(task)
-                )
+                target = _same_batch_size(task, target, pred)
+                # The task's name in the names of the ops (and their errors).
+                with tf.name_scope(_scope_name(task)):
+                    value = self._loss_fns[task](
+                        target, pred, sample_weight=sample_weights.get(task)
+                    )
                 values.append(ops.cast(value, "float32"))
             return _global_batch_losses(ops.stack(values)), None
         sums, divisors, counts = [], [], []
         for task in tasks:
             target, pred = _aligned_target(y[task], y_pred[task])
-            total, divisor, count = self._masked_loss_terms(
-                task, target, pred, sample_weights.get(task)
-            )
+            target = _same_batch_size(task, target, pred)
+            with tf.name_scope(_scope_name(task)):
+                total, divisor, count = self._masked_loss_terms(
+                    task, target, pred, sample_weights.get(task)
+                )
             sums.append(total)
             divisors.append(divisor)
             counts.append(count)
@@ -824,7 +849,24 @@ class MultiTaskModel(keras.Model):
         return ops.cast(scale, "float32")
 
     def _apply_if(self, ok, grads, variables):
-        """Applies `grads` only where the scalar `ok` is True."""
+        """Applies `grads` only where the scalar `ok` is True and they are
+        finite; returns whether they were applied.
+
+        A finite loss may still have a non-finite gradient (sqrt at 0);
+        such a step is treated like a non-finite loss. Not under loss
+        scaling, whose optimizer skips overflowing steps itself."""
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            grads_finite = _on_all_replicas(
+                tf.reduce_all(
+                    tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+                )
+            )
+            self._guard.record_gradients(ok, grads_finite)
+            ok = ops.logical_and(ok, grads_finite)
+        self._apply_update_if(ok, grads, variables)
+        return ok
+
+    def _apply_update_if(self, ok, grads, variables):
         replica = tf.distribute.get_replica_context()
         if (
             replica is None
@@ -861,8 +903,18 @@ class MultiTaskModel(keras.Model):
         replica.merge_call(cross_replica, args=(ok, grads, variables))
 
     def train_step(self, data):
+        # Every state change of the step waits for the batch: at the end of
+        # a data set of unknown length Keras runs the step once more and
+        # the batch read fails; without this, the optimizer's iteration
+        # count and strategy counters would already have moved.
+        inputs = [t for t in tf.nest.flatten(data) if tf.is_tensor(t)]
+        with tf.control_dependencies(inputs):
+            return self._train_step(data)
+
+    def _train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y, sample_weights = self._standardize_targets(y, sample_weight)
+        _check_not_empty(x)
         strategy = self.loss_weighting
         state = [*self.non_trainable_variables, *strategy.trainable_variables]
         snapshot = [tf.identity(v.value) for v in state]
@@ -915,6 +967,8 @@ class MultiTaskModel(keras.Model):
         finite = _on_all_replicas(self._guard.record(checked))
         if self._on_nonfinite == "raise":
             finite = ops.logical_and(finite, self._guard.bad_step < 0)
+        # An empty batch (possible inside a data set) trains nothing.
+        finite = ops.logical_and(finite, _batch_size(y_pred) > 0)
         return losses, aux_losses, finite, counts
 
     @property
@@ -1018,7 +1072,7 @@ class MultiTaskModel(keras.Model):
             grads = [
                 g / replicas if id(v) in own else g for g, v in zip(grads, variables)
             ]
-        self._apply_if(finite, grads, variables)
+        finite = self._apply_if(finite, grads, variables)
         return _Step(y_pred, losses, aux_losses, weights, finite, counts)
 
     def _shared_gradient_variables(self, strategy):
@@ -1168,7 +1222,7 @@ class MultiTaskModel(keras.Model):
             tape, strategy_objective, grads, variables
         )
         del tape
-        self._apply_if(finite, grads, variables)
+        finite = self._apply_if(finite, grads, variables)
         return _Step(y_pred, losses, aux_losses, weights, finite, counts)
 
     def _scaled_head_gradients(self, strategy, losses, weights, own_grads):
@@ -1241,7 +1295,7 @@ class MultiTaskModel(keras.Model):
             tape, strategy_objective, grads, variables
         )
         del tape
-        self._apply_if(finite, grads, variables)
+        finite = self._apply_if(finite, grads, variables)
         return _Step(y_pred, losses, aux_losses, weights, finite, counts)
 
     def _task_objectives(self, strategy, losses):
@@ -1445,6 +1499,57 @@ def _global_batch_losses(scaled_losses):
     return scaled_losses + tf.stop_gradient(global_mean - scaled_losses)
 
 
+def _check_target_dtype(task, target):
+    """Refuses targets that are not numbers, naming the task."""
+    dtype = getattr(target, "dtype", None)
+    if dtype is None:
+        return
+    kind = getattr(dtype, "kind", None)  # numpy
+    if kind in ("U", "S", "O") or dtype == tf.string:
+        raise ValueError(
+            f"Task {task!r}: targets must be numbers (integer labels or "
+            f"floats), got dtype {dtype}. Encode the labels first, for "
+            "example with keras.layers.StringLookup."
+        )
+
+
+def _is_sparse_loss(fn):
+    if isinstance(fn, keras.losses.SparseCategoricalCrossentropy):
+        return True
+    inner = getattr(fn, "fn", None)
+    return getattr(inner, "__name__", "") == "sparse_categorical_crossentropy"
+
+
+def _scope_name(task):
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", task).lstrip("_.-") or "task"
+
+
+def _same_batch_size(task, target, pred):
+    """`target`, checked at run time to have the predictions' batch size
+    when the shapes leave it open (a loss would silently broadcast a
+    1-row target). Under XLA the check is compiled out."""
+    known = [tf.TensorShape(t.shape)[:1].is_fully_defined() for t in (target, pred)]
+    if all(known):
+        return target
+    check = tf.debugging.assert_equal(
+        tf.shape(target)[0],
+        tf.shape(pred)[0],
+        message=f"Task {task!r}: the targets' batch size differs from the inputs'",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(target)
+
+
+def _check_not_empty(x):
+    """Refuses a batch known at trace time to hold no sample."""
+    shape = tuple(getattr(tf.nest.flatten(x)[0], "shape", ()))
+    if shape and shape[0] == 0:
+        raise ValueError(
+            "MultiTaskModel got an empty batch (0 samples): there is nothing "
+            "to train on. Remove empty batches from the data."
+        )
+
+
 def _set_keras_mask(tensor, mask):
     """Attaches a Keras mask, which Keras metrics apply to their values."""
     try:
@@ -1514,7 +1619,10 @@ class _FunctionLoss(keras.losses.Loss):
     reduction and sample weights follow Keras' rules."""
 
     def __init__(self, fn):
-        super().__init__(name=getattr(fn, "__name__", "loss"))
+        # The name becomes a name scope: lambdas and private functions
+        # ("<lambda>", "_mse") are not valid ones.
+        name = re.sub(r"[^A-Za-z0-9_.\-]", "_", getattr(fn, "__name__", ""))
+        super().__init__(name=name.strip("_.-") or "loss")
         self.fn = fn
 
     def call(self, y_true, y_pred):

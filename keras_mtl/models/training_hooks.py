@@ -46,6 +46,20 @@ class NonFiniteGuard:
         self.steps.assign_add(1)
         return finite
 
+    def record_gradients(self, losses_ok, gradients_finite):
+        """Records a step whose losses were finite but whose gradients were
+        not (task index -2: no single task is to blame)."""
+        new_bad = tf.logical_and(
+            tf.logical_and(losses_ok, tf.logical_not(gradients_finite)),
+            self.bad_step < 0,
+        )
+        self.bad_task.assign(
+            tf.where(new_bad, tf.constant(-2, tf.int64), self.bad_task)
+        )
+        self.bad_step.assign(tf.where(new_bad, self.steps - 1, self.bad_step))
+        failed = tf.logical_and(losses_ok, tf.logical_not(gradients_finite))
+        self.skipped.assign_add(tf.cast(failed, tf.int64))
+
     def clear(self):
         self.steps.assign(0)
         self.bad_step.assign(-1)
@@ -77,9 +91,7 @@ class TrainingHooks(keras.callbacks.Callback):
         if self._on_nonfinite == "raise":
             bad_step = int(self._guard.bad_step.numpy())
             if bad_step >= 0:
-                task = self._mtl_model._checked_loss_names[
-                    int(self._guard.bad_task.numpy())
-                ]
+                culprit = self._culprit()
                 where = f"training step {bad_step} (0-based) of this fit() call"
                 steps_per_epoch = (self.params or {}).get("steps")
                 if steps_per_epoch:
@@ -88,25 +100,34 @@ class TrainingHooks(keras.callbacks.Callback):
                         f"{bad_step % steps_per_epoch + 1}"
                     )
                 raise FloatingPointError(
-                    f"Task {task!r} has a non-finite loss at {where}. "
+                    f"{culprit} at {where}. "
                     "That step was not applied: the model, optimizer and "
                     "strategy state are those from before it. Check the "
                     "inputs and targets of that batch, or compile with "
                     'on_nonfinite="skip" to skip such steps.'
                 )
 
+    def _culprit(self):
+        """What the first bad step had that was not finite, in words."""
+        index = int(self._guard.bad_task.numpy())
+        if index == -2:
+            return (
+                "The gradient is not finite although every task loss is "
+                "(a loss with an infinite derivative, such as sqrt at 0)"
+            )
+        task = self._mtl_model._checked_loss_names[index]
+        return f"Task {task!r} has a non-finite loss"
+
     def on_epoch_end(self, epoch, logs=None):
         self._mtl_model.loss_weighting.on_epoch_end()
         if self._on_nonfinite == "skip":
             skipped = int(self._guard.skipped.numpy())
             if skipped:
-                task = self._mtl_model._checked_loss_names[
-                    int(self._guard.bad_task.numpy())
-                ]
                 warnings.warn(
                     f"{skipped} training step(s) were skipped so far because "
-                    f"a task loss was not finite (first: task {task!r} at "
-                    f"step {int(self._guard.bad_step.numpy())}).",
+                    f"a task loss or the gradient was not finite (first: "
+                    f"{self._culprit()} at step "
+                    f"{int(self._guard.bad_step.numpy())}).",
                     RuntimeWarning,
                     stacklevel=2,
                 )

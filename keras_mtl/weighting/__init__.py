@@ -124,6 +124,11 @@ def deserialize(config, custom_objects=None):
     cls = lookup(str(config["class_name"]).split(">")[-1])
     if cls is not None and "module" not in config:
         return cls.from_config(dict(config.get("config") or {}))
+    if cls is None and "module" not in config:
+        raise ValueError(
+            f"Unknown strategy {config['class_name']!r} in config {config!r}. "
+            f"Valid names: {', '.join(available())}."
+        )
     obj = keras.saving.deserialize_keras_object(config, custom_objects=custom_objects)
     if not isinstance(obj, Strategy):
         raise ValueError(f"Config {config!r} does not describe a strategy.")

@@ -94,7 +94,7 @@ class GradDrop(GradientAggregation):
         it at the activations. The uniform draws come from a counter-based
         hash of the seed generator's state (`_portable_random_ops`), so that
         eager calls and compiled (XLA) steps draw the same masks; that state
-        is not part of `get_weights()`.
+        is one of the strategy's weights, saved and restored with it.
     """
 
     supports_rep_grad = True
@@ -106,6 +106,8 @@ class GradDrop(GradientAggregation):
         if not (math.isfinite(leak) and 0.0 <= leak <= 1.0):
             raise ValueError(f"GradDrop `leak` must be in [0, 1], got {leak!r}.")
         self.leak = leak
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"GradDrop `seed` must be None or an int, got {seed!r}.")
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 

@@ -99,8 +99,8 @@ class GradVac(GradientAggregation):
         boundaries of the shared parameters. The task orders come from a
         counter-based hash of the seed generator's state
         (`_portable_random_ops`), so that eager calls and compiled (XLA)
-        steps draw the same orders; that state is not part of
-        `get_weights()`.
+        steps draw the same orders; that state is one of
+        the strategy's weights, saved and restored with it.
     """
 
     stateful = True
@@ -119,6 +119,8 @@ class GradVac(GradientAggregation):
             )
         self.beta = beta
         self.group_type = 0
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"GradVac `seed` must be None or an int, got {seed!r}.")
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 

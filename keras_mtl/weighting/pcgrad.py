@@ -158,8 +158,8 @@ class PCGrad(GradientAggregation):
 
         The projections are computed from the Gramian in float64 instead of
         on the float32 gradient vectors (the same math; the rounding
-        differs). The RNG state lives in the layer's seed
-        generator, not in `get_weights()`.
+        differs). The RNG state (the seed generator's)
+        is one of the strategy's weights, saved and restored with it.
     """
 
     requires: ClassVar[str] = "gramian"

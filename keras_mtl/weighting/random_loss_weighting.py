@@ -121,10 +121,10 @@ class RandomLossWeighting(LossWeighting):
         Box-Muller) rather than `keras.random`, whose TensorFlow kernels
         give different numbers under XLA: a seeded run then weights the
         tasks the same way eagerly, in graphs and in `jit_compile=True`
-        steps. The random state lives in `seed_generator`, which Keras does
-        not list in `get_weights()` nor save in `.keras` files: restoring a
-        strategy with `set_weights` does not restore its random sequence;
-        copy `seed_generator.state` as well to continue the same sequence.
+        steps. The random state of `seed_generator` is one of the strategy's
+        weights (`Strategy.build` adds it; Keras alone would leave it out),
+        so `set_weights`, `.keras` files and `BackupAndRestore` continue the
+        same random sequence.
     """
 
     stateful = True

@@ -158,7 +158,20 @@ class Strategy(keras.layers.Layer):
                 f"{list(self._task_names)} but was built with {num_tasks}."
             )
         self.num_tasks = num_tasks
+        self._save_seed_generator_states()
         self.built = True
+
+    def _save_seed_generator_states(self):
+        """Makes the state of the strategy's random generators part of its
+        weights, so that saving, checkpoints and `BackupAndRestore` keep it
+        and a resumed run draws what the uninterrupted run would have.
+        (Keras leaves a layer's generator state out of its weights.)"""
+        tracked = {id(v) for v in self._non_trainable_variables}
+        for generator in list(self._seed_generators):
+            if id(generator.state) not in tracked:
+                self._track_variable(generator.state)
+        # Listed once, as a weight, not a second time as a generator.
+        self._seed_generators.clear()
 
     def add_weight(self, *args, task_axis=None, **kwargs):
         """`keras.layers.Layer.add_weight`, marking per-task state.
