@@ -349,6 +349,7 @@ class MultiTaskModel(keras.Model):
         metrics = self._per_task_dict(metrics, "metrics")
         weighted_metrics = self._per_task_dict(weighted_metrics, "weighted_metrics")
         strategy = self._resolve_strategy(loss_weighting, loss_weights)
+        _check_jit_compile(jit_compile, self.distribute_strategy)
         super().compile(
             optimizer=optimizer,
             loss=None,
@@ -380,7 +381,9 @@ class MultiTaskModel(keras.Model):
             missing_labels=missing_labels,
             run_eagerly=run_eagerly,
             steps_per_execution=steps_per_execution,
-            jit_compile=self.jit_compile,
+            # The argument, not its resolution: "auto" resolves again where
+            # the model is loaded (off under a distribution strategy).
+            jit_compile=jit_compile,
         )
         if self.optimizer is not None and not self.optimizer.built:
             # Built here, not in the first traced step: building inside the
@@ -640,6 +643,24 @@ class MultiTaskModel(keras.Model):
         hooks = TrainingHooks(self, self._guard, self._on_nonfinite)
         callbacks = [hooks, *list(callbacks or [])]
         return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 (keras-team/keras#20585) hands the whole nested (x, y)
+        # batch to one `strategy.reduce`, which MultiWorkerMirroredStrategy
+        # rejects, so no Keras model can `fit` under it. The batch only gives
+        # the symbolic build its shapes and dtypes: this worker's first
+        # replica has the same ones and needs no collective op.
+        if self._distribute_strategy is None:
+            return
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: _first_local_value(self.distribute_strategy, v),
+                    next(it),
+                )
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
 
     def _require_compiled(self):
         if self._loss_fns is None:
@@ -1415,7 +1436,7 @@ class MultiTaskModel(keras.Model):
             logs[tracker.name] = tracker.result()
         if self._compile_metrics is not None:
             logs.update(self._compiled_metric_results())
-        return logs
+        return _rank_one_across_workers(logs)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -1497,6 +1518,66 @@ def _global_batch_losses(scaled_losses):
         tf.distribute.ReduceOp.SUM, tf.stop_gradient(scaled_losses)
     )
     return scaled_losses + tf.stop_gradient(global_mean - scaled_losses)
+
+
+def _first_local_value(distribution, value):
+    """The first local replica's component of a distributed value."""
+    if isinstance(value, tf.distribute.DistributedValues):
+        return distribution.experimental_local_results(value)[0]
+    return value
+
+
+def _rank_one_across_workers(logs):
+    """The step's logs as (1,) tensors under a multi-worker strategy.
+
+    Keras 3 reduces a step's logs across the workers of a
+    MultiWorkerMirroredStrategy with `strategy.reduce("MEAN", v, axis=0)`,
+    which fails on scalars (keras-team/keras#20585). The logs are the same
+    on every replica (the metric variables are synchronised): as (1,)
+    tensors they reduce to the same scalars. A no-op otherwise.
+    """
+    distribution = tf.distribute.get_strategy()
+    if not (
+        isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy)
+        and distribution.extended._in_multi_worker_mode()
+    ):
+        return logs
+    return {key: tf.reshape(value, (1,)) for key, value in logs.items()}
+
+
+def _check_jit_compile(jit_compile, distribution):
+    """Raises for `jit_compile=True` where XLA cannot compile Keras' step.
+
+    Keras compiles `strategy.run` over all local replicas as one XLA
+    cluster: with several local devices it must reach variables on other
+    devices, which XLA forbids; with one CPU device per worker the step
+    holds collectives, which XLA compiles only for GPUs (NCCL). `"auto"`
+    is already off under any distribution strategy (Keras' resolution).
+    """
+    if jit_compile is not True or distribution.num_replicas_in_sync == 1:
+        return
+    if not isinstance(
+        distribution,
+        (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy),
+    ):
+        return
+    devices = distribution.extended.worker_devices
+    if len(devices) > 1:
+        reason = (
+            f"Keras compiles the whole step, all {len(devices)} local replicas "
+            "included, as one XLA cluster on one device, and XLA cannot use "
+            "variables placed on the other devices"
+        )
+    elif any(tf.DeviceSpec.from_string(d).device_type == "CPU" for d in devices):
+        reason = "XLA does not compile collective ops on CPU devices"
+    else:
+        return  # one GPU per worker: NCCL collectives compile (untested)
+    raise ValueError(
+        f"jit_compile=True cannot work under {type(distribution).__name__} "
+        f"with {distribution.num_replicas_in_sync} replicas: {reason}. Use "
+        "jit_compile='auto' (Keras then turns XLA off under a distribution "
+        "strategy) or False."
+    )
 
 
 def _check_target_dtype(task, target):

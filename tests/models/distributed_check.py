@@ -58,7 +58,19 @@ def main(names):
             ),
             "num_state": len(one),
         }
+    report["explicit_jit"] = explicit_jit(mirrored)
     print("RESULT " + json.dumps(report))
+
+
+def explicit_jit(distribution):
+    """What compile(jit_compile=True) says under `distribution`."""
+    with distribution.scope():
+        model = two_task_mlp()
+        try:
+            model.compile(optimizer="sgd", loss=TWO_TASK_LOSSES, jit_compile=True)
+        except ValueError as error:
+            return str(error)
+    return "accepted"
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ def test_two_replicas_match_one_device():
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, result.stderr[-3000:]
     report = json.loads(lines[-1][len("RESULT ") :])
+    # XLA cannot compile Keras' step over two local devices: refused up front.
+    assert "jit_compile=True cannot work" in report["explicit_jit"]
+    assert "other devices" in report["explicit_jit"]
     for name in STRATEGIES:
         assert report[name]["max_state_diff"] < 1e-5, (name, report[name])
         assert report[name]["max_log_diff"] < 1e-5, (name, report[name])
