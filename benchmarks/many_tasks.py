@@ -1,30 +1,54 @@
 """Step time and peak memory from 2 to 100 tasks, as ratios to equal weighting.
 
-An MLP trunk (256 -> 128 -> 64) with one 1-unit binary head per task, batch
-128. For every number of tasks the script times equal weighting, the
-per-task gradients alone (a strategy that sums the rows of the (T, P)
-matrix), loss-based strategies (up to 100 tasks) and gradient methods (up to
-40 tasks), and prints milliseconds per step, the ratio to equal weighting at
-the same T, the ratio to the per-task gradients alone, and the allocator's
-peak memory during the timed steps.
+Table 1 (tasks): an MLP trunk (256 -> 128 -> 64, P = 41,152 shared
+parameters) with one 1-unit binary head per task, batch 128. For every number
+of tasks T the script times equal weighting, the per-task gradients alone (a
+strategy that only sums the rows of the (T, P) matrix: the cost of the
+gradient engine), loss-based strategies (up to 100 tasks) and gradient
+methods (up to `--max_gradient_tasks`), and prints milliseconds per step (the
+fastest of `--repeats` timed epochs, after a warm-up epoch), the
+ratio to equal weighting at the same T, the ratio to the per-task gradients
+alone, the allocator's peak memory during the timed steps, the memory it
+adds to equal weighting's peak and its ratio to it (printed only when equal
+weighting's peak is at least 1 MiB) and the seconds of the warm-up epoch
+(tracing the step, which grows with T for per-task gradient methods).
+
+Memory is `tf.config.experimental.get_memory_info("CPU:0")["peak"]`, reset
+after the warm-up epoch. On CPU these statistics exist only with oneDNN's
+allocator (the default; with TF_ENABLE_ONEDNN_OPTS=0 there are none), which
+tracks the peak of allocations of 256 KiB and more: the small activations of
+equal weighting are mostly invisible, the (T, P) per-task gradient matrix
+(4 T P bytes, 329 KB for T = 2) is seen.
+
+Table 2 (parameters): at a fixed T (`--sweep_tasks`), the trunk is widened
+(`--widths` multiplies both hidden sizes) so that P grows, and the peak
+memory of the per-task gradients alone and of each gradient method is
+printed with the memory it needs beyond the per-task gradients alone, in MB,
+in float32 (P,) vectors and in (T, P) float32 matrices. A method that needs
+only the Gramian (`requires == "gramian"`: its weights come from the (T, T)
+matrix G G^T) should add no memory that grows with T * P: at most a few
+(P,) vectors (the update itself is one).
 
     python benchmarks/many_tasks.py
     python benchmarks/many_tasks.py --tasks=2,10 --loss_methods=dwa \
-        --gradient_methods=mgda
+        --gradient_methods=mgda --widths=1,4
 """
 
+import gc
 import os
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from _timing import time_fit_steps  # noqa: E402
+from _timing import EpochTimer  # noqa: E402
 from absl import app, flags  # noqa: E402
-from gradient_methods import SumRows  # noqa: E402
+from keras import ops  # noqa: E402
 
 import keras_mtl  # noqa: E402
+from keras_mtl.weighting.gradient_aggregation import GradientAggregation  # noqa: E402
 
 flags.DEFINE_list("tasks", ["2", "10", "40", "100"], "Numbers of tasks.")
 flags.DEFINE_list("loss_methods", ["dwa", "uw", "slaw", "famo", "rlw"], "Loss-based.")
@@ -32,61 +56,172 @@ flags.DEFINE_list(
     "gradient_methods", ["mgda", "pcgrad", "nash_mtl", "upgrad"], "Gradient-based."
 )
 flags.DEFINE_integer("max_gradient_tasks", 40, "Largest T for gradient methods.")
-flags.DEFINE_integer("steps", 10, "Timed steps per epoch.")
+flags.DEFINE_integer("steps", 50, "Timed steps per epoch.")
+flags.DEFINE_integer("repeats", 5, "Timed epochs (the fastest is reported).")
 flags.DEFINE_bool("jit_compile", False, "Compile the steps with XLA.")
+flags.DEFINE_list(
+    "widths", ["1", "4"], "Trunk width multipliers of table 2 (empty: no table 2)."
+)
+flags.DEFINE_integer("sweep_tasks", 10, "Number of tasks of table 2.")
 FLAGS = flags.FLAGS
 
 
-def mlp(num_tasks):
-    inputs = keras.Input((256,))
-    h = keras.layers.Dense(128, activation="relu")(inputs)
-    h = keras.layers.Dense(64, activation="relu")(h)
+class SumRows(GradientAggregation):
+    """The per-task gradients and nothing else: update = sum of rows.
+
+    (As in gradient_methods.py, which cannot be imported here: both scripts
+    define the same absl flags.)"""
+
+    def call(self, grads, losses=None, training=True, task_mask=None):
+        return ops.sum(grads, axis=0), ops.ones((grads.shape[0],))
+
+
+HIDDEN = (128, 64)
+INPUT_DIM = 256
+BATCH = 128
+
+
+def mlp(num_tasks, width=1):
+    inputs = keras.Input((INPUT_DIM,))
+    h = keras.layers.Dense(HIDDEN[0] * width, activation="relu")(inputs)
+    h = keras.layers.Dense(HIDDEN[1] * width, activation="relu")(h)
     outputs = {f"t{t}": keras.layers.Dense(1)(h) for t in range(num_tasks)}
     return keras_mtl.MultiTaskModel(inputs, outputs)
 
 
-def dataset(num_tasks, batch=128):
+def dataset(num_tasks):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch * 2, 256)).astype("float32")
+    x = rng.normal(size=(BATCH * 2, INPUT_DIM)).astype("float32")
     y = {
-        f"t{t}": rng.integers(0, 2, size=(batch * 2, 1)).astype("float32")
+        f"t{t}": rng.integers(0, 2, size=(BATCH * 2, 1)).astype("float32")
         for t in range(num_tasks)
     }
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).repeat()
+
+
+def measure(num_tasks, identifier, data, width=1):
+    """(seconds per step, peak bytes, warm-up seconds, P) of one strategy on
+    a fresh model."""
+    keras.backend.clear_session()
+    gc.collect()
+    keras.utils.set_random_seed(0)
+    model = mlp(num_tasks, width)
+    strategy = identifier() if callable(identifier) else identifier
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        loss_weighting=strategy,
+        jit_compile=FLAGS.jit_compile,
+    )
+    num_shared = sum(int(np.prod(v.shape)) for v in model.shared_variables)
+    seconds, peak, warm_up = time_steps(model, data)
+    return seconds, peak, warm_up, num_shared
+
+
+def time_steps(model, data):
+    """Seconds per step of the fastest timed epoch, the allocator's peak and
+    the seconds of the warm-up epoch (tracing included).
+
+    One warm-up epoch (tracing) first, then `--repeats` epochs of `--steps`
+    steps. The minimum, not the median: on a shared machine other processes
+    only ever slow an epoch down.
+    """
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
+    warm_up = time.perf_counter() - start
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    timer = EpochTimer()
+    model.fit(
+        data,
+        steps_per_epoch=FLAGS.steps,
+        epochs=FLAGS.repeats,
+        verbose=0,
+        callbacks=[timer],
+    )
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    return min(timer.times) / FLAGS.steps, peak, warm_up
+
+
+def task_table():
+    print(
+        f"{'T':>4}  {'method':<16} {'ms/step':>8} {'x EW':>6} {'x grads':>8} "
+        f"{'peak MB':>8} {'+MB vs EW':>9} {'mem x EW':>8} {'warm-up s':>9}"
+    )
+    for num_tasks in [int(t) for t in FLAGS.tasks]:
+        data = dataset(num_tasks)
+        methods = [("ew", "ew")]
+        if num_tasks <= FLAGS.max_gradient_tasks:
+            # Measured before the others so that every row has both ratios.
+            methods.append(("per-task grads", SumRows))
+        methods += [(m, m) for m in FLAGS.loss_methods]
+        if num_tasks <= FLAGS.max_gradient_tasks:
+            methods += [(m, m) for m in FLAGS.gradient_methods]
+        reference = {}
+        for label, identifier in methods:
+            seconds, peak, warm_up, _ = measure(num_tasks, identifier, data)
+            reference.setdefault(label, (seconds, peak))
+            ew_time, ew_peak = reference["ew"]
+            grads_time = reference.get("per-task grads", (float("nan"),))[0]
+            # The allocator sees only allocations of 256 KiB or more (see
+            # the module docstring): a ratio to a near-zero peak means little.
+            ratio = f"{peak / ew_peak:.2f}" if ew_peak >= 2**20 else "-"
+            print(
+                f"{num_tasks:>4}  {label:<16} {1e3 * seconds:>8.2f} "
+                f"{seconds / ew_time:>6.2f} {seconds / grads_time:>8.2f} "
+                f"{peak / 2**20:>8.1f} {(peak - ew_peak) / 2**20:>9.1f} {ratio:>8} "
+                f"{warm_up:>9.1f}",
+                flush=True,
+            )
+
+
+def parameter_table():
+    widths = [int(w) for w in FLAGS.widths]
+    if not widths:
+        return
+    num_tasks = FLAGS.sweep_tasks
+    print()
+    print(
+        f"{'T':>4} {'P':>9}  {'method':<16} {'requires':<9} {'ms/step':>8} "
+        f"{'peak MB':>8} {'extra MB':>9} {'P-vectors':>9} {'TP-mats':>8}"
+    )
+    data = dataset(num_tasks)
+    methods = [("ew", "ew", "losses"), ("per-task grads", SumRows, "gradients")]
+    for name in FLAGS.gradient_methods:
+        cls = keras_mtl.weighting.registry.lookup(name)
+        methods.append((name, name, cls.requires))
+    for width in widths:
+        grads_peak = None
+        for label, identifier, requires in methods:
+            seconds, peak, _, num_shared = measure(num_tasks, identifier, data, width)
+            if label == "per-task grads":
+                grads_peak = peak
+            matrix_bytes = 4 * num_tasks * num_shared
+            if grads_peak is None or label == "per-task grads":
+                extra = float("nan")
+            else:
+                extra = peak - grads_peak
+            print(
+                f"{num_tasks:>4} {num_shared:>9}  {label:<16} {requires:<9} "
+                f"{1e3 * seconds:>8.2f} {peak / 2**20:>8.1f} "
+                f"{extra / 2**20:>9.2f} {extra / (4 * num_shared):>9.2f} "
+                f"{extra / matrix_bytes:>8.2f}",
+                flush=True,
+            )
 
 
 def main(argv):
     del argv
     print(
-        f"{'T':>4}  {'method':<16} {'ms/step':>8} {'x EW':>6} {'x grads':>8} "
-        f"{'peak MB':>8}"
+        f"# jit_compile={FLAGS.jit_compile} steps={FLAGS.steps} "
+        f"repeats={FLAGS.repeats} batch={BATCH} cpus={os.cpu_count()} "
+        f"tf={tf.__version__} keras={keras.__version__}"
     )
-    for num_tasks in [int(t) for t in FLAGS.tasks]:
-        data = dataset(num_tasks)
-        methods = [("ew", "ew"), *((m, m) for m in FLAGS.loss_methods)]
-        if num_tasks <= FLAGS.max_gradient_tasks:
-            methods.append(("per-task grads", SumRows))
-            methods += [(m, m) for m in FLAGS.gradient_methods]
-        reference = {}
-        for label, identifier in methods:
-            keras.utils.set_random_seed(0)
-            model = mlp(num_tasks)
-            strategy = identifier() if callable(identifier) else identifier
-            model.compile(
-                optimizer="sgd",
-                loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                loss_weighting=strategy,
-                jit_compile=FLAGS.jit_compile,
-            )
-            seconds, peak = time_fit_steps(model, data, FLAGS.steps)
-            reference.setdefault(label, seconds)
-            grads = reference.get("per-task grads", float("nan"))
-            print(
-                f"{num_tasks:>4}  {label:<16} {1e3 * seconds:>8.2f} "
-                f"{seconds / reference['ew']:>6.2f} {seconds / grads:>8.2f} "
-                f"{peak / 2**20:>8.1f}",
-                flush=True,
-            )
+    # A throw-away run: the first `fit` of a process pays one-time costs
+    # (thread pools, tf.data start-up) that would inflate the first row.
+    measure(2, "ew", dataset(2))
+    if FLAGS.tasks:
+        task_table()
+    parameter_table()
 
 
 if __name__ == "__main__":
