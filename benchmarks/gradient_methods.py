@@ -7,7 +7,14 @@ matrix: the cost of the gradient engine), and for every registered strategy
 that needs per-task gradients, plus the representation-gradient ("UB")
 variants. It prints milliseconds per step, the ratio to equal weighting,
 the ratio to the per-task gradients alone (the cost of the aggregation
-itself) and the allocator's peak memory.
+itself), the quartiles of that ratio over the rounds (a noisy machine shows
+as a wide range) and the allocator's peak memory.
+
+The timed epochs are interleaved: every model is built and compiled first,
+then each round times one epoch of every model (in a rotated order), so
+that a change in the machine's load hits all of them alike. The ratios are
+the medians over rounds of the ratios within a round, the times the
+medians over rounds.
 
     python benchmarks/gradient_methods.py                 # everything
     python benchmarks/gradient_methods.py --tasks=2,4 --methods=mgda,pcgrad --xla=true
@@ -20,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from _timing import time_fit_steps  # noqa: E402
+from _timing import EpochTimer  # noqa: E402
 from absl import app, flags  # noqa: E402
 from keras import ops  # noqa: E402
 
@@ -31,7 +38,7 @@ flags.DEFINE_list("tasks", ["2", "4", "8"], "Numbers of tasks.")
 flags.DEFINE_list("methods", [], "Strategy names (default: every gradient method).")
 flags.DEFINE_list("xla", ["false", "true"], "XLA settings to run.")
 flags.DEFINE_integer("steps", 20, "Timed steps per epoch.")
-flags.DEFINE_integer("repeats", 3, "Timed epochs (the median is reported).")
+flags.DEFINE_integer("repeats", 3, "Timed rounds (medians are reported).")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 FLAGS = flags.FLAGS
 
@@ -92,38 +99,68 @@ def variants(names):
     return result
 
 
+def timed_epoch(model, data, steps):
+    """Seconds per step of one `fit` epoch and the allocator's peak bytes."""
+    timer = EpochTimer()
+    try:
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    except (ValueError, RuntimeError):
+        pass
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
+    try:
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    except (ValueError, RuntimeError):
+        peak = float("nan")
+    return timer.times[0] / steps, peak
+
+
+def run(num_tasks, xla, entries):
+    """Builds, warms up and times every (label, factory) in `entries`."""
+    data = dataset(num_tasks, FLAGS.batch_size)
+    models = []
+    for label, factory in entries:
+        keras.utils.set_random_seed(0)
+        model = small_cnn(num_tasks)
+        model.compile(
+            optimizer="sgd",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss_weighting=factory(),
+            jit_compile=xla,
+        )
+        # Warm-up: tracing, XLA compilation, the strategy's first solves.
+        model.fit(data, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
+        models.append((label, model))
+    times = {label: [] for label, _ in models}
+    peaks = {label: 0.0 for label, _ in models}
+    for round_index in range(FLAGS.repeats):
+        shift = round_index % len(models)
+        for label, model in models[shift:] + models[:shift]:
+            seconds, peak = timed_epoch(model, data, FLAGS.steps)
+            times[label].append(seconds)
+            peaks[label] = max(peaks[label], peak)
+    for label, _ in models:
+        grads_label = "per-task rep grads" if "rep_grad" in label else "per-task grads"
+        to_ew = np.median(np.divide(times[label], times["ew"]))
+        to_grads = np.divide(times[label], times[grads_label])
+        low, mid, high = np.percentile(to_grads, [25, 50, 75])
+        print(
+            f"{num_tasks:>2} {str(xla):>5}  {label:<24} "
+            f"{1e3 * np.median(times[label]):>8.2f} {to_ew:>6.2f} {mid:>8.2f} "
+            f"{f'{low:.2f}-{high:.2f}':>10} {peaks[label] / 2**20:>8.1f}",
+            flush=True,
+        )
+
+
 def main(argv):
     del argv
     names = FLAGS.methods or gradient_methods()
     print(
         f"{'T':>2} {'xla':>5}  {'method':<24} {'ms/step':>8} {'x EW':>6} "
-        f"{'x grads':>8} {'peak MB':>8}"
+        f"{'x grads':>8} {'quartiles':>10} {'peak MB':>8}"
     )
     for num_tasks in [int(t) for t in FLAGS.tasks]:
         for xla in [v.lower() == "true" for v in FLAGS.xla]:
-            data = dataset(num_tasks, FLAGS.batch_size)
-            reference = {}
-            for label, factory in variants(names):
-                keras.utils.set_random_seed(0)
-                model = small_cnn(num_tasks)
-                model.compile(
-                    optimizer="sgd",
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    loss_weighting=factory(),
-                    jit_compile=xla,
-                )
-                seconds, peak = time_fit_steps(model, data, FLAGS.steps, FLAGS.repeats)
-                reference.setdefault(label, seconds)
-                ew = reference["ew"]
-                grads = reference.get(
-                    "per-task rep grads" if "rep_grad" in label else "per-task grads",
-                    seconds,
-                )
-                row = (
-                    f"{num_tasks:>2} {str(xla):>5}  {label:<24} {1e3 * seconds:>8.2f} "
-                    f"{seconds / ew:>6.2f} {seconds / grads:>8.2f} "
-                )
-                print(row + f"{peak / 2**20:>8.1f}", flush=True)
+            run(num_tasks, xla, variants(names))
 
 
 if __name__ == "__main__":

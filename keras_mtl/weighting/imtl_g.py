@@ -1,4 +1,5 @@
-"""IMTL-G, the gradient part of Impartial MTL (Liu et al., ICLR 2021)."""
+"""IMTL-G, the gradient part of Impartial MTL (Liu et al., ICLR 2021), optionally
+with IMTL-L's learnable loss scales (hybrid IMTL)."""
 
 from __future__ import annotations
 
@@ -80,15 +81,35 @@ class IMTLG(GradientAggregation):
     sum_t alpha_t = 1, the scale of a mean; identical rows give that row).
     The returned weights are alpha.
 
-    Properties: stateless; T backward passes (or T head passes with
-    `rep_grad=True`, as LibMTL allows); the line of the update is invariant
-    to rescaling any task's gradient (alpha_k scales by 1/c when g_k is
-    scaled by c, up to the sum-to-one normalisation, which can also flip
-    the sign: nothing forces the common projection d . u_t to be
+    Hybrid IMTL (`loss_scaling=True`, LibMTL's "IMTL"): each task also gets
+    a learnable loss scale s_t (initialised to 0, IMTL-L). The model then
+    computes the per-task gradients of the scaled losses
+
+        L~_t = exp(s_t) L_t - s_t
+
+    (returned by `transform_losses`), so g_t above is exp(s_t) grad L_t,
+    and trains s with its optimizer on the gradient of sum_t L~_t, i.e.
+    d/ds_t = exp(s_t) L_t - 1, which vanishes when the scaled loss
+    exp(s_t) L_t is 1. IMTL-G itself is unchanged. The line of its shared
+    update does not depend on s (scaling g_t scales alpha_t by the inverse,
+    up to the sum-to-one normalisation, which sets the update's length and
+    sign); s acts on that length and on the heads, which receive
+    exp(s_t) grad L_t. The returned weights are those of the rows the
+    strategy receives: the effective weight on grad L_t is alpha_t exp(s_t).
+
+    Properties: stateless without loss scaling (with it, the trainable s;
+    `reset_state()` sets it back to 0); T backward passes (or T head passes
+    with `rep_grad=True`, as LibMTL allows); the line of the update is
+    invariant to rescaling any task's gradient (alpha_k scales by 1/c when
+    g_k is scaled by c, up to the sum-to-one normalisation, which can also
+    flip the sign: nothing forces the common projection d . u_t to be
     positive). When the gradients are linearly dependent the
     equal-projection direction may be d = 0.
 
     Args:
+        loss_scaling: if True, learn IMTL-L's loss scales s (hybrid IMTL,
+            as LibMTL's IMTL); default False: IMTL-G alone (LibMTL's IMTL
+            with s fixed at 0).
         rep_grad: apply the method to gradients of the shared
             representation instead of the shared parameters.
         **kwargs: passed to `GradientAggregation` (`name`, `dtype`).
@@ -102,6 +123,10 @@ class IMTLG(GradientAggregation):
     [0.667, 0.333]
     >>> np.round(update.numpy().astype("float64"), 3).tolist()
     [0.667, 0.667]
+    >>> hybrid = IMTLG(loss_scaling=True)
+    >>> hybrid.build((2, 2))
+    >>> hybrid.transform_losses(keras.ops.convert_to_tensor([0.5, 4.0])).numpy()
+    array([0.5, 4. ], dtype=float32)
 
     References:
         Liyang Liu, Yi Li, Zhanghui Kuang, Jing-Hao Xue, Yimin Chen, Wenming
@@ -112,16 +137,67 @@ class IMTLG(GradientAggregation):
 
     Note:
         LibMTL's "IMTL" combines IMTL-G with IMTL-L (learnable loss scales
-        e^{s_t} L_t - s_t, s initialised to 0); this class is IMTL-G alone,
-        i.e. LibMTL's IMTL at s = 0. Where the reference inverts a singular
-        matrix (identical or zero rows) we return the minimum-norm solution
-        (finite; identical rows give alpha_t = 1/T); zero rows get
+        e^{s_t} L_t - s_t, s initialised to 0): that is this class with
+        `loss_scaling=True`; the default is IMTL-G alone, i.e. LibMTL's
+        IMTL at s = 0. (In the LibMTL commit cited s is an `nn.Parameter`
+        trained by the model's optimizer; commit 2d842d6 makes it a plain
+        tensor, which no optimizer updates.) The loss scales need positive
+        losses: with L_t = 0, s_t grows without bound. The loss-weighting
+        strategy `"imtl_l"` is IMTL-L alone. Where the reference inverts a
+        singular matrix (identical or zero rows) we return the minimum-norm
+        solution (finite; identical rows give alpha_t = 1/T); zero rows get
         u_t = 0 instead of the reference's NaN. Singular values below 1e-6
         of the largest count as zero (the Gramian is float32).
     """
 
     requires: ClassVar[str] = "gramian"
     supports_rep_grad: ClassVar[bool] = True
+
+    def __init__(self, loss_scaling=False, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(loss_scaling, bool):
+            raise ValueError(
+                f"IMTLG `loss_scaling` must be True or False, got {loss_scaling!r}."
+            )
+        self.loss_scaling = loss_scaling
+        # The loss scales are state (trainable); without them IMTL-G is
+        # stateless.
+        self.stateful = loss_scaling
+
+    def get_config(self):
+        config = super().get_config()
+        config["loss_scaling"] = self.loss_scaling
+        return config
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.loss_scaling:
+            self.loss_scales = self.add_weight(
+                shape=(self.num_tasks,),
+                initializer="zeros",
+                trainable=True,
+                name="loss_scales",
+                task_axis=0,
+            )
+
+    def transform_losses(self, losses):
+        """IMTL-L's scaled losses exp(s) L - s, or `losses` without scaling.
+
+        The model differentiates these (per task, and their sum for s).
+        """
+        if not self.loss_scaling:
+            return losses
+        losses = ops.convert_to_tensor(losses)
+        if not self.built:
+            self.build(tuple(losses.shape))
+        self._check_num_tasks(losses)
+        s = ops.convert_to_tensor(self.loss_scales)
+        losses = ops.cast(losses, s.dtype)
+        return ops.exp(s) * losses - s
+
+    def reset_state(self):
+        if self.loss_scaling and self.built:
+            self.loss_scales.assign(ops.zeros_like(self.loss_scales))
 
     def compute_weights(self, gramian, losses=None, training=True):
         weights = _compiled_imtl_g_weights(ops.cast(gramian, "float64"))

@@ -7,6 +7,7 @@ from typing import ClassVar
 import tensorflow as tf
 from keras import ops
 
+from keras_mtl.weighting._solver_ops import solver_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -60,8 +61,12 @@ def _best_pair(gramian):
     cost = tf.reshape(tf.where(upper > 0, cost, big), [-1])
     best = tf.reduce_min(cost)
     index = tf.reduce_min(tf.where(cost == best, tf.range(num * num), num * num))
+    # (Non-finite Gramians match no pair: stay in range.)
+    index = tf.minimum(index, num * num - 1)
     i, j = index // num, index % num
-    c = tf.reshape(gamma, [-1])[index]
+    # A gather, not a slice: a slice start must be a compile-time constant
+    # for XLA, which would make the Gramian one (recompiled per value).
+    c = tf.gather(tf.reshape(gamma, [-1]), index)
     return c * tf.one_hot(i, num, dtype=gramian.dtype) + (1.0 - c) * tf.one_hot(
         j, num, dtype=gramian.dtype
     )
@@ -146,7 +151,7 @@ def min_norm_weights(gramian):
     return sol
 
 
-_compiled_min_norm_weights = tf.function(min_norm_weights, autograph=False)
+_compiled_min_norm_weights = solver_function(min_norm_weights)
 
 
 @register_strategy("mgda")
@@ -172,7 +177,8 @@ class MGDA(GradientAggregation):
     the reference's clip range [0.001, 0.999]; for T >= 3 it starts from the
     best pair and runs at most 250 projected steps with exact line search,
     stopping when ||w_new - w||_1 < 1e-5 (inside `tf.while_loop`, computed in
-    float64 from the Gramian).
+    float64 from the Gramian; in a graph without XLA the loop runs as one
+    XLA-compiled function).
 
     Scale: the update is a convex combination of the (normalised) gradients,
     the scale of a mean, not of a sum: update = sum_t (w*_t / n_t) g_t, as

@@ -774,3 +774,45 @@ def test_one_task_model_keeps_the_task_prefix_on_metrics():
     x, y = two_task_data(n=16)
     history = model.fit(x, {"cls": y["cls"]}, epochs=1, verbose=0)
     assert "cls_accuracy" in history.history and "accuracy" not in history.history
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_gradient_strategy_with_own_variables_trains_them_through_transform_losses(
+    jit_compile,
+):
+    """Hybrid IMTL: per-task gradients of e^s L - s, and s trained by the
+    model's optimizer with gradient e^s L - 1 (LibMTL's IMTL)."""
+    from keras_mtl.weighting.imtl_g import IMTLG
+
+    x, y = two_task_data(n=16)
+    models = {}
+    for scaling in (False, True):
+        model = two_task_mlp()
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=TWO_TASK_LOSSES,
+            loss_weighting=IMTLG(loss_scaling=scaling),
+            jit_compile=jit_compile,
+        )
+        models[scaling] = model
+    losses = models[True].evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    for model in models.values():
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    strategy = models[True].loss_weighting
+    assert [v.path for v in strategy.trainable_variables] == [strategy.loss_scales.path]
+    # s starts at 0: its first SGD step is -0.1 * (e^0 L_t - 1).
+    expected = [-0.1 * (losses[f"{t}_loss"] - 1.0) for t in ("cls", "reg")]
+    np.testing.assert_allclose(strategy.loss_scales.numpy(), expected, rtol=1e-4)
+    # At s = 0 the transformed losses have the losses' gradients: the model
+    # moved as plain IMTL-G moved it.
+    layers = [m.get_layer(n) for m in models.values() for n in ("trunk", "cls_head")]
+    for a, b in zip(
+        layers[0].get_weights() + layers[1].get_weights(),
+        layers[2].get_weights() + layers[3].get_weights(),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # From then on e^s rescales each task's gradient.
+    for model in models.values():
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    head = models[True].task_variables["reg"][0].numpy()
+    assert not np.allclose(head, models[False].task_variables["reg"][0].numpy())

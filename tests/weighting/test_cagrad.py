@@ -200,3 +200,140 @@ def test_eager_equals_xla():
         u2, w2 = step(tf.constant(grads))
         np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _exact_inner(gramian, radius):
+    """An independent exact minimiser of the inner problem: enumerate the
+    supports S, solve the stationarity conditions on each in closed form
+    (m_S + radius A_SS w_S / s = nu 1, sum w = 1, s = sqrt(w.A.w + 1e-8),
+    a quadratic equation in nu), keep the feasible points, take the best.
+    Exact whenever the optimum's support has an invertible A_SS."""
+    num = len(gramian)
+    mean = gramian.mean(axis=1)
+    candidates = list(np.eye(num))
+    for mask in range(1, 2**num):
+        support = [t for t in range(num) if mask >> t & 1]
+        if len(support) < 2:
+            continue
+        sub = gramian[np.ix_(support, support)]
+        if np.linalg.cond(sub) > 1e12:
+            continue
+        u = np.linalg.solve(sub, np.ones(len(support)))
+        v = np.linalg.solve(sub, mean[support])
+        a, b, e = u.sum(), v.sum(), mean[support] @ v
+        # radius^2 - (a nu^2 - 2 b nu + e) = 1e-8 (a nu - b)^2.
+        coefs = [-a - 1e-8 * a * a, 2 * b + 2e-8 * a * b, radius**2 - e - 1e-8 * b * b]
+        for nu in np.roots(coefs):
+            if abs(nu.imag) > 0 or a * nu.real - b <= 0:
+                continue
+            w = np.zeros(num)
+            w[support] = (nu.real * u - v) / (a * nu.real - b)
+            if (w >= -1e-12).all():
+                candidates.append(np.maximum(w, 0) / np.maximum(w, 0).sum())
+    candidates = np.array(candidates)
+    return candidates[np.argmin(_objective(candidates, gramian, radius))]
+
+
+def _gradient_scale(gramian, radius):
+    return np.abs(gramian.mean(1)).max() + radius * np.sqrt(np.diag(gramian).max())
+
+
+def _hard_gramians(rng, num):
+    """Random Gramians, with ill-conditioned and badly scaled ones."""
+    cases = []
+    for trial in range(6):
+        grads = rng.normal(size=(num, 9)) + (trial % 2) * rng.normal(size=(1, 9))
+        if trial == 2:  # Nearly dependent rows: condition number ~1e10.
+            grads[1] = -0.7 * grads[0] + 1e-5 * rng.normal(size=9)
+        if trial == 3:  # Row scales from 1e-3 to 1e3.
+            grads = grads * np.logspace(-3, 3, num)[:, None]
+        if trial == 4:  # Fewer parameters than tasks: rank-deficient.
+            grads = grads[:, : num - 1]
+        if trial == 5:  # Tiny gradients: the constants 1e-8 matter.
+            grads = grads * 1e-5
+        grads = grads.astype("float32").astype("float64")
+        cases.append(grads @ grads.T)
+    return cases
+
+
+def test_two_task_closed_form_matches_a_one_dimensional_search():
+    rng = np.random.default_rng(20)
+    for gramian in _hard_gramians(rng, 2) + _hard_gramians(rng, 2):
+        for c in (0.1, 0.5, 0.9):
+            radius = _radius(gramian, c)
+            w = _inner(tf.constant(gramian), tf.constant(radius, "float64")).numpy()
+            # Golden-section search of the convex F(t, 1 - t) on [0, 1].
+            lo, hi = 0.0, 1.0
+            ratio = (np.sqrt(5.0) - 1) / 2
+            for _ in range(200):
+                t1, t2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+                f1, f2 = _objective(
+                    np.array([[t1, 1 - t1], [t2, 1 - t2]]), gramian, radius
+                )
+                lo, hi = (lo, t2) if f1 <= f2 else (t1, hi)
+            t = np.clip(0.5 * (lo + hi), 0, 1)
+            best = min(
+                _objective(np.array([[t, 1 - t], [0, 1], [1, 0]]), gramian, radius)
+            )
+            scale = _gradient_scale(gramian, radius)
+            assert _objective(w, gramian, radius)[0] <= best + 1e-12 * scale
+            np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-12)
+            assert (w >= 0).all()
+
+
+@pytest.mark.parametrize("num", [3, 4, 5])
+def test_inner_solver_matches_exact_support_enumeration(num):
+    rng = np.random.default_rng(30 + num)
+    for index, gramian in enumerate(_hard_gramians(rng, num)):
+        for c in (0.2, 0.5, 0.9):
+            radius = _radius(gramian, c)
+            w = _inner(tf.constant(gramian), tf.constant(radius, "float64")).numpy()
+            exact = _exact_inner(gramian, radius)
+            scale = _gradient_scale(gramian, radius)
+            ours = _objective(w, gramian, radius)[0]
+            assert ours <= _objective(exact, gramian, radius)[0] + 1e-10 * scale
+            assert (w >= 0).all()
+            np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-12)
+            if index in (0, 1, 3):  # Unique, well-determined minimisers.
+                np.testing.assert_allclose(w, exact, atol=1e-7)
+
+
+def test_inner_solver_when_zero_is_in_the_convex_hull():
+    # Singular faces (g_3 = -(g_1 + g_2) / 2): no certified closed-form
+    # support solution, the interior-point iterations run to the end.
+    rng = np.random.default_rng(40)
+    for _ in range(3):
+        grads = rng.normal(size=(3, 6))
+        grads[2] = -0.5 * (grads[0] + grads[1])
+        gramian = grads @ grads.T
+        radius = _radius(gramian, 0.5)
+        w = _inner(tf.constant(gramian), tf.constant(radius, "float64")).numpy()
+        grid = _simplex_grid(3, 400)
+        assert _objective(w, gramian, radius)[0] <= _objective(
+            grid, gramian, radius
+        ).min() + 1e-9 * _gradient_scale(gramian, radius)
+
+
+@pytest.mark.parametrize("num", [2, 4])
+def test_graph_without_xla_equals_eager(num):
+    # In a graph the solver runs as a nested XLA function.
+    rng = np.random.default_rng(7)
+    grads = _random_grads(rng, num, 7, common=1.0)
+    strategy = CAGrad()
+    u1, w1 = strategy(grads)
+    u2, w2 = tf.function(lambda g: strategy(g))(tf.constant(grads))
+    np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_nearly_cancelling_gradients_are_finite():
+    # A step of the conflicting toy near the Pareto segment: the float32
+    # Gramian's mean, ||g_0||^2, rounds to -3e-8 (the reference's square
+    # root would be NaN).
+    grads = np.array(
+        [[-1.3994535e00, 2.2173906e-04], [1.3992187e00, 2.2251904e-04]], "float32"
+    )
+    gramian = grads @ grads.T
+    assert gramian.astype("float64").mean() + 1e-8 < 0
+    update, weights = CAGrad()(grads)
+    assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()

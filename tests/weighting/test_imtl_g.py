@@ -143,3 +143,136 @@ def test_eager_equals_xla():
         u2, w2 = step(tf.constant(grads))
         np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# --- Hybrid IMTL: IMTL-G on the gradients of IMTL-L's scaled losses. ---
+
+
+def test_loss_scaling_config_round_trip_and_validation():
+    assert IMTLG().loss_scaling is False
+    original = IMTLG(loss_scaling=True, rep_grad=True, name="hybrid")
+    config = original.get_config()
+    assert config["loss_scaling"] is True
+    rebuilt = IMTLG.from_config(config)
+    assert rebuilt.get_config() == config and rebuilt.loss_scaling
+    assert IMTLG.from_config(IMTLG().get_config()).loss_scaling is False
+    with pytest.raises(ValueError, match="loss_scaling"):
+        IMTLG(loss_scaling="yes")
+
+
+def test_without_loss_scaling_nothing_changes():
+    rng = np.random.default_rng(11)
+    grads = _random_grads(rng, 3, 5, common=1.0)
+    losses = tf.constant([0.5, 2.0, 4.0])
+    plain, explicit = IMTLG(), IMTLG(loss_scaling=False)
+    explicit.build(grads.shape)
+    assert explicit.weights == [] and not explicit.stateful
+    # transform_losses is the identity (the same tensor).
+    assert explicit.transform_losses(losses) is losses
+    u1, w1 = plain(grads, losses)
+    u2, w2 = explicit(grads, losses)
+    np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+    np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+
+
+def test_loss_scaling_transform_values_and_scale_gradient():
+    strategy = IMTLG(loss_scaling=True)
+    strategy.build((3, 5))
+    assert strategy.stateful
+    assert [v.name for v in strategy.trainable_variables] == ["loss_scales"]
+    np.testing.assert_array_equal(strategy.loss_scales.numpy(), 0.0)
+    losses = np.array([0.5, 2.0, 4.0], "float32")
+    # At s = 0 the scaled losses are the losses.
+    np.testing.assert_allclose(strategy.transform_losses(losses).numpy(), losses)
+    s = np.array([0.3, -1.2, 0.7], "float32")
+    strategy.loss_scales.assign(s)
+    with tf.GradientTape() as tape:
+        transformed = strategy.transform_losses(tf.constant(losses))
+        total = tf.reduce_sum(transformed)
+    s64, l64 = s.astype("float64"), losses.astype("float64")
+    np.testing.assert_allclose(
+        transformed.numpy(), np.exp(s64) * l64 - s64, rtol=1e-6, atol=1e-7
+    )
+    # What the model's optimizer trains s with: exp(s) L - 1.
+    (grad_s,) = tape.gradient(total, [strategy.loss_scales])
+    np.testing.assert_allclose(grad_s.numpy(), np.exp(s64) * l64 - 1.0, rtol=1e-6)
+
+
+def test_loss_scaling_gradients_of_the_losses_are_scaled():
+    # Per-task gradients of the scaled losses are exp(s_t) dL_t/dtheta.
+    strategy = IMTLG(loss_scaling=True)
+    strategy.build((2, 3))
+    strategy.loss_scales.assign([np.log(2.0), -np.log(4.0)])
+    theta = tf.Variable([1.0, -2.0, 0.5])
+    with tf.GradientTape(persistent=True) as tape:
+        losses = tf.stack([tf.reduce_sum(theta**2), tf.reduce_sum(3.0 * theta)])
+        transformed = strategy.transform_losses(losses)
+        parts = [transformed[0], transformed[1]]
+    rows = [tape.gradient(p, theta).numpy() for p in parts]
+    np.testing.assert_allclose(rows[0], 2.0 * 2.0 * theta.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(rows[1], 0.25 * 3.0 * np.ones(3), rtol=1e-6)
+
+
+def test_loss_scales_converge_to_unit_scaled_losses():
+    # IMTL-L's fixed point: gradient descent on s with exp(s) L - 1 drives
+    # the scaled losses exp(s_t) L_t to 1, i.e. s_t = -log L_t.
+    strategy = IMTLG(loss_scaling=True)
+    strategy.build((3, 4))
+    losses = tf.constant([0.2, 1.0, 6.0])
+
+    @tf.function
+    def descend():
+        for _ in tf.range(400):
+            with tf.GradientTape() as tape:
+                total = tf.reduce_sum(strategy.transform_losses(losses))
+            grad = tape.gradient(total, strategy.loss_scales)
+            strategy.loss_scales.assign_sub(0.1 * grad)
+
+    descend()
+    np.testing.assert_allclose(
+        strategy.loss_scales.numpy(), -np.log(losses.numpy()), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_loss_scaling_leaves_the_aggregation_and_state_round_trip():
+    rng = np.random.default_rng(12)
+    grads = _random_grads(rng, 3, 6, common=1.0)
+    losses = np.array([0.5, 2.0, 4.0], "float32")
+    strategy = IMTLG(loss_scaling=True)
+    strategy.build(grads.shape)
+    strategy.loss_scales.assign([0.4, -0.3, 1.1])
+    # IMTL-G on the rows it receives, whatever s is.
+    u1, w1 = strategy(grads, losses)
+    u2, w2 = IMTLG()(grads, losses)
+    np.testing.assert_allclose(u1.numpy(), u2.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(w1.numpy(), w2.numpy(), rtol=1e-6, atol=1e-7)
+    clone = IMTLG.from_config(strategy.get_config())
+    clone.build(grads.shape)
+    clone.set_weights(strategy.get_weights())
+    np.testing.assert_array_equal(
+        clone.transform_losses(losses).numpy(),
+        strategy.transform_losses(losses).numpy(),
+    )
+    strategy.reset_state()
+    np.testing.assert_array_equal(strategy.loss_scales.numpy(), 0.0)
+    np.testing.assert_allclose(strategy.transform_losses(losses).numpy(), losses)
+
+
+def test_loss_scaling_builds_on_first_transform_and_checks_the_task_count():
+    strategy = IMTLG(loss_scaling=True)
+    transformed = strategy.transform_losses(tf.constant([1.0, 2.0]))
+    assert strategy.built and strategy.num_tasks == 2
+    np.testing.assert_allclose(transformed.numpy(), [1.0, 2.0])
+    with pytest.raises(ValueError, match="2 tasks"):
+        strategy.transform_losses(tf.constant([1.0, 2.0, 3.0]))
+
+
+def test_loss_scaling_transform_eager_equals_xla():
+    strategy = IMTLG(loss_scaling=True)
+    strategy.build((3, 4))
+    strategy.loss_scales.assign([0.1, -0.5, 0.9])
+    losses = tf.constant([0.7, 1.5, 3.0])
+    step = tf.function(strategy.transform_losses, jit_compile=True)
+    np.testing.assert_allclose(
+        step(losses).numpy(), strategy.transform_losses(losses).numpy(), rtol=1e-6
+    )

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 import keras_mtl.weighting as weighting
+from keras_mtl.weighting import nash_mtl
 from keras_mtl.weighting.nash_mtl import NashMTL
 
 # Golden values computed once with the authors' solver (AvivNavon/nash-mtl
@@ -272,3 +273,59 @@ def test_eager_equals_xla():
         np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(xla.alpha.numpy(), eager.alpha.numpy(), rtol=1e-6)
+
+
+_bargaining = tf.function(nash_mtl.bargaining_solution)
+_barrier_subproblem = tf.function(nash_mtl.ccp_subproblem)
+_certificate = tf.function(nash_mtl.solves_subproblem)
+
+
+def test_subproblem_certificate_agrees_with_the_barrier_solver():
+    # The bargaining solution b* is taken as a subproblem's solution only
+    # when its KKT multipliers are non-negative; check both ways against
+    # the interior-point solution of the same subproblem.
+    rng = np.random.default_rng(20)
+    outcomes = []
+    for trial in range(16):
+        num = (2, 3, 4)[trial % 3]
+        grads = _random_grads(rng, num, 8, common=(0.0, 1.0, 2.5)[trial % 3])
+        gramian = grads.astype("float64") @ grads.astype("float64").T
+        norms = np.sqrt(np.diag(gramian))
+        corr = tf.constant(gramian / np.outer(norms, norms))
+        b_star, ok = _bargaining(corr, tf.ones([num], "float64"))
+        assert bool(ok)
+        # The subproblem's cost at a previous alpha (in the cosine scale),
+        # as in the procedure: C d + 1/b + C (1 / (C b)).
+        previous = rng.uniform(0.05, 3.0, size=num) * norms
+        c = corr.numpy()
+        cost = c @ norms + 1 / previous + c @ (1 / (c @ previous))
+        certified = bool(_certificate(corr, tf.constant(cost), b_star))
+        solution, solved = _barrier_subproblem(
+            corr, tf.constant(cost), b_star * np.exp(0.25)
+        )
+        b, b_star = solution.numpy(), b_star.numpy()
+        if certified:
+            assert bool(solved)
+            np.testing.assert_allclose(b, b_star, rtol=1e-6)
+        elif bool(solved):
+            # A constraint b_t (C b)_t >= 1 is slack at the optimum, which
+            # is strictly better than b*.
+            assert (b * (c @ b)).max() > 1 + 1e-3
+            assert cost @ b < cost @ b_star - 1e-6 * abs(cost @ b_star)
+        # (Otherwise the subproblem is unbounded: no certificate either.)
+        outcomes.append((certified, bool(solved)))
+    # Both outcomes of the certificate occur, and bounded uncertified ones.
+    assert (True, True) in outcomes and (False, True) in outcomes
+
+
+def test_graph_without_xla_equals_eager():
+    # In a graph the solver runs as a nested XLA function.
+    rng = np.random.default_rng(8)
+    sequence = [_random_grads(rng, 4, 7, common=1.0) for _ in range(2)]
+    eager, graph = NashMTL(), NashMTL()
+    step = tf.function(lambda g: graph(g))
+    for grads in sequence:
+        u1, w1 = eager(grads)
+        u2, w2 = step(tf.constant(grads))
+        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
