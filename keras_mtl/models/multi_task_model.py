@@ -928,6 +928,11 @@ class MultiTaskModel(keras.Model):
         # a data set of unknown length Keras runs the step once more and
         # the batch read fails; without this, the optimizer's iteration
         # count and strategy counters would already have moved.
+        # (An XLA-compiled step takes the batch as its arguments, so it cannot
+        # start early; there the dependencies would also stop TensorFlow from
+        # lifting the metrics' variable creation out of the first trace.)
+        if self.jit_compile:
+            return self._train_step(data)
         inputs = [t for t in tf.nest.flatten(data) if tf.is_tensor(t)]
         with tf.control_dependencies(inputs):
             return self._train_step(data)
