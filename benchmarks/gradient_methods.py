@@ -16,11 +16,20 @@ that a change in the machine's load hits all of them alike. The ratios are
 the medians over rounds of the ratios within a round, the times the
 medians over rounds.
 
+With `--aggregation_only` it times instead the strategy's call alone on
+random `(T, P)` gradient matrices (P = the small CNN's shared parameters,
+a new matrix at every call, so that a solver compiled again for every new
+input would show) inside a compiled function, and prints the milliseconds
+it adds to a call that only sums the rows: the cost of the aggregation
+itself, without the noise of whole training steps.
+
     python benchmarks/gradient_methods.py                 # everything
     python benchmarks/gradient_methods.py --tasks=2,4 --methods=mgda,pcgrad --xla=true
+    python benchmarks/gradient_methods.py --aggregation_only --methods=cagrad,nash_mtl
 """
 
 import os
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -40,6 +49,9 @@ flags.DEFINE_list("xla", ["false", "true"], "XLA settings to run.")
 flags.DEFINE_integer("steps", 20, "Timed steps per epoch.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds (medians are reported).")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_bool(
+    "aggregation_only", False, "Time the strategies' calls alone (see the docstring)."
+)
 FLAGS = flags.FLAGS
 
 
@@ -151,9 +163,59 @@ def run(num_tasks, xla, entries):
         )
 
 
+def run_aggregation_only(num_tasks, xla, entries):
+    """Times the strategies' calls on `(T, P)` matrices, interleaved."""
+    model = small_cnn(num_tasks)
+    size = sum(int(np.prod(v.shape)) for v in model.shared_variables)
+    rng = np.random.default_rng(0)
+    calls = FLAGS.steps
+    inputs = [
+        tf.constant(
+            rng.normal(size=(num_tasks, size)) + rng.normal(size=(1, size)),
+            tf.float32,
+        )
+        for _ in range(calls * (FLAGS.repeats + 1))
+    ]
+    losses = tf.ones([num_tasks])
+    functions = []
+    for label, factory in entries:
+        strategy = factory()
+        if isinstance(strategy, str) or getattr(strategy, "rep_grad", False):
+            continue
+        strategy.build((num_tasks, size))
+        function = tf.function(
+            lambda g, s=strategy: s(g, losses, training=True)[0], jit_compile=xla
+        )
+        for grads in inputs[:calls]:  # Warm-up: tracing and compilation.
+            function(grads).numpy()
+        functions.append((label, function))
+    times = {label: [] for label, _ in functions}
+    for round_index in range(FLAGS.repeats):
+        batch = inputs[(round_index + 1) * calls : (round_index + 2) * calls]
+        for label, function in functions:
+            start = time.perf_counter()
+            for grads in batch:
+                function(grads).numpy()
+            times[label].append((time.perf_counter() - start) / calls)
+    base = np.array(times["per-task grads"])
+    for label, _ in functions:
+        extra = np.median(np.array(times[label]) - base)
+        print(
+            f"{num_tasks:>2} {str(xla):>5}  {label:<24} "
+            f"{1e3 * np.median(times[label]):>8.3f} {1e3 * extra:>+10.3f}",
+            flush=True,
+        )
+
+
 def main(argv):
     del argv
     names = FLAGS.methods or gradient_methods()
+    if FLAGS.aggregation_only:
+        print(f"{'T':>2} {'xla':>5}  {'method':<24} {'ms/call':>8} {'ms vs sum':>10}")
+        for num_tasks in [int(t) for t in FLAGS.tasks]:
+            for xla in [v.lower() == "true" for v in FLAGS.xla]:
+                run_aggregation_only(num_tasks, xla, variants(names))
+        return
     print(
         f"{'T':>2} {'xla':>5}  {'method':<24} {'ms/step':>8} {'x EW':>6} "
         f"{'x grads':>8} {'quartiles':>10} {'peak MB':>8}"
