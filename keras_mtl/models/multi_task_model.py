@@ -466,9 +466,7 @@ class MultiTaskModel(keras.Model):
             if sample_weight is None:
                 return target, None
             labelled = ops.convert_to_tensor(sample_weight) > 0
-            while len(labelled.shape) < pred_rank - 1:
-                labelled = ops.expand_dims(labelled, -1)
-            return target, labelled
+            return target, _with_rank(labelled, pred_rank - 1)
         target = ops.convert_to_tensor(target)
         if math.isnan(rule):
             if not keras.backend.is_float_dtype(target.dtype):
@@ -785,9 +783,9 @@ class MultiTaskModel(keras.Model):
         mask = ops.cast(labelled, "float32")
         weight = mask
         if sample_weight is not None:
-            sample_weight = ops.cast(sample_weight, "float32")
-            while len(sample_weight.shape) < len(values.shape):
-                sample_weight = ops.expand_dims(sample_weight, -1)
+            sample_weight = _with_rank(
+                ops.cast(sample_weight, "float32"), len(values.shape)
+            )
             weight = mask * sample_weight
         total = ops.sum(values * weight)
         count = ops.sum(mask)
@@ -1606,8 +1604,16 @@ def _is_sparse_loss(fn):
     return getattr(inner, "__name__", "") == "sparse_categorical_crossentropy"
 
 
-def _scope_name(task):
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", task).lstrip("_.-") or "task"
+def _scope_name(name, default="task"):
+    """`name` made a valid TensorFlow name scope ("<lambda>" is not one)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name).strip("_.-") or default
+
+
+def _with_rank(tensor, rank):
+    """`tensor` with trailing axes of size 1 added up to `rank`."""
+    while len(tensor.shape) < rank:
+        tensor = ops.expand_dims(tensor, -1)
+    return tensor
 
 
 def _same_batch_size(task, target, pred):
@@ -1707,8 +1713,7 @@ class _FunctionLoss(keras.losses.Loss):
     def __init__(self, fn):
         # The name becomes a name scope: lambdas and private functions
         # ("<lambda>", "_mse") are not valid ones.
-        name = re.sub(r"[^A-Za-z0-9_.\-]", "_", getattr(fn, "__name__", ""))
-        super().__init__(name=name.strip("_.-") or "loss")
+        super().__init__(name=_scope_name(getattr(fn, "__name__", ""), "loss"))
         self.fn = fn
 
     def call(self, y_true, y_pred):
