@@ -54,3 +54,23 @@ def masked_logsumexp(x, present):
     exp = ops.where(present, ops.exp(ops.where(present, x - shift, 0.0)), 0.0)
     total = ops.sum(exp)
     return shift + ops.log(ops.where(total > 0, total, ops.ones_like(total)))
+
+
+def present_block(matrix, present, diagonal=0.0):
+    """A `(T, T)` matrix restricted to the present tasks.
+
+    The rows and columns of absent tasks are replaced by those of
+    `diagonal` times the identity, so the present block is decoupled from
+    the absent one: a solver on the result treats the present tasks as a
+    problem of its own (with `diagonal=0`, absent tasks contribute nothing
+    to any product or sum).
+    """
+    matrix = ops.convert_to_tensor(matrix)
+    pair = ops.logical_and(present[:, None], present[None, :])
+    eye = ops.eye(matrix.shape[0], dtype=matrix.dtype)
+    return ops.where(pair, matrix, ops.cast(diagonal, matrix.dtype) * eye)
+
+
+def first_present(present, dtype="float32"):
+    """`(T,)` one-hot vector of the first present task (zeros if none)."""
+    return ops.cast(present_ranks(present) == 0, dtype)

@@ -9,6 +9,11 @@ import tensorflow as tf
 from keras import ops
 
 from keras_mtl.weighting._newton_ops import armijo_step, max_step_to_boundary
+from keras_mtl.weighting._present_task_ops import (
+    present_block,
+    present_ranks,
+    present_tasks,
+)
 from keras_mtl.weighting._solver_ops import psd_solve, solver_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
@@ -77,7 +82,18 @@ def _two_task_weights(gramian, c):
     return tf.stack([t, 1.0 - t])
 
 
-def _support_solution(gramian, mean_row, c, support, tol):
+def _present_pair_weights(gramian, c, present):
+    """`_two_task_weights` on the first two present tasks, as a `(T,)`
+    vector (zeros elsewhere). The 2 x 2 Gramian is gathered exactly (a
+    product with a 0/1 selection matrix)."""
+    dtype = gramian.dtype
+    ranks = present_ranks(present)
+    select = tf.cast(ranks[None, :] == tf.range(2)[:, None], dtype)
+    pair = tf.matmul(select, tf.matmul(gramian, select, transpose_b=True))
+    return tf.linalg.matvec(select, _two_task_weights(pair, c), adjoint_a=True)
+
+
+def _support_solution(gramian, mean_row, c, support, tol, present=None):
     """The minimiser of F with w_t = 0 off `support`, when it is optimal.
 
     On a support S where A_SS is invertible, the stationarity conditions
@@ -91,10 +107,19 @@ def _support_solution(gramian, mean_row, c, support, tol):
     The point is returned with `ok` True only if it is feasible and passes
     the optimality test on the simplex (gradient of F equal to nu on S and
     at least nu off S, to `tol`), a certificate that F(w) is within 2 tol
-    of the minimum whatever the accuracy of the solve.
+    of the minimum whatever the accuracy of the solve. With `present`
+    (`support` a subset of it), the simplex is that of the present tasks:
+    absent tasks are left out of the test.
     """
     num = gramian.shape[0]
     dtype = gramian.dtype
+    if present is None:
+        fallback = tf.fill([num], tf.constant(1.0 / num, dtype))
+        outside = tf.logical_not(support)
+    else:
+        keep = tf.cast(present, dtype)
+        fallback = keep / tf.maximum(tf.reduce_sum(keep), 1.0)
+        outside = tf.logical_and(present, tf.logical_not(support))
     inside = tf.cast(support, dtype)
     outer = inside[:, None] * inside[None, :]
     system = outer * gramian + (1.0 - outer) * tf.eye(num, dtype=dtype)
@@ -113,9 +138,7 @@ def _support_solution(gramian, mean_row, c, support, tol):
     w = (nu * u - v) / r
     valid = tf.logical_and(valid, tf.reduce_all(tf.math.is_finite(w)))
     valid = tf.logical_and(valid, tf.reduce_min(w) >= -_NEGATIVE_TOL)
-    w = tf.where(
-        valid, tf.maximum(w, 0.0), tf.fill([num], tf.constant(1.0 / num, dtype))
-    )
+    w = tf.where(valid, tf.maximum(w, 0.0), fallback)
     w = w / tf.reduce_sum(w)
     aw = tf.linalg.matvec(gramian, w)
     s = tf.sqrt(tf.maximum(tf.reduce_sum(w * aw), 0.0) + _EPS)
@@ -123,7 +146,7 @@ def _support_solution(gramian, mean_row, c, support, tol):
     count = tf.maximum(tf.reduce_sum(inside), one)
     gap = grad - tf.reduce_sum(grad * inside) / count
     stationary = tf.reduce_max(tf.abs(gap) * inside) <= tol
-    dual = tf.reduce_min(tf.where(support, tf.constant(float("inf"), dtype), gap))
+    dual = tf.reduce_min(tf.where(outside, gap, tf.constant(float("inf"), dtype)))
     ok = tf.logical_and(valid, tf.logical_and(stationary, dual >= -tol))
     return w, ok
 
@@ -155,14 +178,58 @@ def cagrad_inner_weights(gramian, c):
     Returns:
         `(T,)` weights on the simplex.
     """
+    return _inner_weights(gramian, c)
+
+
+def present_cagrad_inner_weights(gramian, c, present):
+    """`cagrad_inner_weights` for the present tasks alone.
+
+    The same problem and solver for the K present tasks (b = 1/K over
+    them, the simplex of the present tasks; K = 1 gives that task weight 1,
+    K = 2 the closed form); absent tasks get weight 0 (all 0 if no task is
+    present). The absent rows and columns of the Gramian are dropped
+    (whatever they hold) and the absent coordinates fixed at 0: decoupled
+    from the Newton systems, left out of the barrier and of the optimality
+    test.
+
+    Args:
+        gramian: `(T, T)` float64 tensor (T static).
+        c: float64 scalar, the radius factor (of the present tasks' g_0).
+        present: `(T,)` booleans, True for the present tasks.
+
+    Returns:
+        `(T,)` weights on the simplex of the present tasks.
+    """
+    return _inner_weights(gramian, c, present)
+
+
+def _inner_weights(gramian, c, present=None):
+    """`cagrad_inner_weights` (present None) or its version for the present
+    tasks (`present_cagrad_inner_weights`)."""
     num = gramian.shape[0]
     dtype = gramian.dtype
-    if num == 1:
-        return tf.ones([1], dtype)
-    if num == 2:
-        return _two_task_weights(gramian, c)
-    mean_row = tf.reduce_mean(gramian, axis=1)
-    start = tf.fill([num], tf.constant(1.0 / num, dtype))
+    if present is None:
+        if num == 1:
+            return tf.ones([1], dtype)
+        if num == 2:
+            return _two_task_weights(gramian, c)
+        mean_row = tf.reduce_mean(gramian, axis=1)
+        start = tf.fill([num], tf.constant(1.0 / num, dtype))
+        everything = tf.ones([num], tf.bool)
+    else:
+        keep = tf.cast(present, dtype)
+        count = tf.reduce_sum(tf.cast(present, tf.int32))
+        if num == 1:
+            return keep
+        gramian = present_block(gramian, present)
+        # K = 2: the closed form; K = 1: that task; K = 0: nothing.
+        small = tf.where(count == 2, _present_pair_weights(gramian, c, present), keep)
+        if num == 2:
+            return small
+        safe_count = tf.maximum(tf.reduce_sum(keep), 1.0)
+        mean_row = tf.reduce_sum(gramian, axis=1) / safe_count
+        start = keep / safe_count
+        everything = present
     tiny = tf.constant(1e-300, dtype)
 
     def gradient(w):
@@ -180,14 +247,27 @@ def cagrad_inner_weights(gramian, c):
 
     def barrier(points, mu):
         values = _inner_objective(points, gramian, mean_row, c) / scale
-        logs = tf.reduce_sum(tf.math.log(points), axis=1)
+        if present is None:
+            logs = tf.reduce_sum(tf.math.log(points), axis=1)
+            inside = tf.reduce_all(points > 0, axis=1)
+        else:
+            # The absent coordinates are 0: left out of the barrier.
+            ones = tf.ones_like(points)
+            logs = tf.reduce_sum(
+                tf.where(present, tf.math.log(tf.where(present, points, ones)), 0.0),
+                axis=1,
+            )
+            inside = tf.reduce_all(tf.logical_or(points > 0, ~present), axis=1)
         values = values - mu * logs
-        inside = tf.reduce_all(points > 0, axis=1)
         return tf.where(inside, values, tf.constant(float("inf"), dtype))
 
     def body(k, w, mu, done):
         grad_f, aw, s = gradient(w)
-        grad = grad_f / scale - mu / w
+        if present is None:
+            grad = grad_f / scale - mu / w
+        else:
+            safe_w = tf.where(present, w, tf.ones_like(w))
+            grad = tf.where(present, grad_f / scale - mu / safe_w, 0.0)
         hess_f = (c / scale) * (gramian / s - aw[:, None] * aw[None, :] / (s * s * s))
         # Newton step in the scaled variables delta = dw / w (better
         # conditioned when some w_t are tiny) under sum_t dw_t = 0, i.e.
@@ -226,22 +306,27 @@ def cagrad_inner_weights(gramian, c):
         w = w / tf.reduce_sum(w)
         converged = tf.logical_and(mu <= _MU_MIN, -slope < _EXIT_DECREMENT)
         mu = tf.maximum(mu * _MU_DECAY, _MU_MIN)
-        exact, ok = _support_solution(gramian, mean_row, c, w > tf.sqrt(mu), kkt_tol)
+        exact, ok = _support_solution(
+            gramian, mean_row, c, w > tf.sqrt(mu), kkt_tol, present
+        )
         w = tf.where(ok, exact, w)
         return k + 1, w, mu, tf.logical_or(ok, converged)
 
-    exact, ok = _support_solution(
-        gramian, mean_row, c, tf.ones([num], tf.bool), kkt_tol
-    )
+    exact, ok = _support_solution(gramian, mean_row, c, everything, kkt_tol, present)
+    # (With fewer than 3 present tasks the loop does not run.)
+    skip = ok if present is None else tf.logical_or(ok, count < 3)
     _, w, _, _ = tf.while_loop(
         lambda k, w, mu, done: tf.logical_and(k < _NEWTON_STEPS, tf.logical_not(done)),
         body,
-        (tf.constant(0), tf.where(ok, exact, start), tf.ones([], dtype), ok),
+        (tf.constant(0), tf.where(ok, exact, start), tf.ones([], dtype), skip),
     )
-    return w
+    if present is None:
+        return w
+    return tf.where(count >= 3, w, small)
 
 
 _compiled_inner_weights = solver_function(cagrad_inner_weights)
+_compiled_present_inner_weights = solver_function(present_cagrad_inner_weights)
 
 _RESCALES = (0, 1, 2)
 
@@ -284,6 +369,15 @@ class CAGrad(GradientAggregation):
     the average loss. Before rescaling, ||d - g_0|| <= c ||g_0|| and
     min_t g_t . d >= min_t g_t . g_0 (up to the constants above).
 
+    Missing tasks: with a `task_mask`, the rows of absent tasks are
+    dropped: g_0 is the mean of the K present rows (||g_0||^2 = the sum of
+    the present block of A over K^2), the inner problem is solved on the
+    simplex of the present tasks (absent w_t = 0, the solver run on the
+    present block alone), and the weights are (1/K + C w*_t /
+    (||g_{w*}|| + 1e-8)) / r on the present tasks, 0 on the absent ones:
+    those of CAGrad built for the K present tasks. No present task gives
+    all zeros.
+
     Args:
         c: the radius factor c >= 0 (`calpha`). Default 0.5 (LibMTL
             `config.py`); the authors use 0.4 on NYUv2 (`nyuv2/run.sh`).
@@ -319,6 +413,7 @@ class CAGrad(GradientAggregation):
     """
 
     requires: ClassVar[str] = "gramian"
+    supports_missing_tasks: ClassVar[bool] = True
 
     def __init__(self, c=0.5, rescale=1, **kwargs):
         super().__init__(**kwargs)
@@ -340,17 +435,31 @@ class CAGrad(GradientAggregation):
         config.update({"c": self.c, "rescale": self.rescale})
         return config
 
-    def compute_weights(self, gramian, losses=None, training=True):
+    def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
         gramian = ops.cast(gramian, "float64")
         num = gramian.shape[0]
-        # ||g_0||^2 = mean(A) >= 0, but the rounding of a float32 Gramian can
-        # make it slightly negative when the gradients (nearly) cancel.
-        g0_norm = ops.sqrt(ops.maximum(ops.mean(gramian), 0.0) + _EPS)
+        if task_mask is None:
+            # ||g_0||^2 = mean(A) >= 0, but the rounding of a float32 Gramian
+            # can make it slightly negative when the gradients (nearly)
+            # cancel.
+            g0_sq = ops.mean(gramian)
+            mean_weight = 1.0 / num
+        else:
+            # The mean of the K present rows.
+            present = present_tasks(task_mask)
+            gramian = present_block(gramian, present)
+            count = ops.maximum(ops.sum(ops.cast(present, "float64")), 1.0)
+            g0_sq = ops.sum(gramian) / (count * count)
+            mean_weight = ops.cast(present, "float64") / count
+        g0_norm = ops.sqrt(ops.maximum(g0_sq, 0.0) + _EPS)
         radius = self.c * g0_norm + _EPS
-        w = _compiled_inner_weights(gramian, radius)
+        if task_mask is None:
+            w = _compiled_inner_weights(gramian, radius)
+        else:
+            w = _compiled_present_inner_weights(gramian, radius, present)
         gw_sq = ops.sum(w * ops.matmul(gramian, w))
         gw_norm = ops.sqrt(ops.maximum(gw_sq, 0.0))
         lmbda = radius / (gw_norm + _EPS)
-        weights = 1.0 / num + lmbda * w
+        weights = mean_weight + lmbda * w
         divisor = {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
         return ops.cast(weights / divisor, self.compute_dtype)

@@ -8,6 +8,11 @@ from typing import ClassVar
 import tensorflow as tf
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import (
+    first_present,
+    present_block,
+    present_tasks,
+)
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -61,7 +66,46 @@ def imtl_g_weights(gramian):
     return beta / safe_norms
 
 
+def present_imtl_g_weights(gramian, present):
+    """`imtl_g_weights` for the present tasks alone.
+
+    The K - 1 equations relate the first present task to the other present
+    ones, the last one sums over the present tasks; the system is padded
+    with zero rows and columns for the absent tasks (whatever the absent
+    entries of the Gramian hold), which leaves its singular values (up to
+    added zeros, cut off) and its minimum-norm solution unchanged, with 0 on
+    the absent tasks. K = 1 gives that task weight 1, K = 0 all zeros.
+
+    Args:
+        gramian: `(T, T)` float64 tensor.
+        present: `(T,)` booleans, True for the present tasks.
+    """
+    dtype = gramian.dtype
+    keep = tf.cast(present, dtype)
+    count = tf.reduce_sum(tf.cast(present, tf.int32))
+    gramian = present_block(gramian, present)
+    norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
+    positive = norms > 0
+    safe_norms = tf.where(positive, norms, tf.ones_like(norms))
+    inv = tf.where(positive, 1.0 / safe_norms, tf.zeros_like(norms))
+    cosines = gramian * inv[:, None] * inv[None, :]
+    # Row of the first present task: the sum-to-one equation; rows of the
+    # other present tasks: u_first - u_t; rows of absent tasks: 0.
+    first = first_present(present, dtype)
+    reference = tf.linalg.matvec(cosines, first, transpose_a=True)
+    differences = (reference[None, :] - cosines) * (keep - first)[:, None]
+    last = keep / safe_norms
+    last_norm = tf.norm(last)
+    safe_last_norm = tf.where(last_norm > 0, last_norm, tf.ones_like(last_norm))
+    system = differences + first[:, None] * (last / safe_last_norm)[None, :]
+    rhs = first / safe_last_norm
+    beta = _min_norm_solve(system, rhs)
+    alpha = tf.where(present, beta / safe_norms, tf.zeros_like(beta))
+    return tf.where(count == 1, keep, alpha)
+
+
 _compiled_imtl_g_weights = tf.function(imtl_g_weights, autograph=False)
+_compiled_present_imtl_g_weights = tf.function(present_imtl_g_weights, autograph=False)
 
 
 @register_strategy("imtl", "imtl_g")
@@ -96,6 +140,16 @@ class IMTLG(GradientAggregation):
     sign); s acts on that length and on the heads, which receive
     exp(s_t) grad L_t. The returned weights are those of the rows the
     strategy receives: the effective weight on grad L_t is alpha_t exp(s_t).
+
+    Missing tasks: with a `task_mask`, the rows of absent tasks are
+    dropped: the u_t, D and U are those of the K present tasks (K - 1
+    differences with the first present task), so the weights are those of
+    IMTL-G built for the K present tasks (one present task gets weight 1,
+    none gives all zeros), 0 for absent tasks. With `loss_scaling=True` the
+    scales s are per-task state: the model puts back an absent task's s_t
+    after the step; `transform_losses(losses, task_mask)` leaves the
+    absent terms out (an absent task's -s_t would otherwise give s_t a
+    gradient of -1).
 
     Properties: stateless without loss scaling (with it, the trainable s;
     `reset_state()` sets it back to 0); T backward passes (or T head passes
@@ -152,6 +206,7 @@ class IMTLG(GradientAggregation):
 
     requires: ClassVar[str] = "gramian"
     supports_rep_grad: ClassVar[bool] = True
+    supports_missing_tasks: ClassVar[bool] = True
 
     def __init__(self, loss_scaling=False, **kwargs):
         super().__init__(**kwargs)
@@ -180,10 +235,12 @@ class IMTLG(GradientAggregation):
                 task_axis=0,
             )
 
-    def transform_losses(self, losses):
+    def transform_losses(self, losses, task_mask=None):
         """IMTL-L's scaled losses exp(s) L - s, or `losses` without scaling.
 
         The model differentiates these (per task, and their sum for s).
+        With `task_mask`, an absent task's term is 0 (as in `"imtl_l"`), so
+        its s_t gets no gradient.
         """
         if not self.loss_scaling:
             return losses
@@ -193,12 +250,21 @@ class IMTLG(GradientAggregation):
         self._check_num_tasks(losses)
         s = ops.convert_to_tensor(self.loss_scales)
         losses = ops.cast(losses, s.dtype)
-        return ops.exp(s) * losses - s
+        terms = ops.exp(s) * losses - s
+        if task_mask is not None:
+            terms = ops.where(present_tasks(task_mask), terms, 0.0)
+        return terms
 
     def reset_state(self):
         if self.loss_scaling and self.built:
             self.loss_scales.assign(ops.zeros_like(self.loss_scales))
 
-    def compute_weights(self, gramian, losses=None, training=True):
-        weights = _compiled_imtl_g_weights(ops.cast(gramian, "float64"))
+    def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
+        gramian = ops.cast(gramian, "float64")
+        if task_mask is None:
+            weights = _compiled_imtl_g_weights(gramian)
+        else:
+            weights = _compiled_present_imtl_g_weights(
+                gramian, present_tasks(task_mask)
+            )
         return ops.cast(weights, self.compute_dtype)

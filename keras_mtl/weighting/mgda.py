@@ -7,6 +7,7 @@ from typing import ClassVar
 import tensorflow as tf
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import present_block, present_tasks
 from keras_mtl.weighting._solver_ops import solver_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
@@ -43,11 +44,12 @@ def _min_norm_of_two(v11, v12, v22):
     return gamma, cost
 
 
-def _best_pair(gramian):
+def _best_pair(gramian, present=None):
     """The reference's start: the best two-task solution.
 
     Scans the pairs i < j in row-major order and keeps the first with the
     smallest cost. Returns the `(T,)` weights with c on i and 1 - c on j.
+    With `present` (`(T,)` booleans) only pairs of present tasks count.
     """
     num = gramian.shape[0]
     diag = tf.linalg.diag_part(gramian)
@@ -57,6 +59,9 @@ def _best_pair(gramian):
     upper = tf.linalg.band_part(tf.ones_like(gramian), 0, -1) - tf.eye(
         num, dtype=gramian.dtype
     )
+    if present is not None:
+        pair = tf.logical_and(present[:, None], present[None, :])
+        upper = tf.where(pair, upper, tf.zeros_like(upper))
     big = tf.constant(float("inf"), gramian.dtype)
     cost = tf.reshape(tf.where(upper > 0, cost, big), [-1])
     best = tf.reduce_min(cost)
@@ -72,8 +77,14 @@ def _best_pair(gramian):
     )
 
 
-def _project_to_simplex(y):
-    """The reference's sort-based Euclidean projection onto the simplex."""
+def _project_to_simplex(y, present=None):
+    """The reference's sort-based Euclidean projection onto the simplex.
+
+    With `present` (`(T,)` booleans): the projection of the present
+    entries onto the simplex of the present tasks; absent entries get 0.
+    """
+    if present is not None:
+        return _project_present_to_simplex(y, present)
     num = y.shape[0]
     dtype = y.dtype
     sorted_y = tf.sort(y, direction="DESCENDING")
@@ -88,11 +99,43 @@ def _project_to_simplex(y):
     return tf.maximum(y - threshold, 0.0)
 
 
-def _next_point(current, direction):
-    """The reference's projected step along `direction` from `current`."""
+def _project_present_to_simplex(y, present):
+    """`_project_to_simplex` over the K present entries of y, as the same
+    projection on the K-vector of those entries (absent entries sort last
+    and are never used)."""
+    num = y.shape[0]
+    dtype = y.dtype
+    count = tf.reduce_sum(tf.cast(present, tf.int32))
+    sorted_y = tf.sort(
+        tf.where(present, y, tf.constant(-float("inf"), dtype)), direction="DESCENDING"
+    )
+    counts = tf.range(1, num, dtype=dtype)
+    tmax = (tf.cumsum(sorted_y)[:-1] - 1.0) / counts
+    hit = tf.logical_and(tmax > sorted_y[1:], tf.range(num - 1) < count - 1)
+    first = tf.reduce_min(tf.where(hit, tf.range(num - 1), num - 1))
+    safe_count = tf.cast(tf.maximum(count, 1), dtype)
+    default = (tf.reduce_sum(tf.where(present, y, tf.zeros_like(y))) - 1.0) / safe_count
+    threshold = tf.where(
+        tf.reduce_any(hit), tf.gather(tmax, tf.minimum(first, num - 2)), default
+    )
+    return tf.where(present, tf.maximum(y - threshold, 0.0), tf.zeros_like(y))
+
+
+def _next_point(current, direction, present=None):
+    """The reference's projected step along `direction` from `current`.
+
+    With `present`, the step of the K-task solver on the present entries
+    (the absent entries of `current` are 0 and stay 0).
+    """
     num = current.shape[0]
     dtype = current.dtype
-    proj = direction - tf.reduce_sum(direction) / num
+    if present is None:
+        proj = direction - tf.reduce_sum(direction) / num
+    else:
+        zeros = tf.zeros_like(direction)
+        count = tf.maximum(tf.reduce_sum(tf.cast(present, dtype)), 1.0)
+        mean = tf.reduce_sum(tf.where(present, direction, zeros)) / count
+        proj = tf.where(present, direction - mean, zeros)
     neg = proj < 0
     pos = proj > 0
     safe = tf.where(tf.logical_or(neg, pos), proj, tf.ones_like(proj))
@@ -105,7 +148,7 @@ def _next_point(current, direction):
     min2 = tf.reduce_min(tf.where(valid2, tm2, inf))
     step = tf.where(tf.reduce_any(valid1), min1, tf.ones([], dtype))
     step = tf.minimum(step, min2)
-    return _project_to_simplex(proj * step + current)
+    return _project_to_simplex(proj * step + current, present)
 
 
 def min_norm_weights(gramian):
@@ -130,13 +173,49 @@ def min_norm_weights(gramian):
     start = _best_pair(gramian)
     if num == 2:
         return start
+    return _iterate(gramian, start, tf.constant(False))
+
+
+def present_min_norm_weights(gramian, present):
+    """`min_norm_weights` for the present tasks alone.
+
+    The min-norm point of the convex hull of the present rows, by the
+    reference's solver for K present tasks, step for step (one task gets
+    weight 1, two the best pair); absent tasks get weight 0 (all 0 if no
+    task is present). The absent rows and columns of the Gramian are
+    dropped, whatever they hold.
+
+    Args:
+        gramian: `(T, T)` float tensor (T static).
+        present: `(T,)` booleans, True for the present tasks.
+
+    Returns:
+        `(T,)` weights, non-negative and summing to 1 over the present
+        tasks.
+    """
+    num = gramian.shape[0]
+    keep = tf.cast(present, gramian.dtype)
+    if num == 1:
+        return keep
+    gramian = present_block(gramian, present)
+    count = tf.reduce_sum(tf.cast(present, tf.int32))
+    start = _best_pair(gramian, present)
+    if num > 2:
+        # K = 2 keeps the best pair, as the two-task solver does.
+        start = _iterate(gramian, start, count < 3, present)
+    # K = 1: that task; K = 0: nothing.
+    return tf.where(count >= 2, start, keep)
+
+
+def _iterate(gramian, start, done, present=None):
+    """The reference's projected steps with line search, from `start`."""
 
     def cond(it, sol, done):
         return tf.logical_and(it < _MAX_ITER, tf.logical_not(done))
 
     def body(it, sol, done):
         gsol = tf.linalg.matvec(gramian, sol)
-        new_point = _next_point(sol, -gsol)
+        new_point = _next_point(sol, -gsol, present)
         gnew = tf.linalg.matvec(gramian, new_point)
         v11 = tf.reduce_sum(sol * gsol)
         v12 = tf.reduce_sum(sol * gnew)
@@ -147,11 +226,12 @@ def min_norm_weights(gramian):
         sol = tf.where(converged, sol, new_sol)
         return it + 1, sol, converged
 
-    _, sol, _ = tf.while_loop(cond, body, (tf.constant(0), start, tf.constant(False)))
+    _, sol, _ = tf.while_loop(cond, body, (tf.constant(0), start, done))
     return sol
 
 
 _compiled_min_norm_weights = solver_function(min_norm_weights)
+_compiled_present_min_norm_weights = solver_function(present_min_norm_weights)
 
 
 @register_strategy("mgda")
@@ -191,6 +271,16 @@ class MGDA(GradientAggregation):
     `rep_grad=True`); non-conflicting; invariant to rescaling a task's
     gradient with "l2", not with "none".
 
+    Missing tasks: with a `task_mask`, the rows of absent tasks are dropped
+    (not treated as zero rows, whose min-norm point would be 0): w* is the
+    min-norm point of the convex hull of the K present normalised rows,
+    found by the same solver run on the present tasks alone (K = 1 gives
+    that task weight 1, K = 2 the clipped two-task rule), and the
+    normalisers are those of the present tasks. There is no factor T in the
+    scale (the weights of the present tasks sum to 1 before normalisation),
+    so the weights are exactly those of MGDA built for the K present tasks;
+    absent tasks get weight 0, and no present task gives all zeros.
+
     Args:
         normalization: one of "none", "l2", "loss", "loss+". Default
             "none" (LibMTL `config.py`, `mgda_gn`).
@@ -228,6 +318,7 @@ class MGDA(GradientAggregation):
 
     requires: ClassVar[str] = "gramian"
     supports_rep_grad: ClassVar[bool] = True
+    supports_missing_tasks: ClassVar[bool] = True
 
     def __init__(self, normalization="none", **kwargs):
         super().__init__(**kwargs)
@@ -259,13 +350,19 @@ class MGDA(GradientAggregation):
             return losses
         return losses * norms
 
-    def compute_weights(self, gramian, losses=None, training=True):
+    def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
         gramian = ops.cast(gramian, "float64")
         norms = self._normalizers(gramian, losses)
         nonzero = ops.not_equal(norms, 0.0)
+        if task_mask is not None:
+            present = present_tasks(task_mask)
+            nonzero = ops.logical_and(nonzero, present)
         inv = ops.where(nonzero, 1.0 / ops.where(nonzero, norms, 1.0), 0.0)
         normalized = gramian * inv[:, None] * inv[None, :]
-        weights = _compiled_min_norm_weights(normalized)
+        if task_mask is None:
+            weights = _compiled_min_norm_weights(normalized)
+        else:
+            weights = _compiled_present_min_norm_weights(normalized, present)
         if not self.rep_grad:
             weights = weights * inv
         return ops.cast(weights, self.compute_dtype)

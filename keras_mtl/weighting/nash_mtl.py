@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_mtl.weighting._newton_ops import armijo_step, max_step_to_boundary
+from keras_mtl.weighting._present_task_ops import present_block, present_tasks
 from keras_mtl.weighting._solver_ops import psd_solve, solver_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
@@ -47,25 +48,44 @@ _REF_ALPHA_EPS = 1e-10
 _CLIP_EPS = 1e-6
 
 
-def _correlation(gramian):
-    """Returns (d, C, ok): row norms, cosine matrix, and whether all d > 0."""
+def _correlation(gramian, present=None):
+    """Returns (d, C, ok): row norms, cosine matrix, and whether all d > 0.
+
+    With `present`, `ok` looks at the present tasks only, and the absent
+    block of C is the identity, decoupled from the present block (so that
+    an absent coordinate b_t = 1 solves its own equation and stays put).
+    """
     norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
-    ok = tf.reduce_all(norms > 0)
+    if present is None:
+        ok = tf.reduce_all(norms > 0)
+    else:
+        ok = tf.reduce_all(tf.logical_or(norms > 0, tf.logical_not(present)))
     safe = tf.where(norms > 0, norms, tf.ones_like(norms))
-    return norms, gramian / (safe[:, None] * safe[None, :]), ok
+    corr = gramian / (safe[:, None] * safe[None, :])
+    if present is not None:
+        corr = present_block(corr, present, diagonal=1.0)
+    return norms, corr, ok
 
 
-def bargaining_solution(corr, warm_start):
+def bargaining_solution(corr, warm_start, present=None):
     """Solves C b = 1 / b, b > 0 (the Nash bargaining equations).
 
     b is the minimiser of the strictly convex f(b) = b^T C b / 2 -
     sum_t log b_t, found by Newton's method (Hessian C + diag(1/b^2),
     solved in the variables b * delta) with an Armijo line search.
 
+    With `present`, the equations of the present tasks alone: `corr` must
+    then have an identity absent block decoupled from the present one
+    (`_correlation`); the absent coordinates are fixed at b_t = 1 (their
+    gradient and Newton step are exactly 0) and left out of f, so the
+    iterates on the present coordinates are those of the K-task problem.
+
     Args:
         corr: `(T, T)` float64 PSD matrix (the cosine matrix).
         warm_start: `(T,)` candidate start (used when positive and better
             than the default start).
+        present: None (every task), or `(T,)` booleans, True for the
+            present tasks.
 
     Returns:
         `(b, converged)`; `converged` is False when no solution exists
@@ -76,14 +96,27 @@ def bargaining_solution(corr, warm_start):
     inf = tf.constant(float("inf"), dtype)
 
     def objective(points):
-        quad = tf.reduce_sum(points * tf.matmul(points, corr), axis=1)
+        terms = points * tf.matmul(points, corr)
+        if present is not None:
+            terms = tf.where(present, terms, tf.zeros_like(terms))
+            points = tf.where(present, points, tf.ones_like(points))
+        quad = tf.reduce_sum(terms, axis=1)
         logs = tf.reduce_sum(tf.math.log(points), axis=1)
         inside = tf.reduce_all(points > 0, axis=1)
         return tf.where(inside, 0.5 * quad - logs, inf)
 
-    total = tf.reduce_sum(corr)
-    scale = tf.sqrt(num / tf.maximum(total, tf.constant(1e-300, dtype)))
+    if present is None:
+        total = tf.reduce_sum(corr)
+        count = num
+    else:
+        pair = tf.logical_and(present[:, None], present[None, :])
+        total = tf.reduce_sum(tf.where(pair, corr, tf.zeros_like(corr)))
+        count = tf.reduce_sum(tf.cast(present, dtype))
+        warm_start = tf.where(present, warm_start, tf.ones_like(warm_start))
+    scale = tf.sqrt(count / tf.maximum(total, tf.constant(1e-300, dtype)))
     default = tf.fill([num], scale)
+    if present is not None:
+        default = tf.where(present, default, tf.ones_like(default))
     warm_ok = tf.reduce_all(tf.math.is_finite(warm_start)) & tf.reduce_all(
         warm_start > 0
     )
@@ -134,7 +167,7 @@ def bargaining_solution(corr, warm_start):
     return b, converged
 
 
-def ccp_subproblem(corr, cost, start):
+def ccp_subproblem(corr, cost, start, present=None):
     """One convex subproblem of the authors' convex-concave procedure.
 
         minimise_b  cost . b   subject to  log b_t + log (C b)_t >= 0,
@@ -144,10 +177,18 @@ def ccp_subproblem(corr, cost, start):
     s cost . b / max|cost| - sum_t log(log b_t + log (C b)_t) with the
     weight s doubling from 1 to 1e9 (a duality gap of T * 1e-9).
 
+    With `present`, the subproblem of the present tasks alone: `corr` has
+    an identity absent block decoupled from the present one, the absent
+    entries of `cost` are 0 and those of `start` positive; the absent
+    constraints are dropped and the absent coordinates never move (their
+    Newton step is exactly 0).
+
     Args:
         corr: `(T, T)` float64 cosine matrix.
         cost: `(T,)` linear cost.
         start: strictly feasible `(T,)` start.
+        present: None (every task), or `(T,)` booleans, True for the
+            present tasks.
 
     Returns:
         `(b, ok)`; `ok` is False when the problem looks unbounded or the
@@ -164,6 +205,9 @@ def ccp_subproblem(corr, cost, start):
         safe_p = tf.where(inside[:, None], points, tf.ones_like(points))
         safe_cb = tf.where(inside[:, None], cb, tf.ones_like(cb))
         h = tf.math.log(safe_p) + tf.math.log(safe_cb)
+        if present is not None:
+            # No constraint for an absent task: log h_t counts as log 1.
+            h = tf.where(present, h, tf.ones_like(h))
         inside = inside & tf.reduce_all(h > 0, axis=1)
         safe_h = tf.where(inside[:, None], h, tf.ones_like(h))
         value = weight * tf.linalg.matvec(points, cost) - tf.reduce_sum(
@@ -178,13 +222,31 @@ def ccp_subproblem(corr, cost, start):
         h = tf.math.log(b) + tf.math.log(cb)
         # Rows: the gradients of h_t.
         jac = eye / b[:, None] + corr / cb[:, None]
-        grad = weight * cost - tf.linalg.matvec(jac, 1.0 / h, transpose_a=True)
-        hess = (
-            tf.matmul(jac, jac / (h * h)[:, None], transpose_a=True)
-            + tf.linalg.diag(1.0 / (b * b * h))
-            + tf.matmul(corr, corr / (cb * cb * h)[:, None], transpose_a=True)
-        )
-        scaled = b[:, None] * hess * b[None, :]
+        if present is None:
+            grad = weight * cost - tf.linalg.matvec(jac, 1.0 / h, transpose_a=True)
+            hess = (
+                tf.matmul(jac, jac / (h * h)[:, None], transpose_a=True)
+                + tf.linalg.diag(1.0 / (b * b * h))
+                + tf.matmul(corr, corr / (cb * cb * h)[:, None], transpose_a=True)
+            )
+            scaled = b[:, None] * hess * b[None, :]
+        else:
+            # The absent constraints are dropped (1/h_t = 0): the absent
+            # block of the Hessian is 0, replaced by the identity so that
+            # the absent step is exactly 0.
+            keep = tf.cast(present, dtype)
+            h = tf.where(present, h, tf.ones_like(h))
+            grad = weight * cost - tf.linalg.matvec(jac, keep / h, transpose_a=True)
+            hess = (
+                tf.matmul(jac, jac / (h * h)[:, None] * keep[:, None], transpose_a=True)
+                + tf.linalg.diag(keep / (b * b * h))
+                + tf.matmul(
+                    corr,
+                    corr / (cb * cb * h)[:, None] * keep[:, None],
+                    transpose_a=True,
+                )
+            )
+            scaled = b[:, None] * hess * b[None, :] + tf.linalg.diag(1.0 - keep)
         delta = -tf.linalg.cholesky_solve(
             tf.linalg.cholesky(scaled), (b * grad)[:, None]
         )[:, 0]
@@ -228,7 +290,12 @@ def ccp_subproblem(corr, cost, start):
     _, slope, _, finite = newton_direction(b, weight)
     ok = tf.reduce_all(tf.math.is_finite(b)) & finite
     ok = ok & (-slope < _CENTERED_DECREMENT)
-    ok = ok & (tf.reduce_max(b) < _RUNAWAY * tf.reduce_max(start))
+    if present is None:
+        largest, largest_start = tf.reduce_max(b), tf.reduce_max(start)
+    else:
+        largest = tf.reduce_max(tf.where(present, b, tf.zeros_like(b)))
+        largest_start = tf.reduce_max(tf.where(present, start, tf.zeros_like(start)))
+    ok = ok & (largest < _RUNAWAY * largest_start)
     return b, ok
 
 
@@ -268,23 +335,62 @@ def nash_mtl_alpha(gramian, previous, solver="ccp", max_iter=20):
     subproblem is solved by the barrier method (`ccp_subproblem`) only when
     the bargaining solution is not its minimiser (`solves_subproblem`).
     """
+    return _alpha(gramian, previous, solver, max_iter)
+
+
+def present_nash_mtl_alpha(gramian, previous, present, solver="ccp", max_iter=20):
+    """`nash_mtl_alpha` for the present tasks alone.
+
+    The same computation on the present block of K (the absent rows and
+    columns dropped, whatever they hold: its norm, the bargaining
+    equations, the subproblems and the stopping rules are those of the
+    present tasks), started from the present entries of `previous`; the
+    absent entries of the result are those of `previous`.
+
+    Args:
+        gramian: `(T, T)` float64 Gramian.
+        previous: `(T,)` the stored alpha.
+        present: `(T,)` booleans, True for the present tasks.
+        solver, max_iter: as for `nash_mtl_alpha`.
+    """
+    return _alpha(gramian, previous, solver, max_iter, present)
+
+
+def _alpha(gramian, previous, solver, max_iter, present=None):
+    """`nash_mtl_alpha` (present None) or `present_nash_mtl_alpha`."""
     dtype = gramian.dtype
-    norms, corr, norms_ok = _correlation(gramian)
+    if present is not None:
+        gramian = present_block(gramian, present)
+    norms, corr, norms_ok = _correlation(gramian, present)
     safe_norms = tf.where(norms > 0, norms, tf.ones_like(norms))
-    nbs_b, nbs_ok = bargaining_solution(corr, previous * safe_norms)
+    nbs_b, nbs_ok = bargaining_solution(corr, previous * safe_norms, present)
     feasible = tf.logical_and(norms_ok, nbs_ok)
+
+    def keep_absent(alpha):
+        return alpha if present is None else tf.where(present, alpha, previous)
+
     if solver == "newton":
-        return tf.where(feasible, nbs_b / safe_norms, previous)
+        return keep_absent(tf.where(feasible, nbs_b / safe_norms, previous))
 
     frob = tf.norm(gramian)
     safe_frob = tf.where(frob > 0, frob, tf.ones_like(frob))
     # Strictly feasible start of every subproblem: h_t = 0.5 for all t.
     start = nbs_b * tf.cast(math.exp(0.25), dtype)
+    if present is not None:
+        # Inside the procedure the absent coordinates are b_t = alpha_t = 1
+        # (with unit norm), a fixed point of their decoupled equations.
+        start = tf.where(present, start, tf.ones_like(start))
+        norms = safe_norms
+        initial = tf.where(present, previous, tf.ones_like(previous))
+    else:
+        initial = previous
 
     def residual_small(alpha):
         res = tf.linalg.matvec(gramian, alpha) / safe_frob - 1.0 / (
             alpha + _REF_ALPHA_EPS
         )
+        if present is not None:
+            res = tf.where(present, res, tf.zeros_like(res))
         return tf.norm(res) < _REF_RESIDUAL_TOL
 
     def cond(k, alpha, done):
@@ -295,12 +401,16 @@ def nash_mtl_alpha(gramian, previous, solver="ccp", max_iter=20):
         cb_prev = tf.linalg.matvec(corr, b_prev)
         cost = tf.linalg.matvec(corr, norms) + 1.0 / b_prev
         cost = cost + tf.linalg.matvec(corr, 1.0 / cb_prev)
+        if present is not None:
+            cost = tf.where(present, cost, tf.zeros_like(cost))
         cost_ok = tf.reduce_all(tf.math.is_finite(cost)) & tf.reduce_any(cost != 0)
         safe_cost = tf.where(cost_ok, cost, tf.ones_like(cost))
+        if present is not None:
+            safe_cost = tf.where(present, safe_cost, tf.zeros_like(safe_cost))
         b_new, solved = tf.cond(
             solves_subproblem(corr, safe_cost, nbs_b),
             lambda: (nbs_b, tf.constant(True)),
-            lambda: ccp_subproblem(corr, safe_cost, start),
+            lambda: ccp_subproblem(corr, safe_cost, start, present),
         )
         alpha_new = b_new / safe_norms
         failed = tf.logical_not(tf.logical_and(cost_ok, solved))
@@ -311,9 +421,9 @@ def nash_mtl_alpha(gramian, previous, solver="ccp", max_iter=20):
 
     def run():
         _, alpha, _ = tf.while_loop(
-            cond, body, (tf.constant(0), previous, residual_small(previous))
+            cond, body, (tf.constant(0), initial, residual_small(initial))
         )
-        return alpha
+        return keep_absent(alpha)
 
     # Without a feasible point the first subproblem is infeasible: the
     # reference keeps the previous alpha.
@@ -321,6 +431,7 @@ def nash_mtl_alpha(gramian, previous, solver="ccp", max_iter=20):
 
 
 _compiled_nash_mtl_alpha = solver_function(nash_mtl_alpha)
+_compiled_present_nash_mtl_alpha = solver_function(present_nash_mtl_alpha)
 
 
 @register_strategy("nash_mtl", "nashmtl", "nash")
@@ -379,6 +490,22 @@ class NashMTL(GradientAggregation):
     alpha to ones, the reference's initial value, and the counter to 0);
     T backward passes; parameter gradients only (as in the reference).
 
+    Missing tasks: with a `task_mask`, the game is played by the K present
+    tasks alone: the absent rows and columns of K are dropped (not set to
+    zero, which would make the equations unsolvable), and alpha solves the
+    bargaining equations of the present block, by the same procedure,
+    warm-started from the present entries of the stored alpha (and with
+    the Frobenius norm and stopping rules of the present block). The
+    clipping uses the norm of the update of the present tasks, ||d|| =
+    sqrt(K) before clipping. The weights of the present tasks are those of
+    Nash-MTL built for the K present tasks with the same stored alpha
+    entries and step counter; absent tasks get weight 0. `alpha` is
+    per-task state: an absent task's entry is left as it was (also on a
+    step that recomputes alpha), so with `update_weights_every` > 1 its
+    stored weight comes back when the task is present again; a step that
+    reuses the stored alpha still gives absent tasks weight 0. The step
+    counter advances on every step.
+
     Args:
         update_weights_every: recompute alpha every this many steps (>= 1).
             Default 1.
@@ -423,6 +550,7 @@ class NashMTL(GradientAggregation):
 
     requires: ClassVar[str] = "gramian"
     stateful: ClassVar[bool] = True
+    supports_missing_tasks: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -478,6 +606,7 @@ class NashMTL(GradientAggregation):
             dtype="float64",
             trainable=False,
             name="alpha",
+            task_axis=0,
         )
         self.step_count = self.add_weight(
             shape=(),
@@ -491,26 +620,36 @@ class NashMTL(GradientAggregation):
         self.alpha.assign(ops.ones_like(self.alpha))
         self.step_count.assign(ops.zeros_like(self.step_count))
 
-    def _solve(self, gramian, previous):
-        return _compiled_nash_mtl_alpha(
-            gramian, previous, self.solver, self.optim_niter
+    def _solve(self, gramian, previous, present=None):
+        if present is None:
+            return _compiled_nash_mtl_alpha(
+                gramian, previous, self.solver, self.optim_niter
+            )
+        return _compiled_present_nash_mtl_alpha(
+            gramian, previous, present, self.solver, self.optim_niter
         )
 
-    def compute_weights(self, gramian, losses=None, training=True):
+    def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
         gramian = ops.cast(gramian, "float64")
+        present = None
+        if task_mask is not None:
+            present = present_tasks(task_mask)
+            gramian = present_block(gramian, present)
         previous = tf.identity(self.alpha.value)
         if self.update_weights_every == 1:
-            alpha = self._solve(gramian, previous)
+            alpha = self._solve(gramian, previous, present)
         else:
             due = ops.equal(
                 ops.mod(self.step_count.value, self.update_weights_every), 0
             )
             alpha = tf.cond(
-                due, lambda: self._solve(gramian, previous), lambda: previous
+                due, lambda: self._solve(gramian, previous, present), lambda: previous
             )
         if training:
             self.alpha.assign(alpha)
             self.step_count.assign_add(1)
+        if present is not None:
+            alpha = tf.where(present, alpha, tf.zeros_like(alpha))
         weights = alpha
         if self.max_norm > 0:
             norm = ops.sqrt(

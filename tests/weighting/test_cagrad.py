@@ -5,9 +5,14 @@ import pytest
 import tensorflow as tf
 
 import keras_mtl.weighting as weighting
-from keras_mtl.weighting.cagrad import CAGrad, cagrad_inner_weights
+from keras_mtl.weighting.cagrad import (
+    CAGrad,
+    cagrad_inner_weights,
+    present_cagrad_inner_weights,
+)
 
 _inner = tf.function(cagrad_inner_weights)
+_present_inner = tf.function(present_cagrad_inner_weights)
 
 
 def _objective(w, gramian, radius):
@@ -337,3 +342,146 @@ def test_nearly_cancelling_gradients_are_finite():
     assert gramian.astype("float64").mean() + 1e-8 < 0
     update, weights = CAGrad()(grads)
     assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+
+def _with_absent(grads, absent):
+    grads = grads.copy()
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    return grads, mask
+
+
+@pytest.mark.parametrize("rescale", [0, 1, 2])
+def test_missing_tasks_all_present_mask_equals_unmasked(rescale):
+    assert CAGrad.supports_missing_tasks
+    rng = np.random.default_rng(60)
+    for num in (2, 3, 5):
+        strategy = CAGrad(c=0.4, rescale=rescale)
+        grads = _random_grads(rng, num, 7, common=1.0)
+        u1, w1 = strategy(grads)
+        u2, w2 = strategy(grads, task_mask=np.ones(num, "float32"))
+        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+
+
+@pytest.mark.parametrize("absent", [(1,), (0, 3), (0, 2, 4), (0, 1, 3, 4)])
+@pytest.mark.parametrize("c,rescale", [(0.5, 1), (0.4, 0), (0.9, 2)])
+def test_missing_tasks_equal_cagrad_on_present_rows(absent, c, rescale):
+    # K = 4, 3, 2 (closed form) and 1 present tasks of 5; g_0 is the mean
+    # of the present rows, as CAGrad built for them computes it.
+    rng = np.random.default_rng(61 + len(absent))
+    present = [t for t in range(5) if t not in absent]
+    for _ in range(3):
+        grads, mask = _with_absent(_random_grads(rng, 5, 7, common=1.0), absent)
+        update, weights = CAGrad(c=c, rescale=rescale)(grads, task_mask=mask)
+        ref_update, ref_weights = CAGrad(c=c, rescale=rescale)(grads[present])
+        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+        np.testing.assert_allclose(
+            weights.numpy()[present], ref_weights.numpy(), rtol=1e-5, atol=1e-8
+        )
+        np.testing.assert_allclose(
+            update.numpy(), ref_update.numpy(), rtol=1e-5, atol=1e-6
+        )
+        # And the reference's update formula on the present rows.
+        g = grads[present].astype("float64")
+        radius = _radius(g @ g.T, c)
+        w = _inner(tf.constant(g @ g.T), tf.constant(radius, "float64")).numpy()
+        np.testing.assert_allclose(
+            update.numpy(), _reference_update(g, w, c, rescale), rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("num,absent", [(5, (1, 3)), (6, (0, 5)), (6, (2, 3, 4))])
+def test_missing_tasks_inner_solver_equals_solver_on_present_block(num, absent):
+    # Hard Gramians (ill-conditioned, badly scaled, rank-deficient, tiny):
+    # the masked solver gives the K-task solver's minimiser.
+    rng = np.random.default_rng(63)
+    present = [t for t in range(num) if t not in absent]
+    mask = np.isin(np.arange(num), present)
+    for index, block in enumerate(_hard_gramians(rng, len(present))):
+        gramian = np.full((num, num), 5.0)  # absent entries: anything
+        gramian[np.ix_(present, present)] = block
+        for c in (0.2, 0.5, 0.9):
+            radius = tf.constant(_radius(block, c), "float64")
+            w = _present_inner(tf.constant(gramian), radius, tf.constant(mask)).numpy()
+            ref = _inner(tf.constant(block), radius).numpy()
+            np.testing.assert_array_equal(w[~mask], 0.0)
+            scale = _gradient_scale(block, radius.numpy())
+            ours = _objective(w[present], block, radius.numpy())[0]
+            theirs = _objective(ref, block, radius.numpy())[0]
+            assert ours <= theirs + 1e-10 * scale
+            np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-12)
+            if index in (0, 1, 3):  # Unique, well-determined minimisers.
+                np.testing.assert_allclose(w[present], ref, atol=1e-7)
+                np.testing.assert_allclose(
+                    w[present], _exact_inner(block, radius.numpy()), atol=1e-7
+                )
+
+
+def test_missing_tasks_compute_weights_drops_nonzero_rows():
+    rng = np.random.default_rng(64)
+    grads = _random_grads(rng, 4, 5, common=1.0).astype("float64")
+    mask = np.array([1.0, 1.0, 0.0, 1.0], "float32")
+    present = [0, 1, 3]
+    weights = (
+        CAGrad()
+        .compute_weights(
+            tf.constant(grads @ grads.T, tf.float32), task_mask=tf.constant(mask)
+        )
+        .numpy()
+    )
+    ref = CAGrad().compute_weights(
+        tf.constant(grads[present] @ grads[present].T, tf.float32)
+    )
+    np.testing.assert_allclose(weights[present], ref.numpy(), rtol=1e-5)
+    assert weights[2] == 0.0
+
+
+def test_missing_tasks_degenerate_inputs_finite_and_stateless():
+    rng = np.random.default_rng(65)
+    g = _random_grads(rng, 4, 5)
+    strategy = CAGrad()
+    cases = [
+        (g * np.array([[1e10], [1.0], [1e-10], [1.0]], "float32"), [1, 0, 1, 1]),
+        (np.zeros((4, 5), "float32"), [0, 0, 0, 0]),
+        (np.zeros((4, 5), "float32"), [1, 0, 1, 1]),
+        (g * 1e-10, [1, 1, 0, 1]),
+        (np.stack([g[0], -g[0], g[1], g[2]]), [1, 1, 1, 0]),
+    ]
+    for grads, mask in cases:
+        mask = np.asarray(mask, "float32")
+        update, weights = strategy(grads * mask[:, None], task_mask=mask)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    # No present task: zero weights. One present task: CAGrad for one task.
+    _, weights = strategy(np.zeros((4, 5), "float32"), task_mask=[0.0] * 4)
+    np.testing.assert_array_equal(weights.numpy(), 0.0)
+    mask = np.array([0.0, 0.0, 1.0, 0.0], "float32")
+    update, weights = strategy(g * mask[:, None], task_mask=mask)
+    ref_update, ref_weights = CAGrad()(g[2:3])
+    np.testing.assert_allclose(weights.numpy()[2], ref_weights.numpy()[0], rtol=1e-6)
+    np.testing.assert_allclose(update.numpy(), ref_update.numpy(), rtol=1e-6)
+    assert strategy.per_task_state() == []
+
+
+def test_missing_tasks_eager_matches_xla():
+    strategy = CAGrad(c=0.4)
+    strategy.build((5, 7))
+    compiled = tf.function(lambda g, m: strategy(g, task_mask=m), jit_compile=True)
+    in_graph = tf.function(lambda g, m: strategy(g, task_mask=m))
+    rng = np.random.default_rng(66)
+    for absent in [(0,), (2, 3), (0, 1, 4), (0, 1, 2, 3)]:
+        grads, mask = _with_absent(_random_grads(rng, 5, 7, common=1.0), absent)
+        eager_update, eager_weights = strategy(grads, task_mask=mask)
+        for step in (compiled, in_graph):
+            update, weights = step(tf.constant(grads), tf.constant(mask))
+            np.testing.assert_allclose(
+                update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6
+            )
+            np.testing.assert_allclose(
+                weights.numpy(), eager_weights.numpy(), rtol=1e-5, atol=1e-7
+            )

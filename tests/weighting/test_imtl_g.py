@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import keras_mtl.weighting as weighting
-from keras_mtl.weighting.imtl_g import IMTLG
+from keras_mtl.weighting.imtl_g import IMTLG, imtl_g_weights, present_imtl_g_weights
 
 
 def _reference(grads):
@@ -275,4 +275,198 @@ def test_loss_scaling_transform_eager_equals_xla():
     step = tf.function(strategy.transform_losses, jit_compile=True)
     np.testing.assert_allclose(
         step(losses).numpy(), strategy.transform_losses(losses).numpy(), rtol=1e-6
+    )
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+_weights_fn = tf.function(imtl_g_weights)
+_present_weights_fn = tf.function(present_imtl_g_weights)
+
+
+def _with_absent(grads, absent):
+    grads = grads.copy()
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    return grads, mask
+
+
+def _hard_grads(rng, num, dim=8):
+    scaled = _random_grads(rng, num, dim) * np.logspace(-3, 3, num)[:, None]
+    dependent = _random_grads(rng, num, dim, common=1.0)
+    dependent[-1] = 0.3 * dependent[0] - 0.7 * dependent[1] + 1e-3
+    return [
+        _random_grads(rng, num, dim),
+        _random_grads(rng, num, dim, common=2.0),
+        scaled.astype("float32"),
+        dependent,
+    ]
+
+
+@pytest.mark.parametrize("loss_scaling", [False, True])
+def test_missing_tasks_all_present_mask_equals_unmasked(loss_scaling):
+    assert IMTLG.supports_missing_tasks
+    rng = np.random.default_rng(80)
+    for num in (2, 4):
+        strategy = IMTLG(loss_scaling=loss_scaling)
+        grads = _random_grads(rng, num, 6, common=1.0)
+        u1, w1 = strategy(grads)
+        u2, w2 = strategy(grads, task_mask=np.ones(num, "float32"))
+        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+
+
+@pytest.mark.parametrize("absent", [(1,), (0, 3), (0, 2, 4), (0, 1, 3, 4)])
+def test_missing_tasks_equal_imtl_g_on_present_rows(absent):
+    # K = 4, 3, 2 and 1 present tasks of 5.
+    rng = np.random.default_rng(81 + len(absent))
+    present = [t for t in range(5) if t not in absent]
+    for full in _hard_grads(rng, 5):
+        grads, mask = _with_absent(full, absent)
+        update, weights = IMTLG()(grads, task_mask=mask)
+        ref_update, ref_weights = IMTLG()(grads[present])
+        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+        # (The float32 Gramians of the T- and K-row matrices may differ
+        # by rounding, which the linear system amplifies a little.)
+        np.testing.assert_allclose(
+            weights.numpy()[present], ref_weights.numpy(), rtol=1e-4, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            update.numpy(), ref_update.numpy(), rtol=1e-4, atol=1e-5
+        )
+    # Equal projections on the present directions only, against LibMTL's
+    # formula on the present rows.
+    grads, mask = _with_absent(_random_grads(rng, 5, 8, common=1.0), absent)
+    update, weights = IMTLG()(grads, task_mask=mask)
+    if len(present) > 1:
+        np.testing.assert_allclose(
+            weights.numpy()[present], _reference(grads[present]), rtol=1e-4
+        )
+        proj = _projections(grads[present], update.numpy())
+        np.testing.assert_allclose(proj, proj[0], rtol=1e-4)
+    else:
+        np.testing.assert_array_equal(weights.numpy(), mask)
+        np.testing.assert_array_equal(update.numpy(), grads[present[0]])
+
+
+@pytest.mark.parametrize("num,absent", [(5, (2,)), (6, (0, 4)), (6, (1, 2, 3, 5))])
+def test_missing_tasks_closed_form_equals_it_on_present_block(num, absent):
+    # The float64 function: the padded system gives the K-task solution,
+    # also for ill-conditioned and badly scaled Gramians.
+    rng = np.random.default_rng(83)
+    present = [t for t in range(num) if t not in absent]
+    mask = np.isin(np.arange(num), present)
+    for grads in _hard_grads(rng, len(present)):
+        grads = grads.astype("float64")
+        block = grads @ grads.T
+        gramian = np.full((num, num), -2.0)  # dropped, whatever it holds
+        gramian[np.ix_(present, present)] = block
+        weights = _present_weights_fn(tf.constant(gramian), tf.constant(mask)).numpy()
+        ref = _weights_fn(tf.constant(block)).numpy()
+        np.testing.assert_array_equal(weights[~mask], 0.0)
+        np.testing.assert_allclose(weights[present], ref, rtol=1e-8, atol=1e-10)
+
+
+def test_missing_tasks_compute_weights_drops_nonzero_rows():
+    rng = np.random.default_rng(84)
+    grads = _random_grads(rng, 4, 6, common=1.0).astype("float64")
+    mask = np.array([0.0, 1.0, 1.0, 1.0], "float32")
+    present = [1, 2, 3]
+    weights = (
+        IMTLG(rep_grad=True)
+        .compute_weights(
+            tf.constant(grads @ grads.T, tf.float32), task_mask=tf.constant(mask)
+        )
+        .numpy()
+    )
+    ref = IMTLG(rep_grad=True).compute_weights(
+        tf.constant(grads[present] @ grads[present].T, tf.float32)
+    )
+    np.testing.assert_allclose(weights[present], ref.numpy(), rtol=1e-6)
+    assert weights[0] == 0.0
+
+
+def test_missing_tasks_degenerate_inputs_finite():
+    rng = np.random.default_rng(85)
+    g = _random_grads(rng, 4, 6)
+    cases = [
+        (g * np.array([[1e10], [1.0], [1e-10], [1.0]], "float32"), [1, 0, 1, 1]),
+        (np.zeros((4, 6), "float32"), [0, 0, 0, 0]),
+        (np.zeros((4, 6), "float32"), [1, 0, 1, 1]),
+        (g * 1e-10, [1, 1, 0, 1]),
+        (np.stack([g[0], 2.0 * g[0], g[1], g[2]]), [1, 1, 0, 0]),
+        (np.stack([g[0], np.zeros_like(g[0]), g[1], g[2]]), [1, 1, 0, 1]),
+    ]
+    for grads, mask in cases:
+        mask = np.asarray(mask, "float32")
+        update, weights = IMTLG()(grads * mask[:, None], task_mask=mask)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    _, weights = IMTLG()(np.zeros((3, 4), "float32"), task_mask=[0.0] * 3)
+    np.testing.assert_array_equal(weights.numpy(), 0.0)
+    # One present task, even with a zero gradient: weight 1, as IMTL-G for
+    # one task.
+    for row in (g[2], np.zeros_like(g[2])):
+        grads = np.zeros_like(g)
+        grads[2] = row
+        _, weights = IMTLG()(grads, task_mask=[0.0, 0.0, 1.0, 0.0])
+        np.testing.assert_array_equal(weights.numpy(), [0.0, 0.0, 1.0, 0.0])
+
+
+def test_missing_tasks_eager_matches_xla():
+    strategy = IMTLG()
+    strategy.build((5, 7))
+    compiled = tf.function(lambda g, m: strategy(g, task_mask=m), jit_compile=True)
+    rng = np.random.default_rng(86)
+    for absent in [(0,), (2, 3), (0, 1, 4), (0, 1, 2, 3)]:
+        grads, mask = _with_absent(_random_grads(rng, 5, 7, common=1.0), absent)
+        eager_update, eager_weights = strategy(grads, task_mask=mask)
+        update, weights = compiled(tf.constant(grads), tf.constant(mask))
+        np.testing.assert_allclose(
+            update.numpy(), eager_update.numpy(), rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            weights.numpy(), eager_weights.numpy(), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_missing_tasks_loss_scales_are_per_task_state():
+    # Hybrid IMTL: s is per-task; an absent task's term of the transformed
+    # losses is 0 (no gradient for its s_t), and the model's restore puts
+    # back whatever the optimizer did to it.
+    strategy = IMTLG(loss_scaling=True)
+    strategy.build((3, 4))
+    assert [(v.path, axis) for v, axis in strategy.per_task_state()] == [
+        (strategy.loss_scales.path, 0)
+    ]
+    strategy.loss_scales.assign([0.2, -0.4, 0.6])
+    losses = tf.constant([0.5, 0.0, 3.0])
+    mask = tf.constant([1.0, 0.0, 1.0])
+    snapshot = strategy.task_state_snapshot()
+    with tf.GradientTape(persistent=True) as tape:
+        masked = strategy.transform_losses(losses, task_mask=mask)
+        plain = strategy.transform_losses(losses)
+        total = tf.reduce_sum(masked)
+    np.testing.assert_array_equal(masked.numpy()[[0, 2]], plain.numpy()[[0, 2]])
+    assert masked.numpy()[1] == 0.0 and plain.numpy()[1] == np.float32(0.4)
+    grad = tape.gradient(total, strategy.loss_scales).numpy()
+    s = np.array([0.2, 0.6])
+    np.testing.assert_allclose(grad[[0, 2]], np.exp(s) * [0.5, 3.0] - 1.0, rtol=1e-6)
+    assert grad[1] == 0.0
+    # A step that moves every s (e.g. through optimizer momentum), then the
+    # model's restore.
+    strategy.loss_scales.assign_sub([0.1, 0.1, 0.1])
+    strategy.restore_absent_tasks(mask, snapshot)
+    np.testing.assert_allclose(
+        strategy.loss_scales.numpy(), [0.1, -0.4, 0.5], rtol=1e-6
+    )
+    # Eager == XLA with the mask.
+    step = tf.function(
+        lambda x, m: strategy.transform_losses(x, task_mask=m), jit_compile=True
+    )
+    np.testing.assert_allclose(
+        step(losses, mask).numpy(),
+        strategy.transform_losses(losses, task_mask=mask).numpy(),
+        rtol=1e-6,
     )

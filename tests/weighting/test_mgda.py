@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import keras_mtl.weighting as weighting
-from keras_mtl.weighting.mgda import MGDA, min_norm_weights
+from keras_mtl.weighting.mgda import MGDA, min_norm_weights, present_min_norm_weights
 
 
 def _two_task_reference(g1, g2):
@@ -327,4 +327,196 @@ def test_graph_without_xla_follows_the_reference():
             gramian = grads.astype("float64") @ grads.astype("float64").T
             np.testing.assert_allclose(
                 weights.numpy(), _reference_solver(gramian), rtol=1e-5, atol=1e-6
+            )
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+_NORMALIZATIONS = ["none", "l2", "loss", "loss+"]
+_present_solver = tf.function(present_min_norm_weights)
+
+
+def _with_absent(grads, losses, absent):
+    """Zeroes the rows and losses of the absent tasks; returns the mask."""
+    grads, losses = grads.copy(), losses.copy()
+    mask = np.ones(len(grads), "float32")
+    mask[list(absent)] = 0.0
+    grads[list(absent)] = 0.0
+    losses[list(absent)] = 0.0
+    return grads, losses, mask
+
+
+def _hard_grads(rng, num, dim=7):
+    """Random, badly scaled and nearly dependent gradient matrices."""
+    cases = [_random_grads(rng, num, dim), _random_grads(rng, num, dim, common=2.0)]
+    scaled = _random_grads(rng, num, dim) * np.logspace(-3, 3, num)[:, None]
+    dependent = _random_grads(rng, num, dim, common=1.0)
+    dependent[-1] = 0.6 * dependent[0] + 0.4 * dependent[1] + 1e-4
+    return cases + [scaled.astype("float32"), dependent]
+
+
+@pytest.mark.parametrize("normalization", _NORMALIZATIONS)
+def test_missing_tasks_all_present_mask_equals_unmasked(normalization):
+    assert MGDA.supports_missing_tasks
+    rng = np.random.default_rng(50)
+    for num in (2, 4):
+        strategy = MGDA(normalization=normalization)
+        grads = _random_grads(rng, num, 6, common=1.0)
+        losses = rng.uniform(0.5, 2.0, num).astype("float32")
+        u1, w1 = strategy(grads, losses)
+        u2, w2 = strategy(grads, losses, task_mask=np.ones(num, "float32"))
+        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+
+
+@pytest.mark.parametrize("normalization", _NORMALIZATIONS)
+@pytest.mark.parametrize("absent", [(1,), (0, 3), (0, 2, 4), (0, 1, 3, 4)])
+def test_missing_tasks_equal_mgda_on_present_rows(normalization, absent):
+    # K = 4, 3, 2 (the clipped two-task rule) and 1 present tasks of 5.
+    rng = np.random.default_rng(51 + len(absent))
+    present = [t for t in range(5) if t not in absent]
+    for full in _hard_grads(rng, 5):
+        losses = rng.uniform(0.2, 3.0, 5).astype("float32")
+        grads, losses, mask = _with_absent(full, losses, absent)
+        update, weights = MGDA(normalization=normalization)(
+            grads, losses, task_mask=mask
+        )
+        ref_update, ref_weights = MGDA(normalization=normalization)(
+            grads[present], losses[present]
+        )
+        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+        np.testing.assert_allclose(
+            weights.numpy()[present], ref_weights.numpy(), rtol=1e-5, atol=1e-9
+        )
+        np.testing.assert_allclose(
+            update.numpy(), ref_update.numpy(), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_missing_tasks_min_norm_of_present_rows_not_zero():
+    # A zero row in the hull would make the min-norm point 0; the absent
+    # task's row is dropped instead, and the solution is the authors'
+    # solver on the present rows (re-derived in numpy).
+    rng = np.random.default_rng(52)
+    grads, losses, mask = _with_absent(
+        _random_grads(rng, 4, 6, common=1.5), np.ones(4, "float32"), (2,)
+    )
+    # (The solver stops within 1e-5 of the zero row's vertex.)
+    unmasked, _ = MGDA()(grads)
+    np.testing.assert_allclose(unmasked.numpy(), 0.0, atol=1e-4)
+    update, weights = MGDA()(grads, task_mask=mask)
+    present = [0, 1, 3]
+    g = grads[present].astype("float64")
+    expected = _reference_solver(g @ g.T)
+    np.testing.assert_allclose(weights.numpy()[present], expected, rtol=1e-5)
+    np.testing.assert_allclose(update.numpy(), expected @ g, rtol=1e-5, atol=1e-6)
+    assert np.linalg.norm(update.numpy()) > 0.1
+    # A common descent direction of the present tasks.
+    d = update.numpy().astype("float64")
+    assert (g @ d >= d @ d - 1e-5).all()
+
+
+@pytest.mark.parametrize("num,absent", [(6, (1, 4)), (6, (0, 2, 5)), (4, (3,))])
+def test_missing_tasks_solver_equals_solver_on_present_block(num, absent):
+    rng = np.random.default_rng(53)
+    present = [t for t in range(num) if t not in absent]
+    mask = np.isin(np.arange(num), present)
+    for grads in _hard_grads(rng, num):
+        grads = grads.astype("float64")
+        gramian = grads @ grads.T
+        block = gramian[np.ix_(present, present)]
+        # The absent entries may hold anything: they are dropped.
+        noisy = gramian.copy()
+        noisy[~mask] = 7.0
+        noisy[:, ~mask] = -3.0
+        weights = _present_solver(tf.constant(noisy), tf.constant(mask)).numpy()
+        np.testing.assert_array_equal(weights[~mask], 0.0)
+        np.testing.assert_allclose(
+            weights[present], _reference_solver(block), rtol=1e-5, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            weights[present],
+            _compiled_solver(tf.constant(block)).numpy(),
+            rtol=1e-5,
+            atol=1e-7,
+        )
+
+
+@pytest.mark.parametrize("normalization", _NORMALIZATIONS)
+@pytest.mark.parametrize("rep_grad", [False, True])
+def test_missing_tasks_compute_weights_drops_nonzero_rows(normalization, rep_grad):
+    # MGDA-UB calls compute_weights directly (the model's representation
+    # path); absent rows and columns are dropped even when not zero.
+    rng = np.random.default_rng(54)
+    grads = _random_grads(rng, 4, 5, common=1.0).astype("float64")
+    losses = tf.constant(rng.uniform(0.5, 2.0, 4), tf.float32)
+    mask = np.array([1.0, 0.0, 1.0, 1.0], "float32")
+    present = [0, 2, 3]
+    strategy = MGDA(normalization=normalization, rep_grad=rep_grad)
+    weights = strategy.compute_weights(
+        tf.constant(grads @ grads.T, tf.float32), losses, task_mask=tf.constant(mask)
+    ).numpy()
+    ref = MGDA(normalization=normalization, rep_grad=rep_grad).compute_weights(
+        tf.constant(grads[present] @ grads[present].T, tf.float32),
+        tf.gather(losses, present),
+    )
+    np.testing.assert_allclose(weights[present], ref.numpy(), rtol=1e-5, atol=1e-9)
+    assert weights[1] == 0.0
+
+
+@pytest.mark.parametrize("normalization", _NORMALIZATIONS)
+def test_missing_tasks_degenerate_inputs_finite_and_stateless(normalization):
+    rng = np.random.default_rng(55)
+    g = _random_grads(rng, 3, 4)
+    losses = np.array([0.5, 2.0, 1.0], "float32")
+    strategy = MGDA(normalization=normalization)
+    cases = [
+        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+        (g * 1e-10, [1.0, 1.0, 0.0]),
+        (np.stack([g[0], np.zeros(4, "float32"), g[0]]), [1.0, 1.0, 0.0]),
+    ]
+    for grads, mask in cases:
+        mask = np.asarray(mask, "float32")
+        update, weights = strategy(grads * mask[:, None], losses * mask, task_mask=mask)
+        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    # No present task: nothing to do.
+    update, weights = strategy(
+        np.zeros((3, 4), "float32"), 0 * losses, task_mask=[0.0] * 3
+    )
+    np.testing.assert_array_equal(weights.numpy(), 0.0)
+    # One present task: its (normalised) gradient, as MGDA for one task.
+    mask = np.array([0.0, 1.0, 0.0], "float32")
+    update, weights = strategy(g * mask[:, None], losses * mask, task_mask=mask)
+    ref_update, ref_weights = MGDA(normalization=normalization)(g[1:2], losses[1:2])
+    np.testing.assert_allclose(weights.numpy(), [0.0, ref_weights.numpy()[0], 0.0])
+    np.testing.assert_allclose(update.numpy(), ref_update.numpy(), rtol=1e-6)
+    assert strategy.per_task_state() == []
+
+
+def test_missing_tasks_eager_matches_xla():
+    strategy = MGDA(normalization="loss+")
+    strategy.build((5, 6))
+    compiled = tf.function(
+        lambda g, loss, m: strategy(g, loss, task_mask=m), jit_compile=True
+    )
+    in_graph = tf.function(lambda g, loss, m: strategy(g, loss, task_mask=m))
+    rng = np.random.default_rng(56)
+    for absent in [(0,), (2, 3), (0, 1, 4), (0, 1, 2, 3)]:
+        grads, losses, mask = _with_absent(
+            _random_grads(rng, 5, 6, common=1.0),
+            rng.uniform(0.5, 2.0, 5).astype("float32"),
+            absent,
+        )
+        eager_update, eager_weights = strategy(grads, losses, task_mask=mask)
+        for step in (compiled, in_graph):
+            update, weights = step(
+                tf.constant(grads), tf.constant(losses), tf.constant(mask)
+            )
+            np.testing.assert_allclose(
+                update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6
+            )
+            np.testing.assert_allclose(
+                weights.numpy(), eager_weights.numpy(), rtol=1e-5, atol=1e-7
             )

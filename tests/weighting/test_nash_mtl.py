@@ -329,3 +329,264 @@ def test_graph_without_xla_equals_eager():
         u2, w2 = step(tf.constant(grads))
         np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --- Missing tasks ---------------------------------------------------------
+
+
+def _embed(grads, num, present):
+    """A (num, P) matrix with `grads` on the present rows, zero elsewhere."""
+    full = np.zeros((num, grads.shape[1]), "float32")
+    full[present] = grads
+    mask = np.zeros(num, "float32")
+    mask[present] = 1.0
+    return full, mask
+
+
+def _copy_present_state(strategy, present):
+    """NashMTL for the present tasks with the same stored alpha / counter."""
+    small = NashMTL.from_config(strategy.get_config())
+    small.build((len(present), 1))
+    small.alpha.assign(strategy.alpha.numpy()[present])
+    small.step_count.assign(strategy.step_count.numpy())
+    return small
+
+
+@pytest.mark.parametrize("solver", ["ccp", "newton"])
+def test_missing_tasks_all_present_mask_equals_unmasked(solver):
+    assert NashMTL.supports_missing_tasks
+    rng = np.random.default_rng(70)
+    sequence = [_random_grads(rng, 4, 7, common=1.0) for _ in range(3)]
+    plain, masked = NashMTL(solver=solver), NashMTL(solver=solver)
+    for grads in sequence:
+        u1, w1 = plain(grads)
+        u2, w2 = masked(grads, task_mask=np.ones(4, "float32"))
+        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
+        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+        np.testing.assert_array_equal(masked.alpha.numpy(), plain.alpha.numpy())
+
+
+@pytest.mark.parametrize("solver", ["ccp", "newton"])
+@pytest.mark.parametrize("absent", [(1,), (0, 3), (0, 1, 3)])
+def test_missing_tasks_equal_nash_mtl_on_present_rows_with_the_same_state(
+    solver, absent
+):
+    # A few steps on all tasks, then a step without some: the present
+    # tasks' weights and new alpha are those of Nash-MTL built for them
+    # with the same stored alpha (the warm start) and counter.
+    rng = np.random.default_rng(71 + len(absent))
+    present = [t for t in range(4) if t not in absent]
+    strategy = NashMTL(solver=solver)
+    for _ in range(3):
+        strategy(_random_grads(rng, 4, 9, common=1.0))
+    for _ in range(2):
+        small = _copy_present_state(strategy, present)
+        before = strategy.alpha.numpy().copy()
+        grads, mask = _embed(_random_grads(rng, len(present), 9, 1.0), 4, present)
+        update, weights = strategy(grads, task_mask=mask)
+        ref_update, ref_weights = small(grads[present])
+        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
+        np.testing.assert_allclose(
+            weights.numpy()[present], ref_weights.numpy(), rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            update.numpy(), ref_update.numpy(), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            strategy.alpha.numpy()[present], small.alpha.numpy(), rtol=1e-5
+        )
+        # The absent entries of alpha are not touched (even before the
+        # model restores them).
+        np.testing.assert_array_equal(
+            strategy.alpha.numpy()[list(absent)], before[list(absent)]
+        )
+        if solver == "newton" and len(present) > 1:
+            # The bargaining equations of the present tasks alone.
+            np.testing.assert_allclose(
+                _products(grads[present], strategy.alpha.numpy()[present]),
+                1.0,
+                rtol=1e-5,
+            )
+
+
+def test_missing_tasks_solver_reproduces_the_golden_values_on_present_tasks():
+    # The authors' values (see the top of the file) with absent tasks
+    # interleaved: the same alphas for the present tasks.
+    solve = tf.function(nash_mtl.present_nash_mtl_alpha)
+    for grads, expected, num, present in (
+        (_NBS_GRADS, _NBS_ALPHA, 5, [0, 2, 3]),
+        (_CCP_GRADS, _CCP_ALPHA, 3, [0, 2]),
+        (_UNBOUNDED_GRADS, [1.0, 1.0, 1.0], 4, [1, 2, 3]),
+    ):
+        full, mask = _embed(grads, num, present)
+        previous = np.linspace(0.5, 2.0, num)
+        previous[present] = 1.0
+        gramian = full.astype("float64") @ full.astype("float64").T
+        gramian[mask == 0] = 3.0  # dropped, whatever it holds
+        gramian[:, mask == 0] = 3.0
+        alpha = solve(
+            tf.constant(gramian),
+            tf.constant(previous),
+            tf.constant(mask > 0),
+            "ccp",
+            20,
+        ).numpy()
+        np.testing.assert_allclose(alpha[present], expected, rtol=1e-4)
+        np.testing.assert_array_equal(alpha[mask == 0], previous[mask == 0])
+
+
+@pytest.mark.parametrize("solver", ["ccp", "newton"])
+def test_missing_tasks_solver_equals_solver_on_present_block(solver):
+    # Random, badly scaled, nearly dependent and infeasible Gramians.
+    solve = tf.function(nash_mtl.present_nash_mtl_alpha)
+    solve_all = tf.function(nash_mtl.nash_mtl_alpha)
+    rng = np.random.default_rng(73)
+    num, present = 6, [0, 2, 3, 5]
+    mask = np.isin(np.arange(num), present)
+    for trial in range(8):
+        grads = _random_grads(rng, 4, 8, common=(0.0, 1.0, 2.5)[trial % 3])
+        if trial == 3:
+            grads = grads * np.logspace(-3, 3, 4)[:, None].astype("float32")
+        if trial == 4:
+            grads[3] = 0.5 * grads[0] + 0.5 * grads[1] + 1e-3
+        if trial == 5:
+            grads[2] = -grads[0]  # infeasible: previous alpha kept
+        block = grads.astype("float64") @ grads.astype("float64").T
+        gramian = np.zeros((num, num))
+        gramian[np.ix_(present, present)] = block
+        previous = rng.uniform(0.2, 2.0, num)
+        alpha = solve(
+            tf.constant(gramian), tf.constant(previous), tf.constant(mask), solver, 20
+        ).numpy()
+        ref = solve_all(
+            tf.constant(block), tf.constant(previous[present]), solver, 20
+        ).numpy()
+        np.testing.assert_allclose(alpha[present], ref, rtol=1e-5)
+        np.testing.assert_array_equal(alpha[~mask], previous[~mask])
+
+
+def test_missing_tasks_update_weights_every_keeps_absent_alpha():
+    # update_weights_every=2: steps 0, 2, 4 solve. An absent task's stored
+    # alpha survives a solving step without it and is used again once the
+    # task is back; a reusing step without it gives it weight 0.
+    rng = np.random.default_rng(74)
+    strategy = NashMTL(update_weights_every=2, max_norm=0.0)
+    first = _random_grads(rng, 3, 40)
+    strategy(first)  # step 0: solve with all tasks
+    alpha0 = strategy.alpha.numpy().copy()
+    # Step 1 (reuses alpha) without task 1.
+    grads, mask = _embed(_random_grads(rng, 2, 40), 3, [0, 2])
+    small = _copy_present_state(strategy, [0, 2])
+    update, weights = strategy(grads, task_mask=mask)
+    ref_update, _ = small(grads[[0, 2]])
+    np.testing.assert_allclose(weights.numpy(), alpha0 * mask, rtol=1e-6)
+    np.testing.assert_allclose(update.numpy(), ref_update.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(strategy.alpha.numpy(), alpha0)
+    # Step 2 (solves) without task 1: its alpha stays.
+    grads, mask = _embed(_random_grads(rng, 2, 40), 3, [0, 2])
+    small = _copy_present_state(strategy, [0, 2])
+    update, weights = strategy(grads, task_mask=mask)
+    small(grads[[0, 2]])
+    alpha2 = strategy.alpha.numpy().copy()
+    assert alpha2[1] == alpha0[1] and weights.numpy()[1] == 0.0
+    np.testing.assert_allclose(alpha2[[0, 2]], small.alpha.numpy(), rtol=1e-5)
+    assert not np.allclose(alpha2[[0, 2]], alpha0[[0, 2]])
+    np.testing.assert_allclose(_products(grads[[0, 2]], alpha2[[0, 2]]), 1.0, rtol=1e-3)
+    # Step 3 (reuses alpha) with every task: task 1's old alpha is back.
+    grads = _random_grads(rng, 3, 40)
+    update, weights = strategy(grads, task_mask=np.ones(3, "float32"))
+    np.testing.assert_allclose(weights.numpy(), alpha2, rtol=1e-6)
+    np.testing.assert_allclose(update.numpy(), alpha2 @ grads, rtol=1e-5, atol=1e-6)
+    assert int(strategy.step_count.numpy()) == 4
+
+
+def test_missing_tasks_state_restored_by_the_model_hook():
+    rng = np.random.default_rng(75)
+    strategy = NashMTL()
+    strategy(_random_grads(rng, 3, 8, common=1.0))
+    assert [(v.path, axis) for v, axis in strategy.per_task_state()] == [
+        (strategy.alpha.path, 0)
+    ]
+    mask = np.array([1.0, 0.0, 1.0], "float32")
+    grads = _random_grads(rng, 3, 8, common=1.0) * mask[:, None]
+    snapshot = strategy.task_state_snapshot()
+    before = strategy.alpha.numpy().copy()
+    strategy(grads, task_mask=mask)
+    strategy.restore_absent_tasks(mask, snapshot)
+    after = strategy.alpha.numpy()
+    assert after[1] == before[1]
+    assert not np.allclose(after[[0, 2]], before[[0, 2]])
+    assert int(strategy.step_count.numpy()) == 2
+
+
+def test_missing_tasks_degenerate_inputs_finite():
+    rng = np.random.default_rng(76)
+    g = _random_grads(rng, 4, 6)
+    cases = [
+        (g * np.array([[1e10], [1.0], [1e-10], [1.0]], "float32"), [1, 0, 1, 1]),
+        (np.zeros((4, 6), "float32"), [0, 0, 0, 0]),
+        (np.zeros((4, 6), "float32"), [1, 0, 1, 1]),
+        (g * 1e-10, [1, 1, 0, 1]),
+        (np.stack([g[0], -g[0], g[1], g[2]]), [1, 1, 0, 0]),
+    ]
+    for solver in ("ccp", "newton"):
+        for grads, mask in cases:
+            strategy = NashMTL(solver=solver)
+            mask = np.asarray(mask, "float32")
+            update, weights = strategy(grads * mask[:, None], task_mask=mask)
+            assert np.isfinite(update.numpy()).all()
+            assert np.isfinite(weights.numpy()).all()
+            assert np.isfinite(strategy.alpha.numpy()).all()
+            np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+            assert np.linalg.norm(update.numpy()) <= 1.0 + 1e-5
+    # No present task: zero weights, alpha untouched.
+    strategy = NashMTL()
+    _, weights = strategy(np.zeros((3, 4), "float32"), task_mask=[0.0] * 3)
+    np.testing.assert_array_equal(weights.numpy(), 0.0)
+    np.testing.assert_array_equal(strategy.alpha.numpy(), 1.0)
+    # One present task: as Nash-MTL for one task.
+    mask = np.array([0.0, 1.0, 0.0, 0.0], "float32")
+    for max_norm in (0.0, 1.0):
+        update, weights = NashMTL(max_norm=max_norm)(g * mask[:, None], task_mask=mask)
+        ref_update, ref_weights = NashMTL(max_norm=max_norm)(g[1:2])
+        np.testing.assert_allclose(
+            weights.numpy()[1], ref_weights.numpy()[0], rtol=1e-6
+        )
+        np.testing.assert_allclose(update.numpy(), ref_update.numpy(), rtol=1e-6)
+
+
+def test_missing_tasks_compute_weights_drops_nonzero_rows():
+    rng = np.random.default_rng(77)
+    grads = _random_grads(rng, 4, 9, common=1.0).astype("float64")
+    mask = np.array([1.0, 0.0, 1.0, 1.0], "float32")
+    present = [0, 2, 3]
+    strategy, small = NashMTL(), NashMTL()
+    strategy.build((4, 9))
+    small.build((3, 9))
+    weights = strategy.compute_weights(
+        tf.constant(grads @ grads.T, tf.float32), task_mask=tf.constant(mask)
+    ).numpy()
+    ref = small.compute_weights(
+        tf.constant(grads[present] @ grads[present].T, tf.float32)
+    )
+    np.testing.assert_allclose(weights[present], ref.numpy(), rtol=1e-5)
+    assert weights[1] == 0.0
+    assert strategy.alpha.numpy()[1] == 1.0
+
+
+def test_missing_tasks_eager_matches_xla():
+    rng = np.random.default_rng(78)
+    eager, xla = NashMTL(update_weights_every=2), NashMTL(update_weights_every=2)
+    eager.build((4, 7))
+    xla.build((4, 7))
+    step = tf.function(lambda g, m: xla(g, task_mask=m), jit_compile=True)
+    for absent in [(), (1,), (0, 3), (1,), (0, 1, 2)]:
+        grads = _random_grads(rng, 4, 7, common=1.0)
+        mask = np.ones(4, "float32")
+        mask[list(absent)] = 0.0
+        grads = grads * mask[:, None]
+        u1, w1 = eager(grads, task_mask=mask)
+        u2, w2 = step(tf.constant(grads), tf.constant(mask))
+        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(xla.alpha.numpy(), eager.alpha.numpy(), rtol=1e-5)

@@ -80,3 +80,61 @@ def test_compiled_solvers_take_their_tensors_as_runtime_inputs():
             entry = entry[: entry.index("\n}")]
             tensors = sum(isinstance(a, tf.Tensor) for a in args)
             assert entry.count("parameter(") == tensors, (name, num)
+
+
+def _present_solvers():
+    from keras_mtl.weighting import cagrad, imtl_g, mgda, nash_mtl
+
+    def gramian(num):
+        return tf.constant(np.eye(num) + 0.1, "float64")
+
+    radius = tf.constant(0.3, "float64")
+    return [
+        ("mgda", mgda.present_min_norm_weights, lambda n, p: (gramian(n), p)),
+        (
+            "cagrad",
+            cagrad.present_cagrad_inner_weights,
+            lambda n, p: (gramian(n), radius, p),
+        ),
+        (
+            "nash_mtl",
+            nash_mtl.present_nash_mtl_alpha,
+            lambda n, p: (gramian(n), tf.ones([n], "float64"), p, "ccp", 20),
+        ),
+        ("imtl", imtl_g.present_imtl_g_weights, lambda n, p: (gramian(n), p)),
+    ]
+
+
+def test_compiled_solvers_take_the_task_mask_as_a_runtime_input():
+    # With missing tasks the mask changes from step to step: it must be a
+    # runtime input too, not a constant compiled into the program.
+    for name, fn, make_args in _present_solvers():
+        for num in (2, 4) if name == "cagrad" else (4,):
+            present = tf.constant([True, False] + [True] * (num - 2))
+            args = make_args(num, present)
+            compiled = tf.function(fn, autograph=False, jit_compile=True)
+            hlo = compiled.experimental_get_compiler_ir(*args)(stage="hlo")
+            entry = hlo[hlo.index("ENTRY") :]
+            entry = entry[: entry.index("\n}")]
+            tensors = sum(isinstance(a, tf.Tensor) for a in args)
+            assert entry.count("parameter(") == tensors, (name, num)
+
+
+def test_present_block_and_first_present():
+    from keras_mtl.weighting._present_task_ops import first_present, present_block
+
+    matrix = tf.constant(np.arange(16.0).reshape(4, 4) + 1.0)
+    present = tf.constant([True, False, True, False])
+    block = present_block(matrix, present).numpy()
+    expected = np.zeros((4, 4))
+    expected[np.ix_([0, 2], [0, 2])] = matrix.numpy()[np.ix_([0, 2], [0, 2])]
+    np.testing.assert_array_equal(block, expected)
+    np.testing.assert_array_equal(
+        present_block(matrix, present, diagonal=1.0).numpy(),
+        expected + np.diag([0.0, 1.0, 0.0, 1.0]),
+    )
+    np.testing.assert_array_equal(first_present(present).numpy(), [1, 0, 0, 0])
+    np.testing.assert_array_equal(
+        first_present(tf.constant([False, False, True, True])).numpy(), [0, 0, 1, 0]
+    )
+    np.testing.assert_array_equal(first_present(tf.zeros([3], tf.bool)).numpy(), 0)
