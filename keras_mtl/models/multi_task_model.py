@@ -15,8 +15,10 @@ from keras_mtl import weighting
 from keras_mtl.models.task_graph import analyze_task_graph
 from keras_mtl.models.training_hooks import NonFiniteGuard, TrainingHooks
 from keras_mtl.utils.serialization import register_serializable
+from keras_mtl.weighting.registry import registered_strategies
 
 _NONFINITE_MODES = ("raise", "skip")
+_PER_TASK_GRADIENTS = ("matrix", "gramian")
 
 
 @register_serializable
@@ -288,6 +290,7 @@ class MultiTaskModel(keras.Model):
         on_nonfinite="raise",
         task_sampling=None,
         missing_labels=None,
+        per_task_gradients="matrix",
         run_eagerly=False,
         steps_per_execution=1,
         jit_compile="auto",
@@ -337,6 +340,21 @@ class MultiTaskModel(keras.Model):
                 leaves the strategy's state for it untouched (gradient
                 methods drop its row). Only strategies with
                 `supports_missing_tasks` accept it.
+            per_task_gradients: how a gradient method's per-task gradients
+                of the shared variables are combined. `"matrix"` (default):
+                the model forms the `(T, P)` matrix G of per-task gradients
+                and the strategy returns the update from it. `"gramian"`:
+                only for strategies that need just the Gramian
+                (`requires == "gramian"`: MGDA, PCGrad, Nash-MTL, IMTL-G,
+                UPGrad, ...) and parameter gradients (not `rep_grad`). The
+                model never forms G: it sums the Gramian variable by variable,
+                G G^T = sum_v G_v G_v^T (G_v: the columns of variable v),
+                and obtains the update sum_t w_t g_t as the gradient of
+                sum_t w_t L_t, one more backward pass. Memory then grows
+                with T times the largest shared variable, not with T * P
+                (measured in `benchmarks/many_tasks.py`), at the cost of
+                that extra backward pass. The update is the same up to
+                floating-point rounding.
             run_eagerly, steps_per_execution, jit_compile, auto_scale_loss:
                 as for `keras.Model.compile`. `jit_compile=True` compiles
                 the whole step, strategy included, with XLA.
@@ -369,6 +387,9 @@ class MultiTaskModel(keras.Model):
         self._on_nonfinite = on_nonfinite
         self._set_task_sampling(task_sampling, strategy)
         self._missing_labels = self._resolve_missing_labels(missing_labels, strategy)
+        self._per_task_gradients = _check_per_task_gradients(
+            per_task_gradients, strategy
+        )
         # Kept in a plain holder, not a dict attribute: Keras' saving walks
         # dict attributes and would save the optimizer and the strategy a
         # second time (and warn when loading them back).
@@ -379,6 +400,7 @@ class MultiTaskModel(keras.Model):
             on_nonfinite=on_nonfinite,
             task_sampling=task_sampling,
             missing_labels=missing_labels,
+            per_task_gradients=per_task_gradients,
             run_eagerly=run_eagerly,
             steps_per_execution=steps_per_execution,
             # The argument, not its resolution: "auto" resolves again where
@@ -1184,7 +1206,7 @@ class MultiTaskModel(keras.Model):
                 y, y_pred, sample_weights
             )
             task_objectives, strategy_objective = self._task_objectives(
-                strategy, losses
+                strategy, losses, counts
             )
             extra = self._extra_objective(aux_losses)
         rows, summed_rows, own_grads = [], [], []
@@ -1270,50 +1292,53 @@ class MultiTaskModel(keras.Model):
                 x, y, sample_weights
             )
             task_objectives, strategy_objective = self._task_objectives(
-                strategy, losses
+                strategy, losses, counts
             )
+            stacked_objectives = ops.stack(task_objectives)
             extra = self._extra_objective(aux_losses)
-        rows, own_grads = [], []
+        # shared_grads[t][i]: task t's gradient of shared variable i.
+        shared_grads, own_grads = [], []
         for t, task in enumerate(self.task_names):
             variables = [*shared, *own[task]]
             grads = tape.gradient(task_objectives[t], variables)
             grads = [
                 ops.zeros_like(v) if g is None else g for g, v in zip(grads, variables)
             ]
-            rows.append(
-                ops.concatenate(
-                    [
-                        ops.reshape(ops.cast(g, "float32"), (-1,))
-                        for g in grads[: len(shared)]
-                    ]
-                )
-            )
+            shared_grads.append([ops.cast(g, "float32") for g in grads[: len(shared)]])
             own_grads.append(grads[len(shared) :])
-        matrix = _sum_over_replicas(ops.stack(rows))
-        scale = self._loss_scale()
-        if scale is not None:
-            matrix = matrix / scale
-        matrix = ops.where(finite, matrix, ops.zeros_like(matrix))
         self._update_compiled_metrics(finite, y, y_pred, sample_weights)
         safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
         kwargs = self._strategy_kwargs(counts)
-        update, weights = strategy(matrix, safe_losses, training=True, **kwargs)
-        if scale is not None:
-            update = update * scale
-        # The optimizer sums the replicas' gradients; the update is already
-        # that of the global batch on every replica.
-        update = update / _num_replicas()
+        if self._per_task_gradients == "gramian":
+            weights = self._weights_from_gramian(
+                strategy, shared_grads, finite, safe_losses, kwargs
+            )
+            # sum_t w_t g_t, as one backward pass of sum_t w_t L_t (the
+            # objectives carry the loss scale, as the other gradients do).
+            update_grads = tape.gradient(
+                stacked_objectives,
+                shared,
+                output_gradients=ops.cast(weights, stacked_objectives.dtype),
+            )
+            update_grads = [
+                ops.zeros_like(v) if g is None else ops.cast(g, v.dtype)
+                for g, v in zip(update_grads, shared)
+            ]
+        else:
+            update, weights = self._update_from_matrix(
+                strategy, shared_grads, finite, safe_losses, kwargs
+            )
+            update_grads, offset = [], 0
+            for variable in shared:
+                size = math.prod(variable.shape)
+                piece = ops.reshape(update[offset : offset + size], variable.shape)
+                update_grads.append(ops.cast(piece, variable.dtype))
+                offset += size
         task_grads, task_vars = self._scaled_head_gradients(
             strategy, safe_losses, weights, own_grads
         )
-        shared_grads, offset = [], 0
-        for variable in shared:
-            size = math.prod(variable.shape)
-            piece = ops.reshape(update[offset : offset + size], variable.shape)
-            shared_grads.append(ops.cast(piece, variable.dtype))
-            offset += size
         grads, variables = self._add_extra_gradients(
-            tape, extra, shared_grads + task_grads, list(shared) + task_vars
+            tape, extra, update_grads + task_grads, list(shared) + task_vars
         )
         grads, variables = self._add_strategy_gradients(
             tape, strategy_objective, grads, variables
@@ -1322,13 +1347,60 @@ class MultiTaskModel(keras.Model):
         finite = self._apply_if(finite, grads, variables)
         return _Step(y_pred, losses, aux_losses, weights, finite, counts)
 
-    def _task_objectives(self, strategy, losses):
+    def _update_from_matrix(self, strategy, shared_grads, finite, losses, kwargs):
+        """The strategy's `(P,)` update (loss-scaled) and `(T,)` weights from
+        the `(T, P)` matrix of per-task gradients of the global batch."""
+        rows = [
+            ops.concatenate([ops.reshape(g, (-1,)) for g in grads])
+            for grads in shared_grads
+        ]
+        matrix = _sum_over_replicas(ops.stack(rows))
+        scale = self._loss_scale()
+        if scale is not None:
+            matrix = matrix / scale
+        matrix = ops.where(finite, matrix, ops.zeros_like(matrix))
+        update, weights = strategy(matrix, losses, training=True, **kwargs)
+        if scale is not None:
+            update = update * scale
+        # The optimizer sums the replicas' gradients; the update is already
+        # that of the global batch on every replica.
+        return update / _num_replicas(), weights
+
+    def _weights_from_gramian(self, strategy, shared_grads, finite, losses, kwargs):
+        """The strategy's `(T,)` weights from the Gramian of the global
+        batch's per-task gradients, summed variable by variable so that the
+        `(T, P)` matrix is never formed (`per_task_gradients="gramian"`)."""
+        gramian = None
+        for i in range(len(shared_grads[0])):
+            block = ops.stack([ops.reshape(grads[i], (-1,)) for grads in shared_grads])
+            block = _sum_over_replicas(block)
+            term = ops.matmul(block, ops.transpose(block))
+            gramian = term if gramian is None else gramian + term
+        scale = self._loss_scale()
+        if scale is not None:
+            gramian = gramian / ops.square(scale)
+        gramian = ops.where(finite, gramian, ops.zeros_like(gramian))
+        weights = ops.cast(
+            strategy.compute_weights(gramian, losses, training=True, **kwargs),
+            "float32",
+        )
+        if "task_mask" in kwargs:
+            weights = weights * kwargs["task_mask"]
+        return weights
+
+    def _task_objectives(self, strategy, losses, counts=None):
         """The (loss-scaled) objective of each task's gradient, and what
         trains the strategy's own variables (None when it has none).
 
         Called inside the tape. Per-task gradients are those of the
-        strategy's `transform_losses` (the identity for most methods)."""
-        transformed = ops.cast(strategy.transform_losses(losses), "float32")
+        strategy's `transform_losses` (the identity for most methods), told
+        which tasks are present when the model has missing labels."""
+        task_mask = _task_mask(counts)
+        if task_mask is None:
+            transformed = strategy.transform_losses(losses)
+        else:
+            transformed = strategy.transform_losses(losses, task_mask=task_mask)
+        transformed = ops.cast(transformed, "float32")
         objectives = [
             self.optimizer.scale_loss(transformed[t]) for t in range(self.num_tasks)
         ]
@@ -1546,6 +1618,34 @@ def _rank_one_across_workers(logs):
     ):
         return logs
     return {key: tf.reshape(value, (1,)) for key, value in logs.items()}
+
+
+def _check_per_task_gradients(per_task_gradients, strategy):
+    """Validates `compile(per_task_gradients=...)` against the strategy."""
+    if per_task_gradients not in _PER_TASK_GRADIENTS:
+        raise ValueError(
+            f"per_task_gradients must be one of {_PER_TASK_GRADIENTS}, got "
+            f"{per_task_gradients!r}."
+        )
+    if per_task_gradients == "gramian":
+        if strategy.requires != "gramian" or getattr(strategy, "rep_grad", False):
+            names = sorted(
+                name
+                for name, cls in registered_strategies().items()
+                if cls.requires == "gramian"
+            )
+            reason = (
+                "rep_grad=True (gradients of the shared representation)"
+                if getattr(strategy, "rep_grad", False)
+                else f"requires={strategy.requires!r}"
+            )
+            raise ValueError(
+                "per_task_gradients='gramian' needs a strategy whose weights "
+                "come from the Gramian of the per-task parameter gradients; "
+                f"{type(strategy).__name__} has {reason}. Strategies with "
+                f"requires='gramian': {names}."
+            )
+    return per_task_gradients
 
 
 def _check_jit_compile(jit_compile, distribution):

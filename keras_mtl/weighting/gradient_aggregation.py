@@ -103,7 +103,7 @@ class GradientAggregation(Strategy):
         weights = ops.cast(weights, grads.dtype)
         return ops.matmul(weights[None, :], grads)[0], weights
 
-    def transform_losses(self, losses):
+    def transform_losses(self, losses, task_mask=None):
         """The task losses whose per-task gradients the model computes.
 
         Called by the model inside its gradient tape on the `(T,)` task
@@ -111,8 +111,11 @@ class GradientAggregation(Strategy):
         variables (IMTL's loss scales) returns a transformation of the
         losses; the model then trains those variables with the gradient of
         the sum of the transformed losses, while `call` still receives the
-        untransformed losses.
+        untransformed losses. `task_mask` is passed as to `call` (only to
+        strategies with `supports_missing_tasks`): an absent task's term
+        should then be 0, so that its variables get no gradient.
         """
+        del task_mask
         return losses
 
     def head_gradient_scales(self, losses, weights):

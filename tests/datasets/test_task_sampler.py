@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from model_fixtures import digits_data
 
 import keras_mtl
 from keras_mtl.datasets.task_sampler import TaskSampler
-from tests.model_fixtures import digits_data
 
 SIZES = {"a": 900, "b": 100}
 

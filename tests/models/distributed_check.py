@@ -25,6 +25,9 @@ import keras_mtl  # noqa: E402
 
 
 def train(name, distribution):
+    """`name` is a strategy name, with ":gramian" for
+    `per_task_gradients="gramian"`."""
+    name, _, per_task = name.partition(":")
     keras.utils.set_random_seed(0)
     with distribution.scope():
         model = two_task_mlp()
@@ -32,6 +35,7 @@ def train(name, distribution):
             optimizer=keras.optimizers.SGD(0.1),
             loss=TWO_TASK_LOSSES,
             loss_weighting=keras_mtl.weighting.get(name),
+            per_task_gradients=per_task or "matrix",
         )
     x, y = two_task_data(n=64)
     history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)

@@ -7,7 +7,19 @@ import sys
 
 import pytest
 
-STRATEGIES = ["ew", "uw", "dwa", "slaw", "famo", "db_mtl", "pcgrad", "mgda", "nash_mtl"]
+# ":gramian": compiled with per_task_gradients="gramian".
+STRATEGIES = [
+    "ew",
+    "uw",
+    "dwa",
+    "slaw",
+    "famo",
+    "db_mtl",
+    "pcgrad",
+    "mgda",
+    "nash_mtl",
+    "nash_mtl:gramian",
+]
 
 
 @pytest.mark.slow

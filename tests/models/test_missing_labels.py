@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
+from model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp
 
 import keras_mtl
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.loss_weighting import LossWeighting
-from tests.model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp
 
 
 class PerTaskCounter(LossWeighting):
@@ -197,6 +197,25 @@ def test_absent_task_state_stays_under_momentum_optimizer():
     after = model.loss_weighting.scale.numpy()
     assert after[0] == scale[0]
     assert after[1] != scale[1]
+
+
+def test_absent_task_gives_its_own_strategy_variable_no_gradient():
+    """Hybrid IMTL trains its loss scales s_t through `transform_losses`,
+    which the model tells which tasks are present: an absent task's term
+    e^s L - s is left out, so Adam never sees a gradient for its s_t (its
+    first moment stays exactly 0), while the present task's s_t moves."""
+    x, y = two_task_data(n=16)
+    y["reg"] = np.full_like(y["reg"], np.nan)
+    strategy = keras_mtl.weighting.get(
+        {"class_name": "imtl", "config": {"loss_scaling": True}}
+    )
+    model = _compiled(strategy, optimizer=keras.optimizers.Adam(0.1))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    scales = strategy.loss_scales
+    momentum = model.optimizer._momentums[model.optimizer._get_variable_index(scales)]
+    assert momentum.numpy()[1] == 0.0
+    assert momentum.numpy()[0] != 0.0
+    assert scales.numpy()[1] == 0.0 and scales.numpy()[0] != 0.0
 
 
 def test_gradient_methods_get_the_mask_and_a_zero_row_for_absent_tasks():
