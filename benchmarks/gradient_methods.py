@@ -10,11 +10,14 @@ the ratio to the per-task gradients alone (the cost of the aggregation
 itself), the quartiles of that ratio over the rounds (a noisy machine shows
 as a wide range) and the allocator's peak memory.
 
-The timed epochs are interleaved: every model is built and compiled first,
-then each round times one epoch of every model (in a rotated order), so
-that a change in the machine's load hits all of them alike. The ratios are
-the medians over rounds of the ratios within a round, the times the
-medians over rounds.
+The timed steps are interleaved: every model is built, compiled and warmed
+up (one `fit` epoch) first, then each round times `--steps` calls of every
+model's compiled train function (in a rotated order; no `fit` set-up or
+callbacks in the time), so that a change in the machine's load hits all of
+them alike. The ratios are the medians over rounds of the ratios within a
+round, the times the medians over rounds. With `--gramian_path`, the
+Gramian methods also run with `compile(per_task_gradients="gramian")` (no
+(T, P) matrix, one extra backward pass).
 
 With `--aggregation_only` it times instead the strategy's call alone on
 random `(T, P)` gradient matrices (P = the small CNN's shared parameters,
@@ -36,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from _timing import EpochTimer  # noqa: E402
+from _timing import step_runner  # noqa: E402
 from absl import app, flags  # noqa: E402
 from keras import ops  # noqa: E402
 
@@ -49,6 +52,11 @@ flags.DEFINE_list("xla", ["false", "true"], "XLA settings to run.")
 flags.DEFINE_integer("steps", 20, "Timed steps per epoch.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds (medians are reported).")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_bool(
+    "gramian_path",
+    False,
+    "Also time Gramian methods with compile(per_task_gradients='gramian').",
+)
 flags.DEFINE_bool(
     "aggregation_only", False, "Time the strategies' calls alone (see the docstring)."
 )
@@ -96,7 +104,10 @@ def gradient_methods():
 
 
 def variants(names):
-    """(label, strategy factory) pairs, with the rep_grad and Nash options."""
+    """(label, strategy factory) pairs, with the rep_grad and Nash options
+    (and, with `--gramian_path`, the Gramian path of Gramian methods: a
+    label ending in "(gramian path)" compiles with
+    `per_task_gradients="gramian"`)."""
     result = [("ew", lambda: "ew"), ("per-task grads", SumRows)]
     result.append(("per-task rep grads", lambda: SumRows(rep_grad=True)))
     for name in names:
@@ -108,22 +119,26 @@ def variants(names):
             result.append(
                 ("nash_mtl (every 50)", lambda cls=cls: cls(update_weights_every=50))
             )
+        if FLAGS.gramian_path and cls.requires == "gramian":
+            result.append((f"{name} (gramian path)", lambda cls=cls: cls()))
     return result
 
 
-def timed_epoch(model, data, steps):
-    """Seconds per step of one `fit` epoch and the allocator's peak bytes."""
-    timer = EpochTimer()
+def timed_steps(run):
+    """Seconds per step of one call of a `step_runner` and the allocator's
+    peak bytes during it."""
     try:
         tf.config.experimental.reset_memory_stats("CPU:0")
     except (ValueError, RuntimeError):
         pass
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
+    start = time.perf_counter()
+    run()
+    seconds = (time.perf_counter() - start) / FLAGS.steps
     try:
         peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
     except (ValueError, RuntimeError):
         peak = float("nan")
-    return timer.times[0] / steps, peak
+    return seconds, peak
 
 
 def run(num_tasks, xla, entries):
@@ -137,17 +152,18 @@ def run(num_tasks, xla, entries):
             optimizer="sgd",
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             loss_weighting=factory(),
+            per_task_gradients="gramian" if "gramian path" in label else "matrix",
             jit_compile=xla,
         )
         # Warm-up: tracing, XLA compilation, the strategy's first solves.
         model.fit(data, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
-        models.append((label, model))
+        models.append((label, step_runner(model, iter(data), FLAGS.steps)))
     times = {label: [] for label, _ in models}
     peaks = {label: 0.0 for label, _ in models}
     for round_index in range(FLAGS.repeats):
         shift = round_index % len(models)
-        for label, model in models[shift:] + models[:shift]:
-            seconds, peak = timed_epoch(model, data, FLAGS.steps)
+        for label, run in models[shift:] + models[:shift]:
+            seconds, peak = timed_steps(run)
             times[label].append(seconds)
             peaks[label] = max(peaks[label], peak)
     for label, _ in models:

@@ -15,11 +15,16 @@ For every loss-based strategy the script prints:
   weights averaged over the last epoch;
 - the training step time under XLA (and without) as a ratio to equal
   weighting; each strategy is timed in alternation with its own equal
-  weighting reference (`_timing.time_interleaved`), so that the ratio is
-  not the machine's load drifting between two measurements;
+  weighting reference (`_timing.time_interleaved`: the compiled training
+  step alone, on batches held in memory), so that the ratio is not the
+  machine's load drifting between two measurements;
 - for strategies that recompute the losses after the update (FAMO), the
   target "one extra forward pass": (EW step + forward pass) / EW step,
   with the forward pass (and task losses) timed on the same batch.
+
+DTP needs a per-task KPI in [0, 1], which regression has not: it runs with
+the cosine similarity of prediction and target as KPI, and its equal
+weighting reference computes the same metric.
 
     python benchmarks/loss_weighting_regression.py   # 10 tasks, sigma_t = t
     python benchmarks/loss_weighting_regression.py --sigmas=1,10 --steps=3000
@@ -47,10 +52,12 @@ FLAGS = flags.FLAGS
 
 BATCH = 304
 # Strategies that cannot run on this problem with default arguments.
-_SKIPPED = {
-    "static": "needs explicit weights",
-    "dtp": "needs a KPI metric in [0, 1]; regression tasks have none",
-}
+_SKIPPED = {"static": "needs explicit weights"}
+# Strategies that need a per-task KPI metric in [0, 1]: regression tasks have
+# none, so they (and their equal-weighting timing reference) are compiled
+# with the cosine similarity of prediction and target as the KPI (DTP clips
+# it to [epsilon, max_kpi]).
+_KPI = {"dtp": "cosine_similarity"}
 
 
 def mtregression(sigmas, seed, samples=10_000):
@@ -85,13 +92,19 @@ def loss_strategies():
     return names
 
 
-def compiled(name, num_tasks, jit_compile):
+def compiled(name, num_tasks, jit_compile, kpi=None):
+    """The model compiled with strategy `name`; with `kpi`, every task also
+    gets that metric (and a strategy with a `kpi` argument uses it)."""
     keras.utils.set_random_seed(FLAGS.seed)
     model = build_model(num_tasks)
+    strategy = name
+    if kpi is not None and name != "ew":
+        strategy = {"class_name": name, "config": {"kpi": kpi}}
     model.compile(
         optimizer=keras.optimizers.Adam(7e-4, clipnorm=0.5),
         loss="mse",
-        loss_weighting=name,
+        loss_weighting=strategy,
+        metrics=[kpi] if kpi else None,
         jit_compile=jit_compile,
     )
     return model
@@ -112,10 +125,11 @@ def main(argv):
         f"{num_tasks} tasks, sigmas {sigmas.tolist()}, {FLAGS.steps} steps of "
         f"batch {BATCH}.\n"
         f"{'strategy':<10} {'norm. loss':>10} {'weight err':>10} "
-        f"{'x EW':>8} {'target':>7} {'x EW XLA':>8} {'target':>7}"
+        f"{'x EW':>8} {'target':>7} {'x EW XLA':>8} {'target':>7} "
+        f"{'EW ms/step':>10} {'(XLA)':>6}"
     )
     for name in ["ew", *[n for n in names if n != "ew"]]:
-        model = compiled(name, num_tasks, jit_compile=False)
+        model = compiled(name, num_tasks, jit_compile=False, kpi=_KPI.get(name))
         epochs = max(1, FLAGS.steps // 100)
         history = model.fit(train, steps_per_epoch=100, epochs=epochs, verbose=0)
         result = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
@@ -127,16 +141,24 @@ def main(argv):
         )
         weight_error = np.mean((num_tasks * weights / weights.sum() - ideal) ** 2)
         row = f"{name:<10} {normalised:>10.4f} {weight_error:>10.4f}"
+        references = []
         for xla in (False, True):
-            ratio, target = timing_ratio(name, num_tasks, xla, train)
+            ratio, target, reference = timing_ratio(name, num_tasks, xla, train)
             row += f" {ratio:>8.3f}" + (f" {target:>7.3f}" if target else " " * 8)
+            references.append(reference)
+        row += f" {1e3 * references[0]:>10.2f} {1e3 * references[1]:>6.2f}"
         print(row, flush=True)
 
 
 def timing_ratio(name, num_tasks, jit_compile, train):
-    """(strategy / EW step time, the extra-forward target or None)."""
-    strategy_model = compiled(name, num_tasks, jit_compile)
-    candidates = {"ew": compiled("ew", num_tasks, jit_compile), name: strategy_model}
+    """(strategy / EW step time, the extra-forward target or None, EW's
+    seconds per step)."""
+    kpi = _KPI.get(name)
+    strategy_model = compiled(name, num_tasks, jit_compile, kpi)
+    candidates = {
+        "ew": compiled("ew", num_tasks, jit_compile, kpi),
+        name: strategy_model,
+    }
     extra_forward = strategy_model.loss_weighting.uses_post_step_losses
     if extra_forward:
         candidates["forward"] = forward_runner(strategy_model, train, jit_compile)
@@ -144,13 +166,14 @@ def timing_ratio(name, num_tasks, jit_compile, train):
     target = None
     if extra_forward:
         target = (times["ew"] + times["forward"]) / times["ew"]
-    return times[name] / times["ew"], target
+    return times[name] / times["ew"], target, times["ew"]
 
 
 def forward_runner(model, train, jit_compile):
     """Runs `timing_steps` forward passes with the task losses, compiled
-    like the training step, on batches of the training pipeline."""
-    iterator = iter(train)
+    like the training step, on batches held in memory (as the timed steps
+    of `time_interleaved`)."""
+    iterator = iter(train.take(8).cache().repeat())
     losses = {t: keras.losses.MeanSquaredError() for t in model.task_names}
 
     @tf.function(jit_compile=jit_compile)

@@ -29,6 +29,16 @@ only the Gramian (`requires == "gramian"`: its weights come from the (T, T)
 matrix G G^T) should add no memory that grows with T * P: at most a few
 (P,) vectors (the update itself is one).
 
+Table 3 (the Gramian path): at T = `--sweep_tasks`, the trunk is deepened
+(`--depths` hidden layers of the same width) so that P grows while the
+largest shared variable stays the same. Each Gramian method runs with
+`compile(per_task_gradients="matrix")` (the (T, P) matrix) and with
+`per_task_gradients="gramian"` (the Gramian summed variable by variable, one
+extra backward pass). The memory beyond equal weighting is printed in MB,
+in (T, P) float32 matrices and in T x (largest shared variable) blocks: the
+matrix path grows with P, the Gramian path should stay at a few blocks
+whatever P.
+
     python benchmarks/many_tasks.py
     python benchmarks/many_tasks.py --tasks=2,10 --loss_methods=dwa \
         --gradient_methods=mgda --widths=1,4
@@ -62,7 +72,11 @@ flags.DEFINE_bool("jit_compile", False, "Compile the steps with XLA.")
 flags.DEFINE_list(
     "widths", ["1", "4"], "Trunk width multipliers of table 2 (empty: no table 2)."
 )
-flags.DEFINE_integer("sweep_tasks", 10, "Number of tasks of table 2.")
+flags.DEFINE_integer("sweep_tasks", 10, "Number of tasks of tables 2 and 3.")
+flags.DEFINE_list(
+    "depths", ["2", "6", "12"], "Trunk depths of table 3 (empty: no table 3)."
+)
+flags.DEFINE_integer("depth_width", 4, "Width multiplier of table 3.")
 FLAGS = flags.FLAGS
 
 
@@ -81,10 +95,13 @@ INPUT_DIM = 256
 BATCH = 128
 
 
-def mlp(num_tasks, width=1):
+def mlp(num_tasks, width=1, depth=2):
+    """`depth` hidden layers: the first of HIDDEN[0] * width units, the
+    others of HIDDEN[1] * width."""
     inputs = keras.Input((INPUT_DIM,))
     h = keras.layers.Dense(HIDDEN[0] * width, activation="relu")(inputs)
-    h = keras.layers.Dense(HIDDEN[1] * width, activation="relu")(h)
+    for _ in range(depth - 1):
+        h = keras.layers.Dense(HIDDEN[1] * width, activation="relu")(h)
     outputs = {f"t{t}": keras.layers.Dense(1)(h) for t in range(num_tasks)}
     return keras_mtl.MultiTaskModel(inputs, outputs)
 
@@ -99,18 +116,19 @@ def dataset(num_tasks):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).repeat()
 
 
-def measure(num_tasks, identifier, data, width=1):
+def measure(num_tasks, identifier, data, width=1, depth=2, per_task="matrix"):
     """(seconds per step, peak bytes, warm-up seconds, P) of one strategy on
     a fresh model."""
     keras.backend.clear_session()
     gc.collect()
     keras.utils.set_random_seed(0)
-    model = mlp(num_tasks, width)
+    model = mlp(num_tasks, width, depth)
     strategy = identifier() if callable(identifier) else identifier
     model.compile(
         optimizer="sgd",
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
         loss_weighting=strategy,
+        per_task_gradients=per_task,
         jit_compile=FLAGS.jit_compile,
     )
     num_shared = sum(int(np.prod(v.shape)) for v in model.shared_variables)
@@ -209,6 +227,43 @@ def parameter_table():
             )
 
 
+def gramian_table():
+    depths = [int(d) for d in FLAGS.depths]
+    if not depths:
+        return
+    num_tasks, width = FLAGS.sweep_tasks, FLAGS.depth_width
+    print()
+    print(
+        f"{'T':>4} {'depth':>5} {'P':>9}  {'method':<10} {'per-task':<8} "
+        f"{'ms/step':>8} {'peak MB':>8} {'+MB vs EW':>9} {'TP-mats':>8} "
+        f"{'T-blocks':>8}"
+    )
+    data = dataset(num_tasks)
+    methods = [("ew", "matrix")]
+    for name in FLAGS.gradient_methods:
+        if keras_mtl.weighting.registry.lookup(name).requires == "gramian":
+            methods += [(name, "matrix"), (name, "gramian")]
+    for depth in depths:
+        ew_peak = None
+        for name, per_task in methods:
+            seconds, peak, _, num_shared = measure(
+                num_tasks, name, data, width, depth, per_task
+            )
+            if ew_peak is None:
+                ew_peak = peak
+            model = mlp(1, width, depth)
+            largest = max(int(np.prod(v.shape)) for v in model.trainable_variables)
+            extra = peak - ew_peak
+            print(
+                f"{num_tasks:>4} {depth:>5} {num_shared:>9}  {name:<10} "
+                f"{per_task if name != 'ew' else '-':<8} {1e3 * seconds:>8.2f} "
+                f"{peak / 2**20:>8.1f} {extra / 2**20:>9.1f} "
+                f"{extra / (4 * num_tasks * num_shared):>8.2f} "
+                f"{extra / (4 * num_tasks * largest):>8.2f}",
+                flush=True,
+            )
+
+
 def main(argv):
     del argv
     print(
@@ -222,6 +277,7 @@ def main(argv):
     if FLAGS.tasks:
         task_table()
     parameter_table()
+    gramian_table()
 
 
 if __name__ == "__main__":
