@@ -34,8 +34,8 @@ Table 3 (the Gramian path): at T = `--sweep_tasks`, the trunk is deepened
 largest shared variable stays the same. Each Gramian method runs with
 `compile(per_task_gradients="matrix")` (the (T, P) matrix) and with
 `per_task_gradients="gramian"` (the Gramian summed variable by variable, one
-extra backward pass). The memory beyond equal weighting is printed in MB,
-in (T, P) float32 matrices and in T x (largest shared variable) blocks: the
+extra backward pass). The memory beyond equal weighting is printed in MB, in
+(T, P) float32 matrices and in T x (largest shared variable) blocks: the
 matrix path grows with P, the Gramian path should stay at a few blocks
 whatever P.
 
@@ -77,6 +77,11 @@ flags.DEFINE_list(
     "depths", ["2", "6", "12"], "Trunk depths of table 3 (empty: no table 3)."
 )
 flags.DEFINE_integer("depth_width", 4, "Width multiplier of table 3.")
+flags.DEFINE_list(
+    "per_task_modes",
+    ["matrix", "gramian"],
+    "compile(per_task_gradients=...) settings of table 3.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -234,7 +239,7 @@ def gramian_table():
     num_tasks, width = FLAGS.sweep_tasks, FLAGS.depth_width
     print()
     print(
-        f"{'T':>4} {'depth':>5} {'P':>9}  {'method':<10} {'per-task':<8} "
+        f"{'T':>4} {'depth':>5} {'P':>9}  {'method':<10} {'per-task':<18} "
         f"{'ms/step':>8} {'peak MB':>8} {'+MB vs EW':>9} {'TP-mats':>8} "
         f"{'T-blocks':>8}"
     )
@@ -242,7 +247,7 @@ def gramian_table():
     methods = [("ew", "matrix")]
     for name in FLAGS.gradient_methods:
         if keras_mtl.weighting.registry.lookup(name).requires == "gramian":
-            methods += [(name, "matrix"), (name, "gramian")]
+            methods += [(name, mode) for mode in FLAGS.per_task_modes]
     for depth in depths:
         ew_peak = None
         for name, per_task in methods:
@@ -256,7 +261,7 @@ def gramian_table():
             extra = peak - ew_peak
             print(
                 f"{num_tasks:>4} {depth:>5} {num_shared:>9}  {name:<10} "
-                f"{per_task if name != 'ew' else '-':<8} {1e3 * seconds:>8.2f} "
+                f"{per_task if name != 'ew' else '-':<18} {1e3 * seconds:>8.2f} "
                 f"{peak / 2**20:>8.1f} {extra / 2**20:>9.1f} "
                 f"{extra / (4 * num_tasks * num_shared):>8.2f} "
                 f"{extra / (4 * num_tasks * largest):>8.2f}",

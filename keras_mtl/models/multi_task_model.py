@@ -1296,22 +1296,24 @@ class MultiTaskModel(keras.Model):
             )
             stacked_objectives = ops.stack(task_objectives)
             extra = self._extra_objective(aux_losses)
-        # shared_grads[t][i]: task t's gradient of shared variable i.
-        shared_grads, own_grads = [], []
+        # blocks[i]: the (T, P_i) per-task gradients of shared variable i.
+        blocks, own_grads = [[] for _ in shared], []
         for t, task in enumerate(self.task_names):
             variables = [*shared, *own[task]]
             grads = tape.gradient(task_objectives[t], variables)
             grads = [
                 ops.zeros_like(v) if g is None else g for g, v in zip(grads, variables)
             ]
-            shared_grads.append([ops.cast(g, "float32") for g in grads[: len(shared)]])
+            for i, grad in enumerate(grads[: len(shared)]):
+                blocks[i].append(ops.reshape(ops.cast(grad, "float32"), (-1,)))
             own_grads.append(grads[len(shared) :])
+        blocks = [ops.stack(rows) for rows in blocks]
         self._update_compiled_metrics(finite, y, y_pred, sample_weights)
         safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
         kwargs = self._strategy_kwargs(counts)
-        if self._per_task_gradients == "gramian":
+        if self._per_task_gradients != "matrix":
             weights = self._weights_from_gramian(
-                strategy, shared_grads, finite, safe_losses, kwargs
+                strategy, blocks, finite, safe_losses, kwargs
             )
             # sum_t w_t g_t, as one backward pass of sum_t w_t L_t (the
             # objectives carry the loss scale, as the other gradients do).
@@ -1326,7 +1328,7 @@ class MultiTaskModel(keras.Model):
             ]
         else:
             update, weights = self._update_from_matrix(
-                strategy, shared_grads, finite, safe_losses, kwargs
+                strategy, blocks, finite, safe_losses, kwargs
             )
             update_grads, offset = [], 0
             for variable in shared:
@@ -1347,14 +1349,11 @@ class MultiTaskModel(keras.Model):
         finite = self._apply_if(finite, grads, variables)
         return _Step(y_pred, losses, aux_losses, weights, finite, counts)
 
-    def _update_from_matrix(self, strategy, shared_grads, finite, losses, kwargs):
+    def _update_from_matrix(self, strategy, blocks, finite, losses, kwargs):
         """The strategy's `(P,)` update (loss-scaled) and `(T,)` weights from
-        the `(T, P)` matrix of per-task gradients of the global batch."""
-        rows = [
-            ops.concatenate([ops.reshape(g, (-1,)) for g in grads])
-            for grads in shared_grads
-        ]
-        matrix = _sum_over_replicas(ops.stack(rows))
+        the `(T, P)` matrix of per-task gradients of the global batch
+        (`blocks`: one `(T, P_v)` block per shared variable)."""
+        matrix = _sum_over_replicas(ops.concatenate(blocks, axis=1))
         scale = self._loss_scale()
         if scale is not None:
             matrix = matrix / scale
@@ -1366,13 +1365,12 @@ class MultiTaskModel(keras.Model):
         # that of the global batch on every replica.
         return update / _num_replicas(), weights
 
-    def _weights_from_gramian(self, strategy, shared_grads, finite, losses, kwargs):
+    def _weights_from_gramian(self, strategy, blocks, finite, losses, kwargs):
         """The strategy's `(T,)` weights from the Gramian of the global
-        batch's per-task gradients, summed variable by variable so that the
-        `(T, P)` matrix is never formed (`per_task_gradients="gramian"`)."""
+        batch's per-task gradients, summed over the `(T, P_v)` blocks of the
+        shared variables so that the `(T, P)` matrix is never formed."""
         gramian = None
-        for i in range(len(shared_grads[0])):
-            block = ops.stack([ops.reshape(grads[i], (-1,)) for grads in shared_grads])
+        for block in blocks:
             block = _sum_over_replicas(block)
             term = ops.matmul(block, ops.transpose(block))
             gramian = term if gramian is None else gramian + term
@@ -1627,7 +1625,7 @@ def _check_per_task_gradients(per_task_gradients, strategy):
             f"per_task_gradients must be one of {_PER_TASK_GRADIENTS}, got "
             f"{per_task_gradients!r}."
         )
-    if per_task_gradients == "gramian":
+    if per_task_gradients != "matrix":
         if strategy.requires != "gramian" or getattr(strategy, "rep_grad", False):
             names = sorted(
                 name
@@ -1640,7 +1638,8 @@ def _check_per_task_gradients(per_task_gradients, strategy):
                 else f"requires={strategy.requires!r}"
             )
             raise ValueError(
-                "per_task_gradients='gramian' needs a strategy whose weights "
+                f"per_task_gradients={per_task_gradients!r} needs a strategy "
+                "whose weights "
                 "come from the Gramian of the per-task parameter gradients; "
                 f"{type(strategy).__name__} has {reason}. Strategies with "
                 f"requires='gramian': {names}."
