@@ -179,6 +179,53 @@ class Gate(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (self.num_experts,)
 
 
+class ExpertTowers:
+    """Mixin of `MMoE` and `ProgressiveLayeredExtraction`: layers whose gated
+    mixtures of expert MLPs give one output (tower input) per task.
+
+    Holds the options their experts and gates share, checks the input's
+    feature axis and gives the `num_tasks` output shapes.
+    """
+
+    def _set_expert_options(
+        self,
+        expert_activation,
+        gate_use_bias,
+        kernel_initializer,
+        bias_initializer,
+        kernel_regularizer,
+    ):
+        self.expert_activation = expert_activation
+        self.gate_use_bias = bool(gate_use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        keras.activations.get(expert_activation)  # validates the name
+
+    def _expert_options_config(self):
+        """The shared options, serialized for `get_config`."""
+        return dict(
+            expert_activation=keras.activations.serialize(
+                keras.activations.get(self.expert_activation)
+            ),
+            gate_use_bias=self.gate_use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+        )
+
+    def _check_feature_axis(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a known last (feature) axis, got "
+                f"input shape {input_shape}."
+            )
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape[:-1]) + (self.expert_units[-1],)
+        return [shape for _ in range(self.num_tasks)]
+
+
 def mix(gate, experts):
     """Gate-weighted sum of experts: `(..., E)` x `(..., E, U)` -> `(..., U)`."""
     return ops.einsum("...e,...eu->...u", gate, experts)

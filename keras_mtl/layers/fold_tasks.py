@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-from keras import layers, ops
+from keras import ops
 
+from keras_mtl.layers._task_blocks import TaskBlocks
 from keras_mtl.utils.serialization import register_serializable
 
 
 @register_serializable
-class FoldTasks(layers.Layer):
+class FoldTasks(TaskBlocks):
     """Folds a task axis into the batch: T stacked copies of the input.
 
     `x` of shape `(B, ...)` becomes `(T * B, ...)`, where rows `t*B` to
@@ -39,32 +39,11 @@ class FoldTasks(layers.Layer):
         ICCV 2019. arXiv:1903.12117.
     """
 
-    def __init__(self, num_tasks, **kwargs):
-        super().__init__(**kwargs)
-        if (
-            isinstance(num_tasks, bool)
-            or not isinstance(num_tasks, int | np.integer)
-            or num_tasks < 1
-        ):
-            raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}.")
-        self.num_tasks = int(num_tasks)
-        self.supports_masking = True
-
-    def call(self, inputs):
-        return ops.tile(inputs, (self.num_tasks,) + (1,) * (len(inputs.shape) - 1))
-
-    def compute_mask(self, inputs, mask=None):
-        if mask is None:
-            return None
-        return ops.tile(mask, (self.num_tasks,) + (1,) * (len(mask.shape) - 1))
+    def _blocks(self, x):
+        return ops.tile(x, (self.num_tasks,) + (1,) * (len(x.shape) - 1))
 
     def compute_output_shape(self, input_shape):
         batch = input_shape[0]
         return (None if batch is None else batch * self.num_tasks,) + tuple(
             input_shape[1:]
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(num_tasks=self.num_tasks)
-        return config

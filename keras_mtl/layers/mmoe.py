@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_mtl.layers._experts import (
     ExpertBank,
+    ExpertTowers,
     Gate,
     check_count,
     mix,
@@ -16,7 +17,7 @@ from keras_mtl.utils.serialization import register_serializable
 
 
 @register_serializable
-class MMoE(keras.layers.Layer):
+class MMoE(ExpertTowers, keras.layers.Layer):
     """Multi-gate Mixture-of-Experts: shared experts, one softmax gate per task.
 
     E expert networks f_1..f_E (identical MLPs with their own weights) read
@@ -83,19 +84,16 @@ class MMoE(keras.layers.Layer):
         self.num_tasks = check_count(num_tasks, "num_tasks", 1)
         self.num_experts = check_count(num_experts, "num_experts", 1)
         self.expert_units = normalize_units(expert_units)
-        self.expert_activation = expert_activation
-        self.gate_use_bias = bool(gate_use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        keras.activations.get(expert_activation)  # validates the name
+        self._set_expert_options(
+            expert_activation,
+            gate_use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+        )
 
     def build(self, input_shape):
-        if input_shape[-1] is None:
-            raise ValueError(
-                f"MMoE needs a known last (feature) axis, got input shape "
-                f"{input_shape}."
-            )
+        self._check_feature_axis(input_shape)
         self.experts = ExpertBank(
             self.num_experts,
             self.expert_units,
@@ -131,22 +129,12 @@ class MMoE(keras.layers.Layer):
             self.build(tuple(inputs.shape))
         return ops.stack([gate(inputs) for gate in self.gates], axis=-2)
 
-    def compute_output_shape(self, input_shape):
-        shape = tuple(input_shape[:-1]) + (self.expert_units[-1],)
-        return [shape for _ in range(self.num_tasks)]
-
     def get_config(self):
         config = super().get_config()
         config.update(
             num_tasks=self.num_tasks,
             num_experts=self.num_experts,
             expert_units=list(self.expert_units),
-            expert_activation=keras.activations.serialize(
-                keras.activations.get(self.expert_activation)
-            ),
-            gate_use_bias=self.gate_use_bias,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            bias_initializer=keras.initializers.serialize(self.bias_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            **self._expert_options_config(),
         )
         return config

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_mtl.layers._experts import (
     ExpertBank,
+    ExpertTowers,
     Gate,
     check_count,
     mix,
@@ -16,7 +17,7 @@ from keras_mtl.utils.serialization import register_serializable
 
 
 @register_serializable
-class ProgressiveLayeredExtraction(keras.layers.Layer):
+class ProgressiveLayeredExtraction(ExpertTowers, keras.layers.Layer):
     """PLE: stacked CGC levels of shared and task-specific experts.
 
     One Customized Gate Control (CGC) level holds m_s shared experts E_s and,
@@ -134,19 +135,16 @@ class ProgressiveLayeredExtraction(keras.layers.Layer):
                 )
         self.num_task_experts = num_task_experts
         self._task_counts = counts
-        self.expert_activation = expert_activation
-        self.gate_use_bias = bool(gate_use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        keras.activations.get(expert_activation)  # validates the name
+        self._set_expert_options(
+            expert_activation,
+            gate_use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+        )
 
     def build(self, input_shape):
-        if input_shape[-1] is None:
-            raise ValueError(
-                "ProgressiveLayeredExtraction needs a known last (feature) "
-                f"axis, got input shape {input_shape}."
-            )
+        self._check_feature_axis(input_shape)
         self.levels = []
         shape = tuple(input_shape)
         for level in range(self.num_levels):
@@ -162,10 +160,6 @@ class ProgressiveLayeredExtraction(keras.layers.Layer):
             task_inputs, shared_input = cgc(task_inputs, shared_input)
         return task_inputs
 
-    def compute_output_shape(self, input_shape):
-        shape = tuple(input_shape[:-1]) + (self.expert_units[-1],)
-        return [shape for _ in range(self.num_tasks)]
-
     def get_config(self):
         config = super().get_config()
         num_task_experts = self.num_task_experts
@@ -177,13 +171,7 @@ class ProgressiveLayeredExtraction(keras.layers.Layer):
             num_levels=self.num_levels,
             num_shared_experts=self.num_shared_experts,
             num_task_experts=num_task_experts,
-            expert_activation=keras.activations.serialize(
-                keras.activations.get(self.expert_activation)
-            ),
-            gate_use_bias=self.gate_use_bias,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            bias_initializer=keras.initializers.serialize(self.bias_initializer),
-            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            **self._expert_options_config(),
         )
         return config
 

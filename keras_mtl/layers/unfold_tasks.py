@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-from keras import layers, ops
+from keras import ops
 
+from keras_mtl.layers._task_blocks import TaskBlocks
 from keras_mtl.utils.serialization import register_serializable
 
 
 @register_serializable
-class UnfoldTasks(layers.Layer):
+class UnfoldTasks(TaskBlocks):
     """Splits a task-folded batch `(T * B, ...)` into T tensors `(B, ...)`.
 
     The inverse of `FoldTasks`: block t (rows `t*B` to `(t+1)*B`) becomes
@@ -38,24 +38,8 @@ class UnfoldTasks(layers.Layer):
         ICCV 2019. arXiv:1903.12117.
     """
 
-    def __init__(self, num_tasks, **kwargs):
-        super().__init__(**kwargs)
-        if (
-            isinstance(num_tasks, bool)
-            or not isinstance(num_tasks, int | np.integer)
-            or num_tasks < 1
-        ):
-            raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}.")
-        self.num_tasks = int(num_tasks)
-        self.supports_masking = True
-
-    def call(self, inputs):
-        return list(ops.split(inputs, self.num_tasks, axis=0))
-
-    def compute_mask(self, inputs, mask=None):
-        if mask is None:
-            return None
-        return list(ops.split(mask, self.num_tasks, axis=0))
+    def _blocks(self, x):
+        return list(ops.split(x, self.num_tasks, axis=0))
 
     def compute_output_shape(self, input_shape):
         batch = input_shape[0]
@@ -68,8 +52,3 @@ class UnfoldTasks(layers.Layer):
             batch //= self.num_tasks
         shape = (batch,) + tuple(input_shape[1:])
         return [shape for _ in range(self.num_tasks)]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(num_tasks=self.num_tasks)
-        return config

@@ -11,6 +11,7 @@ from keras_mtl.weighting._present_task_ops import (
     present_count,
     present_tasks,
 )
+from keras_mtl.weighting._task_state_ops import add_task_vector
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -126,14 +127,7 @@ class AdaptiveWeighting(LossWeighting):
             # count, the previous epoch's mean, and per task whether an epoch
             # mean was recorded (0 or 1).
             for name in ("current_mean", "current_steps", "previous_mean", "epochs"):
-                variable = self.add_weight(
-                    shape=(self.num_tasks,),
-                    initializer="zeros",
-                    trainable=False,
-                    name=name,
-                    task_axis=0,
-                )
-                setattr(self, name, variable)
+                setattr(self, name, add_task_vector(self, name))
 
     def _normalized(self, values):
         num_tasks = self.num_tasks

@@ -6,6 +6,12 @@ import math
 
 from keras import ops
 
+from keras_mtl.weighting._task_state_ops import (
+    TaskStepCounts,
+    assign_zeros,
+    gradient_width,
+    present_or_all,
+)
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -23,7 +29,7 @@ def _row_norms(matrix):
 
 
 @register_strategy("db_mtl", "dbmtl", "dual_balancing")
-class DBMTL(GradientAggregation):
+class DBMTL(TaskStepCounts, GradientAggregation):
     """Dual-Balancing Multi-Task Learning: log losses and equal-norm gradients.
 
     Notation: T tasks, L_t the loss of task t, g_t = dL_t/dtheta its
@@ -115,14 +121,8 @@ class DBMTL(GradientAggregation):
 
     def build(self, input_shape):
         super().build(input_shape)
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 2 or input_shape[1] is None:
-            raise ValueError(
-                "DBMTL expects a (T, P) shape of per-task gradients with a "
-                f"known P, got {input_shape}."
-            )
         self.grad_buffer = self.add_weight(
-            shape=(self.num_tasks, int(input_shape[1])),
+            shape=(self.num_tasks, gradient_width(self, input_shape)),
             initializer="zeros",
             trainable=False,
             name="grad_buffer",
@@ -130,24 +130,10 @@ class DBMTL(GradientAggregation):
         )
         # The step count k of each task's buffer (it sets beta_k): per task,
         # since an absent task's buffer does not move.
-        self.steps = self.add_weight(
-            shape=(self.num_tasks,),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-            name="steps",
-            task_axis=0,
-        )
-
-    @property
-    def step(self):
-        """The number of training steps so far: the largest entry of
-        `steps` (every entry when no task was ever absent)."""
-        return ops.max(self.steps)
+        self.steps = self._add_task_steps()
 
     def reset_state(self):
-        self.grad_buffer.assign(ops.zeros_like(self.grad_buffer))
-        self.steps.assign(ops.zeros_like(self.steps))
+        assign_zeros(self.grad_buffer, self.steps)
 
     def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")
@@ -159,10 +145,8 @@ class DBMTL(GradientAggregation):
         losses = ops.reshape(ops.cast(losses, grads.dtype), (-1,))
         self._check_num_tasks(losses, "losses")
         old_buffer = ops.cast(self.grad_buffer, grads.dtype)
-        if task_mask is None:
-            present = ops.ones((self.num_tasks,), dtype="bool")
-        else:
-            present = ops.convert_to_tensor(task_mask) > 0
+        present = present_or_all(task_mask, self.num_tasks)
+        if task_mask is not None:
             # An absent task's loss (0) and row are not divided.
             losses = ops.where(present, losses, ops.ones_like(losses))
         step = self.steps + ops.cast(present, "int32")

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from keras import ops
 
+from keras_mtl.weighting._argument_ops import as_float
+from keras_mtl.weighting._task_state_ops import add_task_vector
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -180,22 +182,10 @@ class DynamicTaskPrioritization(LossWeighting):
                 f"DynamicTaskPrioritization has {len(self.gamma)} `gamma` "
                 f"values but is used with {self.num_tasks} tasks."
             )
-        self.kpi_average = self.add_weight(
-            shape=(self.num_tasks,),
-            initializer="zeros",
-            trainable=False,
-            name="kpi_average",
-            task_axis=0,
-        )
+        self.kpi_average = add_task_vector(self, "kpi_average")
         # One count per task: with missing tasks, a task's first present
         # step initialises its average and its warm-up is its own.
-        self.steps = self.add_weight(
-            shape=(self.num_tasks,),
-            initializer="zeros",
-            trainable=False,
-            name="steps",
-            task_axis=0,
-        )
+        self.steps = add_task_vector(self, "steps")
 
     def call(self, losses, kpis=None, training=True, task_mask=None):
         self._check_num_tasks(losses)
@@ -261,9 +251,4 @@ class DynamicTaskPrioritization(LossWeighting):
 
 
 def _as_float(value, name):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"DynamicTaskPrioritization `{name}` must be a number, got {value!r}."
-        ) from None
+    return as_float(value, name, "DynamicTaskPrioritization")

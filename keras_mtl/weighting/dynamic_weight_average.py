@@ -6,11 +6,13 @@ import math
 
 from keras import ops
 
+from keras_mtl.weighting._argument_ops import as_float
 from keras_mtl.weighting._present_task_ops import (
     masked_softmax,
     present_count,
     present_tasks,
 )
+from keras_mtl.weighting._task_state_ops import add_task_vector, assign_zeros
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -138,7 +140,6 @@ class DynamicWeightAverage(LossWeighting):
 
     def build(self, input_shape):
         super().build(input_shape)
-        shape = (self.num_tasks,)
         # Epoch mode: running mean of the current epoch and its per-task step
         # count, the means of the last two completed epochs, and how many
         # epochs were completed (capped at 2; `task_count` per task, `count`
@@ -146,44 +147,14 @@ class DynamicWeightAverage(LossWeighting):
         # Step mode: `latest` / `previous` hold the last two EMAs and
         # `task_count` (`count`) the number of steps seen per task (by any
         # task), capped at 2.
-        self.current_mean = self.add_weight(
-            shape=shape,
-            initializer="zeros",
-            trainable=False,
-            name="current_mean",
-            task_axis=0,
-        )
-        self.current_steps = self.add_weight(
-            shape=shape,
-            initializer="zeros",
-            trainable=False,
-            name="current_steps",
-            task_axis=0,
-        )
-        self.latest = self.add_weight(
-            shape=shape,
-            initializer="zeros",
-            trainable=False,
-            name="latest",
-            task_axis=0,
-        )
-        self.previous = self.add_weight(
-            shape=shape,
-            initializer="zeros",
-            trainable=False,
-            name="previous",
-            task_axis=0,
-        )
+        self.current_mean = add_task_vector(self, "current_mean")
+        self.current_steps = add_task_vector(self, "current_steps")
+        self.latest = add_task_vector(self, "latest")
+        self.previous = add_task_vector(self, "previous")
         self.count = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="count"
         )
-        self.task_count = self.add_weight(
-            shape=shape,
-            initializer="zeros",
-            trainable=False,
-            name="task_count",
-            task_axis=0,
-        )
+        self.task_count = add_task_vector(self, "task_count")
 
     def _ratio_weights(self, dtype):
         if self.num_tasks == 1:
@@ -254,17 +225,15 @@ class DynamicWeightAverage(LossWeighting):
         self.current_steps.assign(ops.zeros_like(self.current_steps))
 
     def reset_state(self):
-        if not self.built:
-            return
-        for variable in (
-            self.current_mean,
-            self.current_steps,
-            self.latest,
-            self.previous,
-            self.count,
-            self.task_count,
-        ):
-            variable.assign(ops.zeros_like(variable))
+        if self.built:
+            assign_zeros(
+                self.current_mean,
+                self.current_steps,
+                self.latest,
+                self.previous,
+                self.count,
+                self.task_count,
+            )
 
     def get_config(self):
         config = super().get_config()
@@ -279,9 +248,4 @@ class DynamicWeightAverage(LossWeighting):
 
 
 def _as_float(value, name):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"DynamicWeightAverage `{name}` must be a number, got {value!r}."
-        ) from None
+    return as_float(value, name, "DynamicWeightAverage")

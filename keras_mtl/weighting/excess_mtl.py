@@ -6,6 +6,14 @@ import math
 
 from keras import ops
 
+from keras_mtl.weighting._present_task_ops import masked_softmax
+from keras_mtl.weighting._task_state_ops import (
+    TaskStepCounts,
+    add_task_vector,
+    assign_zeros,
+    gradient_width,
+    present_or_all,
+)
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -18,7 +26,7 @@ _MAX_EXPONENT = 1e30
 
 
 @register_strategy("excess_mtl", "excessmtl", "excess")
-class ExcessMTL(GradientAggregation):
+class ExcessMTL(TaskStepCounts, GradientAggregation):
     """ExcessMTL: exponentiated-gradient weights on estimated excess risks.
 
     Notation: T tasks, g_t the gradient of task t on the shared parameters
@@ -123,56 +131,23 @@ class ExcessMTL(GradientAggregation):
 
     def build(self, input_shape):
         super().build(input_shape)
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 2 or input_shape[1] is None:
-            raise ValueError(
-                "ExcessMTL expects a (T, P) shape of per-task gradients with a "
-                f"known P, got {input_shape}."
-            )
-        num_tasks = self.num_tasks
         self.grad_sq_sum = self.add_weight(
-            shape=(num_tasks, int(input_shape[1])),
+            shape=(self.num_tasks, gradient_width(self, input_shape)),
             initializer="zeros",
             trainable=False,
             name="grad_sq_sum",
             task_axis=0,
         )
-        self.initial_excess = self.add_weight(
-            shape=(num_tasks,),
-            initializer="zeros",
-            trainable=False,
-            name="initial_excess",
-            task_axis=0,
-        )
-        self.loss_weight = self.add_weight(
-            shape=(num_tasks,),
-            initializer="ones",
-            trainable=False,
-            name="loss_weight",
-            task_axis=0,
-        )
+        self.initial_excess = add_task_vector(self, "initial_excess")
+        self.loss_weight = add_task_vector(self, "loss_weight", initializer="ones")
         # The number of steps each task took part in: e0_t is recorded at the
         # task's first one, which with missing tasks may come late.
-        self.steps = self.add_weight(
-            shape=(num_tasks,),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-            name="steps",
-            task_axis=0,
-        )
-
-    @property
-    def step(self):
-        """The number of training steps so far: the largest entry of
-        `steps` (every entry when no task was ever absent)."""
-        return ops.max(self.steps)
+        self.steps = self._add_task_steps()
 
     def reset_state(self):
-        self.grad_sq_sum.assign(ops.zeros_like(self.grad_sq_sum))
-        self.initial_excess.assign(ops.zeros_like(self.initial_excess))
+        assign_zeros(self.grad_sq_sum, self.initial_excess)
         self.loss_weight.assign(ops.ones_like(self.loss_weight))
-        self.steps.assign(ops.zeros_like(self.steps))
+        assign_zeros(self.steps)
 
     def excess_risks(self, grads, grad_sq_sum):
         """Returns the `(T,)` estimates e_t from gradients and the new S."""
@@ -182,10 +157,7 @@ class ExcessMTL(GradientAggregation):
     def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")
         dtype = grads.dtype
-        if task_mask is None:
-            present = ops.ones((self.num_tasks,), dtype="bool")
-        else:
-            present = ops.convert_to_tensor(task_mask) > 0
+        present = present_or_all(task_mask, self.num_tasks)
         old_sq_sum = ops.cast(self.grad_sq_sum, dtype)
         grad_sq_sum = ops.where(
             present[:, None], old_sq_sum + ops.square(grads), old_sq_sum
@@ -220,7 +192,7 @@ class ExcessMTL(GradientAggregation):
                 kept > 0.0, kept, ops.sum(ops.where(present, old_weight, 0.0))
             )
             new_weight = ops.where(
-                present, kept * _present_softmax(logits, present), old_weight
+                present, kept * masked_softmax(logits, present), old_weight
             )
         # Only record, as the reference's first step, while every present
         # task is at its first step.
@@ -244,12 +216,3 @@ class ExcessMTL(GradientAggregation):
         config = super().get_config()
         config["robust_step_size"] = self.robust_step_size
         return config
-
-
-def _present_softmax(logits, present):
-    """Softmax over the present entries of `(T,)` logits; 0 elsewhere."""
-    finite = ops.where(present, logits, ops.min(logits))
-    shifted = ops.where(present, logits - ops.max(finite), 0.0)
-    exp = ops.where(present, ops.exp(shifted), 0.0)
-    total = ops.sum(exp)
-    return exp / ops.where(total > 0.0, total, 1.0)

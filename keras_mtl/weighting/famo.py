@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from keras import ops
 
 from keras_mtl.weighting._softmax_ops import task_softmax
+from keras_mtl.weighting._task_state_ops import add_task_vector
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -146,37 +147,12 @@ class FAMO(LossWeighting):
                 f"FAMO has {len(self.min_losses)} `min_losses` but is used with "
                 f"{num_tasks} tasks."
             )
-        self.logits = self.add_weight(
-            shape=(num_tasks,),
-            initializer="zeros",
-            trainable=False,
-            name="logits",
-            task_axis=0,
-        )
-        self.adam_m = self.add_weight(
-            shape=(num_tasks,),
-            initializer="zeros",
-            trainable=False,
-            name="adam_m",
-            task_axis=0,
-        )
-        self.adam_v = self.add_weight(
-            shape=(num_tasks,),
-            initializer="zeros",
-            trainable=False,
-            name="adam_v",
-            task_axis=0,
-        )
+        self.logits = add_task_vector(self, "logits")
+        self.adam_m = add_task_vector(self, "adam_m")
+        self.adam_v = add_task_vector(self, "adam_v")
         # Adam's step count t of each logit (its bias corrections): per task,
         # since an absent task's logit and moments do not move.
-        self.adam_steps = self.add_weight(
-            shape=(num_tasks,),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-            name="adam_steps",
-            task_axis=0,
-        )
+        self.adam_steps = add_task_vector(self, "adam_steps", dtype="int32")
 
     @property
     def adam_step(self):

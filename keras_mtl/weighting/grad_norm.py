@@ -6,6 +6,8 @@ import math
 
 from keras import ops
 
+from keras_mtl.weighting._argument_ops import as_float
+from keras_mtl.weighting._task_state_ops import add_task_vector
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -187,32 +189,21 @@ class GradNorm(LossWeighting):
 
     def build(self, input_shape):
         super().build(input_shape)
-        shape = (self.num_tasks,)
-
-        def per_task(name, initializer="zeros"):
-            return self.add_weight(
-                shape=shape,
-                initializer=initializer,
-                trainable=False,
-                name=name,
-                task_axis=0,
-            )
-
-        self.loss_weights = per_task("loss_weights", "ones")
-        self.initial_losses = per_task("initial_losses")
+        self.loss_weights = add_task_vector(self, "loss_weights", initializer="ones")
+        self.initial_losses = add_task_vector(self, "initial_losses")
         # 1.0 once the task's L(0) is known and it takes part in the updates.
-        self.recorded = per_task("recorded")
+        self.recorded = add_task_vector(self, "recorded")
         if self.initial_loss == "first_epoch":
             # Running mean of the task's losses over its first epoch and the
             # number of steps in it (per task: with missing tasks, the
             # steps where the task is present).
-            self.epoch_mean = per_task("epoch_mean")
-            self.epoch_steps = per_task("epoch_steps")
+            self.epoch_mean = add_task_vector(self, "epoch_mean")
+            self.epoch_steps = add_task_vector(self, "epoch_steps")
         if self.weight_optimizer == "adam":
-            self.adam_m = per_task("adam_m")
-            self.adam_v = per_task("adam_v")
+            self.adam_m = add_task_vector(self, "adam_m")
+            self.adam_v = add_task_vector(self, "adam_v")
             # Adam's step count of each weight (its bias corrections).
-            self.adam_steps = per_task("adam_steps")
+            self.adam_steps = add_task_vector(self, "adam_steps")
 
     @property
     def active(self):
@@ -407,11 +398,4 @@ def _present_mean(values, present):
 
 
 def _as_float(value, name):
-    if isinstance(value, bool):
-        raise ValueError(f"GradNorm `{name}` must be a number, got {value!r}.")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"GradNorm `{name}` must be a number, got {value!r}."
-        ) from None
+    return as_float(value, name, "GradNorm", allow_bool=False)

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from keras import ops
 
 from keras_mtl.weighting._present_task_ops import present_tasks
+from keras_mtl.weighting._task_state_ops import LearnedTaskScales
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
 
 @register_strategy("imtl_l", "imtl_loss")
-class IMTLL(LossWeighting):
+class IMTLL(LearnedTaskScales, LossWeighting):
     """Learns loss scales that make every scaled task loss equal to 1.
 
     Each task t owns a learnable scale parameter s_t (initialised to 0),
@@ -94,23 +95,7 @@ class IMTLL(LossWeighting):
 
     def build(self, input_shape):
         super().build(input_shape)
-        if isinstance(self.init, list) and len(self.init) != self.num_tasks:
-            raise ValueError(
-                f"IMTLL has {len(self.init)} `init` values but is used with "
-                f"{self.num_tasks} tasks."
-            )
-        self.loss_scales = self.add_weight(
-            shape=(self.num_tasks,),
-            initializer=self._initial_value,
-            trainable=True,
-            name="loss_scales",
-            task_axis=0,
-        )
-
-    def _initial_value(self, shape, dtype=None):
-        if isinstance(self.init, list):
-            return ops.convert_to_tensor(self.init, dtype=dtype)
-        return ops.full(shape, self.init, dtype=dtype)
+        self.loss_scales = self._add_task_scales("loss_scales")
 
     def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
@@ -118,18 +103,11 @@ class IMTLL(LossWeighting):
         s = ops.convert_to_tensor(self.loss_scales)
         scale = ops.exp(s)
         terms = scale * losses - s
-        if task_mask is not None:
-            present = present_tasks(task_mask)
-            terms = ops.where(present, terms, 0.0)
-            scale = ops.where(present, scale, 0.0)
-        objective = ops.sum(terms)
-        return objective, ops.stop_gradient(scale)
+        present = None if task_mask is None else present_tasks(task_mask)
+        return self._present_objective(terms, scale, present)
 
     def reset_state(self):
-        if self.built:
-            self.loss_scales.assign(
-                self._initial_value((self.num_tasks,), self.loss_scales.dtype)
-            )
+        self._reset_task_scales(self.loss_scales)
 
     def get_config(self):
         config = super().get_config()

@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from keras_mtl.weighting._task_state_ops import add_task_vector, gradient_width
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -127,40 +128,23 @@ class MoCo(GradientAggregation):
 
     def build(self, input_shape):
         super().build(input_shape)
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 2 or input_shape[1] is None:
-            raise ValueError(
-                "MoCo expects a (T, P) shape of per-task gradients with a "
-                f"known P, got {input_shape}."
-            )
         num_tasks = self.num_tasks
         self.tracking = self.add_weight(
-            shape=(num_tasks, int(input_shape[1])),
+            shape=(num_tasks, gradient_width(self, input_shape)),
             initializer="zeros",
             trainable=False,
             name="tracking",
             task_axis=0,
         )
-        self.lambd = self.add_weight(
-            shape=(num_tasks,),
-            initializer=keras.initializers.Constant(1.0 / num_tasks),
-            trainable=False,
-            name="lambda",
-            task_axis=0,
+        self.lambd = add_task_vector(
+            self, "lambda", initializer=keras.initializers.Constant(1.0 / num_tasks)
         )
         self.step = self.add_weight(
             shape=(), initializer="zeros", dtype="int32", trainable=False, name="step"
         )
         # The number of steps in which each task was present: the k of its
         # tracking rate beta_k (equal to `step` when no task is ever absent).
-        self.task_steps = self.add_weight(
-            shape=(num_tasks,),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-            name="task_steps",
-            task_axis=0,
-        )
+        self.task_steps = add_task_vector(self, "task_steps", dtype="int32")
 
     def reset_state(self):
         self.tracking.assign(ops.zeros_like(self.tracking))

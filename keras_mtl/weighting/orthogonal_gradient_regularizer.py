@@ -6,6 +6,7 @@ import math
 
 from keras import ops
 
+from keras_mtl.weighting._argument_ops import as_float
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -210,13 +211,4 @@ class OrthogonalGradientRegularizer(LossWeighting):
 
 
 def _as_float(value, name):
-    if isinstance(value, bool):
-        raise ValueError(
-            f"OrthogonalGradientRegularizer `{name}` must be a number, got {value!r}."
-        )
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"OrthogonalGradientRegularizer `{name}` must be a number, got {value!r}."
-        ) from None
+    return as_float(value, name, "OrthogonalGradientRegularizer", allow_bool=False)

@@ -6,6 +6,12 @@ import math
 
 from keras import ops
 
+from keras_mtl.weighting._argument_ops import as_float
+from keras_mtl.weighting._task_state_ops import (
+    add_task_vector,
+    assign_zeros,
+    present_or_all,
+)
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -121,26 +127,11 @@ class SLAW(LossWeighting):
 
     def build(self, input_shape):
         super().build(input_shape)
-        shape = (self.num_tasks,)
         # One count per task: with missing tasks a task's running means
         # advance only in the steps where it is present.
-        self.steps = self.add_weight(
-            shape=shape, initializer="zeros", trainable=False, name="steps", task_axis=0
-        )
-        self.loss_mean = self.add_weight(
-            shape=shape,
-            initializer="zeros",
-            trainable=False,
-            name="loss_mean",
-            task_axis=0,
-        )
-        self.loss_variance = self.add_weight(
-            shape=shape,
-            initializer="zeros",
-            trainable=False,
-            name="loss_variance",
-            task_axis=0,
-        )
+        self.steps = add_task_vector(self, "steps")
+        self.loss_mean = add_task_vector(self, "loss_mean")
+        self.loss_variance = add_task_vector(self, "loss_variance")
 
     def _weights_from(self, steps, variance, dtype, present):
         std = ops.sqrt(ops.maximum(variance, 0.0))
@@ -157,7 +148,7 @@ class SLAW(LossWeighting):
         return ops.cast(weights, dtype)
 
     def compute_weights(self, losses, training=True, task_mask=None):
-        present = _present(task_mask, self.num_tasks)
+        present = present_or_all(task_mask, self.num_tasks)
         if not training:
             return self._weights_from(
                 self.steps, self.loss_variance, losses.dtype, present
@@ -185,8 +176,7 @@ class SLAW(LossWeighting):
 
     def reset_state(self):
         if self.built:
-            for variable in (self.steps, self.loss_mean, self.loss_variance):
-                variable.assign(ops.zeros_like(variable))
+            assign_zeros(self.steps, self.loss_mean, self.loss_variance)
 
     def get_config(self):
         config = super().get_config()
@@ -196,15 +186,5 @@ class SLAW(LossWeighting):
         return config
 
 
-def _present(task_mask, num_tasks):
-    """`(T,)` booleans, True for the tasks present in the step."""
-    if task_mask is None:
-        return ops.ones((num_tasks,), dtype="bool")
-    return ops.convert_to_tensor(task_mask) > 0
-
-
 def _as_float(value, name):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"SLAW `{name}` must be a number, got {value!r}.") from None
+    return as_float(value, name, "SLAW")

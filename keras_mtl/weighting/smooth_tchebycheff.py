@@ -15,6 +15,7 @@ from keras_mtl.weighting._present_task_ops import (
     present_tasks,
 )
 from keras_mtl.weighting._softmax_ops import task_softmax
+from keras_mtl.weighting._task_state_ops import add_task_vector
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -183,30 +184,12 @@ class SmoothTchebycheff(LossWeighting):
         self.epoch = self.add_weight(
             shape=(), initializer="zeros", dtype="int32", trainable=False, name="epoch"
         )
-        self.loss_sum = self.add_weight(
-            shape=(num_tasks,),
-            initializer="zeros",
-            trainable=False,
-            name="loss_sum",
-            task_axis=0,
-        )
+        self.loss_sum = add_task_vector(self, "loss_sum")
         self.loss_count = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="loss_count"
         )
-        self.normalizers = self.add_weight(
-            shape=(num_tasks,),
-            initializer="ones",
-            trainable=False,
-            name="normalizers",
-            task_axis=0,
-        )
-        self.task_loss_count = self.add_weight(
-            shape=(num_tasks,),
-            initializer="zeros",
-            trainable=False,
-            name="task_loss_count",
-            task_axis=0,
-        )
+        self.normalizers = add_task_vector(self, "normalizers", initializer="ones")
+        self.task_loss_count = add_task_vector(self, "task_loss_count")
 
     # --- Math -----------------------------------------------------------
 

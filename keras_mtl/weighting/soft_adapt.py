@@ -14,6 +14,7 @@ from keras_mtl.weighting._present_task_ops import (
     present_tasks,
 )
 from keras_mtl.weighting._softmax_ops import task_softmax
+from keras_mtl.weighting._task_state_ops import add_task_vector
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -197,22 +198,9 @@ class SoftAdapt(LossWeighting):
             trainable=False,
             name="step_count",
         )
-        self.task_weights = self.add_weight(
-            shape=(num_tasks,),
-            initializer="ones",
-            trainable=False,
-            name="task_weights",
-            task_axis=0,
-        )
+        self.task_weights = add_task_vector(self, "task_weights", initializer="ones")
         # Per task, how many losses its history holds (capped at n + 1).
-        self.task_steps = self.add_weight(
-            shape=(num_tasks,),
-            initializer="zeros",
-            dtype="int32",
-            trainable=False,
-            name="task_steps",
-            task_axis=0,
-        )
+        self.task_steps = add_task_vector(self, "task_steps", dtype="int32")
 
     # --- Math -----------------------------------------------------------
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from keras import ops
 
 from keras_mtl.weighting._present_task_ops import present_tasks
+from keras_mtl.weighting._task_state_ops import LearnedTaskScales
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -17,7 +18,7 @@ _FACTORS = {"regression": 0.5, "classification": 1.0}
 
 
 @register_strategy("uw", "uncertainty", "uncertainty_weighting")
-class UncertaintyWeighting(LossWeighting):
+class UncertaintyWeighting(LearnedTaskScales, LossWeighting):
     """Weights task losses by learned homoscedastic uncertainties.
 
     Each task t owns a learnable log-variance s_t = log sigma_t^2, trained
@@ -144,25 +145,9 @@ class UncertaintyWeighting(LossWeighting):
                 f"UncertaintyWeighting has {len(types)} `task_types` but is "
                 f"used with {num_tasks} tasks."
             )
-        if isinstance(self.init, list) and len(self.init) != num_tasks:
-            raise ValueError(
-                f"UncertaintyWeighting has {len(self.init)} `init` values but "
-                f"is used with {num_tasks} tasks."
-            )
+        self.log_variances = self._add_task_scales("log_variances")
         self._resolved_types = types
         self._factors = [_FACTORS[t] for t in types]
-        self.log_variances = self.add_weight(
-            shape=(num_tasks,),
-            initializer=self._initial_value,
-            trainable=True,
-            name="log_variances",
-            task_axis=0,
-        )
-
-    def _initial_value(self, shape, dtype=None):
-        if isinstance(self.init, list):
-            return ops.convert_to_tensor(self.init, dtype=dtype)
-        return ops.full(shape, self.init, dtype=dtype)
 
     # --- Math -----------------------------------------------------------
 
@@ -172,18 +157,11 @@ class UncertaintyWeighting(LossWeighting):
         factors = ops.convert_to_tensor(self._factors, dtype=losses.dtype)
         scale = factors * ops.exp(-s)
         terms = scale * losses + 0.5 * s
-        if task_mask is not None:
-            present = present_tasks(task_mask)
-            terms = ops.where(present, terms, 0.0)
-            scale = ops.where(present, scale, 0.0)
-        objective = ops.sum(terms)
-        return objective, ops.stop_gradient(scale)
+        present = None if task_mask is None else present_tasks(task_mask)
+        return self._present_objective(terms, scale, present)
 
     def reset_state(self):
-        if self.built:
-            self.log_variances.assign(
-                self._initial_value((self.num_tasks,), self.log_variances.dtype)
-            )
+        self._reset_task_scales(self.log_variances)
 
     def get_config(self):
         config = super().get_config()

@@ -1,5 +1,8 @@
 """Tests of `AdaptiveWeighting` (reconstruction of Huq and Pervin, 2022)."""
 
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -131,23 +134,14 @@ def test_permutation_equivariance():
 
 @pytest.mark.parametrize("mode", ["batch", "epoch"])
 def test_eager_equals_xla(mode):
-    eager = AdaptiveWeighting(mode=mode, normalize="softmax", temperature=2.0)
-    eager.build((3,))
-    compiled = AdaptiveWeighting.from_config(eager.get_config())
-    compiled.build((3,))
-
-    @tf.function(jit_compile=True)
-    def step(losses):
-        return compiled(losses)
-
+    make = functools.partial(
+        AdaptiveWeighting, mode=mode, normalize="softmax", temperature=2.0
+    )
     rng = np.random.default_rng(0)
-    for _ in range(3):
-        for _ in range(2):
-            losses = _t(rng.uniform(0.1, 4.0, 3))
-            for a, b in zip(eager(losses), step(losses)):
-                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
-        eager.on_epoch_end()
-        compiled.on_epoch_end()
+    epochs = [
+        [(_t(rng.uniform(0.1, 4.0, 3)), None) for _ in range(2)] for _ in range(3)
+    ]
+    checks.assert_xla_matches_eager(make, checks.with_epoch_ends(epochs))
 
 
 def test_state_round_trip_and_reset():
@@ -157,14 +151,8 @@ def test_state_round_trip_and_reset():
             strategy(_t(losses))
         strategy.on_epoch_end()
     strategy(_t([5.0, 1.0]))  # a partial epoch
-    clone = AdaptiveWeighting.from_config(strategy.get_config())
-    clone.build((2,))
-    clone.set_weights(strategy.get_weights())
-    for losses in ([1.0, 1.0], [3.0, 0.5]):
-        for a, b in zip(strategy(_t(losses)), clone(_t(losses))):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
-        strategy.on_epoch_end()
-        clone.on_epoch_end()
+    steps = checks.with_epoch_ends([[_t([1.0, 1.0])], [_t([3.0, 0.5])]])
+    checks.assert_state_round_trip(strategy, steps)
     strategy.reset_state()
     assert all(not np.any(v.numpy()) for v in strategy.weights)
     np.testing.assert_array_equal(strategy(_t([1.0, 9.0]))[1].numpy(), [1.0, 1.0])
@@ -198,21 +186,15 @@ def _masked_epochs(strategy, epochs):
 
 @pytest.mark.parametrize("mode, normalize", _KINDS)
 def test_missing_tasks_all_present_mask_changes_nothing(mode, normalize):
-    assert AdaptiveWeighting.supports_missing_tasks
     rng = np.random.default_rng(3)
-    epochs = [rng.uniform(0.1, 3.0, size=(2, 3)) for _ in range(3)]
-    plain = AdaptiveWeighting(mode=mode, normalize=normalize, temperature=0.7)
-    masked = AdaptiveWeighting(mode=mode, normalize=normalize, temperature=0.7)
-    expected = []
-    for epoch in epochs:
-        for losses in epoch:
-            expected.append(plain(_t(losses))[1].numpy())
-        plain.on_epoch_end()
-    got = _masked_epochs(masked, [[(x, [1, 1, 1]) for x in e] for e in epochs])
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
-    assert not np.allclose(expected[-1], 1.0)
-    for a, b in zip(plain.weights, masked.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    epochs = [[_t(x) for x in rng.uniform(0.1, 3.0, size=(2, 3))] for _ in range(3)]
+    make = functools.partial(
+        AdaptiveWeighting, mode=mode, normalize=normalize, temperature=0.7
+    )
+    *_, outputs = checks.assert_all_ones_mask_is_no_mask(
+        make, checks.with_epoch_ends(epochs), rtol=1e-6
+    )
+    assert not np.allclose(outputs[-1][1], 1.0)
 
 
 @pytest.mark.parametrize("normalize", ["ratio", "softmax"])
@@ -220,20 +202,16 @@ def test_batch_mode_absent_task_as_if_only_present_tasks_existed(normalize):
     losses = np.array([0.7, 0.0, 3.0, 1.2], np.float32)
     mask = np.array([1.0, 0.0, 1.0, 1.0], np.float32)
     strategy = AdaptiveWeighting(normalize=normalize, temperature=2.0)
-    _, weights = strategy(_t(losses), task_mask=_t(mask))
+    reference = AdaptiveWeighting(normalize=normalize, temperature=2.0)
+    [((_, weights), _)] = checks.assert_absent_task_is_dropped(
+        strategy, reference, mask, [_t(losses)]
+    )
     expected = (
         _ratio(losses[mask > 0])
         if normalize == "ratio"
         else _softmax(losses[mask > 0], 2.0)
     )
-    np.testing.assert_allclose(weights.numpy()[mask > 0], expected, rtol=1e-6)
-    assert weights.numpy()[1] == 0.0
-    reference = AdaptiveWeighting(normalize=normalize, temperature=2.0)
-    np.testing.assert_allclose(
-        weights.numpy()[mask > 0],
-        reference(_t(losses[mask > 0]))[1].numpy(),
-        rtol=1e-6,
-    )
+    np.testing.assert_allclose(weights[mask > 0], expected, rtol=1e-6)
     # A single present task gets 1; none present gives 0; all finite.
     _, weights = strategy(_t([0.0, 0.0, 5.0, 0.0]), task_mask=_t([0, 0, 1, 0]))
     np.testing.assert_allclose(weights.numpy(), [0.0, 0.0, 1.0, 0.0], rtol=1e-6)
@@ -294,37 +272,28 @@ def test_epoch_mode_absent_task_state_is_unchanged_and_restorable():
     _masked_epochs(strategy, [[([1.0, 2.0, 3.0], [1, 1, 1])]])
     strategy(_t([1.0, 2.0, 3.0]))
     assert [axis for _, axis in strategy.per_task_state()] == [0, 0, 0, 0]
-    snapshot = strategy.task_state_snapshot()
     mask = _t([1.0, 0.0, 1.0])
-    _, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
-    assert np.all(np.isfinite(weights.numpy()))
-    for restored in (False, True):
-        if restored:
-            strategy.restore_absent_tasks(mask, snapshot)
-        moved = False
-        for (variable, _), before in zip(strategy.per_task_state(), snapshot):
-            after, before = variable.numpy(), before.numpy()
-            assert after[1] == before[1], variable.name
-            moved = moved or not np.array_equal(after[[0, 2]], before[[0, 2]])
-        assert moved
+
+    def step():
+        _, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
+        assert np.all(np.isfinite(weights.numpy()))
+
+    # The strategy itself leaves the absent task's state alone.
+    checks.assert_restore_keeps_absent_state(strategy, mask, step, moved="any")
     np.testing.assert_array_equal(strategy.current_steps.numpy(), [2.0, 1.0, 2.0])
 
 
 @pytest.mark.parametrize("mode", ["batch", "epoch"])
 def test_masked_eager_equals_xla(mode):
-    eager = AdaptiveWeighting(mode=mode, normalize="softmax", temperature=2.0)
-    eager.build((3,))
-    compiled = AdaptiveWeighting.from_config(eager.get_config())
-    compiled.build((3,))
-    step = tf.function(lambda x, m: compiled(x, task_mask=m), jit_compile=True)
+    make = functools.partial(
+        AdaptiveWeighting, mode=mode, normalize="softmax", temperature=2.0
+    )
     rng = np.random.default_rng(5)
     masks = [[1, 0, 1], [1, 1, 1], [0, 1, 0], [0, 0, 0], [0, 1, 1]]
+    epochs = []
     for epoch in range(3):
+        epochs.append([])
         for i in range(2):
             mask = _t(masks[(2 * epoch + i) % len(masks)])
-            losses = _t(rng.uniform(0.1, 4.0, 3)) * mask
-            for a, b in zip(eager(losses, task_mask=mask), step(losses, mask)):
-                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
-                assert np.all(np.isfinite(b.numpy()))
-        eager.on_epoch_end()
-        compiled.on_epoch_end()
+            epochs[-1].append((_t(rng.uniform(0.1, 4.0, 3)) * mask, mask))
+    checks.assert_xla_matches_eager(make, checks.with_epoch_ends(epochs))

@@ -1,5 +1,8 @@
 """Tests of Aligned-MTL."""
 
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -130,37 +133,18 @@ def test_identical_rows_and_degenerate_inputs():
 
 def test_eager_equals_xla():
     rng = np.random.default_rng(5)
-    eager, xla = AlignedMTL(), AlignedMTL()
-    step = tf.function(lambda g: xla(g), jit_compile=True)
-    for _ in range(2):
-        grads = _random_grads(rng, 4, 7, common=1.0)
-        u1, w1 = eager(grads)
-        u2, w2 = step(tf.constant(grads))
-        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+    cases = [(_random_grads(rng, 4, 7, common=1.0), None) for _ in range(2)]
+    checks.assert_xla_matches_eager(AlignedMTL, cases, rtol=1e-5, atol=1e-6)
 
 
 # --- Missing tasks --------------------------------------------------------
 
 
-def _with_absent(grads, absent):
-    """Zeroes the absent rows; returns (grads, mask)."""
-    grads = np.array(grads, "float32")
-    mask = np.ones(len(grads), "float32")
-    mask[list(absent)] = 0.0
-    grads[list(absent)] = 0.0
-    return grads, mask
-
-
 @pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
 def test_missing_tasks_all_present_mask_equals_unmasked(scale_mode):
-    assert AlignedMTL.supports_missing_tasks
     grads = _random_grads(np.random.default_rng(10), 4, 7, common=1.0)
-    strategy = AlignedMTL(scale_mode=scale_mode)
-    u1, w1 = strategy(grads)
-    u2, w2 = strategy(grads, task_mask=np.ones(4, "float32"))
-    np.testing.assert_array_equal(u2.numpy(), u1.numpy())
-    np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+    make = functools.partial(AlignedMTL, scale_mode=scale_mode)
+    checks.assert_all_ones_mask_is_no_mask(make, [grads])
 
 
 @pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
@@ -169,18 +153,19 @@ def test_missing_tasks_equal_aligned_mtl_on_present_rows(scale_mode):
     strategy = AlignedMTL(scale_mode=scale_mode)
     for absent in [(1,), (0, 3), (0, 1, 2, 4)]:
         present = [t for t in range(5) if t not in absent]
-        grads, mask = _with_absent(_random_grads(rng, 5, 7, common=1.0), absent)
-        update, weights = strategy(grads, task_mask=mask)
-        ref_update, ref_weights = AlignedMTL(scale_mode=scale_mode)(grads[present])
-        np.testing.assert_allclose(
-            update.numpy(), ref_update.numpy(), rtol=1e-5, atol=1e-6
+        grads, mask = checks.with_absent(
+            _random_grads(rng, 5, 7, common=1.0), absent=absent
+        )
+        [((_, weights), _)] = checks.assert_absent_task_is_dropped(
+            strategy,
+            AlignedMTL(scale_mode=scale_mode),
+            mask,
+            [grads],
+            rtol=1e-5,
+            atol=1e-6,
         )
         np.testing.assert_allclose(
-            weights.numpy()[present], ref_weights.numpy(), rtol=1e-5, atol=1e-6
-        )
-        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
-        np.testing.assert_allclose(
-            weights.numpy()[present],
+            weights[present],
             _reference_weights(grads[present], scale_mode),
             rtol=1e-4,
             atol=1e-5,
@@ -230,16 +215,14 @@ def test_missing_tasks_finite_and_stateless():
     rng = np.random.default_rng(13)
     g = _random_grads(rng, 3, 4)
     strategy = AlignedMTL()
-    cases = [
-        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
-        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
-        (np.stack([g[0], g[0], g[1]]), [1.0, 1.0, 0.0]),
-    ]
-    for grads, mask in cases:
-        mask = np.asarray(mask, "float32")
-        update, weights = strategy(grads * mask[:, None], task_mask=mask)
-        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
-        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    checks.assert_masked_outputs_finite(
+        strategy,
+        [
+            (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+            (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+            (np.stack([g[0], g[0], g[1]]), [1.0, 1.0, 0.0]),
+        ],
+    )
     # One present task: B = 1, its gradient passes unchanged.
     update, weights = strategy(g * [[0.0], [1.0], [0.0]], task_mask=[0.0, 1.0, 0.0])
     np.testing.assert_allclose(weights.numpy(), [0.0, 1.0, 0.0], rtol=1e-6)
@@ -249,11 +232,8 @@ def test_missing_tasks_finite_and_stateless():
 
 def test_missing_tasks_eager_equals_xla():
     rng = np.random.default_rng(14)
-    eager, xla = AlignedMTL(), AlignedMTL()
-    step = tf.function(lambda g, m: xla(g, task_mask=m), jit_compile=True)
-    for absent in [(0,), (2,), (1, 3)]:
-        grads, mask = _with_absent(_random_grads(rng, 4, 7, common=1.0), absent)
-        u1, w1 = eager(grads, task_mask=mask)
-        u2, w2 = step(tf.constant(grads), tf.constant(mask))
-        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+    cases = [
+        checks.with_absent(_random_grads(rng, 4, 7, common=1.0), absent=absent)
+        for absent in [(0,), (2,), (1, 3)]
+    ]
+    checks.assert_xla_matches_eager(AlignedMTL, cases, rtol=1e-5, atol=1e-6)

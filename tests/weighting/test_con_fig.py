@@ -1,6 +1,9 @@
 """Tests of ConFIG."""
 
+import functools
+
 import keras
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -188,33 +191,26 @@ def test_degenerate_inputs_are_finite():
 
 
 def test_eager_matches_xla():
-    strategy = ConFIG()
-    strategy.build((3, 5))
-    compiled = tf.function(lambda g: strategy(g), jit_compile=True)
     rng = np.random.default_rng(6)
-    for grads in [
+    cases = [
         rng.standard_normal((3, 5)),
         np.zeros((3, 5)),
         rng.standard_normal((3, 2)) @ rng.standard_normal((2, 5)),
         rng.standard_normal((3, 5)) * 1e8,
-    ]:
-        grads = tf.constant(grads, tf.float32)
-        eager_update, eager_weights = strategy(grads)
-        xla_update, xla_weights = compiled(grads)
-        scale = np.abs(eager_update.numpy()).max() + 1e-30
-        np.testing.assert_allclose(
-            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6 * scale
-        )
+    ]
+    checks.assert_xla_matches_eager(
+        ConFIG,
+        [(tf.constant(grads, tf.float32), None) for grads in cases],
+        rtol=1e-5,
+        atol=checks.scaled_atol(1e-6),
+    )
 
 
 def test_state_round_trip_reset_and_aggregate():
     strategy = ConFIG(pref_vector=[1.0, 2.0, 3.0])
     strategy.build(J_CONFLICT.shape)
-    clone = ConFIG.from_config(strategy.get_config())
-    clone.build(J_CONFLICT.shape)
-    clone.set_weights(strategy.get_weights())
+    checks.assert_state_round_trip(strategy, [J_CONFLICT])
     first = _run(strategy, J_CONFLICT)
-    np.testing.assert_array_equal(_run(clone, J_CONFLICT)[0], first[0])
     strategy.reset_state()
     np.testing.assert_array_equal(_run(strategy, J_CONFLICT)[0], first[0])
     update = ConFIG().aggregate(J_BASE)
@@ -226,25 +222,12 @@ def test_state_round_trip_reset_and_aggregate():
 # --- Missing tasks --------------------------------------------------------
 
 
-def _with_absent(grads, absent):
-    """Zeroes the absent rows; returns (grads, mask)."""
-    grads = np.array(grads, "float32")
-    mask = np.ones(len(grads), "float32")
-    mask[list(absent)] = 0.0
-    grads[list(absent)] = 0.0
-    return grads, mask
-
-
 def test_missing_tasks_all_present_mask_equals_unmasked():
-    assert ConFIG.supports_missing_tasks
     rng = np.random.default_rng(20)
     for pref in (None, [0.5, 1.0, 2.0, 1.0]):
-        strategy = ConFIG(pref_vector=pref)
         grads = rng.standard_normal((4, 6)).astype(np.float32)
-        u1, w1 = strategy(grads)
-        u2, w2 = strategy(grads, task_mask=np.ones(4, "float32"))
-        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
-        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+        make = functools.partial(ConFIG, pref_vector=pref)
+        checks.assert_all_ones_mask_is_no_mask(make, [grads])
 
 
 @pytest.mark.parametrize("absent", [(1,), (0, 3), (0, 1, 2)])
@@ -253,20 +236,20 @@ def test_missing_tasks_equal_config_on_present_rows(absent, pref):
     rng = np.random.default_rng(21)
     present = [t for t in range(4) if t not in absent]
     small_pref = None if pref is None else [pref[t] for t in present]
-    grads, mask = _with_absent(rng.standard_normal((4, 5)), absent)
-    update, weights = ConFIG(pref_vector=pref)(grads, task_mask=mask)
-    ref_update, ref_weights = ConFIG(pref_vector=small_pref)(grads[present])
-    np.testing.assert_allclose(update.numpy(), ref_update.numpy(), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(
-        weights.numpy()[present], ref_weights.numpy(), rtol=1e-6, atol=1e-7
+    grads, mask = checks.with_absent(rng.standard_normal((4, 5)), absent=absent)
+    [((update, _), _)] = checks.assert_absent_task_is_dropped(
+        ConFIG(pref_vector=pref),
+        ConFIG(pref_vector=small_pref),
+        mask,
+        [grads],
+        atol=1e-7,
     )
-    np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
     np.testing.assert_allclose(
-        update.numpy(), _reference_config(grads[present], small_pref), atol=1e-5
+        update, _reference_config(grads[present], small_pref), atol=1e-5
     )
     # The present rows keep equal (preference-proportional) cosines.
     target = np.ones(len(present)) if small_pref is None else np.asarray(small_pref)
-    cosines = _cosines(grads[present], update.numpy().astype(np.float64))
+    cosines = _cosines(grads[present], update.astype(np.float64))
     np.testing.assert_allclose(cosines / cosines[0], target / target[0], rtol=1e-4)
 
 
@@ -299,16 +282,14 @@ def test_missing_tasks_finite_and_stateless():
     rng = np.random.default_rng(22)
     g = rng.standard_normal((3, 4)).astype(np.float32)
     strategy = ConFIG()
-    cases = [
-        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
-        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
-        (np.stack([g[0], -g[0], g[1]]), [1.0, 1.0, 0.0]),
-    ]
-    for grads, mask in cases:
-        mask = np.asarray(mask, "float32")
-        update, weights = strategy(grads * mask[:, None], task_mask=mask)
-        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
-        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    checks.assert_masked_outputs_finite(
+        strategy,
+        [
+            (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+            (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+            (np.stack([g[0], -g[0], g[1]]), [1.0, 1.0, 0.0]),
+        ],
+    )
     # One present task: its gradient.
     update, _ = strategy(g * [[0.0], [1.0], [0.0]], task_mask=[0.0, 1.0, 0.0])
     np.testing.assert_allclose(update.numpy(), g[1], rtol=1e-5)
@@ -316,17 +297,9 @@ def test_missing_tasks_finite_and_stateless():
 
 
 def test_missing_tasks_eager_matches_xla():
-    strategy = ConFIG()
-    strategy.build((4, 5))
-    compiled = tf.function(lambda g, m: strategy(g, task_mask=m), jit_compile=True)
     rng = np.random.default_rng(23)
-    for absent in [(0,), (2,), (1, 3)]:
-        grads, mask = _with_absent(rng.standard_normal((4, 5)), absent)
-        eager_update, eager_weights = strategy(grads, task_mask=mask)
-        xla_update, xla_weights = compiled(tf.constant(grads), tf.constant(mask))
-        np.testing.assert_allclose(
-            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6
-        )
-        np.testing.assert_allclose(
-            xla_weights.numpy(), eager_weights.numpy(), rtol=1e-5, atol=1e-6
-        )
+    cases = [
+        checks.with_absent(rng.standard_normal((4, 5)), absent=absent)
+        for absent in [(0,), (2,), (1, 3)]
+    ]
+    checks.assert_xla_matches_eager(ConFIG, cases, rtol=1e-5, atol=1e-6)

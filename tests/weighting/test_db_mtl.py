@@ -1,5 +1,8 @@
 """Tests of DBMTL (Dual-Balancing Multi-Task Learning)."""
 
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -32,16 +35,11 @@ def _random_sequence(rng, steps, num_tasks=3, dim=5):
     return grads, losses
 
 
-def _run(strategy, grads_seq, losses_seq, jit=False):
+def _run(strategy, grads_seq, losses_seq):
     strategy.build(np.shape(grads_seq[0]))
-
-    def step(grads, losses):
-        return strategy(grads, losses, training=True)
-
-    if jit:
-        step = tf.function(step, jit_compile=True)
     outputs = [
-        step(tf.constant(g), tf.constant(x)) for g, x in zip(grads_seq, losses_seq)
+        strategy(tf.constant(g), tf.constant(x), training=True)
+        for g, x in zip(grads_seq, losses_seq)
     ]
     return [u.numpy() for u, _ in outputs], [w.numpy() for _, w in outputs]
 
@@ -168,10 +166,9 @@ def test_one_task_is_scaled_log_gradient():
 
 def test_eager_equals_xla():
     grads, losses = _random_sequence(np.random.default_rng(4), steps=3)
-    eager, eager_w = _run(DBMTL(beta_sigma=0.5), grads, losses)
-    xla, xla_w = _run(DBMTL(beta_sigma=0.5), grads, losses, jit=True)
-    np.testing.assert_allclose(xla, eager, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(xla_w, eager_w, rtol=1e-5)
+    make = functools.partial(DBMTL, beta_sigma=0.5)
+    cases = [((g, x), None) for g, x in zip(grads, losses)]
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=(1e-7, 0.0))
 
 
 def test_training_false_leaves_state():
@@ -201,13 +198,7 @@ def test_state_round_trip_and_reset():
     grads, losses = _random_sequence(np.random.default_rng(6), steps=3)
     strategy = DBMTL()
     _run(strategy, grads[:2], losses[:2])
-    clone = DBMTL.from_config(strategy.get_config())
-    clone.build(grads[0].shape)
-    clone.set_weights(strategy.get_weights())
-    expected, _ = strategy(grads[2], losses[2])
-    actual, _ = clone(grads[2], losses[2])
-    np.testing.assert_array_equal(actual.numpy(), expected.numpy())
-
+    checks.assert_state_round_trip(strategy, [(grads[2], losses[2])])
     strategy.reset_state()
     np.testing.assert_array_equal(strategy.grad_buffer.numpy(), 0.0)
     assert int(strategy.step.numpy()) == 0
@@ -224,23 +215,13 @@ def test_state_round_trip_and_reset():
 def test_supports_missing_tasks_and_marks_per_task_state():
     strategy = DBMTL()
     strategy.build((3, 4))
-    assert DBMTL.supports_missing_tasks
-    marked = {v.path: axis for v, axis in strategy.per_task_state()}
-    assert len(marked) == len(strategy.weights) == 2
-    assert set(marked.values()) == {0}
+    checks.assert_all_state_is_per_task(strategy, 2)
 
 
 def test_all_ones_mask_equals_the_unmasked_call():
     grads, losses = _random_sequence(np.random.default_rng(10), steps=3)
-    plain, masked = DBMTL(beta_sigma=0.5), DBMTL(beta_sigma=0.5)
-    for strategy in (plain, masked):
-        strategy.build(grads[0].shape)
-    ones = tf.ones(3)
-    for g, x in zip(grads, losses):
-        for a, b in zip(plain(g, x), masked(g, x, task_mask=ones)):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
-    for a, b in zip(plain.weights, masked.weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    make = functools.partial(DBMTL, beta_sigma=0.5)
+    checks.assert_all_ones_mask_is_no_mask(make, list(zip(grads, losses)))
 
 
 def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
@@ -252,17 +233,18 @@ def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
     alone = DBMTL(beta_sigma=0.5)
     alone.build((2, 5))
     alone.set_weights([w[present] for w in full.get_weights()])
-    mask = tf.constant([1.0, 0.0, 1.0])
-    for g, x in zip(grads[2:], losses[2:]):
-        g, x = g.copy(), x.copy()
-        g[1], x[1] = 0.0, 0.0  # an absent task's row and loss
-        update, alpha = full(g, x, task_mask=mask)
-        expected_update, expected_alpha = alone(g[present], x[present])
-        assert alpha.numpy()[1] == 0.0
-        np.testing.assert_allclose(alpha.numpy()[present], expected_alpha, rtol=1e-6)
-        np.testing.assert_allclose(update.numpy(), expected_update, rtol=1e-5)
-    for a, b in zip(full.get_weights(), alone.get_weights()):
-        np.testing.assert_array_equal(a[present], b)
+    # An absent task's row and loss are 0.
+    steps = [
+        checks.with_absent(g, x, absent=(1,)) for g, x in zip(grads[2:], losses[2:])
+    ]
+    checks.assert_absent_task_is_dropped(
+        full,
+        alone,
+        [1.0, 0.0, 1.0],
+        [(g, x) for g, x, _ in steps],
+        rtol=(1e-5, 1e-6),
+        state_rtol=0.0,
+    )
     np.testing.assert_array_equal(full.steps.numpy(), [5, 2, 5])
     assert int(full.step.numpy()) == 5
     # The absent task's buffer did not decay; with beta_sigma > 0 its own
@@ -279,14 +261,10 @@ def test_restore_absent_tasks_keeps_the_absent_state():
     grads, losses = _random_sequence(np.random.default_rng(12), steps=3)
     strategy = DBMTL()
     _run(strategy, grads[:2], losses[:2])
-    before = [w.copy() for w in strategy.get_weights()]
-    snapshot = strategy.task_state_snapshot()
-    mask = tf.constant([1.0, 1.0, 0.0])
-    strategy(grads[2] * mask.numpy()[:, None], losses[2] * mask.numpy(), task_mask=mask)
-    strategy.restore_absent_tasks(mask, snapshot)
-    for b, a in zip(before, strategy.get_weights()):
-        np.testing.assert_array_equal(a[2], b[2])
-        assert np.all(a[:2] != b[:2])
+    g, x, mask = checks.with_absent(grads[2], losses[2], absent=(2,))
+    checks.assert_restore_keeps_absent_state(
+        strategy, mask, lambda: strategy(g, x, task_mask=tf.constant(mask))
+    )
 
 
 def test_masked_results_are_finite():
@@ -299,32 +277,14 @@ def test_masked_results_are_finite():
     for grads, losses, mask in cases:
         strategy = DBMTL()
         strategy.build((3, 4))
-        mask = np.array(mask, "float32")
-        for _ in range(2):
-            update, alpha = strategy(
-                (grads * mask[:, None]).astype("float32"),
-                (losses * mask).astype("float32"),
-                task_mask=tf.constant(mask),
-            )
-            assert np.all(np.isfinite(update.numpy())) and np.all(
-                np.isfinite(alpha.numpy())
-            )
-            assert np.all(alpha.numpy()[mask == 0] == 0.0)
-        assert np.all(strategy.grad_buffer.numpy()[mask == 0] == 0.0)
+        checks.assert_masked_outputs_finite(strategy, [((grads, losses), mask)] * 2)
+        assert np.all(strategy.grad_buffer.numpy()[np.array(mask) == 0] == 0.0)
 
 
 def test_masked_eager_equals_xla():
     grads, losses = _random_sequence(np.random.default_rng(13), steps=4)
     masks = [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
     masks = [np.array(m, "float32") for m in masks]
-    grads = [g * m[:, None] for g, m in zip(grads, masks)]
-    losses = [x * m for x, m in zip(losses, masks)]
-    eager, compiled = DBMTL(beta_sigma=0.5), DBMTL(beta_sigma=0.5)
-    for strategy in (eager, compiled):
-        strategy.build((3, 5))
-    step = tf.function(lambda g, x, m: compiled(g, x, task_mask=m), jit_compile=True)
-    for g, x, m in zip(grads, losses, masks):
-        for a, b in zip(eager(g, x, task_mask=m), step(g, x, m)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
-    for a, b in zip(eager.weights, compiled.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    cases = [((g * m[:, None], x * m), m) for g, x, m in zip(grads, losses, masks)]
+    make = functools.partial(DBMTL, beta_sigma=0.5)
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=1e-7)

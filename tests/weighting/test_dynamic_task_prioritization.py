@@ -1,5 +1,8 @@
 """Tests of `DynamicTaskPrioritization` (Guo et al., ECCV 2018)."""
 
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -132,34 +135,28 @@ def test_warmup_and_training_flag():
         np.testing.assert_array_equal(b, v.numpy())
 
 
+def _call(strategy, losses, kpis, task_mask=None):
+    return checks.default_call(strategy, losses, kpis=kpis, task_mask=task_mask)
+
+
 def test_eager_equals_xla():
-    eager = DynamicTaskPrioritization(alpha=0.4, warmup_steps=1, gamma=[1.0, 2.0, 1.5])
-    compiled = DynamicTaskPrioritization.from_config(eager.get_config())
-
-    @tf.function(jit_compile=True)
-    def step(losses, kpis):
-        return compiled(losses, kpis=kpis)
-
+    make = functools.partial(
+        DynamicTaskPrioritization, alpha=0.4, warmup_steps=1, gamma=[1.0, 2.0, 1.5]
+    )
     rng = np.random.default_rng(1)
+    cases = []
     for _ in range(5):
         losses = _t(rng.uniform(0.1, 3.0, 3))
-        kpis = _t(rng.uniform(0.0, 1.0, 3))
-        for a, b in zip(eager(losses, kpis=kpis), step(losses, kpis)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+        cases.append(((losses, _t(rng.uniform(0.0, 1.0, 3))), None))
+    checks.assert_xla_matches_eager(make, cases, call=_call)
 
 
 def test_state_round_trip_and_reset():
     strategy = DynamicTaskPrioritization(alpha=0.2)
     for kappa in ([0.1, 0.5], [0.3, 0.6], [0.5, 0.7]):
         strategy(_t([1.0, 1.0]), kpis=_t(kappa))
-    clone = DynamicTaskPrioritization.from_config(strategy.get_config())
-    clone.build((2,))
-    clone.set_weights(strategy.get_weights())
-    for kappa in ([0.6, 0.7], [0.65, 0.9]):
-        a = strategy(_t([1.0, 2.0]), kpis=_t(kappa))
-        b = clone(_t([1.0, 2.0]), kpis=_t(kappa))
-        for x, y in zip(a, b):
-            np.testing.assert_array_equal(x.numpy(), y.numpy())
+    steps = [(_t([1.0, 2.0]), _t(kappa)) for kappa in ([0.6, 0.7], [0.65, 0.9])]
+    checks.assert_state_round_trip(strategy, steps, call=_call)
     strategy.reset_state()
     assert all(not np.any(v.numpy()) for v in strategy.weights)
     # After a reset the first KPI initialises the average again.
@@ -189,22 +186,19 @@ def test_permutation_equivariance_and_degenerate_inputs():
 def test_supports_missing_tasks_and_marks_per_task_state():
     strategy = DynamicTaskPrioritization()
     strategy.build((3,))
-    assert DynamicTaskPrioritization.supports_missing_tasks
-    marked = {v.path: axis for v, axis in strategy.per_task_state()}
-    assert len(marked) == len(strategy.weights) == 2
-    assert set(marked.values()) == {0}
+    checks.assert_all_state_is_per_task(strategy, 2)
 
 
 def test_all_ones_mask_equals_the_unmasked_call():
     rng = np.random.default_rng(10)
-    plain = DynamicTaskPrioritization(alpha=0.3, warmup_steps=2, gamma=[1.0, 2.0])
-    masked = DynamicTaskPrioritization.from_config(plain.get_config())
+    make = functools.partial(
+        DynamicTaskPrioritization, alpha=0.3, warmup_steps=2, gamma=[1.0, 2.0]
+    )
+    steps = []
     for _ in range(5):
-        losses, kpis = _t(rng.uniform(0.1, 3.0, 2)), _t(rng.uniform(0.0, 1.0, 2))
-        a = plain(losses, kpis=kpis)
-        b = masked(losses, kpis=kpis, task_mask=_t([1.0, 1.0]))
-        for x, y in zip(a, b):
-            np.testing.assert_array_equal(x.numpy(), y.numpy())
+        losses = _t(rng.uniform(0.1, 3.0, 2))
+        steps.append((losses, _t(rng.uniform(0.0, 1.0, 2))))
+    checks.assert_all_ones_mask_is_no_mask(make, steps, call=_call)
 
 
 def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
@@ -217,18 +211,16 @@ def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
     alone = DynamicTaskPrioritization(alpha=0.3, gamma=[1.0, 1.5], warmup_steps=3)
     alone.build((2,))
     alone.set_weights([w[present] for w in full.get_weights()])
+    steps = []
     for _ in range(3):  # through the end of the warm-up
         losses = rng.uniform(0.1, 3.0, 3)
         kpis = rng.uniform(0.0, 1.0, 3)
         losses[1], kpis[1] = 0.0, np.nan  # an absent task's loss and metric
-        total, weights = full(_t(losses), kpis=_t(kpis), task_mask=_t([1, 0, 1]))
-        expected_total, expected = alone(_t(losses[present]), kpis=_t(kpis[present]))
-        assert weights.numpy()[1] == 0.0
-        np.testing.assert_array_equal(weights.numpy()[present], expected.numpy())
-        np.testing.assert_allclose(float(total), float(expected_total), rtol=1e-6)
+        steps.append((_t(losses), _t(kpis)))
+    checks.assert_absent_task_is_dropped(
+        full, alone, [1, 0, 1], steps, call=_call, rtol=(1e-6, 0.0), state_rtol=0.0
+    )
     assert np.all(np.isfinite(full.kpi_average.numpy()))
-    for a, b in zip(full.get_weights(), alone.get_weights()):
-        np.testing.assert_array_equal(a[present], b)
 
 
 def test_first_present_step_initialises_the_average_and_starts_the_warmup():
@@ -248,43 +240,32 @@ def test_first_present_step_initialises_the_average_and_starts_the_warmup():
 def test_restore_absent_tasks_keeps_the_absent_state():
     strategy = DynamicTaskPrioritization(alpha=0.5, warmup_steps=3)
     strategy(_t([1.0, 1.0, 1.0]), kpis=_t([0.2, 0.3, 0.4]))
-    before = [w.copy() for w in strategy.get_weights()]
-    snapshot = strategy.task_state_snapshot()
     mask = _t([1.0, 0.0, 1.0])
-    strategy(_t([1.0, 0.0, 1.0]), kpis=_t([0.6, 0.9, 0.8]), task_mask=mask)
-    strategy.restore_absent_tasks(mask, snapshot)
-    for b, a in zip(before, strategy.get_weights()):
-        assert a[1] == b[1]
-        assert np.all(a[[0, 2]] != b[[0, 2]])
+    checks.assert_restore_keeps_absent_state(
+        strategy,
+        mask,
+        lambda: strategy(_t([1.0, 0.0, 1.0]), kpis=_t([0.6, 0.9, 0.8]), task_mask=mask),
+    )
 
 
 def test_masked_results_are_finite():
-    strategy = DynamicTaskPrioritization()
-    for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0]):
-        total, weights = strategy(
-            _t([0.0, 1e10, 1e-10]), kpis=_t([np.nan, 0.0, 1.0]), task_mask=_t(mask)
-        )
-        assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
-        assert weights.numpy()[0] == 0.0
-    assert np.all(np.isfinite(strategy.kpi_average.numpy()))
+    step = (_t([0.0, 1e10, 1e-10]), _t([np.nan, 0.0, 1.0]))
+    checks.assert_masked_outputs_finite(
+        DynamicTaskPrioritization(),
+        [(step, [0.0, 1.0, 1.0]), (step, [0.0, 0.0, 0.0])],
+        call=_call,
+        zero_absent=False,
+    )
 
 
 def test_masked_eager_equals_xla():
-    eager = DynamicTaskPrioritization(alpha=0.4, warmup_steps=1, gamma=[1.0, 2.0, 1.5])
-    compiled = DynamicTaskPrioritization.from_config(eager.get_config())
-
-    @tf.function(jit_compile=True)
-    def step(losses, kpis, mask):
-        return compiled(losses, kpis=kpis, task_mask=mask)
-
+    make = functools.partial(
+        DynamicTaskPrioritization, alpha=0.4, warmup_steps=1, gamma=[1.0, 2.0, 1.5]
+    )
     rng = np.random.default_rng(12)
+    cases = []
     for k in range(6):
         mask = _t([1.0, float(k % 3 != 0), float(k % 2 == 0)])
         losses = _t(rng.uniform(0.1, 3.0, 3)) * mask
-        kpis = _t(rng.uniform(0.0, 1.0, 3))
-        for a, b in zip(
-            eager(losses, kpis=kpis, task_mask=mask), step(losses, kpis, mask)
-        ):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
-    for a, b in zip(eager.get_weights(), compiled.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+        cases.append(((losses, _t(rng.uniform(0.0, 1.0, 3))), mask))
+    checks.assert_xla_matches_eager(make, cases, call=_call)

@@ -1,5 +1,8 @@
 """Tests of `DynamicWeightAverage` (Liu, Johns, Davison, CVPR 2019)."""
 
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -166,39 +169,20 @@ def test_step_mode_matches_meta_ema_variant():
 
 @pytest.mark.parametrize("mode", ["epoch", "step"])
 def test_eager_equals_xla(mode):
-    eager = DynamicWeightAverage(mode=mode)
-    eager.build((3,))
-    compiled = DynamicWeightAverage.from_config(eager.get_config())
-    compiled.build((3,))
-
-    @tf.function(jit_compile=True)
-    def step(losses):
-        return compiled(losses)
-
     rng = np.random.default_rng(2)
-    for _ in range(4):
-        for _ in range(3):
-            losses = _t(rng.uniform(0.1, 5.0, size=3))
-            total_e, w_e = eager(losses)
-            total_c, w_c = step(losses)
-            np.testing.assert_allclose(w_e.numpy(), w_c.numpy(), rtol=1e-6)
-            np.testing.assert_allclose(total_e.numpy(), total_c.numpy(), rtol=1e-6)
-        eager.on_epoch_end()
-        compiled.on_epoch_end()
+    epochs = [
+        [(_t(rng.uniform(0.1, 5.0, size=3)), None) for _ in range(3)] for _ in range(4)
+    ]
+    make = functools.partial(DynamicWeightAverage, mode=mode)
+    checks.assert_xla_matches_eager(make, checks.with_epoch_ends(epochs))
 
 
 @pytest.mark.parametrize("mode", ["epoch", "step"])
 def test_state_round_trip_and_reset(mode):
     strategy = DynamicWeightAverage(mode=mode)
     _run_epochs(strategy, [[[1.0, 2.0], [1.5, 2.5]], [[0.5, 2.4]], [[0.4, 2.3]]])
-    clone = DynamicWeightAverage.from_config(strategy.get_config())
-    clone.build((2,))
-    clone.set_weights(strategy.get_weights())
-    for losses in ([0.3, 2.0], [0.2, 1.9]):
-        for a, b in zip(strategy(_t(losses)), clone(_t(losses))):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
-        strategy.on_epoch_end()
-        clone.on_epoch_end()
+    steps = checks.with_epoch_ends([[_t([0.3, 2.0])], [_t([0.2, 1.9])]])
+    checks.assert_state_round_trip(strategy, steps)
     assert not np.allclose(strategy(_t([1.0, 1.0]))[1].numpy(), 1.0)
     strategy.reset_state()
     assert all(not np.any(v.numpy()) for v in strategy.weights)
@@ -239,19 +223,13 @@ def _masked_epochs(strategy, epochs):
 
 @pytest.mark.parametrize("mode", ["epoch", "step"])
 def test_missing_tasks_all_present_mask_changes_nothing(mode):
-    assert DynamicWeightAverage.supports_missing_tasks
     rng = np.random.default_rng(4)
-    epochs = [rng.uniform(0.5, 3.0, size=(3, 3)).tolist() for _ in range(4)]
-    plain = DynamicWeightAverage(mode=mode)
-    masked = DynamicWeightAverage(mode=mode)
-    got = _run_epochs(plain, epochs)
-    got_masked = _masked_epochs(
-        masked, [[(losses, [1.0, 1.0, 1.0]) for losses in epoch] for epoch in epochs]
+    epochs = [[_t(x) for x in rng.uniform(0.5, 3.0, size=(3, 3))] for _ in range(4)]
+    make = functools.partial(DynamicWeightAverage, mode=mode)
+    *_, outputs = checks.assert_all_ones_mask_is_no_mask(
+        make, checks.with_epoch_ends(epochs), rtol=1e-6
     )
-    assert not np.allclose(got[-1], 1.0)
-    np.testing.assert_allclose(got_masked, got, rtol=1e-6)
-    for a, b in zip(plain.weights, masked.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    assert not np.allclose(outputs[-1][1], 1.0)
 
 
 def test_epoch_mode_absent_task_as_if_only_present_tasks_existed():
@@ -303,17 +281,9 @@ def test_step_mode_absent_task_as_if_only_present_tasks_existed():
     for losses in rng.uniform(0.5, 3.0, size=(3, 3)):
         full(_t(losses))
         present_only(_t(losses[[0, 2]]))
-    frozen = (full.latest.numpy()[1], full.previous.numpy()[1])
-    for losses in rng.uniform(0.5, 3.0, size=(4, 3)):
-        _, weights = full(_t(losses * [1, 0, 1]), task_mask=_t([1.0, 0.0, 1.0]))
-        _, expected = present_only(_t(losses[[0, 2]]))
-        np.testing.assert_allclose(weights.numpy()[[0, 2]], expected.numpy(), rtol=1e-6)
-        assert weights.numpy()[1] == 0.0
-    # The absent task's EMA did not move while it was absent.
-    assert (full.latest.numpy()[1], full.previous.numpy()[1]) == frozen
-    np.testing.assert_allclose(
-        full.latest.numpy()[[0, 2]], present_only.latest.numpy(), rtol=1e-6
-    )
+    # The absent task's EMA does not move while it is absent.
+    steps = [_t(x * [1, 0, 1]) for x in rng.uniform(0.5, 3.0, size=(4, 3))]
+    checks.assert_absent_task_is_dropped(full, present_only, [1.0, 0.0, 1.0], steps)
 
 
 def test_task_without_two_recorded_epochs_enters_with_ratio_one():
@@ -344,23 +314,16 @@ def test_absent_task_state_is_unchanged_and_restorable(mode):
     strategy = DynamicWeightAverage(mode=mode)
     _run_epochs(strategy, [[[1.0, 2.0, 3.0]], [[0.9, 1.5, 2.0]], [[0.8, 1.4, 2.5]]])
     strategy(_t([0.7, 1.2, 2.0]))
-    assert len(strategy.per_task_state()) == 5
-    snapshot = strategy.task_state_snapshot()
+    assert [axis for _, axis in strategy.per_task_state()] == [0] * 5
     mask = _t([1.0, 0.0, 1.0])
-    _, weights = strategy(_t([0.5, 0.0, 1.0]), task_mask=mask)
-    assert np.all(np.isfinite(weights.numpy()))
+
+    def step():
+        _, weights = strategy(_t([0.5, 0.0, 1.0]), task_mask=mask)
+        assert np.all(np.isfinite(weights.numpy()))
+
     # The strategy itself leaves the absent task's state alone; the model's
     # restore (run here as the model does) is then a no-op for it.
-    for restored in (False, True):
-        if restored:
-            strategy.restore_absent_tasks(mask, snapshot)
-        moved = False
-        for (variable, axis), before in zip(strategy.per_task_state(), snapshot):
-            assert axis == 0
-            after, before = variable.numpy(), before.numpy()
-            assert after[1] == before[1], variable.name
-            moved = moved or not np.array_equal(after[[0, 2]], before[[0, 2]])
-        assert moved
+    checks.assert_restore_keeps_absent_state(strategy, mask, step, moved="any")
     # No task present: zero weights, nothing per task moves.
     snapshot = strategy.task_state_snapshot()
     _, weights = strategy(_t([0.0, 0.0, 0.0]), task_mask=_t([0.0, 0.0, 0.0]))
@@ -371,21 +334,13 @@ def test_absent_task_state_is_unchanged_and_restorable(mode):
 
 @pytest.mark.parametrize("mode", ["epoch", "step"])
 def test_masked_eager_equals_xla(mode):
-    eager = DynamicWeightAverage(mode=mode)
-    eager.build((3,))
-    compiled = DynamicWeightAverage.from_config(eager.get_config())
-    compiled.build((3,))
-    step = tf.function(lambda x, m: compiled(x, task_mask=m), jit_compile=True)
     rng = np.random.default_rng(7)
     masks = [[1, 1, 1], [1, 0, 1], [0, 1, 1], [0, 0, 0], [1, 1, 0]]
+    epochs = []
     for epoch in range(4):
+        epochs.append([])
         for i in range(3):
             mask = _t(masks[(epoch + i) % len(masks)])
-            losses = _t(rng.uniform(0.1, 5.0, size=3)) * mask
-            for a, b in zip(eager(losses, task_mask=mask), step(losses, mask)):
-                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
-                assert np.all(np.isfinite(b.numpy()))
-        eager.on_epoch_end()
-        compiled.on_epoch_end()
-    for a, b in zip(eager.weights, compiled.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+            epochs[-1].append((_t(rng.uniform(0.1, 5.0, size=3)) * mask, mask))
+    make = functools.partial(DynamicWeightAverage, mode=mode)
+    checks.assert_xla_matches_eager(make, checks.with_epoch_ends(epochs))

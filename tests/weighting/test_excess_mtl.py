@@ -1,5 +1,8 @@
 """Tests of ExcessMTL (robust weighting by excess risks)."""
 
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -155,14 +158,9 @@ def test_degenerate_inputs_are_finite():
 
 def test_eager_equals_xla():
     grads = _random_sequence(np.random.default_rng(4), steps=3)
-    eager, eager_w = _run(ExcessMTL(robust_step_size=0.3), grads)
-    strategy = ExcessMTL(robust_step_size=0.3)
-    strategy.build(grads[0].shape)
-    step = tf.function(lambda g: strategy(g), jit_compile=True)
-    for grad, expected, expected_w in zip(grads, eager, eager_w):
-        update, weight = step(tf.constant(grad))
-        np.testing.assert_allclose(update.numpy(), expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(weight.numpy(), expected_w, rtol=1e-5)
+    make = functools.partial(ExcessMTL, robust_step_size=0.3)
+    cases = [(g, None) for g in grads]
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=(1e-6, 0.0))
 
 
 def test_training_false_leaves_state():
@@ -198,14 +196,7 @@ def test_state_round_trip_and_reset():
     grads = _random_sequence(np.random.default_rng(5), steps=4)
     strategy = ExcessMTL(robust_step_size=0.5)
     _run(strategy, grads[:3])
-    clone = ExcessMTL.from_config(strategy.get_config())
-    clone.build(grads[0].shape)
-    clone.set_weights(strategy.get_weights())
-    expected = strategy(grads[3])
-    actual = clone(grads[3])
-    np.testing.assert_array_equal(actual[0].numpy(), expected[0].numpy())
-    np.testing.assert_array_equal(actual[1].numpy(), expected[1].numpy())
-
+    checks.assert_state_round_trip(strategy, [grads[3]])
     strategy.reset_state()
     np.testing.assert_array_equal(strategy.grad_sq_sum.numpy(), 0.0)
     np.testing.assert_array_equal(strategy.initial_excess.numpy(), 0.0)
@@ -220,22 +211,15 @@ def test_state_round_trip_and_reset():
 def test_supports_missing_tasks_and_marks_per_task_state():
     strategy = ExcessMTL()
     strategy.build((3, 4))
-    assert ExcessMTL.supports_missing_tasks
-    marked = {v.path: axis for v, axis in strategy.per_task_state()}
-    assert len(marked) == len(strategy.weights) == 4
-    assert set(marked.values()) == {0}
+    checks.assert_all_state_is_per_task(strategy, 4)
 
 
 def test_all_ones_mask_equals_the_unmasked_call():
     grads = _random_sequence(np.random.default_rng(10), steps=4)
-    plain, masked = ExcessMTL(robust_step_size=0.5), ExcessMTL(robust_step_size=0.5)
-    for strategy in (plain, masked):
-        strategy.build(grads[0].shape)
-    for g in grads:
-        for a, b in zip(plain(g), masked(g, task_mask=tf.ones(3))):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
-    for a, b in zip(plain.weights, masked.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    make = functools.partial(ExcessMTL, robust_step_size=0.5)
+    checks.assert_all_ones_mask_is_no_mask(
+        make, grads, rtol=1e-6, atol=1e-7, state_rtol=1e-6, state_atol=0.0
+    )
 
 
 def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
@@ -302,17 +286,13 @@ def test_restore_absent_tasks_keeps_the_absent_state():
     grads = _random_sequence(np.random.default_rng(12), steps=3)
     strategy = ExcessMTL(robust_step_size=0.5)
     _run(strategy, grads[:2])
-    before = [w.copy() for w in strategy.get_weights()]
-    snapshot = strategy.task_state_snapshot()
-    mask = tf.constant([0.0, 1.0, 1.0])
-    strategy(grads[2] * mask.numpy()[:, None], task_mask=mask)
-    strategy.restore_absent_tasks(mask, snapshot)
-    after = strategy.get_weights()
-    for b, a in zip(before, after):
-        np.testing.assert_array_equal(a[0], b[0])
-    for name, b, a in zip(["S", "e0", "w", "steps"], before, after):
-        if name != "e0":  # e0 is recorded once
-            assert np.all(a[1:] != b[1:]), name
+    g, mask = checks.with_absent(grads[2], absent=(0,))
+    checks.assert_restore_keeps_absent_state(
+        strategy,
+        mask,
+        lambda: strategy(g, task_mask=tf.constant(mask)),
+        skip_moved=("initial_excess",),  # e0 is recorded once
+    )
 
 
 def test_masked_results_are_finite():
@@ -325,15 +305,8 @@ def test_masked_results_are_finite():
     for grads, mask in cases:
         strategy = ExcessMTL(robust_step_size=1.0)
         strategy.build((3, 4))
-        mask = np.array(mask, "float32")
-        for k in range(3):
-            update, weight = strategy(
-                (grads * (k + 1) * mask[:, None]).astype("float32"),
-                task_mask=tf.constant(mask),
-            )
-            assert np.all(np.isfinite(update.numpy()))
-            assert np.all(weight.numpy()[mask == 0] == 0.0)
-            assert all(np.all(np.isfinite(w)) for w in strategy.get_weights())
+        steps = [(grads * (k + 1), mask) for k in range(3)]
+        checks.assert_masked_outputs_finite(strategy, steps)
         np.testing.assert_allclose(strategy.loss_weight.numpy().sum(), 3.0, rtol=1e-6)
 
 
@@ -341,13 +314,6 @@ def test_masked_eager_equals_xla():
     grads = _random_sequence(np.random.default_rng(13), steps=4)
     masks = [[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
     masks = [np.array(m, "float32") for m in masks]
-    eager, compiled = ExcessMTL(robust_step_size=0.5), ExcessMTL(robust_step_size=0.5)
-    for strategy in (eager, compiled):
-        strategy.build((3, 5))
-    step = tf.function(lambda g, m: compiled(g, task_mask=m), jit_compile=True)
-    for g, m in zip(grads, masks):
-        g = g * m[:, None]
-        for a, b in zip(eager(g, task_mask=m), step(g, m)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
-    for a, b in zip(eager.weights, compiled.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    cases = [(g * m[:, None], m) for g, m in zip(grads, masks)]
+    make = functools.partial(ExcessMTL, robust_step_size=0.5)
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=1e-7)

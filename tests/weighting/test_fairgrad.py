@@ -1,6 +1,9 @@
 """Tests of FairGrad."""
 
+import functools
+
 import keras
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -200,36 +203,26 @@ def test_degenerate_inputs_are_finite():
 
 
 def test_eager_matches_xla():
-    strategy = FairGrad(alpha=2.0)
-    strategy.build((3, 5))
-    compiled = tf.function(lambda g: strategy(g), jit_compile=True)
     rng = np.random.default_rng(7)
-    for grads in [
+    cases = [
         rng.standard_normal((3, 5)),
         rng.standard_normal((3, 5)) * 1e-6,
         np.zeros((3, 5)),
         rng.standard_normal((3, 1)) @ rng.standard_normal((1, 5)),
-    ]:
-        grads = tf.constant(grads, tf.float32)
-        eager_update, eager_weights = strategy(grads)
-        xla_update, xla_weights = compiled(grads)
-        scale = np.abs(eager_update.numpy()).max() + 1e-30
-        np.testing.assert_allclose(
-            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6 * scale
-        )
-        np.testing.assert_allclose(
-            xla_weights.numpy(), eager_weights.numpy(), rtol=1e-5
-        )
+    ]
+    checks.assert_xla_matches_eager(
+        functools.partial(FairGrad, alpha=2.0),
+        [(tf.constant(grads, tf.float32), None) for grads in cases],
+        rtol=1e-5,
+        atol=(checks.scaled_atol(1e-6), 0.0),
+    )
 
 
 def test_state_round_trip_reset_and_aggregate():
     strategy = FairGrad(alpha=0.5)
     strategy.build(J_CONFLICT.shape)
-    clone = FairGrad.from_config(strategy.get_config())
-    clone.build(J_CONFLICT.shape)
-    clone.set_weights(strategy.get_weights())
+    checks.assert_state_round_trip(strategy, [J_CONFLICT])
     first = _run(strategy, J_CONFLICT)
-    np.testing.assert_array_equal(_run(clone, J_CONFLICT)[0], first[0])
     strategy.reset_state()
     np.testing.assert_array_equal(_run(strategy, J_CONFLICT)[0], first[0])
     update = FairGrad().aggregate(J_BASE)
@@ -243,15 +236,6 @@ def test_state_round_trip_reset_and_aggregate():
 # --- Missing tasks --------------------------------------------------------
 
 
-def _with_absent(grads, absent):
-    """Zeroes the absent rows; returns (grads, mask)."""
-    grads = np.array(grads, "float32")
-    mask = np.ones(len(grads), "float32")
-    mask[list(absent)] = 0.0
-    grads[list(absent)] = 0.0
-    return grads, mask
-
-
 def _conflicting(rng, num=5, dim=6):
     return (rng.standard_normal((num, dim)) * rng.uniform(0.2, 4.0, (num, 1))).astype(
         "float32"
@@ -260,13 +244,9 @@ def _conflicting(rng, num=5, dim=6):
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0, 2.0])
 def test_missing_tasks_all_present_mask_equals_unmasked(alpha):
-    assert FairGrad.supports_missing_tasks
     grads = _conflicting(np.random.default_rng(30))
-    strategy = FairGrad(alpha=alpha)
-    u1, w1 = strategy(grads)
-    u2, w2 = strategy(grads, task_mask=np.ones(5, "float32"))
-    np.testing.assert_array_equal(u2.numpy(), u1.numpy())
-    np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+    make = functools.partial(FairGrad, alpha=alpha)
+    checks.assert_all_ones_mask_is_no_mask(make, [grads])
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 3.0])
@@ -275,19 +255,13 @@ def test_missing_tasks_equal_fairgrad_on_present_rows(alpha):
     strategy = FairGrad(alpha=alpha)
     for absent in [(1,), (0, 3), (0, 1, 2, 4)]:
         present = [t for t in range(5) if t not in absent]
-        grads, mask = _with_absent(_conflicting(rng), absent)
-        update, weights = strategy(grads, task_mask=mask)
-        ref_update, ref_weights = FairGrad(alpha=alpha)(grads[present])
-        np.testing.assert_allclose(
-            update.numpy(), ref_update.numpy(), rtol=1e-6, atol=1e-7
+        grads, mask = checks.with_absent(_conflicting(rng), absent=absent)
+        [((_, weights), _)] = checks.assert_absent_task_is_dropped(
+            strategy, FairGrad(alpha=alpha), mask, [grads], atol=(1e-7, 0.0)
         )
-        np.testing.assert_allclose(
-            weights.numpy()[present], ref_weights.numpy(), rtol=1e-6
-        )
-        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
         if alpha > 0:
             # The fairness equation holds on the present rows.
-            w = weights.numpy().astype(np.float64)[present]
+            w = weights.astype(np.float64)[present]
             assert _residual(grads[present], w, alpha) < 1e-5
 
 
@@ -313,16 +287,14 @@ def test_missing_tasks_finite_and_stateless():
     rng = np.random.default_rng(33)
     g = _conflicting(rng, 3, 4)
     strategy = FairGrad()
-    cases = [
-        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
-        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
-        (np.stack([g[0], -g[0], g[1]]), [1.0, 1.0, 0.0]),
-    ]
-    for grads, mask in cases:
-        mask = np.asarray(mask, "float32")
-        update, weights = strategy(grads * mask[:, None], task_mask=mask)
-        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
-        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    checks.assert_masked_outputs_finite(
+        strategy,
+        [
+            (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+            (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+            (np.stack([g[0], -g[0], g[1]]), [1.0, 1.0, 0.0]),
+        ],
+    )
     # One present task, alpha = 1: w = 1 / ||g||, the update is g / ||g||.
     update, weights = strategy(g * [[0.0], [1.0], [0.0]], task_mask=[0.0, 1.0, 0.0])
     norm = np.linalg.norm(g[1].astype(np.float64))
@@ -332,17 +304,11 @@ def test_missing_tasks_finite_and_stateless():
 
 
 def test_missing_tasks_eager_matches_xla():
-    strategy = FairGrad(alpha=2.0)
-    strategy.build((4, 6))
-    compiled = tf.function(lambda g, m: strategy(g, task_mask=m), jit_compile=True)
     rng = np.random.default_rng(34)
-    for absent in [(0,), (2,), (1, 3)]:
-        grads, mask = _with_absent(_conflicting(rng, 4, 6), absent)
-        eager_update, eager_weights = strategy(grads, task_mask=mask)
-        xla_update, xla_weights = compiled(tf.constant(grads), tf.constant(mask))
-        np.testing.assert_allclose(
-            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6
-        )
-        np.testing.assert_allclose(
-            xla_weights.numpy(), eager_weights.numpy(), rtol=1e-5, atol=1e-7
-        )
+    cases = [
+        checks.with_absent(_conflicting(rng, 4, 6), absent=absent)
+        for absent in [(0,), (2,), (1, 3)]
+    ]
+    checks.assert_xla_matches_eager(
+        functools.partial(FairGrad, alpha=2.0), cases, rtol=1e-5, atol=(1e-6, 1e-7)
+    )

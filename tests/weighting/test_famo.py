@@ -1,6 +1,9 @@
 """Tests of `FAMO` (Liu, Feng, Stone, Liu, NeurIPS 2023)."""
 
+import functools
+
 import keras
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -310,35 +313,31 @@ def _run_steps(strategy, rng, steps, num_tasks=3):
         strategy.update_after_step(losses, losses * _t(rng.uniform(0.6, 1.0, 3)))
 
 
+def _full_step(strategy, old, new, task_mask=None):
+    """The objective, the weights, the objective's gradient with respect to
+    the losses, then the post-step update from `old` to `new` losses."""
+    old = tf.convert_to_tensor(old)
+    with tf.GradientTape() as tape:
+        tape.watch(old)
+        total, weights = checks.default_call(strategy, old, task_mask=task_mask)
+    gradient = tape.gradient(total, old)
+    strategy.update_after_step(old, new, task_mask=task_mask)
+    return total, weights, gradient
+
+
 def test_supports_missing_tasks_and_marks_per_task_state():
-    strategy = _built(3)
-    assert FAMO.supports_missing_tasks
-    marked = {v.path: axis for v, axis in strategy.per_task_state()}
-    assert len(marked) == len(strategy.weights) == 4
-    assert set(marked.values()) == {0}
+    checks.assert_all_state_is_per_task(_built(3), 4)
 
 
 def test_all_ones_mask_equals_the_unmasked_call():
     rng = np.random.default_rng(10)
-    plain, masked = _built(3), _built(3)
-    ones = _t([1.0, 1.0, 1.0])
+    steps = []
     for _ in range(4):
         old = _t(rng.uniform(0.5, 3.0, 3))
-        new = old * _t(rng.uniform(0.6, 1.0, 3))
-        loss_tensor = tf.Variable(old)
-        with tf.GradientTape(persistent=True) as tape:
-            a = plain(loss_tensor)
-            b = masked(loss_tensor, task_mask=ones)
-        for x, y in zip(a, b):
-            np.testing.assert_array_equal(x.numpy(), y.numpy())
-        np.testing.assert_array_equal(
-            tape.gradient(a[0], loss_tensor).numpy(),
-            tape.gradient(b[0], loss_tensor).numpy(),
-        )
-        plain.update_after_step(old, new)
-        masked.update_after_step(old, new, task_mask=ones)
-        for x, y in zip(plain.weights, masked.weights):
-            np.testing.assert_array_equal(x.numpy(), y.numpy())
+        steps.append((old, old * _t(rng.uniform(0.6, 1.0, 3))))
+    checks.assert_all_ones_mask_is_no_mask(
+        functools.partial(_built, 3), steps, call=_full_step
+    )
 
 
 def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
@@ -348,25 +347,25 @@ def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
     present = [0, 2]
     alone = _built(2, weight_decay=0.01, min_losses=[0.1, 0.0])
     alone.set_weights([w[present] for w in full.get_weights()])
-    mask = _t([1.0, 0.0, 1.0])
+    steps = []
     for _ in range(3):
         old = rng.uniform(0.5, 3.0, 3) * [1.0, 0.0, 1.0]
-        new = old * rng.uniform(0.6, 1.0, 3)
-        loss_tensor = tf.Variable(_t(old))
-        with tf.GradientTape() as tape:
-            total, weights = full(loss_tensor, task_mask=mask)
-        expected_total, expected = alone(_t(old[present]))
-        assert weights.numpy()[1] == 0.0
-        np.testing.assert_allclose(weights.numpy()[present], expected, rtol=1e-6)
-        np.testing.assert_allclose(weights.numpy().sum(), 1.0, rtol=1e-6)
-        np.testing.assert_allclose(float(total), float(expected_total), rtol=1e-6)
-        # The weights are the gradient of the objective; 0 for the absent task.
-        gradient = tape.gradient(total, loss_tensor).numpy()
-        np.testing.assert_allclose(gradient, weights.numpy(), rtol=1e-5)
-        full.update_after_step(_t(old), _t(new), task_mask=mask)
-        alone.update_after_step(_t(old[present]), _t(new[present]))
-        for a, b in zip(full.get_weights(), alone.get_weights()):
-            np.testing.assert_allclose(a[present], b, rtol=1e-5, atol=1e-9)
+        steps.append((_t(old), _t(old * rng.uniform(0.6, 1.0, 3))))
+    pairs = checks.assert_absent_task_is_dropped(
+        full,
+        alone,
+        [1.0, 0.0, 1.0],
+        steps,
+        call=_full_step,
+        per_task=(False, True, True),
+        rtol=(1e-6, 1e-6, 1e-5),
+        state_rtol=1e-5,
+        state_atol=1e-9,
+    )
+    for (_, weights, gradient), _ in pairs:
+        np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+        # The weights are the gradient of the objective.
+        np.testing.assert_allclose(gradient, weights, rtol=1e-5)
     np.testing.assert_array_equal(full.adam_steps.numpy(), [6, 3, 6])
     assert int(full.adam_step.numpy()) == 6
 
@@ -391,51 +390,35 @@ def test_restore_absent_tasks_keeps_the_absent_state():
     rng = np.random.default_rng(12)
     strategy = _built(3)
     _run_steps(strategy, rng, 2)
-    before = [w.copy() for w in strategy.get_weights()]
-    snapshot = strategy.task_state_snapshot()
     mask = _t([1.0, 1.0, 0.0])
-    strategy(_t([1.0, 2.0, 0.0]), task_mask=mask)
-    strategy.update_after_step(_t([1.0, 2.0, 0.0]), _t([0.5, 1.9, 0.0]), task_mask=mask)
-    strategy.restore_absent_tasks(mask, snapshot)
-    for b, a in zip(before, strategy.get_weights()):
-        assert a[2] == b[2]
-        assert np.all(a[:2] != b[:2])
+    checks.assert_restore_keeps_absent_state(
+        strategy,
+        mask,
+        lambda: _full_step(strategy, _t([1.0, 2.0, 0.0]), _t([0.5, 1.9, 0.0]), mask),
+    )
 
 
 def test_masked_results_are_finite():
+    step = (_t([0.0, 1e-10, 1e10]), _t([0.0, 1e-12, 1e9]))
     for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]):
         strategy = _built(3, min_losses=[0.5, 0.0, 0.0])
-        losses = tf.Variable(_t([0.0, 1e-10, 1e10]) * _t(mask))
-        with tf.GradientTape() as tape:
-            total, weights = strategy(losses, task_mask=_t(mask))
-        gradient = tape.gradient(total, losses).numpy()
-        assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
-        absent = np.array(mask) == 0.0
-        assert np.all(np.isfinite(gradient)) and np.all(gradient[absent] == 0.0)
-        assert np.all(weights.numpy()[absent] == 0.0)
-        strategy.update_after_step(
-            losses, _t([0.0, 1e-12, 1e9]) * _t(mask), task_mask=_t(mask)
+        checks.assert_masked_outputs_finite(
+            strategy, [(step, mask)], call=_full_step, per_task=(False, True, True)
         )
-        assert all(np.all(np.isfinite(w)) for w in strategy.get_weights())
-        assert np.all(strategy.logits.numpy()[absent] == 0.0)
+        assert np.all(strategy.logits.numpy()[np.array(mask) == 0.0] == 0.0)
 
 
 def test_masked_eager_and_xla_agree_on_a_full_step():
     rng = np.random.default_rng(13)
-    eager = _built(3, logits=[0.2, -0.1, 0.3])
-    compiled = _built(3, logits=[0.2, -0.1, 0.3])
-
-    def step(strategy, old, new, mask):
-        total, weights = strategy(old, task_mask=mask)
-        strategy.update_after_step(old, new, task_mask=mask)
-        return total, weights
-
-    xla_step = tf.function(lambda *a: step(compiled, *a), jit_compile=True)
+    cases = []
     for k in range(4):
         mask = _t([1.0, float(k % 2 == 0), float(k != 1)])
         old = _t(rng.uniform(0.5, 3.0, 3)) * mask
-        new = old * _t(rng.uniform(0.6, 1.0, 3))
-        for a, b in zip(step(eager, old, new, mask), xla_step(old, new, mask)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
-    for a, b in zip(eager.weights, compiled.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-8)
+        cases.append(((old, old * _t(rng.uniform(0.6, 1.0, 3))), mask))
+    checks.assert_xla_matches_eager(
+        functools.partial(_built, 3, logits=[0.2, -0.1, 0.3]),
+        cases,
+        call=_full_step,
+        rtol=1e-5,
+        state_atol=1e-8,
+    )

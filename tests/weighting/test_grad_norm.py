@@ -1,6 +1,9 @@
 """Tests of `GradNorm` (Chen et al., ICML 2018)."""
 
+import functools
+
 import keras
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -272,24 +275,30 @@ def test_permutation_equivariance():
     np.testing.assert_allclose(got[:, perm], got_p, rtol=1e-5)
 
 
+def _call(strategy, losses, grads, task_mask=None):
+    return checks.default_call(
+        strategy, losses, shared_grads=grads, task_mask=task_mask
+    )
+
+
+def _steps(steps, masks=None, epoch_end_after=None):
+    """`(losses, norms)` steps as `call` arguments (the k-th gradients drawn
+    with seed k), each with its mask when `masks` are given, and an
+    `END_OF_EPOCH` after step `epoch_end_after`."""
+    out = []
+    for k, (losses, norms) in enumerate(steps):
+        step = (_t(losses), _t(_grads_with_norms(norms, seed=k)))
+        out.append(step if masks is None else (step, masks[k]))
+        if k == epoch_end_after:
+            out.append(checks.END_OF_EPOCH)
+    return out
+
+
 @pytest.mark.parametrize("initial_loss", ["first_step", "first_epoch"])
 def test_eager_equals_xla(initial_loss):
-    eager = GradNorm(initial_loss=initial_loss)
-    compiled = GradNorm.from_config(eager.get_config())
-
-    @tf.function(jit_compile=True)
-    def step(losses, grads):
-        return compiled(losses, shared_grads=grads)
-
-    for k, (losses, norms) in enumerate(_random_steps(8)):
-        grads = _t(_grads_with_norms(norms, seed=k))
-        for a, b in zip(eager(_t(losses), shared_grads=grads), step(_t(losses), grads)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
-        if k == 3:
-            eager.on_epoch_end()
-            compiled.on_epoch_end()
-    for a, b in zip(eager.weights, compiled.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, err_msg=a.path)
+    make = functools.partial(GradNorm, initial_loss=initial_loss)
+    cases = _steps(_random_steps(8), masks=[None] * 8, epoch_end_after=3)
+    eager, _ = checks.assert_xla_matches_eager(make, cases, call=_call, rtol=1e-5)
     assert np.ptp(eager.loss_weights.numpy()) > 0.01
 
 
@@ -300,16 +309,7 @@ def test_state_round_trip_and_reset(initial_loss):
     _feed(strategy, steps[:4])
     strategy.on_epoch_end()
     _feed(strategy, steps[4:7])
-    clone = GradNorm.from_config(strategy.get_config())
-    clone.build((3,))
-    clone.set_weights(strategy.get_weights())
-    for k, (losses, norms) in enumerate(steps[7:]):
-        grads = _t(_grads_with_norms(norms, seed=k))
-        for a, b in zip(
-            strategy(_t(losses), shared_grads=grads),
-            clone(_t(losses), shared_grads=grads),
-        ):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    checks.assert_state_round_trip(strategy, _steps(steps[7:]), call=_call)
     fresh = GradNorm(initial_loss=initial_loss)
     fresh.build((3,))
     strategy.reset_state()
@@ -434,27 +434,16 @@ def _masked_step(strategy, losses, norms, mask, seed=0):
 def test_supports_missing_tasks_and_marks_per_task_state(initial_loss, optimizer):
     strategy = GradNorm(initial_loss=initial_loss, weight_optimizer=optimizer)
     strategy.build((3,))
-    assert GradNorm.supports_missing_tasks
-    marked = {v.path: axis for v, axis in strategy.per_task_state()}
-    assert len(marked) == len(strategy.weights)
-    assert set(marked.values()) == {0}
+    checks.assert_all_state_is_per_task(strategy, len(strategy.weights))
 
 
 @pytest.mark.parametrize("initial_loss", ["first_step", "first_epoch"])
 def test_all_ones_mask_equals_the_unmasked_call(initial_loss):
-    plain = GradNorm(initial_loss=initial_loss)
-    masked = GradNorm(initial_loss=initial_loss)
-    for k, (losses, norms) in enumerate(_random_steps(8)):
-        grads = _t(_grads_with_norms(norms, seed=k))
-        a = plain(_t(losses), shared_grads=grads)
-        b = masked(_t(losses), shared_grads=grads, task_mask=_t([1.0, 1.0, 1.0]))
-        for x, y in zip(a, b):
-            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6)
-        if k == 3:
-            plain.on_epoch_end()
-            masked.on_epoch_end()
-    for x, y in zip(plain.weights, masked.weights):
-        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6, err_msg=x.path)
+    make = functools.partial(GradNorm, initial_loss=initial_loss)
+    steps = _steps(_random_steps(8), epoch_end_after=3)
+    plain, *_ = checks.assert_all_ones_mask_is_no_mask(
+        make, steps, call=_call, rtol=1e-6
+    )
     assert np.ptp(plain.loss_weights.numpy()) > 0.01
 
 
@@ -538,16 +527,15 @@ def test_restore_absent_tasks_keeps_the_absent_state(initial_loss):
     _feed(strategy, _random_steps(3))
     strategy.on_epoch_end()
     _feed(strategy, _random_steps(2, seed=1))
-    before = {v.path: v.numpy().copy() for v in strategy.weights}
-    snapshot = strategy.task_state_snapshot()
     mask = [1.0, 1.0, 0.0]
-    _masked_step(strategy, [1.0, 2.0, 0.0], [1.0, 0.2, 0.0], mask)
-    strategy.restore_absent_tasks(_t(mask), snapshot)
-    moved = 0
-    for v in strategy.weights:
-        assert v.numpy()[2] == before[v.path][2], v.path
-        moved += np.any(v.numpy()[:2] != before[v.path][:2])
-    assert moved >= 3  # the weights and the Adam moments
+    before, moved = checks.assert_restore_keeps_absent_state(
+        strategy,
+        mask,
+        lambda: _masked_step(strategy, [1.0, 2.0, 0.0], [1.0, 0.2, 0.0], mask),
+        moved="any",
+    )
+    # The weights and the Adam moments moved.
+    assert sum(np.any(moved[p][:2] != before[p][:2]) for p in before) >= 3
 
 
 @pytest.mark.parametrize("initial_loss", ["first_step", "first_epoch"])
@@ -560,37 +548,26 @@ def test_masked_results_are_finite(initial_loss):
     ]
     for losses, norms, mask in cases:
         strategy = GradNorm(initial_loss=initial_loss)
-        for k in range(3):
-            total, used = _masked_step(strategy, losses, norms, mask, seed=k)
-            assert np.isfinite(float(total)) and np.all(np.isfinite(used.numpy()))
-            assert np.all(used.numpy()[np.array(mask) == 0] == 0.0)
-            strategy.on_epoch_end()
+        steps = _steps([(losses, norms)] * 3, masks=[mask] * 3)
+        checks.assert_masked_outputs_finite(
+            strategy,
+            [c for step in steps for c in (step, checks.END_OF_EPOCH)],
+            call=_call,
+        )
         w = strategy.loss_weights.numpy()
-        assert all(np.all(np.isfinite(v.numpy())) for v in strategy.weights)
         assert np.all(w > 0) and np.isclose(w.sum(), 3.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("initial_loss", ["first_step", "first_epoch"])
 def test_masked_eager_equals_xla(initial_loss):
-    eager = GradNorm(initial_loss=initial_loss)
-    compiled = GradNorm.from_config(eager.get_config())
-
-    @tf.function(jit_compile=True)
-    def step(losses, grads, mask):
-        return compiled(losses, shared_grads=grads, task_mask=mask)
-
-    for k, (losses, norms) in enumerate(_random_steps(8)):
-        mask = np.array([1.0, float(k % 3 != 1), float(k % 2 == 0)], np.float32)
-        grads = _t(_grads_with_norms(norms * mask, seed=k))
-        losses = _t(losses * mask)
-        for a, b in zip(
-            eager(losses, shared_grads=grads, task_mask=_t(mask)),
-            step(losses, grads, _t(mask)),
-        ):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
-        if k == 3:
-            eager.on_epoch_end()
-            compiled.on_epoch_end()
-    for a, b in zip(eager.weights, compiled.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, err_msg=a.path)
+    make = functools.partial(GradNorm, initial_loss=initial_loss)
+    masks = [
+        np.array([1.0, float(k % 3 != 1), float(k % 2 == 0)], np.float32)
+        for k in range(8)
+    ]
+    steps = [
+        (losses * m, norms * m) for (losses, norms), m in zip(_random_steps(8), masks)
+    ]
+    cases = _steps(steps, masks=masks, epoch_end_after=3)
+    eager, _ = checks.assert_xla_matches_eager(make, cases, call=_call, rtol=1e-5)
     assert np.ptp(eager.loss_weights.numpy()) > 0.01

@@ -1,5 +1,8 @@
 """Tests of GradDrop (Gradient Sign Dropout)."""
 
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -183,24 +186,10 @@ def test_state_round_trip():
 # --- Missing tasks --------------------------------------------------------
 
 
-def _with_absent(grads, absent):
-    """Zeroes the absent rows; returns (grads, mask)."""
-    grads = np.array(grads, "float32")
-    mask = np.ones(len(grads), "float32")
-    mask[list(absent)] = 0.0
-    grads[list(absent)] = 0.0
-    return grads, mask
-
-
 def test_missing_tasks_all_present_mask_equals_unmasked():
-    assert GradDrop.supports_missing_tasks
     grads = np.random.default_rng(5).normal(size=(3, 30)).astype("float32")
-    plain, masked = GradDrop(seed=2, leak=0.1), GradDrop(seed=2, leak=0.1)
-    for _ in range(2):
-        u1, w1 = plain(grads)
-        u2, w2 = masked(grads, task_mask=np.ones(3, "float32"))
-        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
-        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+    make = functools.partial(GradDrop, seed=2, leak=0.1)
+    checks.assert_all_ones_mask_is_no_mask(make, [grads, grads])
 
 
 @pytest.mark.parametrize("leak", [0.0, 0.3])
@@ -209,13 +198,24 @@ def test_missing_tasks_equal_graddrop_on_present_rows(leak):
     for absent in [(1,), (0, 2), (3,)]:
         full, small = GradDrop(seed=8, leak=leak), GradDrop(seed=8, leak=leak)
         present = [t for t in range(4) if t not in absent]
-        for _ in range(2):  # the seed generators advance alike
-            grads, mask = _with_absent(rng.normal(size=(4, 60)), absent)
-            update, weights = full(grads, task_mask=mask)
-            ref_update, _ = small(grads[present])
-            np.testing.assert_allclose(update.numpy(), ref_update.numpy(), atol=1e-6)
-            np.testing.assert_array_equal(weights.numpy(), mask)
+        # Two steps: the seed generators advance alike.
+        steps = [
+            checks.with_absent(rng.normal(size=(4, 60)), absent=absent)
+            for _ in range(2)
+        ]
+        mask = steps[0][1]
+        pairs = checks.assert_absent_task_is_dropped(
+            full,
+            small,
+            mask,
+            [grads for grads, _ in steps],
+            rtol=(1e-7, 0.0),
+            atol=(1e-6, 0.0),
+        )
+        for (_, weights), _ in pairs:
+            np.testing.assert_array_equal(weights, mask)
         # Against the reference with the draws of the K-task strategy.
+        grads = steps[-1][0]
         uniform = np.random.default_rng(0).uniform(size=60).astype("float32")
         fixed = _FixedUniformGradDrop(uniform, leak=leak)
         np.testing.assert_allclose(
@@ -234,11 +234,10 @@ def test_missing_tasks_finite_and_stateless():
         (np.zeros((3, 8), "float32"), [0.0, 0.0, 0.0]),
         (g, [0.0, 0.0, 1.0]),
     ]
-    for grads, mask in cases:
-        mask = np.asarray(mask, "float32")
-        update, weights = strategy(grads * mask[:, None], task_mask=mask)
-        assert np.isfinite(update.numpy()).all()
-        np.testing.assert_array_equal(weights.numpy(), mask)
+    for (_, weights), (_, mask) in zip(
+        checks.assert_masked_outputs_finite(strategy, cases), cases
+    ):
+        np.testing.assert_array_equal(weights, mask)
     # One present task: its signs all agree, the gradient passes unchanged.
     update, _ = strategy(g * [[0.0], [0.0], [1.0]], task_mask=[0.0, 0.0, 1.0])
     np.testing.assert_allclose(update.numpy(), g[2], rtol=1e-6)
@@ -247,11 +246,8 @@ def test_missing_tasks_finite_and_stateless():
 
 def test_missing_tasks_eager_equals_xla():
     rng = np.random.default_rng(8)
-    eager, xla = GradDrop(seed=3), GradDrop(seed=3)
-    step = tf.function(lambda g, m: xla(g, task_mask=m), jit_compile=True)
-    for absent in [(0,), (2,)]:
-        grads, mask = _with_absent(rng.normal(size=(3, 20)), absent)
-        u1, w1 = eager(grads, task_mask=mask)
-        u2, w2 = step(tf.constant(grads), tf.constant(mask))
-        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-6)
-        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+    cases = [
+        checks.with_absent(rng.normal(size=(3, 20)), absent=a) for a in [(0,), (2,)]
+    ]
+    make = functools.partial(GradDrop, seed=3)
+    checks.assert_xla_matches_eager(make, cases, rtol=(1e-6, 0.0))

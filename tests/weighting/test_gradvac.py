@@ -1,8 +1,10 @@
 """Tests of GradVac (Gradient Vaccine)."""
 
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import ops
 
 import keras_mtl.weighting as weighting
@@ -171,22 +173,9 @@ def test_one_task_passes_through():
 
 def test_eager_equals_xla():
     rng = np.random.default_rng(2)
-    sequence = [rng.normal(size=(3, 5)).astype("float32") for _ in range(3)]
-    eager_strategy, xla_strategy = GradVac(seed=5), GradVac(seed=5)
-    eager_strategy.build((3, 5))
-    xla_strategy.build((3, 5))
-    step = tf.function(lambda g: xla_strategy(g, training=True), jit_compile=True)
-    for grads in sequence:
-        eager, eager_w = eager_strategy(grads)
-        xla, xla_w = step(tf.constant(grads))
-        np.testing.assert_allclose(xla.numpy(), eager.numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(xla_w.numpy(), eager_w.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        xla_strategy.targets.numpy(),
-        eager_strategy.targets.numpy(),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    cases = [(rng.normal(size=(3, 5)).astype("float32"), None) for _ in range(3)]
+    make = functools.partial(GradVac, seed=5)
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=1e-6)
 
 
 def test_training_false_leaves_targets():
@@ -244,15 +233,6 @@ def test_state_round_trip_and_reset():
 # --- Missing tasks --------------------------------------------------------
 
 
-def _with_absent(grads, absent):
-    """Zeroes the absent rows; returns (grads, mask)."""
-    grads = np.array(grads, "float32")
-    mask = np.ones(len(grads), "float32")
-    mask[list(absent)] = 0.0
-    grads[list(absent)] = 0.0
-    return grads, mask
-
-
 def _warmed_up(rng, num_tasks=4, dim=6, steps=1, seed=21):
     strategy = GradVac(seed=seed)
     strategy.build((num_tasks, dim))
@@ -265,16 +245,9 @@ def _warmed_up(rng, num_tasks=4, dim=6, steps=1, seed=21):
 
 
 def test_missing_tasks_all_present_mask_equals_unmasked():
-    assert GradVac.supports_missing_tasks
     rng = np.random.default_rng(5)
-    plain, masked = GradVac(seed=6), GradVac(seed=6)
-    for _ in range(2):
-        grads = rng.normal(size=(4, 5)).astype("float32")
-        u1, w1 = plain(grads)
-        u2, w2 = masked(grads, task_mask=np.ones(4, "float32"))
-        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
-        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
-    np.testing.assert_array_equal(masked.targets.numpy(), plain.targets.numpy())
+    steps = [rng.normal(size=(4, 5)).astype("float32") for _ in range(2)]
+    checks.assert_all_ones_mask_is_no_mask(functools.partial(GradVac, seed=6), steps)
 
 
 @pytest.mark.parametrize("absent", [(1,), (0, 3)])
@@ -293,21 +266,17 @@ def test_missing_tasks_equal_gradvac_on_present_tasks(absent):
     for _ in range(2):
         grads = 3 * rng.normal(size=(4, 6))
         grads[present[-1]] -= 2 * grads[present[0]]  # a strong conflict
-        grads, mask = _with_absent(grads, absent)
-        update, weights = full(grads, task_mask=mask)
-        ref_update, ref_weights = small(grads[present])
-        np.testing.assert_allclose(update.numpy(), ref_update.numpy(), atol=1e-5)
-        np.testing.assert_allclose(
-            weights.numpy()[present], ref_weights.numpy(), atol=1e-5
+        grads, mask = checks.with_absent(grads, absent=absent)
+        # The (T, T) targets are compared pair by pair below.
+        checks.assert_absent_task_is_dropped(
+            full, small, mask, [grads], rtol=1e-7, atol=1e-5, skip_state=("targets",)
         )
-        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
         np.testing.assert_allclose(
             full.targets.numpy()[np.ix_(present, present)],
             small.targets.numpy(),
             atol=1e-6,
         )
     after = full.targets.numpy()
-    np.testing.assert_array_equal(after[list(absent)], before[list(absent)])
     np.testing.assert_array_equal(after[:, list(absent)], before[:, list(absent)])
     assert np.any(after != before)  # the present pairs moved
 
@@ -329,15 +298,14 @@ def test_missing_tasks_orders_restricted_to_present_tasks():
 def test_missing_tasks_restore_absent_state():
     rng = np.random.default_rng(7)
     strategy = _warmed_up(rng)
-    grads, mask = _with_absent(3 * rng.normal(size=(4, 6)), (2,))
-    snapshot = strategy.task_state_snapshot()
-    before = strategy.targets.numpy().copy()
-    strategy(grads, task_mask=mask)
-    strategy.restore_absent_tasks(mask, snapshot)
-    after = strategy.targets.numpy()
-    np.testing.assert_array_equal(after[2], before[2])
-    np.testing.assert_array_equal(after[:, 2], before[:, 2])
-    assert np.any(after[[0, 1, 3]] != before[[0, 1, 3]])
+    grads, mask = checks.with_absent(3 * rng.normal(size=(4, 6)), absent=(2,))
+    before, _ = checks.assert_restore_keeps_absent_state(
+        strategy, mask, lambda: strategy(grads, task_mask=mask), moved="any"
+    )
+    # The targets of the absent task's pairs: its row above, its column here.
+    np.testing.assert_array_equal(
+        strategy.targets.numpy()[:, 2], before[strategy.targets.path][:, 2]
+    )
     assert [axis for _, axis in strategy.per_task_state()] == [0]
 
 
@@ -351,12 +319,7 @@ def test_missing_tasks_finite():
         (g * 1e-10, [1.0, 1.0, 0.0]),
     ]
     strategy = _warmed_up(rng, num_tasks=3, dim=4)
-    for grads, mask in cases:
-        mask = np.asarray(mask, "float32")
-        update, weights = strategy(grads * mask[:, None], task_mask=mask)
-        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
-        assert np.isfinite(strategy.targets.numpy()).all()
-        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    checks.assert_masked_outputs_finite(strategy, cases)
     # One present task passes unchanged.
     update, _ = strategy(g * [[0.0], [1.0], [0.0]], task_mask=[0.0, 1.0, 0.0])
     np.testing.assert_allclose(update.numpy(), g[1], rtol=1e-6)
@@ -364,16 +327,9 @@ def test_missing_tasks_finite():
 
 def test_missing_tasks_eager_equals_xla():
     rng = np.random.default_rng(9)
-    eager, xla = GradVac(seed=5), GradVac(seed=5)
-    eager.build((4, 5))
-    xla.build((4, 5))
-    step = tf.function(lambda g, m: xla(g, task_mask=m), jit_compile=True)
-    for absent in [(), (1,), (0, 2), (3,)]:
-        grads, mask = _with_absent(rng.normal(size=(4, 5)), absent)
-        u1, w1 = eager(grads, task_mask=mask)
-        u2, w2 = step(tf.constant(grads), tf.constant(mask))
-        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        xla.targets.numpy(), eager.targets.numpy(), rtol=1e-5, atol=1e-6
-    )
+    cases = [
+        checks.with_absent(rng.normal(size=(4, 5)), absent=absent)
+        for absent in [(), (1,), (0, 2), (3,)]
+    ]
+    make = functools.partial(GradVac, seed=5)
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,9 @@
 """Tests of `IMTLL` (IMTL-L, Liu et al., ICLR 2021)."""
 
+import functools
+
 import keras
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -146,23 +149,15 @@ def test_at_the_optimal_scales_a_loss_rescaling_changes_nothing():
 
 
 def test_eager_and_xla_agree():
-    strategy = _built(3, init=[0.1, -0.4, 1.0])
-    losses = _t([0.3, 2.0, 5.0])
-    eager = strategy(losses)
-    compiled = tf.function(lambda x: strategy(x), jit_compile=True)(losses)
-    for a, b in zip(eager, compiled):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    make = functools.partial(_built, 3, init=[0.1, -0.4, 1.0])
+    checks.assert_xla_matches_eager(make, [(_t([0.3, 2.0, 5.0]), None)])
 
 
 def test_state_round_trip_and_reset():
     strategy = _built(2, init=0.25)
     strategy.loss_scales.assign([0.7, -2.0])
-    clone = IMTLL.from_config(strategy.get_config())
-    clone.build((2,))
-    clone.set_weights(strategy.get_weights())
     losses = _t([1.5, 3.0])
-    for a, b in zip(strategy(losses), clone(losses)):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    checks.assert_state_round_trip(strategy, [losses])
     strategy.reset_state()
     np.testing.assert_array_equal(strategy.loss_scales.numpy(), [0.25, 0.25])
     # Calling the strategy never changes s by itself (only the optimizer).
@@ -193,88 +188,48 @@ def test_permutation_equivariance():
 # --- Missing tasks ------------------------------------------------------
 
 _INIT = [0.3, -1.2, 0.5]
-
-
-def _objective_weights_and_grads(strategy, losses, task_mask=None):
-    losses = _t(losses)
-    kwargs = {} if task_mask is None else {"task_mask": _t(task_mask)}
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(losses)
-        total, weights = strategy(losses, **kwargs)
-    grad_losses = tape.gradient(total, losses)
-    grad_s = tape.gradient(total, strategy.loss_scales)
-    return total.numpy(), weights.numpy(), grad_losses.numpy(), grad_s.numpy()
+_call = functools.partial(checks.loss_call, wrt=("loss_scales",))
 
 
 def test_missing_tasks_all_present_mask_changes_nothing():
-    assert IMTLL.supports_missing_tasks
-    strategy = _built(3, init=_INIT)
-    losses = [0.5, 2.0, 3.0]
-    plain = _objective_weights_and_grads(strategy, losses)
-    masked = _objective_weights_and_grads(strategy, losses, [1.0, 1.0, 1.0])
-    for a, b in zip(plain, masked):
-        np.testing.assert_array_equal(a, b)
+    make = functools.partial(_built, 3, init=_INIT)
+    checks.assert_all_ones_mask_is_no_mask(make, [[0.5, 2.0, 3.0]], call=_call)
 
 
 def test_absent_task_is_left_out_as_if_only_present_tasks_existed():
     strategy = _built(3, init=_INIT)
     present_only = _built(2, init=[_INIT[0], _INIT[2]])
-    total, weights, grad_losses, grad_s = _objective_weights_and_grads(
-        strategy, [0.5, 0.0, 3.0], [1.0, 0.0, 1.0]
+    checks.assert_absent_task_is_dropped(
+        strategy,
+        present_only,
+        [1.0, 0.0, 1.0],
+        [[0.5, 0.0, 3.0]],
+        call=_call,
+        per_task=(False, True, True, True),
     )
-    total_p, weights_p, grad_losses_p, grad_s_p = _objective_weights_and_grads(
-        present_only, [0.5, 3.0]
-    )
-    np.testing.assert_allclose(total, total_p, rtol=1e-6)
-    np.testing.assert_allclose(weights[[0, 2]], weights_p, rtol=1e-6)
-    np.testing.assert_allclose(grad_losses[[0, 2]], grad_losses_p, rtol=1e-6)
-    np.testing.assert_allclose(grad_s[[0, 2]], grad_s_p, rtol=1e-6)
-    assert weights[1] == 0.0 and grad_losses[1] == 0.0 and grad_s[1] == 0.0
     # Unmasked, the zero loss would push s_1 up by -(exp(s) * 0 - 1) = +1.
-    assert _objective_weights_and_grads(strategy, [0.5, 0.0, 3.0])[3][1] == -1.0
-    total, weights, grad_losses, grad_s = _objective_weights_and_grads(
-        strategy, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
-    )
-    assert total == 0.0
-    for value in (weights, grad_losses, grad_s):
+    assert _call(strategy, [0.5, 0.0, 3.0])[3][1] == -1.0
+    # No task present: a zero objective, finite and zero gradients.
+    for value in _call(strategy, [0.0, 0.0, 0.0], _t([0.0, 0.0, 0.0])):
         np.testing.assert_array_equal(value, 0.0)
 
 
 def test_absent_task_scale_is_restored_after_an_optimizer_step():
     strategy = _built(3, init=_INIT)
-    optimizer = keras.optimizers.Adam(learning_rate=0.1)
-    for losses, mask in (([1.0, 2.0, 3.0], [1.0] * 3), ([1.0, 0.0, 3.0], [1, 0, 1])):
-        snapshot = strategy.task_state_snapshot()
-        grad_s = _objective_weights_and_grads(strategy, losses, mask)[3]
-        optimizer.apply([tf.constant(grad_s)], [strategy.loss_scales])
-        moved = strategy.loss_scales.numpy().copy()
-        strategy.restore_absent_tasks(_t(mask), snapshot)
-    before = snapshot[0].numpy()
-    assert moved[1] != before[1]  # Adam's momentum, despite a zero gradient
-    after = strategy.loss_scales.numpy()
-    assert after[1] == before[1]
-    np.testing.assert_array_equal(after[[0, 2]], moved[[0, 2]])
-    assert np.all(after[[0, 2]] != before[[0, 2]])
+    # Adam gathers momentum in a step with every task, then task 1 is absent.
+    checks.assert_restore_undoes_optimizer_steps(
+        strategy,
+        "loss_scales",
+        [([1.0, 2.0, 3.0], [1.0] * 3), ([1.0, 0.0, 3.0], [1.0, 0.0, 1.0])],
+    )
     assert [axis for _, axis in strategy.per_task_state()] == [0]
 
 
 def test_masked_eager_equals_xla():
-    eager = _built(3, init=_INIT)
-    compiled = _built(3, init=_INIT)
-
-    @tf.function(jit_compile=True)
-    def step(losses, mask):
-        with tf.GradientTape() as tape:
-            total, weights = compiled(losses, task_mask=mask)
-        return total, weights, tape.gradient(total, compiled.loss_scales)
-
-    for losses, mask in (
+    cases = [
         ([1.0, 0.0, 3.0], [1.0, 0.0, 1.0]),
         ([0.0, 2.0, 0.0], [0.0, 1.0, 0.0]),
         ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
-    ):
-        expected = _objective_weights_and_grads(eager, losses, mask)
-        got = step(_t(losses), _t(mask))
-        for a, b in zip((expected[0], expected[1], expected[3]), got):
-            np.testing.assert_allclose(a, b.numpy(), rtol=1e-6)
-            assert np.all(np.isfinite(b.numpy()))
+    ]
+    make = functools.partial(_built, 3, init=_INIT)
+    checks.assert_xla_matches_eager(make, cases, call=_call)

@@ -1,6 +1,7 @@
 """Tests of `LogSE` (Ghasemi-Naraghi, Nickabadi, Safabakhsh, J.UCS 2022)."""
 
 import keras
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -124,23 +125,11 @@ def test_wrong_number_of_losses_raises():
 # --- Missing tasks ------------------------------------------------------
 
 
-def _masked_outputs(strategy, losses, task_mask=None):
-    losses = _t(losses)
-    kwargs = {} if task_mask is None else {"task_mask": _t(task_mask)}
-    with tf.GradientTape() as tape:
-        tape.watch(losses)
-        total, weights = strategy(losses, **kwargs)
-    return total.numpy(), weights.numpy(), tape.gradient(total, losses).numpy()
-
-
 def test_missing_tasks_all_present_mask_changes_nothing():
-    assert LogSE.supports_missing_tasks
-    strategy = LogSE()
-    for losses in ([0.5, 2.0, 3.0], [1e-10, 1.0, 1e10]):
-        plain = _masked_outputs(strategy, losses)
-        masked = _masked_outputs(strategy, losses, [1.0, 1.0, 1.0])
-        for a, b in zip(plain, masked):
-            np.testing.assert_allclose(a, b, rtol=1e-6)
+    steps = [[0.5, 2.0, 3.0], [1e-10, 1.0, 1e10]]
+    checks.assert_all_ones_mask_is_no_mask(
+        LogSE, steps, call=checks.loss_call, rtol=1e-6
+    )
 
 
 def test_absent_task_is_left_out_as_if_only_present_tasks_existed():
@@ -149,40 +138,30 @@ def test_absent_task_is_left_out_as_if_only_present_tasks_existed():
         ([0.5, 0.0, 3.0, 0.2], [1.0, 0.0, 1.0, 1.0]),
         ([0.0, 0.0, 7.0, 0.0], [0.0, 0.0, 1.0, 0.0]),
     ):
-        present = np.asarray(mask) > 0
-        total, weights, grad = _masked_outputs(strategy, losses, mask)
-        total_p, weights_p, grad_p = _masked_outputs(
-            LogSE(), list(np.asarray(losses)[present])
+        [((_, weights, grad), _)] = checks.assert_absent_task_is_dropped(
+            strategy,
+            LogSE(),
+            mask,
+            [losses],
+            call=checks.loss_call,
+            per_task=(False, True, True),
         )
-        np.testing.assert_allclose(total, total_p, rtol=1e-6)
-        np.testing.assert_allclose(weights[present], weights_p, rtol=1e-6)
-        np.testing.assert_allclose(grad[present], grad_p, rtol=1e-6)
-        np.testing.assert_array_equal(weights[~present], 0.0)
-        np.testing.assert_array_equal(grad[~present], 0.0)
         np.testing.assert_allclose(grad, weights, rtol=1e-6)
     # No task present: zero objective, finite zero weights and gradients.
-    for value in _masked_outputs(strategy, [0.0] * 4, [0.0] * 4):
+    for value in checks.loss_call(strategy, [0.0] * 4, _t([0.0] * 4)):
         np.testing.assert_array_equal(value, 0.0)
 
 
 def test_missing_tasks_no_per_task_state():
     strategy = LogSE()
     strategy.build((3,))
-    assert strategy.per_task_state() == []
-    assert strategy.task_state_snapshot() == []
-    strategy.restore_absent_tasks(_t([1.0, 0.0, 1.0]), [])
+    checks.assert_no_per_task_state(strategy, [1.0, 0.0, 1.0])
 
 
 def test_masked_eager_equals_xla():
-    strategy = LogSE()
-    strategy.build((3,))
-    compiled = tf.function(lambda x, m: strategy(x, task_mask=m), jit_compile=True)
-    for losses, mask in (
+    cases = [
         ([1.0, 0.0, 3.0], [1.0, 0.0, 1.0]),
         ([0.0, 2.0, 0.0], [0.0, 1.0, 0.0]),
         ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
-    ):
-        eager = strategy(_t(losses), task_mask=_t(mask))
-        for a, b in zip(eager, compiled(_t(losses), _t(mask))):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
-            assert np.all(np.isfinite(b.numpy()))
+    ]
+    checks.assert_xla_matches_eager(LogSE, cases, call=checks.loss_call)

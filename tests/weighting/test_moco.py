@@ -1,5 +1,8 @@
 """Tests of MoCo (multi-objective gradient correction)."""
 
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -158,14 +161,9 @@ def test_degenerate_inputs_are_finite():
 
 def test_eager_equals_xla():
     grads, losses = _random_sequence(np.random.default_rng(3), steps=3)
-    eager, eager_w = _run(MoCo(rho=0.1), grads, losses)
-    strategy = MoCo(rho=0.1)
-    strategy.build(grads[0].shape)
-    step = tf.function(lambda g, x: strategy(g, x), jit_compile=True)
-    for grad, loss, expected, expected_w in zip(grads, losses, eager, eager_w):
-        update, lambd = step(tf.constant(grad), tf.constant(loss))
-        np.testing.assert_allclose(update.numpy(), expected, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(lambd.numpy(), expected_w, rtol=1e-5)
+    make = functools.partial(MoCo, rho=0.1)
+    cases = [((g, x), None) for g, x in zip(grads, losses)]
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=(1e-7, 0.0))
 
 
 def test_training_false_leaves_state():
@@ -215,14 +213,7 @@ def test_state_round_trip_and_reset():
     grads, losses = _random_sequence(np.random.default_rng(4), steps=3)
     strategy = MoCo()
     _run(strategy, grads[:2], losses[:2])
-    clone = MoCo.from_config(strategy.get_config())
-    clone.build(grads[0].shape)
-    clone.set_weights(strategy.get_weights())
-    expected = strategy(grads[2], losses[2])
-    actual = clone(grads[2], losses[2])
-    np.testing.assert_array_equal(actual[0].numpy(), expected[0].numpy())
-    np.testing.assert_array_equal(actual[1].numpy(), expected[1].numpy())
-
+    checks.assert_state_round_trip(strategy, [(grads[2], losses[2])])
     strategy.reset_state()
     np.testing.assert_array_equal(strategy.tracking.numpy(), 0.0)
     np.testing.assert_allclose(strategy.lambd.numpy(), np.full(3, 1 / 3))
@@ -235,16 +226,6 @@ def test_state_round_trip_and_reset():
 
 
 # --- Missing tasks --------------------------------------------------------
-
-
-def _with_absent(grads, losses, absent):
-    """Zeroes the absent rows and losses; returns (grads, losses, mask)."""
-    grads, losses = np.array(grads, "float32"), np.array(losses, "float32")
-    mask = np.ones(len(grads), "float32")
-    mask[list(absent)] = 0.0
-    grads[list(absent)] = 0.0
-    losses[list(absent)] = 0.0
-    return grads, losses, mask
 
 
 def _present_clone(strategy, present, **kwargs):
@@ -261,16 +242,9 @@ def _present_clone(strategy, present, **kwargs):
 
 
 def test_missing_tasks_all_present_mask_equals_unmasked():
-    assert MoCo.supports_missing_tasks
     grads, losses = _random_sequence(np.random.default_rng(10), steps=4, num_tasks=4)
-    plain, masked = MoCo(rho=0.1), MoCo(rho=0.1)
-    for g, x in zip(grads, losses):
-        u1, w1 = plain(g, x)
-        u2, w2 = masked(g, x, task_mask=np.ones(4, "float32"))
-        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
-        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
-    for a, b in zip(plain.get_weights(), masked.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    make = functools.partial(MoCo, rho=0.1)
+    checks.assert_all_ones_mask_is_no_mask(make, list(zip(grads, losses)))
 
 
 @pytest.mark.parametrize("absent", [(1,), (0, 3), (0, 1, 2)])
@@ -281,35 +255,15 @@ def test_missing_tasks_equal_moco_on_present_tasks(absent):
     strategy = MoCo(**kwargs)
     _run(strategy, *_random_sequence(rng, steps=3, num_tasks=4))
     small = _present_clone(strategy, present, **kwargs)
-    before = [v.numpy().copy() for v in (strategy.tracking, strategy.lambd)]
     grads, losses = _random_sequence(rng, steps=2, num_tasks=4)
-    for g, x in zip(grads, losses):
-        g, x, mask = _with_absent(g, x, absent)
-        update, weights = strategy(g, x, task_mask=mask)
-        ref_update, ref_weights = small(g[present], x[present])
-        np.testing.assert_allclose(update.numpy(), ref_update.numpy(), rtol=1e-6)
-        np.testing.assert_allclose(
-            weights.numpy()[present], ref_weights.numpy(), rtol=1e-6
-        )
-        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
-        np.testing.assert_allclose(weights.numpy().sum(), 1.0, rtol=1e-6)
-    # The present slices of the state follow the K-task MoCo ...
-    np.testing.assert_allclose(
-        strategy.tracking.numpy()[present], small.tracking.numpy(), rtol=1e-6
+    steps = [checks.with_absent(g, x, absent=absent) for g, x in zip(grads, losses)]
+    # The present slices of the state follow the K-task MoCo, the absent
+    # ones are untouched, the shared step advances.
+    pairs = checks.assert_absent_task_is_dropped(
+        strategy, small, steps[0][2], [(g, x) for g, x, _ in steps], rtol=1e-6
     )
-    np.testing.assert_allclose(
-        strategy.lambd.numpy()[present], small.lambd.numpy(), rtol=1e-6
-    )
-    np.testing.assert_array_equal(
-        strategy.task_steps.numpy()[present], small.task_steps.numpy()
-    )
-    # ... the absent ones are untouched, the shared step advanced.
-    np.testing.assert_array_equal(
-        strategy.tracking.numpy()[list(absent)], before[0][list(absent)]
-    )
-    np.testing.assert_array_equal(
-        strategy.lambd.numpy()[list(absent)], before[1][list(absent)]
-    )
+    for (_, weights), _ in pairs:
+        np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(strategy.task_steps.numpy()[list(absent)], 3)
     assert int(strategy.step.numpy()) == 5
 
@@ -322,7 +276,7 @@ def test_missing_tasks_per_task_step_counts_drive_tracking():
     strategy = MoCo(beta=beta, beta_sigma=sigma)
     strategy(grads[0], losses[0])
     for g, x in zip(grads[1:3], losses[1:3]):
-        g, x, mask = _with_absent(g, x, (1,))
+        g, x, mask = checks.with_absent(g, x, absent=(1,))
         strategy(g, x, task_mask=mask)
     np.testing.assert_array_equal(strategy.task_steps.numpy(), [3, 1, 3])
     tracking = strategy.tracking.numpy().astype(np.float64)
@@ -338,20 +292,17 @@ def test_missing_tasks_restore_absent_state():
     rng = np.random.default_rng(13)
     strategy = MoCo()
     _run(strategy, *_random_sequence(rng, steps=2))
-    g, x, mask = _with_absent(*[s[0] for s in _random_sequence(rng, steps=1)], (2,))
-    snapshot = strategy.task_state_snapshot()
-    before = [v.numpy().copy() for v, _ in strategy.per_task_state()]
-    strategy(g, x, task_mask=mask)
-    strategy.restore_absent_tasks(mask, snapshot)
-    after = [v.numpy() for v, _ in strategy.per_task_state()]
+    g, x, mask = checks.with_absent(
+        *[s[0] for s in _random_sequence(rng, steps=1)], absent=(2,)
+    )
+    checks.assert_restore_keeps_absent_state(
+        strategy, mask, lambda: strategy(g, x, task_mask=mask), moved="each"
+    )
     assert [v.name for v, _ in strategy.per_task_state()] == [
         "tracking",
         "lambda",
         "task_steps",
     ]
-    for old, new in zip(before, after):
-        np.testing.assert_array_equal(new[2], old[2])
-        assert np.any(new[:2] != old[:2])
 
 
 def test_missing_tasks_finite():
@@ -359,34 +310,26 @@ def test_missing_tasks_finite():
     strategy = MoCo(beta_sigma=0.7)
     # Task 0 absent from the very first step (its count stays 0).
     cases = [
-        (grads[0], losses[0], (0,)),
-        (grads[1] * np.array([[1e10], [1.0], [1e-10]], "float32"), losses[1], (0,)),
-        (grads[2], losses[2], (0, 1, 2)),
-        (grads[2], losses[2], (0, 2)),
+        ((grads[0], losses[0]), [0.0, 1.0, 1.0]),
+        (
+            (grads[1] * np.array([[1e10], [1.0], [1e-10]], "float32"), losses[1]),
+            [0.0, 1.0, 1.0],
+        ),
+        ((grads[2], losses[2]), [0.0, 0.0, 0.0]),
+        ((grads[2], losses[2]), [0.0, 1.0, 0.0]),
     ]
-    for g, x, absent in cases:
-        g, x, mask = _with_absent(g, x, absent)
-        update, weights = strategy(g, x, task_mask=mask)
-        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
-        for v in strategy.weights:
-            assert np.isfinite(v.numpy()).all(), v.name
-        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    results = checks.assert_masked_outputs_finite(strategy, cases)
     # A single present task has weight 1.
-    np.testing.assert_array_equal(weights.numpy(), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(results[-1][1], [0.0, 1.0, 0.0])
     np.testing.assert_array_equal(strategy.tracking.numpy()[0], 0.0)
 
 
 def test_missing_tasks_eager_equals_xla():
     grads, losses = _random_sequence(np.random.default_rng(15), steps=4)
     absents = [(), (1,), (0, 2), (2,)]
-    eager, xla = MoCo(rho=0.1), MoCo(rho=0.1)
-    xla.build(grads[0].shape)
-    step = tf.function(lambda g, x, m: xla(g, x, task_mask=m), jit_compile=True)
+    cases = []
     for g, x, absent in zip(grads, losses, absents):
-        g, x, mask = _with_absent(g, x, absent)
-        u1, w1 = eager(g, x, task_mask=mask)
-        u2, w2 = step(tf.constant(g), tf.constant(x), tf.constant(mask))
-        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5)
-    for a, b in zip(eager.weights, xla.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+        g, x, mask = checks.with_absent(g, x, absent=absent)
+        cases.append(((g, x), mask))
+    make = functools.partial(MoCo, rho=0.1)
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=(1e-7, 0.0))

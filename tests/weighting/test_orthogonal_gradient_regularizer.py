@@ -1,6 +1,9 @@
 """Tests of `OrthogonalGradientRegularizer` (Suteu and Guo, arXiv 1912.06844)."""
 
+import functools
+
 import keras
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -166,35 +169,35 @@ def test_permutation_equivariance():
     np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
 
 
+def _call(strategy, losses, grads, task_mask=None):
+    """The objective, the weights and the objective's gradient with respect
+    to the shared gradients."""
+    grads = tf.convert_to_tensor(grads, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(grads)
+        total, weights = checks.default_call(
+            strategy,
+            tf.convert_to_tensor(losses, tf.float32),
+            shared_grads=grads,
+            task_mask=task_mask,
+        )
+    return total, weights, tape.gradient(total, grads)
+
+
 def test_eager_equals_xla():
-    strategy = OrthogonalGradientRegularizer()
-    variable = tf.Variable(
-        np.random.default_rng(4).normal(size=(3, 6)), dtype=tf.float32
+    grads = np.random.default_rng(4).normal(size=(3, 6)).astype(np.float32)
+    cases = [((_t([1.0, 2.0, 3.0]), grads), None)]
+    checks.assert_xla_matches_eager(
+        OrthogonalGradientRegularizer, cases, call=_call, rtol=1e-5, atol=1e-7
     )
-
-    def value_and_gradient():
-        with tf.GradientTape() as tape:
-            total, weights = strategy(_t([1.0, 2.0, 3.0]), shared_grads=variable)
-        return total, weights, tape.gradient(total, variable)
-
-    for a, b in zip(
-        value_and_gradient(), tf.function(value_and_gradient, jit_compile=True)()
-    ):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_state_round_trip_and_stateless():
     strategy = OrthogonalGradientRegularizer(penalty=2.0)
     strategy.build((2,))
     assert strategy.weights == []
-    clone = OrthogonalGradientRegularizer.from_config(strategy.get_config())
-    clone.build((2,))
     grads = _t([[1.0, 2.0], [0.5, 0.1]])
-    for a, b in zip(
-        strategy(_t([1.0, 2.0]), shared_grads=grads),
-        clone(_t([1.0, 2.0]), shared_grads=grads),
-    ):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    checks.assert_state_round_trip(strategy, [(_t([1.0, 2.0]), grads)], call=_call)
     strategy.reset_state()
 
 
@@ -308,29 +311,20 @@ def test_training_with_the_penalty_makes_task_gradients_closer_to_orthogonal():
 # --- Missing tasks ---------------------------------------------------------
 
 
-def _value_and_gradient(strategy, losses, grads, **kwargs):
-    variable = tf.Variable(np.asarray(grads, np.float32))
-    with tf.GradientTape() as tape:
-        total, weights = strategy(_t(losses), shared_grads=variable, **kwargs)
-    return total.numpy(), weights.numpy(), tape.gradient(total, variable).numpy()
-
-
 def test_supports_missing_tasks():
     assert OrthogonalGradientRegularizer.supports_missing_tasks
     strategy = OrthogonalGradientRegularizer()
     strategy.build((3,))
-    assert strategy.per_task_state() == []  # stateless
+    checks.assert_no_per_task_state(strategy, [1.0, 0.0, 1.0])  # stateless
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_all_ones_mask_equals_the_unmasked_call(reduction):
     grads = np.random.default_rng(10).normal(size=(3, 4))
-    strategy = OrthogonalGradientRegularizer(reduction=reduction)
-    losses = [1.0, 2.0, 3.0]
-    plain = _value_and_gradient(strategy, losses, grads)
-    masked = _value_and_gradient(strategy, losses, grads, task_mask=_t([1, 1, 1]))
-    for a, b in zip(plain, masked):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    make = functools.partial(OrthogonalGradientRegularizer, reduction=reduction)
+    checks.assert_all_ones_mask_is_no_mask(
+        make, [([1.0, 2.0, 3.0], grads)], call=_call, rtol=1e-6, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -341,58 +335,44 @@ def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it(reduct
     losses = np.array([1.0, 2.0, 0.0, 0.5])
     present = [0, 1, 3]
     strategy = OrthogonalGradientRegularizer(penalty=3.0, reduction=reduction)
-    total, weights, gradient = _value_and_gradient(
-        strategy, losses, grads, task_mask=_t([1, 1, 0, 1])
+    [((total, weights, _), _)] = checks.assert_absent_task_is_dropped(
+        strategy,
+        OrthogonalGradientRegularizer(penalty=3.0, reduction=reduction),
+        [1, 1, 0, 1],
+        [(losses, grads)],
+        call=_call,
+        per_task=(False, True, True),
+        rtol=(1e-6, 0.0, 1e-5),
     )
-    alone = OrthogonalGradientRegularizer(penalty=3.0, reduction=reduction)
-    expected_total, expected_weights, expected_gradient = _value_and_gradient(
-        alone, losses[present], grads[present]
-    )
-    np.testing.assert_allclose(total, expected_total, rtol=1e-6)
     np.testing.assert_allclose(
         total, losses.sum() + 3.0 * _reference_penalty(grads[present], reduction)
     )
     np.testing.assert_array_equal(weights, [1.0, 1.0, 0.0, 1.0])
-    np.testing.assert_allclose(gradient[present], expected_gradient, rtol=1e-5)
-    np.testing.assert_array_equal(gradient[2], 0.0)
     if reduction == "mean":  # unmasked, the zero row dilutes the mean
-        unmasked, _, _ = _value_and_gradient(strategy, losses, grads)
+        unmasked = _call(strategy, losses, grads)[0].numpy()
         assert unmasked < total - 1e-3
 
 
 def test_masked_results_are_finite():
-    strategy = OrthogonalGradientRegularizer()
     grads = np.array([[0.0, 0.0], [1e-10, 0.0], [1e10, 1e10]])
-    for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]):
-        total, weights, gradient = _value_and_gradient(
-            strategy,
-            [0.0, 1.0, 2.0],
-            grads * np.array(mask)[:, None],
-            task_mask=_t(mask),
-        )
-        assert np.isfinite(total) and np.all(np.isfinite(gradient))
+    masks = ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0])
+    results = checks.assert_masked_outputs_finite(
+        OrthogonalGradientRegularizer(),
+        [(([0.0, 1.0, 2.0], grads * np.array(mask)[:, None]), mask) for mask in masks],
+        call=_call,
+        per_task=(False, True, True),
+        zero_absent=False,
+    )
+    for (total, weights, _), mask in zip(results, masks):
         np.testing.assert_array_equal(weights, mask)
         if sum(mask) < 2:  # no pair of present tasks
             np.testing.assert_allclose(total, np.dot(mask, [0.0, 1.0, 2.0]))
 
 
 def test_masked_eager_equals_xla():
-    strategy = OrthogonalGradientRegularizer()
-    variable = tf.Variable(
-        np.random.default_rng(12).normal(size=(3, 6)), dtype="float32"
+    grads = np.random.default_rng(12).normal(size=(3, 6)).astype(np.float32)
+    mask = np.array([1.0, 0.0, 1.0], np.float32)
+    cases = [((_t([1.0, 0.0, 3.0]), grads * mask[:, None]), mask)]
+    checks.assert_xla_matches_eager(
+        OrthogonalGradientRegularizer, cases, call=_call, rtol=1e-5, atol=1e-7
     )
-    mask = _t([1.0, 0.0, 1.0])
-
-    def value_and_gradient():
-        with tf.GradientTape() as tape:
-            total, weights = strategy(
-                _t([1.0, 0.0, 3.0]),
-                shared_grads=variable * mask[:, None],
-                task_mask=mask,
-            )
-        return total, weights, tape.gradient(total, variable)
-
-    for a, b in zip(
-        value_and_gradient(), tf.function(value_and_gradient, jit_compile=True)()
-    ):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)

@@ -1,7 +1,9 @@
 """Tests of PCGrad."""
 
+import functools
 import itertools
 
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -136,14 +138,9 @@ def test_deterministic_for_a_fixed_seed():
 
 def test_eager_equals_xla_with_random_orders():
     rng = np.random.default_rng(5)
-    eager, xla = PCGrad(seed=3), PCGrad(seed=3)
-    step = tf.function(lambda g: xla(g), jit_compile=True)
-    for _ in range(3):
-        grads = _random_grads(rng, 4, 6)
-        u1, w1 = eager(grads)
-        u2, w2 = step(tf.constant(grads))
-        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+    cases = [(_random_grads(rng, 4, 6), None) for _ in range(3)]
+    make = functools.partial(PCGrad, seed=3)
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=(1e-5, 1e-6))
 
 
 def test_identical_rows_and_one_task():
@@ -187,25 +184,10 @@ def test_seed_state_round_trip():
 # --- Missing tasks --------------------------------------------------------
 
 
-def _with_absent(grads, absent):
-    """Zeroes the absent rows; returns (grads, mask)."""
-    grads = np.array(grads, "float32")
-    mask = np.ones(len(grads), "float32")
-    mask[list(absent)] = 0.0
-    grads[list(absent)] = 0.0
-    return grads, mask
-
-
 def test_missing_tasks_all_present_mask_equals_unmasked():
-    assert PCGrad.supports_missing_tasks
     rng = np.random.default_rng(8)
-    plain, masked = PCGrad(seed=5), PCGrad(seed=5)
-    for _ in range(4):
-        grads = _random_grads(rng, 4, 6)
-        u1, w1 = plain(grads)
-        u2, w2 = masked(grads, task_mask=np.ones(4, "float32"))
-        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
-        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+    steps = [_random_grads(rng, 4, 6) for _ in range(4)]
+    checks.assert_all_ones_mask_is_no_mask(functools.partial(PCGrad, seed=5), steps)
 
 
 @pytest.mark.parametrize("absent", [(1,), (0, 3), (2, 3, 4)])
@@ -213,20 +195,19 @@ def test_missing_tasks_equal_pcgrad_on_present_rows(absent):
     # The K-task PCGrad with the same seed draws the same visit orders for
     # the present tasks, so updates and weights agree step after step.
     rng = np.random.default_rng(9)
-    full, small = PCGrad(seed=13), PCGrad(seed=13)
-    present = [t for t in range(5) if t not in absent]
-    conflicts = 0
-    for _ in range(6):
-        grads, mask = _with_absent(_random_grads(rng, 5, 4), absent)
-        update, weights = full(grads, task_mask=mask)
-        ref_update, ref_weights = small(grads[present])
-        np.testing.assert_allclose(update.numpy(), ref_update.numpy(), atol=1e-6)
-        np.testing.assert_allclose(
-            weights.numpy()[present], ref_weights.numpy(), atol=1e-6
-        )
-        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
-        conflicts += int(np.any(ref_weights.numpy() != 1.0))
-    assert conflicts > 0  # the comparison covered projections
+    steps = [
+        checks.with_absent(_random_grads(rng, 5, 4), absent=absent) for _ in range(6)
+    ]
+    pairs = checks.assert_absent_task_is_dropped(
+        PCGrad(seed=13),
+        PCGrad(seed=13),
+        steps[0][1],
+        [grads for grads, _ in steps],
+        rtol=1e-7,
+        atol=1e-6,
+    )
+    # The comparison covered projections.
+    assert any(np.any(ref_weights != 1.0) for _, (_, ref_weights) in pairs)
 
 
 def test_missing_tasks_orders_restricted_to_present_tasks():
@@ -259,17 +240,15 @@ def test_missing_tasks_no_per_task_state_and_finite():
     strategy = PCGrad(seed=0)
     rng = np.random.default_rng(11)
     g = _random_grads(rng, 3, 4)
-    cases = [
-        (g, [0.0, 1.0, 1.0]),
-        (g * np.array([[1.0], [1e10], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
-        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
-        (g, [0.0, 0.0, 1.0]),
-    ]
-    for grads, mask in cases:
-        mask = np.asarray(mask, "float32")
-        update, weights = strategy(grads * mask[:, None], task_mask=mask)
-        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
-        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    checks.assert_masked_outputs_finite(
+        strategy,
+        [
+            (g, [0.0, 1.0, 1.0]),
+            (g * np.array([[1.0], [1e10], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+            (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+            (g, [0.0, 0.0, 1.0]),
+        ],
+    )
     # One present task: its gradient passes unchanged.
     update, weights = strategy(g * [[0.0], [0.0], [1.0]], task_mask=[0.0, 0.0, 1.0])
     np.testing.assert_allclose(update.numpy(), g[2], rtol=1e-6)
@@ -279,11 +258,9 @@ def test_missing_tasks_no_per_task_state_and_finite():
 
 def test_missing_tasks_eager_equals_xla():
     rng = np.random.default_rng(12)
-    eager, xla = PCGrad(seed=4), PCGrad(seed=4)
-    step = tf.function(lambda g, m: xla(g, task_mask=m), jit_compile=True)
-    for absent in [(0,), (2,), (1, 3)]:
-        grads, mask = _with_absent(_random_grads(rng, 4, 6), absent)
-        u1, w1 = eager(grads, task_mask=mask)
-        u2, w2 = step(tf.constant(grads), tf.constant(mask))
-        np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
+    cases = [
+        checks.with_absent(_random_grads(rng, 4, 6), absent=absent)
+        for absent in [(0,), (2,), (1, 3)]
+    ]
+    make = functools.partial(PCGrad, seed=4)
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=1e-6)

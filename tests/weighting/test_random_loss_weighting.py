@@ -1,8 +1,10 @@
 """Tests of `RandomLossWeighting` (Lin et al., TMLR 2022)."""
 
+import functools
 import itertools
 import math
 
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -229,15 +231,9 @@ def test_state_round_trip_continues_the_sequence():
     losses = _t([1.0, 2.0])
     for _ in range(3):
         strategy(losses)
-    clone = RandomLossWeighting.from_config(strategy.get_config())
-    clone.build((2,))
     # The seed generator's state is the strategy's one weight.
     assert len(strategy.get_weights()) == 1
-    clone.set_weights(strategy.get_weights())
-    for _ in range(3):
-        np.testing.assert_array_equal(
-            strategy(losses)[1].numpy(), clone(losses)[1].numpy()
-        )
+    checks.assert_state_round_trip(strategy, [losses] * 3)
 
 
 def test_reset_state_restarts_the_sequence():
@@ -277,20 +273,18 @@ _MASKS = [
 ]
 
 
+def _call(strategy, losses, training, task_mask=None):
+    return checks.default_call(strategy, losses, training=training, task_mask=task_mask)
+
+
 def test_missing_tasks_all_present_mask_changes_nothing():
-    assert RandomLossWeighting.supports_missing_tasks
     losses = _t([1.0, 2.0, 3.0])
-    ones = _t([1.0, 1.0, 1.0])
+    steps = [(losses, training) for training in (True, True, False, True)]
     for distribution in ALL_DISTRIBUTIONS:
-        plain = RandomLossWeighting(distribution, seed=5)
-        masked = RandomLossWeighting(distribution, seed=5)
-        for training in (True, True, False, True):
-            a = plain(losses, training=training)
-            b = masked(losses, training=training, task_mask=ones)
-            for x, y in zip(a, b):
-                np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6)
-        np.testing.assert_array_equal(
-            plain.seed_generator.state.numpy(), masked.seed_generator.state.numpy()
+        make = functools.partial(RandomLossWeighting, distribution, seed=5)
+        # The seed generator states (the only variables) advance alike.
+        checks.assert_all_ones_mask_is_no_mask(
+            make, steps, call=_call, rtol=1e-6, state_rtol=0.0
         )
 
 
@@ -362,21 +356,16 @@ def test_missing_tasks_no_per_task_state():
     # The only state is the shared random generator, which advances.
     strategy = RandomLossWeighting(seed=0)
     strategy.build((3,))
-    assert strategy.per_task_state() == []
-    assert strategy.task_state_snapshot() == []
     before = strategy.seed_generator.state.numpy().copy()
     strategy(_t([1.0, 0.0, 1.0]), task_mask=_t([1.0, 0.0, 1.0]))
-    strategy.restore_absent_tasks(_t([1.0, 0.0, 1.0]), [])
+    checks.assert_no_per_task_state(strategy, [1.0, 0.0, 1.0])
     assert not np.array_equal(strategy.seed_generator.state.numpy(), before)
 
 
 def test_masked_eager_equals_xla():
+    cases = []
+    for mask in _MASKS + [[0.0] * 4]:
+        cases.append((_t(np.array([1.0, 2.0, 3.0, 4.0]) * mask), mask))
     for distribution in ALL_DISTRIBUTIONS:
-        eager = RandomLossWeighting(distribution, seed=7)
-        compiled = RandomLossWeighting(distribution, seed=7)
-        compiled.build((4,))
-        step = tf.function(lambda x, m, s=compiled: s(x, task_mask=m), jit_compile=True)
-        for mask in _MASKS + [[0.0] * 4]:
-            losses = _t(np.array([1.0, 2.0, 3.0, 4.0]) * mask)
-            for a, b in zip(eager(losses, task_mask=_t(mask)), step(losses, _t(mask))):
-                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+        make = functools.partial(RandomLossWeighting, distribution, seed=7)
+        checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=1e-7)

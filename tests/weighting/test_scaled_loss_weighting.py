@@ -1,6 +1,7 @@
 """Tests of `ScaledLossWeighting` (SLW, Crawshaw and Kosecka, arXiv 2109.08218)."""
 
 import keras
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -139,33 +140,28 @@ def test_permutation_equivariance():
     )
 
 
+def _call(strategy, losses, grads, task_mask=None):
+    return checks.default_call(
+        strategy, losses, shared_grads=grads, task_mask=task_mask
+    )
+
+
 def test_eager_equals_xla():
-    strategy = ScaledLossWeighting()
-
-    @tf.function(jit_compile=True)
-    def step(losses, grads):
-        return strategy(losses, shared_grads=grads)
-
     rng = np.random.default_rng(4)
+    cases = []
     for _ in range(3):
         losses = _t(rng.uniform(0.1, 3.0, 3))
         grads = _t(rng.normal(size=(3, 5)) * rng.uniform(0.01, 10.0, (3, 1)))
-        for a, b in zip(strategy(losses, shared_grads=grads), step(losses, grads)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+        cases.append(((losses, grads), None))
+    checks.assert_xla_matches_eager(ScaledLossWeighting, cases, call=_call, rtol=1e-5)
 
 
 def test_state_round_trip_and_stateless():
     strategy = ScaledLossWeighting()
     strategy.build((2,))
     assert strategy.weights == []
-    clone = ScaledLossWeighting.from_config(strategy.get_config())
-    clone.build((2,))
     grads = _t([[1.0, 2.0], [0.5, 0.0]])
-    for a, b in zip(
-        strategy(_t([1.0, 2.0]), shared_grads=grads),
-        clone(_t([1.0, 2.0]), shared_grads=grads),
-    ):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    checks.assert_state_round_trip(strategy, [(_t([1.0, 2.0]), grads)], call=_call)
     strategy.reset_state()  # stateless: nothing to do, must not raise
     training, _ = strategy(_t([1.0, 2.0]), shared_grads=grads, training=False)
     assert float(training) == float(strategy(_t([1.0, 2.0]), shared_grads=grads)[0])
@@ -260,18 +256,14 @@ def test_supports_missing_tasks():
     assert ScaledLossWeighting.supports_missing_tasks
     strategy = ScaledLossWeighting()
     strategy.build((3,))
-    assert strategy.per_task_state() == []  # stateless
+    checks.assert_no_per_task_state(strategy, [1.0, 0.0, 1.0])  # stateless
 
 
 def test_all_ones_mask_equals_the_unmasked_call():
     rng = np.random.default_rng(10)
     grads = _t(rng.normal(size=(3, 5)) * [[1.0], [10.0], [1e-3]])
-    losses = _t([1.0, 2.0, 3.0])
-    strategy = ScaledLossWeighting()
-    plain = strategy(losses, shared_grads=grads)
-    masked = strategy(losses, shared_grads=grads, task_mask=_t([1.0, 1.0, 1.0]))
-    for a, b in zip(plain, masked):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    steps = [(_t([1.0, 2.0, 3.0]), grads)]
+    checks.assert_all_ones_mask_is_no_mask(ScaledLossWeighting, steps, call=_call)
 
 
 def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
@@ -280,48 +272,37 @@ def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
     grads[1] = 0.0  # an absent task's row
     losses = np.array([1.0, 0.0, 3.0], np.float32)
     present = [0, 2]
-    total, weights = ScaledLossWeighting()(
-        _t(losses), shared_grads=_t(grads), task_mask=_t([1.0, 0.0, 1.0])
+    [((_, weights), _)] = checks.assert_absent_task_is_dropped(
+        ScaledLossWeighting(),
+        ScaledLossWeighting(),
+        [1.0, 0.0, 1.0],
+        [(_t(losses), _t(grads))],
+        call=_call,
     )
-    expected_total, expected = ScaledLossWeighting()(
-        _t(losses[present]), shared_grads=_t(grads[present])
-    )
-    assert weights.numpy()[1] == 0.0
-    np.testing.assert_allclose(weights.numpy()[present], expected.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(weights.numpy()[present], _reference(grads[present]))
-    np.testing.assert_allclose(weights.numpy().sum(), 2.0, rtol=1e-6)  # K
-    np.testing.assert_allclose(float(total), float(expected_total), rtol=1e-6)
+    np.testing.assert_allclose(weights[present], _reference(grads[present]))
+    np.testing.assert_allclose(weights.sum(), 2.0, rtol=1e-6)  # K
     # Unmasked, the zero row would take almost all the weight.
     assert _weights(ScaledLossWeighting(), grads)[1] > 2.9
 
 
 def test_masked_results_are_finite():
-    strategy = ScaledLossWeighting()
     grads = np.array([[0.0, 0.0], [1e-10, 0.0], [1e10, 1e10]], np.float32)
-    for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]):
-        total, weights = strategy(
-            _t([0.0, 1e-10, 1e10]) * _t(mask),
-            shared_grads=_t(grads),
-            task_mask=_t(mask),
-        )
-        assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
-        np.testing.assert_allclose(weights.numpy().sum(), sum(mask), rtol=1e-6)
-        assert weights.numpy()[0] == 0.0
+    masks = ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0])
+    results = checks.assert_masked_outputs_finite(
+        ScaledLossWeighting(),
+        [((_t([0.0, 1e-10, 1e10]) * _t(mask), _t(grads)), mask) for mask in masks],
+        call=_call,
+        zero_absent=False,
+    )
+    for (_, weights), mask in zip(results, masks):
+        np.testing.assert_allclose(weights.sum(), sum(mask), rtol=1e-6)
 
 
 def test_masked_eager_equals_xla():
-    strategy = ScaledLossWeighting()
-    compiled = tf.function(
-        lambda losses, grads, mask: strategy(
-            losses, shared_grads=grads, task_mask=mask
-        ),
-        jit_compile=True,
-    )
     rng = np.random.default_rng(12)
+    cases = []
     for mask in ([1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 1.0]):
         mask = _t(mask)
         grads = _t(rng.normal(size=(3, 4))) * mask[:, None]
-        losses = _t(rng.uniform(0.5, 2.0, 3)) * mask
-        eager = strategy(losses, shared_grads=grads, task_mask=mask)
-        for a, b in zip(eager, compiled(losses, grads, mask)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+        cases.append(((_t(rng.uniform(0.5, 2.0, 3)) * mask, grads), mask))
+    checks.assert_xla_matches_eager(ScaledLossWeighting, cases, call=_call)

@@ -1,6 +1,9 @@
 """Tests of `SLAW` (Crawshaw and Kosecka, arXiv 2109.08218)."""
 
+import functools
+
 import keras
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -174,30 +177,19 @@ def test_training_false_uses_stored_statistics_without_updating():
 
 @pytest.mark.parametrize("warmup", ["arithmetic", "none"])
 def test_eager_equals_xla(warmup):
-    eager = SLAW(beta=0.8, warmup=warmup)  # warm-up of 5 steps
-    compiled = SLAW.from_config(eager.get_config())
-
-    @tf.function(jit_compile=True)
-    def step(losses):
-        return compiled(losses)
-
+    make = functools.partial(SLAW, beta=0.8, warmup=warmup)  # warm-up of 5 steps
     rng = np.random.default_rng(4)
-    for _ in range(9):
-        losses = _t(rng.uniform(0.1, 4.0, 3))
-        for a, b in zip(eager(losses), step(losses)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+    cases = [(_t(rng.uniform(0.1, 4.0, 3)), None) for _ in range(9)]
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5)
 
 
 def test_state_round_trip_and_reset():
     rng = np.random.default_rng(5)
     strategy = SLAW(beta=0.9)
     _feed(strategy, rng.uniform(0.5, 2.0, (15, 2)))
-    clone = SLAW.from_config(strategy.get_config())
-    clone.build((2,))
-    clone.set_weights(strategy.get_weights())
-    for losses in rng.uniform(0.5, 2.0, (3, 2)):
-        for a, b in zip(strategy(_t(losses)), clone(_t(losses))):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    checks.assert_state_round_trip(
+        strategy, [_t(x) for x in rng.uniform(0.5, 2.0, (3, 2))]
+    )
     strategy.reset_state()
     assert all(not np.any(v.numpy()) for v in strategy.weights)
     np.testing.assert_array_equal(strategy(_t([4.0, 1.0]))[1], [1.0, 1.0])
@@ -281,18 +273,14 @@ def _masked_feed(strategy, sequence, masks):
 def test_supports_missing_tasks_and_marks_per_task_state():
     strategy = SLAW()
     strategy.build((3,))
-    assert SLAW.supports_missing_tasks
-    marked = {v.path: axis for v, axis in strategy.per_task_state()}
-    assert sorted(marked.values()) == [0, 0, 0]
-    assert len(marked) == len(strategy.weights)  # the count is per task too
+    checks.assert_all_state_is_per_task(strategy, 3)  # the count is per task too
 
 
 def test_all_ones_mask_equals_the_unmasked_call():
     rng = np.random.default_rng(10)
     sequence = rng.uniform(0.1, 3.0, (8, 3))
-    plain = _feed(SLAW(beta=0.8), sequence)
-    masked = _masked_feed(SLAW(beta=0.8), sequence, np.ones((8, 3)))
-    np.testing.assert_array_equal(plain, masked)
+    make = functools.partial(SLAW, beta=0.8)
+    checks.assert_all_ones_mask_is_no_mask(make, [_t(losses) for losses in sequence])
 
 
 def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
@@ -303,16 +291,13 @@ def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
     alone = SLAW(beta=0.9)
     alone.build((2,))
     alone.set_weights([w[present] for w in full.get_weights()])
-    for losses in rng.uniform(0.1, 3.0, (4, 3)) * [1.0, 10.0, 0.1]:
-        losses[1] = 0.0  # an absent task's loss
-        total, weights = full(_t(losses), task_mask=_t([1.0, 0.0, 1.0]))
-        expected_total, expected = alone(_t(losses[present]))
-        assert weights.numpy()[1] == 0.0
-        np.testing.assert_allclose(weights.numpy()[present], expected, rtol=1e-6)
-        np.testing.assert_allclose(float(total), float(expected_total), rtol=1e-6)
-        np.testing.assert_allclose(weights.numpy().sum(), 2.0, rtol=1e-6)  # K
-    for a, b in zip(full.get_weights(), alone.get_weights()):
-        np.testing.assert_array_equal(a[present], b)
+    sequence = rng.uniform(0.1, 3.0, (4, 3)) * [1.0, 10.0, 0.1]
+    sequence[:, 1] = 0.0  # an absent task's loss
+    pairs = checks.assert_absent_task_is_dropped(
+        full, alone, [1.0, 0.0, 1.0], [_t(x) for x in sequence], state_rtol=0.0
+    )
+    for (_, weights), _ in pairs:
+        np.testing.assert_allclose(weights.sum(), 2.0, rtol=1e-6)  # K
 
 
 def test_counts_are_per_task():
@@ -339,42 +324,26 @@ def test_restore_absent_tasks_keeps_the_absent_state():
     rng = np.random.default_rng(12)
     strategy = SLAW()
     _feed(strategy, rng.uniform(0.1, 3.0, (5, 3)))
-    before = [w.copy() for w in strategy.get_weights()]
-    snapshot = strategy.task_state_snapshot()
     mask = _t([0.0, 1.0, 1.0])
-    strategy(_t([0.0, 1.5, 2.5]), task_mask=mask)
-    strategy.restore_absent_tasks(mask, snapshot)
-    for b, a in zip(before, strategy.get_weights()):
-        np.testing.assert_array_equal(a[0], b[0])
-        assert np.all(a[1:] != b[1:])
+    checks.assert_restore_keeps_absent_state(
+        strategy, mask, lambda: strategy(_t([0.0, 1.5, 2.5]), task_mask=mask)
+    )
 
 
 def test_masked_results_are_finite():
-    for masks in ([[0.0, 1.0, 1.0]] * 4, [[0.0, 0.0, 0.0]] * 4):
+    sequence = np.array([[0.0, 1e-10, 1e10], [0.0, 2e-10, 3e10]] * 2)
+    for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0]):
         strategy = SLAW()
-        sequence = np.array([[0.0, 1e-10, 1e10], [0.0, 2e-10, 3e10]] * 2)
-        got = _masked_feed(strategy, sequence * np.array(masks), masks)
-        assert np.all(np.isfinite(got))
-        assert np.all(got[:, 0] == 0.0)
-        assert all(np.all(np.isfinite(w)) for w in strategy.get_weights())
+        checks.assert_masked_outputs_finite(strategy, [(x, mask) for x in sequence])
     # training=False with a mask: stored statistics, over present tasks.
     _, weights = strategy(_t([0.0, 0.0, 0.0]), training=False, task_mask=_t([0, 0, 0]))
     np.testing.assert_array_equal(weights.numpy(), [0.0, 0.0, 0.0])
 
 
 def test_masked_eager_equals_xla():
-    eager = SLAW(beta=0.8)
-    compiled = SLAW.from_config(eager.get_config())
-
-    @tf.function(jit_compile=True)
-    def step(losses, mask):
-        return compiled(losses, task_mask=mask)
-
     rng = np.random.default_rng(13)
+    cases = []
     for k in range(9):
         mask = _t([1.0, float(k % 3 != 0), float(k % 2 == 0)])
-        losses = _t(rng.uniform(0.1, 4.0, 3)) * mask
-        for a, b in zip(eager(losses, task_mask=mask), step(losses, mask)):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
-    for a, b in zip(eager.get_weights(), compiled.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5)
+        cases.append((_t(rng.uniform(0.1, 4.0, 3)) * mask, mask))
+    checks.assert_xla_matches_eager(functools.partial(SLAW, beta=0.8), cases, rtol=1e-5)

@@ -1,5 +1,8 @@
 """Tests of `SmoothTchebycheff` (Lin et al., ICML 2024)."""
 
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -207,17 +210,13 @@ def test_eager_and_xla_agree_in_every_phase():
         {"normalize": False, "mu": 0.3, "preference": [1.0, 0.5, 2.0]},
         {"normalize": True, "warmup_epochs": 0, "mu": 0.5},
     ):
-        eager_strategy, xla_strategy = _built(3, **kwargs), _built(3, **kwargs)
-        xla_call = tf.function(lambda x, s=xla_strategy: s(x), jit_compile=True)
-        for _ in range(2):  # warm-up epoch (if any), then the STCH epoch
-            eager = eager_strategy(losses)
-            compiled = xla_call(losses)
-            for a, b in zip(eager, compiled):
-                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
-            eager_strategy.on_epoch_end()
-            xla_strategy.on_epoch_end()
-        for a, b in zip(eager_strategy.weights, xla_strategy.weights):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+        # The warm-up epoch (if any), then the STCH epoch.
+        checks.assert_xla_matches_eager(
+            functools.partial(_built, 3, **kwargs),
+            checks.with_epoch_ends([[(losses, None)]] * 2),
+            rtol=1e-5,
+            state_rtol=1e-6,
+        )
 
 
 def test_state_round_trip_and_reset():
@@ -225,12 +224,7 @@ def test_state_round_trip_and_reset():
     for losses in ([2.0, 3.0], [1.0, 2.0]):
         strategy(_t(losses))
         strategy.on_epoch_end()
-    clone = SmoothTchebycheff.from_config(strategy.get_config())
-    clone.build((2,))
-    clone.set_weights(strategy.get_weights())
-    losses = _t([0.8, 1.5])
-    for a, b in zip(strategy(losses), clone(losses)):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    checks.assert_state_round_trip(strategy, [_t([0.8, 1.5])])
     assert int(strategy.epoch.numpy()) == 2
     strategy.reset_state()
     assert int(strategy.epoch.numpy()) == 0
@@ -275,12 +269,9 @@ def test_permutation_equivariance():
 
 def _masked(strategy, losses, task_mask=None, training=True):
     """Objective, weights, gradient with respect to the losses."""
-    losses = _t(losses)
-    kwargs = {} if task_mask is None else {"task_mask": _t(task_mask)}
-    with tf.GradientTape() as tape:
-        tape.watch(losses)
-        total, weights = strategy(losses, training=training, **kwargs)
-    return float(total), weights.numpy(), tape.gradient(total, losses).numpy()
+    mask = None if task_mask is None else _t(task_mask)
+    total, weights, grad = checks.loss_call(strategy, losses, mask, training=training)
+    return float(total), weights.numpy(), grad.numpy()
 
 
 _RAW = {
@@ -292,20 +283,13 @@ _RAW = {
 
 
 def test_missing_tasks_all_present_mask_changes_nothing():
-    assert SmoothTchebycheff.supports_missing_tasks
-    ones = [1.0, 1.0, 1.0]
+    # Warm-up, normalisation epoch, STCH.
+    steps = checks.with_epoch_ends([[[0.7, 2.5, 1.1], [0.5, 2.0, 1.3]]] * 3)
     for kwargs in (_RAW, {"warmup_epochs": 1, "mu": 0.5}):
-        plain, masked = _built(3, **kwargs), _built(3, **kwargs)
-        for _ in range(3):  # warm-up, normalisation epoch, STCH
-            for losses in ([0.7, 2.5, 1.1], [0.5, 2.0, 1.3]):
-                a = _masked(plain, losses)
-                b = _masked(masked, losses, ones)
-                for x, y in zip(a, b):
-                    np.testing.assert_allclose(x, y, rtol=1e-6)
-            plain.on_epoch_end()
-            masked.on_epoch_end()
-        for x, y in zip(plain.weights, masked.weights):
-            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-6)
+        make = functools.partial(_built, 3, **kwargs)
+        checks.assert_all_ones_mask_is_no_mask(
+            make, steps, call=checks.loss_call, rtol=1e-6
+        )
 
 
 def test_raw_absent_task_as_if_only_present_tasks_existed():
@@ -317,12 +301,14 @@ def test_raw_absent_task_as_if_only_present_tasks_existed():
         preference=[_RAW["preference"][0], _RAW["preference"][2]],
         ideal_point=[_RAW["ideal_point"][0], _RAW["ideal_point"][2]],
     )
-    total, weights, grad = _masked(strategy, [0.8, 0.0, 0.6], [1.0, 0.0, 1.0])
-    total_p, weights_p, grad_p = _masked(present_only, [0.8, 0.6])
-    np.testing.assert_allclose(total, total_p, rtol=1e-6)
-    np.testing.assert_allclose(weights[[0, 2]], weights_p, rtol=1e-6)
-    np.testing.assert_allclose(grad[[0, 2]], grad_p, rtol=1e-6)
-    assert weights[1] == 0.0 and grad[1] == 0.0
+    [((total, _, _), _)] = checks.assert_absent_task_is_dropped(
+        strategy,
+        present_only,
+        [1.0, 0.0, 1.0],
+        [[0.8, 0.0, 0.6]],
+        call=checks.loss_call,
+        per_task=(False, True, True),
+    )
     # K * mu * logsumexp over the present tasks, in numpy.
     u = np.array([1.0, 2.0]) * (np.array([0.8, 0.6]) - np.array([0.1, -0.2])) / 0.3
     np.testing.assert_allclose(total, 2 * 0.3 * np.log(np.exp(u).sum()), rtol=1e-6)
@@ -384,54 +370,44 @@ def test_absent_task_state_is_unchanged_and_restorable():
     strategy(_t([1.0, 2.0, 3.0]))  # epoch 1 accumulates
     names = {v.name: axis for v, axis in strategy.per_task_state()}
     assert names == {"loss_sum": 0, "normalizers": 0, "task_loss_count": 0}
-    snapshot = strategy.task_state_snapshot()
     mask = _t([1.0, 0.0, 1.0])
-    total, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
-    assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
-    for restored in (False, True):
-        if restored:
-            strategy.restore_absent_tasks(mask, snapshot)
-        for (variable, _), before in zip(strategy.per_task_state(), snapshot):
-            assert variable.numpy()[1] == before.numpy()[1], variable.name
-        np.testing.assert_allclose(strategy.loss_sum.numpy(), [1.5, 2.0, 5.0])
-        np.testing.assert_allclose(strategy.task_loss_count.numpy(), [2.0, 1.0, 2.0])
+
+    def step():
+        total, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
+        assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
+
+    checks.assert_restore_keeps_absent_state(strategy, mask, step, moved="any")
+    np.testing.assert_allclose(strategy.loss_sum.numpy(), [1.5, 2.0, 5.0])
+    np.testing.assert_allclose(strategy.task_loss_count.numpy(), [2.0, 1.0, 2.0])
     assert float(strategy.loss_count.numpy()) == 2.0  # shared, advances
 
 
 def test_masked_degenerate_inputs_are_finite():
+    epoch = [
+        ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
+        ([0.0, 1e10, 0.0], [0.0, 1.0, 0.0]),
+        ([1e-10, 0.0, 1e10], [1.0, 0.0, 1.0]),
+    ]
     for kwargs in (_RAW, {"warmup_epochs": 0, "mu": 0.1}):
-        strategy = _built(3, **kwargs)
-        for _ in range(2):
-            for losses, mask in (
-                ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
-                ([0.0, 1e10, 0.0], [0.0, 1.0, 0.0]),
-                ([1e-10, 0.0, 1e10], [1.0, 0.0, 1.0]),
-            ):
-                total, weights, grad = _masked(strategy, losses, mask)
-                assert np.isfinite(total)
-                assert np.all(np.isfinite(weights)) and np.all(np.isfinite(grad))
-                np.testing.assert_array_equal(weights[np.asarray(mask) == 0], 0.0)
-                np.testing.assert_array_equal(grad[np.asarray(mask) == 0], 0.0)
-                if not any(mask):
-                    assert total == 0.0
-            strategy.on_epoch_end()
-        assert np.all(np.isfinite(strategy.normalizers.numpy()))
+        results = checks.assert_masked_outputs_finite(
+            _built(3, **kwargs),
+            checks.with_epoch_ends([epoch] * 2),
+            call=checks.loss_call,
+            per_task=(False, True, True),
+        )
+        for (total, _, _), (_, mask) in zip(results, epoch * 2):
+            if not any(mask):
+                assert total == 0.0
 
 
 def test_masked_eager_equals_xla():
     masks = [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
     losses = np.array([0.7, 2.5, 1.1], np.float32)
+    epoch = [(_t(losses * mask), mask) for mask in masks]
     for kwargs in (_RAW, {"normalize": True, "warmup_epochs": 0, "mu": 0.5}):
-        eager_strategy, xla_strategy = _built(3, **kwargs), _built(3, **kwargs)
-        xla_call = tf.function(
-            lambda x, m, s=xla_strategy: s(x, task_mask=m), jit_compile=True
+        checks.assert_xla_matches_eager(
+            functools.partial(_built, 3, **kwargs),
+            checks.with_epoch_ends([epoch] * 2),
+            rtol=1e-5,
+            state_rtol=1e-6,
         )
-        for _ in range(2):
-            for mask in masks:
-                x, m = _t(losses * mask), _t(mask)
-                for a, b in zip(eager_strategy(x, task_mask=m), xla_call(x, m)):
-                    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
-            eager_strategy.on_epoch_end()
-            xla_strategy.on_epoch_end()
-        for a, b in zip(eager_strategy.weights, xla_strategy.weights):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)

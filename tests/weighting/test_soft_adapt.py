@@ -1,8 +1,10 @@
 """Tests of `SoftAdapt` (Heydari, Thompson, Mehmood, arXiv 1912.12355)."""
 
+import functools
 import itertools
 from fractions import Fraction
 
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -199,35 +201,19 @@ def test_evaluation_returns_the_current_weights_without_recording():
 
 def test_eager_and_xla_agree():
     rng = np.random.default_rng(1)
-    sequence = _t(rng.uniform(0.5, 2.0, size=(6, 3)))
+    cases = [(x, None) for x in _t(rng.uniform(0.5, 2.0, size=(6, 3)))]
     for variant in VARIANTS:
-        eager_strategy = SoftAdapt(beta=2.0, variant=variant, accuracy_order=2)
-        eager = _run(eager_strategy, sequence.numpy())
-        xla_strategy = SoftAdapt(beta=2.0, variant=variant, accuracy_order=2)
-        xla_strategy.build((3,))
-
-        @tf.function(jit_compile=True)
-        def steps(s=xla_strategy):
-            out = tf.TensorArray(tf.float32, size=6)
-            for i in tf.range(6):
-                out = out.write(i, s(sequence[i])[1])
-            return out.stack()
-
-        np.testing.assert_allclose(steps().numpy(), eager, rtol=1e-5)
-        for a, b in zip(eager_strategy.weights, xla_strategy.weights):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+        make = functools.partial(SoftAdapt, beta=2.0, variant=variant, accuracy_order=2)
+        checks.assert_xla_matches_eager(make, cases, rtol=1e-5, state_rtol=1e-6)
 
 
 def test_state_round_trip_and_reset():
     strategy = SoftAdapt(beta=1.0, variant="loss_weighted", accuracy_order=2)
     sequence = [[1.0, 2.0], [0.8, 2.0], [0.7, 1.5], [0.6, 1.4]]
     _run(strategy, sequence)
-    clone = SoftAdapt.from_config(strategy.get_config())
-    clone.build((2,))
-    clone.set_weights(strategy.get_weights())
-    for row in ([0.5, 1.3], [0.45, 1.3]):
-        for a, b in zip(strategy(_t(row)), clone(_t(row))):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    checks.assert_state_round_trip(
+        strategy, [_t(row) for row in ([0.5, 1.3], [0.45, 1.3])]
+    )
     strategy.reset_state()
     np.testing.assert_array_equal(strategy.loss_history.numpy(), 0.0)
     np.testing.assert_array_equal(strategy.task_weights.numpy(), 1.0)
@@ -272,20 +258,21 @@ def _run_masked(strategy, sequence, masks, training=True):
 
 @pytest.mark.parametrize("update_every", [1, 2])
 def test_missing_tasks_all_present_mask_changes_nothing(update_every):
-    assert SoftAdapt.supports_missing_tasks
     rng = np.random.default_rng(8)
-    sequence = rng.uniform(0.5, 2.0, size=(7, 3))
+    steps = [_t(x) for x in rng.uniform(0.5, 2.0, size=(7, 3))]
+    ones = _t([1.0, 1.0, 1.0])
     for variant in VARIANTS:
-        kwargs = dict(beta=2.0, variant=variant, accuracy_order=2)
-        plain = SoftAdapt(update_every=update_every, **kwargs)
-        masked = SoftAdapt(update_every=update_every, **kwargs)
-        expected = _run(plain, sequence)
-        got = _run_masked(masked, sequence, np.ones_like(sequence))
-        assert not np.allclose(expected[-1], 1.0)
-        np.testing.assert_allclose(got, expected, rtol=1e-6)
-        for a, b in zip(plain.weights, masked.weights):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
-        ones = _t([1.0, 1.0, 1.0])
+        make = functools.partial(
+            SoftAdapt,
+            update_every=update_every,
+            beta=2.0,
+            variant=variant,
+            accuracy_order=2,
+        )
+        plain, masked, outputs = checks.assert_all_ones_mask_is_no_mask(
+            make, steps, rtol=1e-6
+        )
+        assert not np.allclose(outputs[-1][1], 1.0)
         np.testing.assert_allclose(
             masked(ones, training=False, task_mask=ones)[1].numpy(),
             plain(ones, training=False)[1].numpy(),
@@ -313,11 +300,8 @@ def test_absent_task_as_if_only_present_tasks_existed(variant, update_every):
         full(_t(losses))
         present_only(_t(losses[[0, 2]]))
     mask = np.array([1.0, 0.0, 1.0], np.float32)
-    for losses in rng.uniform(0.5, 2.0, size=(5, 3)):
-        _, weights = full(_t(losses * mask), task_mask=_t(mask))
-        _, expected = present_only(_t(losses[[0, 2]]))
-        np.testing.assert_allclose(weights.numpy()[[0, 2]], expected.numpy(), rtol=1e-5)
-        assert weights.numpy()[1] == 0.0
+    steps = [_t(x * mask) for x in rng.uniform(0.5, 2.0, size=(5, 3))]
+    checks.assert_absent_task_is_dropped(full, present_only, mask, steps, rtol=1e-5)
     np.testing.assert_allclose(
         full.loss_history.numpy()[:, [0, 2]], present_only.loss_history.numpy()
     )
@@ -381,33 +365,25 @@ def test_absent_task_state_is_unchanged_and_restorable():
     _run(strategy, [[1.0, 2.0, 3.0], [0.9, 1.9, 2.5], [0.8, 1.7, 2.4]])
     axes = {v.name: axis for v, axis in strategy.per_task_state()}
     assert axes == {"loss_history": 1, "task_weights": 0, "task_steps": 0}
-    snapshot = strategy.task_state_snapshot()
     mask = _t([1.0, 0.0, 1.0])
-    _, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
-    assert np.all(np.isfinite(weights.numpy()))
-    for restored in (False, True):
-        if restored:
-            strategy.restore_absent_tasks(mask, snapshot)
-        for (variable, axis), before in zip(strategy.per_task_state(), snapshot):
-            after = np.moveaxis(variable.numpy(), axis, 0)
-            before = np.moveaxis(before.numpy(), axis, 0)
-            np.testing.assert_array_equal(after[1], before[1])
-        history = strategy.loss_history.numpy()
-        np.testing.assert_allclose(history[-1], [0.5, 1.7, 2.0], rtol=1e-6)
+
+    def step():
+        _, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
+        assert np.all(np.isfinite(weights.numpy()))
+
+    checks.assert_restore_keeps_absent_state(strategy, mask, step, moved="any")
+    history = strategy.loss_history.numpy()
+    np.testing.assert_allclose(history[-1], [0.5, 1.7, 2.0], rtol=1e-6)
     assert int(strategy.step_count.numpy()) == 4  # the shared counter advances
 
 
 def test_masked_degenerate_inputs_are_finite():
+    sequence = [[0.0, 0.0], [0.0, 0.0], [1e10, 1e-10], [1e-10, 1e10], [1.0, 1.0]]
+    masks = [[1, 1], [0, 0], [1, 1], [1, 0], [0, 0]]
     for variant in VARIANTS:
-        strategy = SoftAdapt(beta=0.1, variant=variant)
-        got = _run_masked(
-            strategy,
-            [[0.0, 0.0], [0.0, 0.0], [1e10, 1e-10], [1e-10, 1e10], [1.0, 1.0]],
-            np.array([[1, 1], [0, 0], [1, 1], [1, 0], [0, 0]], float),
+        checks.assert_masked_outputs_finite(
+            SoftAdapt(beta=0.1, variant=variant), list(zip(sequence, masks))
         )
-        assert np.all(np.isfinite(got)), variant
-        np.testing.assert_array_equal(got[[1, 4]], 0.0)
-        assert got[3, 1] == 0.0
 
 
 def test_masked_eager_equals_xla():
@@ -426,21 +402,8 @@ def test_masked_eager_equals_xla():
         ],
         np.float32,
     )
+    cases = list(zip(sequence * masks, masks))
     for variant in VARIANTS:
         kwargs = dict(beta=2.0, variant=variant, accuracy_order=2, update_every=2)
-        eager_strategy = SoftAdapt(**kwargs)
-        eager = _run_masked(eager_strategy, sequence, masks)
-        xla_strategy = SoftAdapt(**kwargs)
-        xla_strategy.build((3,))
-        x, m = _t(sequence * masks), _t(masks)
-
-        @tf.function(jit_compile=True)
-        def steps(s=xla_strategy, x=x, m=m):
-            out = tf.TensorArray(tf.float32, size=8)
-            for i in tf.range(8):
-                out = out.write(i, s(x[i], task_mask=m[i])[1])
-            return out.stack()
-
-        np.testing.assert_allclose(steps().numpy(), eager, rtol=1e-5)
-        for a, b in zip(eager_strategy.weights, xla_strategy.weights):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+        make = functools.partial(SoftAdapt, **kwargs)
+        checks.assert_xla_matches_eager(make, cases, rtol=1e-5, state_rtol=1e-6)

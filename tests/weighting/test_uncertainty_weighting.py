@@ -1,6 +1,8 @@
 """Tests of `UncertaintyWeighting` (Kendall, Gal, Cipolla, CVPR 2018)."""
 
-import keras
+import functools
+
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -168,30 +170,17 @@ def test_length_mismatch_raises_at_build():
 
 
 def test_eager_equals_xla():
-    eager = _built(3, task_types=["regression", "classification", "regression"])
-    compiled = UncertaintyWeighting.from_config(eager.get_config())
-    compiled.build((3,))
-
-    @tf.function(jit_compile=True)
-    def step(losses):
-        return compiled(losses)
-
-    for losses in ([1.0, 2.0, 3.0], [0.1, 1e3, 1e-4]):
-        total_e, weights_e = eager(_t(losses))
-        total_c, weights_c = step(_t(losses))
-        np.testing.assert_allclose(total_e.numpy(), total_c.numpy(), rtol=1e-6)
-        np.testing.assert_allclose(weights_e.numpy(), weights_c.numpy(), rtol=1e-6)
+    make = functools.partial(
+        _built, 3, task_types=["regression", "classification", "regression"]
+    )
+    cases = [(_t(losses), None) for losses in ([1.0, 2.0, 3.0], [0.1, 1e3, 1e-4])]
+    checks.assert_xla_matches_eager(make, cases)
 
 
 def test_state_round_trip_and_reset():
     strategy = _built(2, init=[0.0, 0.5])
     strategy.log_variances.assign([1.5, -2.0])
-    clone = UncertaintyWeighting.from_config(strategy.get_config())
-    clone.build((2,))
-    clone.set_weights(strategy.get_weights())
-    losses = _t([0.3, 7.0])
-    for a, b in zip(strategy(losses), clone(losses)):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    checks.assert_state_round_trip(strategy, [_t([0.3, 7.0])])
     strategy.reset_state()
     np.testing.assert_array_equal(strategy.log_variances.numpy(), [0.0, 0.5])
     assert UncertaintyWeighting.stateful
@@ -237,27 +226,12 @@ def test_wrong_number_of_losses_raises():
 
 _TYPES = ["regression", "classification", "regression"]
 _INIT = [0.1, -0.3, 0.7]
-
-
-def _objective_weights_and_grads(strategy, losses, task_mask=None):
-    losses = _t(losses)
-    kwargs = {} if task_mask is None else {"task_mask": _t(task_mask)}
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(losses)
-        total, weights = strategy(losses, **kwargs)
-    grad_losses = tape.gradient(total, losses)
-    grad_s = tape.gradient(total, strategy.log_variances)
-    return total.numpy(), weights.numpy(), grad_losses.numpy(), grad_s.numpy()
+_call = functools.partial(checks.loss_call, wrt=("log_variances",))
 
 
 def test_missing_tasks_all_present_mask_changes_nothing():
-    assert UncertaintyWeighting.supports_missing_tasks
-    strategy = _built(3, task_types=_TYPES, init=_INIT)
-    losses = [0.5, 2.0, 3.0]
-    plain = _objective_weights_and_grads(strategy, losses)
-    masked = _objective_weights_and_grads(strategy, losses, [1.0, 1.0, 1.0])
-    for a, b in zip(plain, masked):
-        np.testing.assert_array_equal(a, b)
+    make = functools.partial(_built, 3, task_types=_TYPES, init=_INIT)
+    checks.assert_all_ones_mask_is_no_mask(make, [[0.5, 2.0, 3.0]], call=_call)
 
 
 def test_absent_task_is_left_out_as_if_only_present_tasks_existed():
@@ -265,66 +239,37 @@ def test_absent_task_is_left_out_as_if_only_present_tasks_existed():
     present_only = _built(
         2, task_types=[_TYPES[0], _TYPES[2]], init=[_INIT[0], _INIT[2]]
     )
-    total, weights, grad_losses, grad_s = _objective_weights_and_grads(
-        strategy, [0.5, 0.0, 3.0], [1.0, 0.0, 1.0]
+    checks.assert_absent_task_is_dropped(
+        strategy,
+        present_only,
+        [1.0, 0.0, 1.0],
+        [[0.5, 0.0, 3.0]],
+        call=_call,
+        per_task=(False, True, True, True),
     )
-    total_p, weights_p, grad_losses_p, grad_s_p = _objective_weights_and_grads(
-        present_only, [0.5, 3.0]
-    )
-    np.testing.assert_allclose(total, total_p, rtol=1e-6)
-    np.testing.assert_allclose(weights[[0, 2]], weights_p, rtol=1e-6)
-    np.testing.assert_allclose(grad_losses[[0, 2]], grad_losses_p, rtol=1e-6)
-    np.testing.assert_allclose(grad_s[[0, 2]], grad_s_p, rtol=1e-6)
     # Without the mask the absent task's regulariser 0.5 * s would remain.
-    assert weights[1] == 0.0 and grad_losses[1] == 0.0 and grad_s[1] == 0.0
-    unmasked = _objective_weights_and_grads(strategy, [0.5, 0.0, 3.0])
-    assert unmasked[3][1] == 0.5
+    assert _call(strategy, [0.5, 0.0, 3.0])[3][1] == 0.5
     # No task present: a zero objective, finite and zero gradients.
-    total, weights, grad_losses, grad_s = _objective_weights_and_grads(
-        strategy, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
-    )
-    assert total == 0.0
-    for value in (weights, grad_losses, grad_s):
+    for value in _call(strategy, [0.0, 0.0, 0.0], _t([0.0, 0.0, 0.0])):
         np.testing.assert_array_equal(value, 0.0)
 
 
 def test_absent_task_log_variance_is_restored_after_an_optimizer_step():
     strategy = _built(3, task_types=_TYPES, init=_INIT)
-    optimizer = keras.optimizers.Adam(learning_rate=0.1)
-    for losses, mask in (([1.0, 2.0, 3.0], [1.0] * 3), ([1.0, 0.0, 3.0], [1, 0, 1])):
-        snapshot = strategy.task_state_snapshot()
-        grad_s = _objective_weights_and_grads(strategy, losses, mask)[3]
-        optimizer.apply([tf.constant(grad_s)], [strategy.log_variances])
-        moved = strategy.log_variances.numpy().copy()
-        strategy.restore_absent_tasks(_t(mask), snapshot)
-    before = snapshot[0].numpy()
-    # Adam's momentum moved the absent task's s_1 despite its zero gradient;
-    # the restore puts it back and keeps the present tasks' update.
-    assert moved[1] != before[1]
-    after = strategy.log_variances.numpy()
-    assert after[1] == before[1]
-    np.testing.assert_array_equal(after[[0, 2]], moved[[0, 2]])
-    assert np.all(after[[0, 2]] != before[[0, 2]])
+    # Adam gathers momentum in a step with every task, then task 1 is absent.
+    checks.assert_restore_undoes_optimizer_steps(
+        strategy,
+        "log_variances",
+        [([1.0, 2.0, 3.0], [1.0] * 3), ([1.0, 0.0, 3.0], [1.0, 0.0, 1.0])],
+    )
     assert [axis for _, axis in strategy.per_task_state()] == [0]
 
 
 def test_masked_eager_equals_xla():
-    eager = _built(3, task_types=_TYPES, init=_INIT)
-    compiled = _built(3, task_types=_TYPES, init=_INIT)
-
-    @tf.function(jit_compile=True)
-    def step(losses, mask):
-        with tf.GradientTape() as tape:
-            total, weights = compiled(losses, task_mask=mask)
-        return total, weights, tape.gradient(total, compiled.log_variances)
-
-    for losses, mask in (
+    cases = [
         ([1.0, 0.0, 3.0], [1.0, 0.0, 1.0]),
         ([0.0, 2.0, 0.0], [0.0, 1.0, 0.0]),
         ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
-    ):
-        expected = _objective_weights_and_grads(eager, losses, mask)
-        got = step(_t(losses), _t(mask))
-        for a, b in zip((expected[0], expected[1], expected[3]), got):
-            np.testing.assert_allclose(a, b.numpy(), rtol=1e-6)
-            assert np.all(np.isfinite(b.numpy()))
+    ]
+    make = functools.partial(_built, 3, task_types=_TYPES, init=_INIT)
+    checks.assert_xla_matches_eager(make, cases, call=_call)

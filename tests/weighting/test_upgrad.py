@@ -1,8 +1,10 @@
 """Tests of UPGrad and of the shared dual-cone QP solver."""
 
+import functools
 import itertools
 
 import keras
+import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -250,37 +252,27 @@ def test_degenerate_inputs_are_finite():
 
 
 def test_eager_matches_xla():
-    strategy = UPGrad()
-    strategy.build((4, 6))
-    compiled = tf.function(lambda g: strategy(g), jit_compile=True)
     rng = np.random.default_rng(9)
-    for grads in [
+    cases = [
         rng.standard_normal((4, 6)),
         np.zeros((4, 6)),
         rng.standard_normal((4, 1)) @ rng.standard_normal((1, 6)),
         rng.standard_normal((4, 6)) * 1e8,
-    ]:
-        grads = tf.constant(grads, tf.float32)
-        eager_update, eager_weights = strategy(grads)
-        xla_update, xla_weights = compiled(grads)
-        scale = np.abs(eager_update.numpy()).max() + 1e-30
-        np.testing.assert_allclose(
-            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6 * scale
-        )
-        np.testing.assert_allclose(
-            xla_weights.numpy(), eager_weights.numpy(), rtol=1e-5, atol=1e-7
-        )
+    ]
+    checks.assert_xla_matches_eager(
+        UPGrad,
+        [(tf.constant(grads, tf.float32), None) for grads in cases],
+        rtol=1e-5,
+        atol=(checks.scaled_atol(1e-6), 1e-7),
+    )
 
 
 def test_state_round_trip_reset_and_aggregate():
     strategy = UPGrad(pref_vector=[0.2, 0.3, 0.5])
     strategy.build(J_CONFLICT.shape)
-    clone = UPGrad.from_config(strategy.get_config())
-    clone.build(J_CONFLICT.shape)
-    clone.set_weights(strategy.get_weights())
     assert strategy.get_weights() == []
+    checks.assert_state_round_trip(strategy, [J_CONFLICT])
     first = _run(strategy, J_CONFLICT)
-    np.testing.assert_array_equal(_run(clone, J_CONFLICT)[0], first[0])
     strategy.reset_state()
     np.testing.assert_array_equal(_run(strategy, J_CONFLICT)[0], first[0])
     # Standalone, eager use.
@@ -294,15 +286,6 @@ def test_state_round_trip_reset_and_aggregate():
 # --- Missing tasks --------------------------------------------------------
 
 
-def _with_absent(grads, absent):
-    """Zeroes the absent rows; returns (grads, mask)."""
-    grads = np.array(grads, "float32")
-    mask = np.ones(len(grads), "float32")
-    mask[list(absent)] = 0.0
-    grads[list(absent)] = 0.0
-    return grads, mask
-
-
 def _conflicting(rng, num=5, dim=4):
     return (rng.standard_normal((num, dim)) * rng.uniform(0.2, 4.0, (num, 1))).astype(
         "float32"
@@ -310,15 +293,10 @@ def _conflicting(rng, num=5, dim=4):
 
 
 def test_missing_tasks_all_present_mask_equals_unmasked():
-    assert UPGrad.supports_missing_tasks
     rng = np.random.default_rng(20)
     for pref in (None, [0.5, 1.0, 2.0, 1.0, 0.3]):
-        strategy = UPGrad(pref_vector=pref)
-        grads = _conflicting(rng)
-        u1, w1 = strategy(grads)
-        u2, w2 = strategy(grads, task_mask=np.ones(5, "float32"))
-        np.testing.assert_array_equal(u2.numpy(), u1.numpy())
-        np.testing.assert_array_equal(w2.numpy(), w1.numpy())
+        make = functools.partial(UPGrad, pref_vector=pref)
+        checks.assert_all_ones_mask_is_no_mask(make, [_conflicting(rng)])
 
 
 @pytest.mark.parametrize("absent", [(1,), (0, 3), (0, 1, 2, 4)])
@@ -328,19 +306,17 @@ def test_missing_tasks_equal_upgrad_on_present_rows(absent, pref):
     present = [t for t in range(5) if t not in absent]
     small_pref = None if pref is None else [pref[t] for t in present]
     for _ in range(2):
-        grads, mask = _with_absent(_conflicting(rng), absent)
-        update, weights = UPGrad(pref_vector=pref)(grads, task_mask=mask)
-        ref_update, ref_weights = UPGrad(pref_vector=small_pref)(grads[present])
-        np.testing.assert_allclose(
-            update.numpy(), ref_update.numpy(), rtol=1e-6, atol=1e-7
+        grads, mask = checks.with_absent(_conflicting(rng), absent=absent)
+        [((_, weights), _)] = checks.assert_absent_task_is_dropped(
+            UPGrad(pref_vector=pref),
+            UPGrad(pref_vector=small_pref),
+            mask,
+            [grads],
+            atol=(1e-7, 1e-9),
         )
-        np.testing.assert_allclose(
-            weights.numpy()[present], ref_weights.numpy(), rtol=1e-6, atol=1e-9
-        )
-        np.testing.assert_array_equal(weights.numpy()[list(absent)], 0.0)
         # Against the exhaustive QP on the present rows alone.
         np.testing.assert_allclose(
-            weights.numpy()[present],
+            weights[present],
             _reference_upgrad_weights(grads[present], small_pref),
             rtol=1e-5,
             atol=1e-7,
@@ -369,16 +345,14 @@ def test_missing_tasks_finite_and_stateless():
     rng = np.random.default_rng(23)
     g = _conflicting(rng, 3, 4)
     strategy = UPGrad()
-    cases = [
-        (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
-        (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
-        (g * 1e-10, [1.0, 1.0, 0.0]),
-    ]
-    for grads, mask in cases:
-        mask = np.asarray(mask, "float32")
-        update, weights = strategy(grads * mask[:, None], task_mask=mask)
-        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
-        np.testing.assert_array_equal(weights.numpy()[mask == 0], 0.0)
+    checks.assert_masked_outputs_finite(
+        strategy,
+        [
+            (g * np.array([[1e10], [1.0], [1e-10]], "float32"), [1.0, 0.0, 1.0]),
+            (np.zeros((3, 4), "float32"), [0.0, 0.0, 0.0]),
+            (g * 1e-10, [1.0, 1.0, 0.0]),
+        ],
+    )
     # One present task: the mean of one row is that row.
     update, weights = strategy(g * [[0.0], [0.0], [1.0]], task_mask=[0.0, 0.0, 1.0])
     np.testing.assert_allclose(weights.numpy(), [0.0, 0.0, 1.0], rtol=1e-6)
@@ -387,17 +361,9 @@ def test_missing_tasks_finite_and_stateless():
 
 
 def test_missing_tasks_eager_matches_xla():
-    strategy = UPGrad()
-    strategy.build((4, 6))
-    compiled = tf.function(lambda g, m: strategy(g, task_mask=m), jit_compile=True)
     rng = np.random.default_rng(24)
-    for absent in [(0,), (2,), (1, 3)]:
-        grads, mask = _with_absent(_conflicting(rng, 4, 6), absent)
-        eager_update, eager_weights = strategy(grads, task_mask=mask)
-        xla_update, xla_weights = compiled(tf.constant(grads), tf.constant(mask))
-        np.testing.assert_allclose(
-            xla_update.numpy(), eager_update.numpy(), rtol=1e-5, atol=1e-6
-        )
-        np.testing.assert_allclose(
-            xla_weights.numpy(), eager_weights.numpy(), rtol=1e-5, atol=1e-7
-        )
+    cases = [
+        checks.with_absent(_conflicting(rng, 4, 6), absent=absent)
+        for absent in [(0,), (2,), (1, 3)]
+    ]
+    checks.assert_xla_matches_eager(UPGrad, cases, rtol=1e-5, atol=(1e-6, 1e-7))
