@@ -1237,12 +1237,7 @@ class MultiTaskModel(keras.Model):
                 summed = summed / scale
             summed = ops.where(finite, summed, ops.zeros_like(summed))
             gramian = ops.matmul(summed, ops.transpose(summed))
-            weights = strategy.compute_weights(
-                gramian, safe_losses, training=True, **kwargs
-            )
-            weights = ops.cast(weights, matrix.dtype)
-            if "task_mask" in kwargs:
-                weights = weights * kwargs["task_mask"]
+            weights = _gramian_weights(strategy, gramian, safe_losses, kwargs)
             update = ops.matmul(weights[None, :], matrix)[0]
         else:
             update, weights = strategy(matrix, safe_losses, training=True, **kwargs)
@@ -1378,13 +1373,7 @@ class MultiTaskModel(keras.Model):
         if scale is not None:
             gramian = gramian / ops.square(scale)
         gramian = ops.where(finite, gramian, ops.zeros_like(gramian))
-        weights = ops.cast(
-            strategy.compute_weights(gramian, losses, training=True, **kwargs),
-            "float32",
-        )
-        if "task_mask" in kwargs:
-            weights = weights * kwargs["task_mask"]
-        return weights
+        return _gramian_weights(strategy, gramian, losses, kwargs)
 
     def _task_objectives(self, strategy, losses, counts=None):
         """The (loss-scaled) objective of each task's gradient, and what
@@ -1616,6 +1605,15 @@ def _rank_one_across_workers(logs):
     ):
         return logs
     return {key: tf.reshape(value, (1,)) for key, value in logs.items()}
+
+
+def _gramian_weights(strategy, gramian, losses, kwargs):
+    """A Gramian strategy's float32 `(T,)` weights, zero for absent tasks."""
+    weights = strategy.compute_weights(gramian, losses, training=True, **kwargs)
+    weights = ops.cast(weights, "float32")
+    if "task_mask" in kwargs:
+        weights = weights * kwargs["task_mask"]
+    return weights
 
 
 def _check_per_task_gradients(per_task_gradients, strategy):
