@@ -14,7 +14,9 @@ weighting's peak is at least 1 MiB) and the seconds of the warm-up epoch
 (tracing the step, which grows with T for per-task gradient methods).
 
 Memory is `tf.config.experimental.get_memory_info("CPU:0")["peak"]`, reset
-after the warm-up epoch. On CPU these statistics exist only with oneDNN's
+after the warm-up epoch, less the memory in use at that point (the model's
+variables and optimizer state, and whatever earlier models left behind): the
+peak of what the timed steps allocate. On CPU these statistics exist only with oneDNN's
 allocator (the default; with TF_ENABLE_ONEDNN_OPTS=0 there are none), which
 tracks the peak of allocations of 256 KiB and more: the small activations of
 equal weighting are mostly invisible, the (T, P) per-task gradient matrix
@@ -37,7 +39,11 @@ largest shared variable stays the same. Each Gramian method runs with
 extra backward pass). The memory beyond equal weighting is printed in MB, in
 (T, P) float32 matrices and in T x (largest shared variable) blocks: the
 matrix path grows with P, the Gramian path should stay at a few blocks
-whatever P.
+whatever P. With `--jit_compile`, the last column is XLA's own plan for the
+step: the peak of its buffer assignment (arguments and temporaries, from the
+`--xla_dump_to` dump) beyond equal weighting's. The allocator's peak under XLA
+also counts buffers the runtime allocates outside that plan and varies more
+from run to run.
 
     python benchmarks/many_tasks.py
     python benchmarks/many_tasks.py --tasks=2,10 --loss_methods=dwa \
@@ -45,7 +51,10 @@ whatever P.
 """
 
 import gc
+import glob
 import os
+import re
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -141,9 +150,37 @@ def measure(num_tasks, identifier, data, width=1, depth=2, per_task="matrix"):
     return seconds, peak, warm_up, num_shared
 
 
+_XLA_DUMP = None
+
+
+def dump_xla_buffer_plans():
+    """Makes XLA write its buffer assignments to a temporary directory (must
+    run before the first XLA compilation of the process)."""
+    global _XLA_DUMP
+    _XLA_DUMP = tempfile.mkdtemp(prefix="many_tasks_xla_")
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_dump_to={_XLA_DUMP} --xla_dump_hlo_pass_re=NONE"
+        + " --xla_dump_hlo_module_re=.*one_step_on_data.*"
+    ).strip()
+
+
+def last_xla_plan_peak():
+    """Peak bytes of the newest training step's XLA buffer assignment, or
+    NaN when there is none."""
+    if _XLA_DUMP is None:
+        return float("nan")
+    files = glob.glob(os.path.join(_XLA_DUMP, "*buffer-assignment.txt"))
+    if not files:
+        return float("nan")
+    with open(max(files, key=os.path.getmtime)) as handle:
+        found = re.search(r"peak usage: ([\d ]+) bytes", handle.read())
+    return float(found.group(1).replace(" ", "")) if found else float("nan")
+
+
 def time_steps(model, data):
-    """Seconds per step of the fastest timed epoch, the allocator's peak and
-    the seconds of the warm-up epoch (tracing included).
+    """Seconds per step of the fastest timed epoch, the peak bytes the timed
+    steps allocate and the seconds of the warm-up epoch (tracing included).
 
     One warm-up epoch (tracing) first, then `--repeats` epochs of `--steps`
     steps. The minimum, not the median: on a shared machine other processes
@@ -152,7 +189,11 @@ def time_steps(model, data):
     start = time.perf_counter()
     model.fit(data, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
     warm_up = time.perf_counter() - start
+    gc.collect()
     tf.config.experimental.reset_memory_stats("CPU:0")
+    # Memory already in use (the model, its optimizer, buffers a previous
+    # model left to the allocator) is not the step's.
+    in_use = tf.config.experimental.get_memory_info("CPU:0")["current"]
     timer = EpochTimer()
     model.fit(
         data,
@@ -161,7 +202,7 @@ def time_steps(model, data):
         verbose=0,
         callbacks=[timer],
     )
-    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] - in_use
     return min(timer.times) / FLAGS.steps, peak, warm_up
 
 
@@ -241,7 +282,7 @@ def gramian_table():
     print(
         f"{'T':>4} {'depth':>5} {'P':>9}  {'method':<10} {'per-task':<18} "
         f"{'ms/step':>8} {'peak MB':>8} {'+MB vs EW':>9} {'TP-mats':>8} "
-        f"{'T-blocks':>8}"
+        f"{'T-blocks':>8} {'XLA plan +MB':>12}"
     )
     data = dataset(num_tasks)
     methods = [("ew", "matrix")]
@@ -249,13 +290,14 @@ def gramian_table():
         if keras_mtl.weighting.registry.lookup(name).requires == "gramian":
             methods += [(name, mode) for mode in FLAGS.per_task_modes]
     for depth in depths:
-        ew_peak = None
+        ew_peak = ew_plan = None
         for name, per_task in methods:
             seconds, peak, _, num_shared = measure(
                 num_tasks, name, data, width, depth, per_task
             )
+            plan = last_xla_plan_peak()
             if ew_peak is None:
-                ew_peak = peak
+                ew_peak, ew_plan = peak, plan
             model = mlp(1, width, depth)
             largest = max(int(np.prod(v.shape)) for v in model.trainable_variables)
             extra = peak - ew_peak
@@ -264,7 +306,8 @@ def gramian_table():
                 f"{per_task if name != 'ew' else '-':<18} {1e3 * seconds:>8.2f} "
                 f"{peak / 2**20:>8.1f} {extra / 2**20:>9.1f} "
                 f"{extra / (4 * num_tasks * num_shared):>8.2f} "
-                f"{extra / (4 * num_tasks * largest):>8.2f}",
+                f"{extra / (4 * num_tasks * largest):>8.2f} "
+                f"{(plan - ew_plan) / 2**20:>12.1f}",
                 flush=True,
             )
 
@@ -276,6 +319,8 @@ def main(argv):
         f"repeats={FLAGS.repeats} batch={BATCH} cpus={os.cpu_count()} "
         f"tf={tf.__version__} keras={keras.__version__}"
     )
+    if FLAGS.jit_compile and FLAGS.depths:
+        dump_xla_buffer_plans()
     # A throw-away run: the first `fit` of a process pays one-time costs
     # (thread pools, tf.data start-up) that would inflate the first row.
     measure(2, "ew", dataset(2))

@@ -10,14 +10,19 @@ from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.loss_weighting import LossWeighting
 
 
-def two_task_mlp(input_dim=8, hidden=16, seed=0, batch_norm=False):
-    """A trunk of one Dense layer with a classification and a regression head."""
+def two_task_mlp(input_dim=8, hidden=16, seed=0, batch_norm=False, depth=1):
+    """A trunk of `depth` Dense layers with a classification and a
+    regression head."""
     initializer = keras.initializers.GlorotUniform(seed=seed)
     inputs = keras.Input((input_dim,), name="x")
     hidden_layer = keras.layers.Dense(
         hidden, activation="tanh", kernel_initializer=initializer, name="trunk"
     )
     shared = hidden_layer(inputs)
+    for i in range(2, depth + 1):
+        shared = keras.layers.Dense(
+            hidden, activation="tanh", kernel_initializer=initializer, name=f"trunk_{i}"
+        )(shared)
     if batch_norm:
         shared = keras.layers.BatchNormalization(name="bn")(shared)
     outputs = {

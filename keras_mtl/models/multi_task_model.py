@@ -12,6 +12,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_mtl import weighting
+from keras_mtl.models._backward_stages import find_backward_stages
 from keras_mtl.models.task_graph import analyze_task_graph
 from keras_mtl.models.training_hooks import NonFiniteGuard, TrainingHooks
 from keras_mtl.utils.serialization import register_serializable
@@ -350,11 +351,17 @@ class MultiTaskModel(keras.Model):
                 model never forms G: it sums the Gramian variable by variable,
                 G G^T = sum_v G_v G_v^T (G_v: the columns of variable v),
                 and obtains the update sum_t w_t g_t as the gradient of
-                sum_t w_t L_t, one more backward pass. Memory then grows
-                with T times the largest shared variable, not with T * P
-                (measured in `benchmarks/many_tasks.py`), at the cost of
-                that extra backward pass. The update is the same up to
-                floating-point rounding.
+                sum_t w_t L_t, one more backward pass. Where the trunk can
+                be cut (tensors every path through it crosses: the output
+                of every layer of a chain, of every residual block), the
+                per-task backward passes run stage by stage for all tasks
+                in step, and a stage's per-task gradients are freed once
+                its Gramian term is summed. Memory then grows with T times
+                the largest stage, not with T * P: flat in depth (measured
+                in `benchmarks/many_tasks.py`), at the cost of the extra
+                backward pass. A trunk without a cut (one layer, or a
+                nested model used as one layer) is one stage. The update is
+                the same up to floating-point rounding.
             run_eagerly, steps_per_execution, jit_compile, auto_scale_loss:
                 as for `keras.Model.compile`. `jit_compile=True` compiles
                 the whole step, strategy included, with XLA.
@@ -1253,18 +1260,14 @@ class MultiTaskModel(keras.Model):
         shared_grads = [
             ops.zeros_like(v) if g is None else g for g, v in zip(shared_grads, shared)
         ]
-        task_grads, task_vars = self._scaled_head_gradients(
-            strategy, safe_losses, weights, own_grads
+        return self._finish_parameter_step(
+            tape,
+            _Step(y_pred, losses, aux_losses, weights, finite, counts),
+            shared_grads,
+            own_grads,
+            extra,
+            strategy_objective,
         )
-        grads, variables = self._add_extra_gradients(
-            tape, extra, shared_grads + task_grads, list(shared) + task_vars
-        )
-        grads, variables = self._add_strategy_gradients(
-            tape, strategy_objective, grads, variables
-        )
-        del tape
-        finite = self._apply_if(finite, grads, variables)
-        return _Step(y_pred, losses, aux_losses, weights, finite, counts)
 
     def _scaled_head_gradients(self, strategy, losses, weights, own_grads):
         head_scales = strategy.head_gradient_scales(losses, weights)
@@ -1279,6 +1282,10 @@ class MultiTaskModel(keras.Model):
         return task_grads, task_vars
 
     def _parameter_gradient_update(self, x, y, sample_weights):
+        if self._per_task_gradients == "gramian":
+            stages = self._backward_stages()
+            if stages is not None:
+                return self._staged_gramian_update(stages, x, y, sample_weights)
         strategy = self.loss_weighting
         shared = self._task_graph.shared_variables
         own = self._task_graph.task_variables
@@ -1308,19 +1315,11 @@ class MultiTaskModel(keras.Model):
         kwargs = self._strategy_kwargs(counts)
         if self._per_task_gradients != "matrix":
             weights = self._weights_from_gramian(
-                strategy, blocks, finite, safe_losses, kwargs
+                strategy, _gramian_of_blocks(blocks), finite, safe_losses, kwargs
             )
-            # sum_t w_t g_t, as one backward pass of sum_t w_t L_t (the
-            # objectives carry the loss scale, as the other gradients do).
-            update_grads = tape.gradient(
-                stacked_objectives,
-                shared,
-                output_gradients=ops.cast(weights, stacked_objectives.dtype),
+            update_grads = _weighted_gradients(
+                tape, stacked_objectives, shared, weights
             )
-            update_grads = [
-                ops.zeros_like(v) if g is None else ops.cast(g, v.dtype)
-                for g, v in zip(update_grads, shared)
-            ]
         else:
             update, weights = self._update_from_matrix(
                 strategy, blocks, finite, safe_losses, kwargs
@@ -1331,9 +1330,27 @@ class MultiTaskModel(keras.Model):
                 piece = ops.reshape(update[offset : offset + size], variable.shape)
                 update_grads.append(ops.cast(piece, variable.dtype))
                 offset += size
-        task_grads, task_vars = self._scaled_head_gradients(
-            strategy, safe_losses, weights, own_grads
+        return self._finish_parameter_step(
+            tape,
+            _Step(y_pred, losses, aux_losses, weights, finite, counts),
+            update_grads,
+            own_grads,
+            extra,
+            strategy_objective,
         )
+
+    def _finish_parameter_step(
+        self, tape, step, update_grads, own_grads, extra, strategy_objective
+    ):
+        """Adds the heads', extra and strategy gradients to the shared
+        variables' update, applies them when the step is finite, and returns
+        the step."""
+        strategy = self.loss_weighting
+        safe_losses = ops.where(step.finite, step.losses, ops.zeros_like(step.losses))
+        task_grads, task_vars = self._scaled_head_gradients(
+            strategy, safe_losses, step.weights, own_grads
+        )
+        shared = self._task_graph.shared_variables
         grads, variables = self._add_extra_gradients(
             tape, extra, update_grads + task_grads, list(shared) + task_vars
         )
@@ -1341,8 +1358,104 @@ class MultiTaskModel(keras.Model):
             tape, strategy_objective, grads, variables
         )
         del tape
-        finite = self._apply_if(finite, grads, variables)
-        return _Step(y_pred, losses, aux_losses, weights, finite, counts)
+        finite = self._apply_if(step.finite, grads, variables)
+        return step._replace(finite=finite)
+
+    def _backward_stages(self):
+        """The trunk as a chain of stages for the staged Gramian path (see
+        `_backward_stages.py`), or None when it has no usable cut."""
+        cached = getattr(self, "_stages_cache", None)
+        if cached is None or cached[0] is not self._task_graph:
+            graph = self._task_graph
+            stages = find_backward_stages(
+                self._inputs_struct, self._outputs_struct, graph
+            )
+            if stages is not None:
+                heads = {id(v) for v in stages.heads.trainable_variables}
+                own = [v for vs in graph.task_variables.values() for v in vs]
+                if any(id(v) not in heads for v in own):
+                    stages = None
+            cached = (graph, stages)
+            # Kept out of Keras' tracking: the layers are the model's own.
+            object.__setattr__(self, "_stages_cache", cached)
+        return cached[1]
+
+    def _staged_gramian_update(self, stages, x, y, sample_weights):
+        """The Gramian path, stage by stage from the top of the trunk down.
+
+        Each stage runs under its own tape. Per task, the cotangents at the
+        shared representation come from the heads; one backward pass through
+        a stage turns a task's cotangents at the stage's outputs into its
+        gradients of the stage's variables and its cotangent at the stage's
+        input. The stage's Gramian term is summed before the stage below
+        starts (a control dependency; XLA drops those, but its own
+        memory-aware scheduler keeps the same order: its buffer plan is flat
+        in depth, `benchmarks/many_tasks.py`), so only one stage's (T, P_k)
+        per-task gradients are ever held. The update is then one backward pass of
+        sum_t w_t L_t over the whole model, as on the unstaged path.
+        """
+        strategy = self.loss_weighting
+        shared = self._task_graph.shared_variables
+        own = self._task_graph.task_variables
+        num_reps = len(self._task_graph.shared_representations)
+        with tf.GradientTape(persistent=True) as tape:
+            value, runs, reps = x, [], [None] * num_reps
+            for stage in stages.stages:
+                with tf.GradientTape(persistent=True) as stage_tape:
+                    if stage.has_cut_input:
+                        stage_tape.watch(value)
+                    outputs = stage.model(value, training=True)
+                outputs = (
+                    list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+                )
+                cut_input = value if stage.has_cut_input else None
+                cut_output = outputs.pop(0) if stage.has_cut_output else None
+                if stage.cut_representation is not None:
+                    reps[stage.cut_representation] = cut_output
+                for index, output in zip(stage.representations, outputs):
+                    reps[index] = output
+                runs.append(
+                    _StageRun(stage, stage_tape, cut_input, cut_output, outputs)
+                )
+                value = cut_output
+            with tf.GradientTape(persistent=True) as head_tape:
+                head_tape.watch(reps)
+                y_pred = stages.heads(reps, training=True)
+                losses, aux_losses, finite, counts = self._losses_and_check(
+                    y, y_pred, sample_weights
+                )
+                task_objectives, strategy_objective = self._task_objectives(
+                    strategy, losses, counts
+                )
+                stacked_objectives = ops.stack(task_objectives)
+            extra = self._extra_objective(aux_losses)
+        rep_cotangents, own_grads = [], []
+        for t, task in enumerate(self.task_names):
+            grads = head_tape.gradient(task_objectives[t], [*reps, *own[task]])
+            rep_cotangents.append(grads[:num_reps])
+            own_grads.append(
+                [
+                    ops.zeros_like(v) if g is None else g
+                    for g, v in zip(grads[num_reps:], own[task])
+                ]
+            )
+        del head_tape
+        gramian = _staged_gramian(runs, rep_cotangents, shared)
+        del runs
+        self._update_compiled_metrics(finite, y, y_pred, sample_weights)
+        safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
+        weights = self._weights_from_gramian(
+            strategy, gramian, finite, safe_losses, self._strategy_kwargs(counts)
+        )
+        update_grads = _weighted_gradients(tape, stacked_objectives, shared, weights)
+        return self._finish_parameter_step(
+            tape,
+            _Step(y_pred, losses, aux_losses, weights, finite, counts),
+            update_grads,
+            own_grads,
+            extra,
+            strategy_objective,
+        )
 
     def _update_from_matrix(self, strategy, blocks, finite, losses, kwargs):
         """The strategy's `(P,)` update (loss-scaled) and `(T,)` weights from
@@ -1360,15 +1473,9 @@ class MultiTaskModel(keras.Model):
         # that of the global batch on every replica.
         return update / _num_replicas(), weights
 
-    def _weights_from_gramian(self, strategy, blocks, finite, losses, kwargs):
-        """The strategy's `(T,)` weights from the Gramian of the global
-        batch's per-task gradients, summed over the `(T, P_v)` blocks of the
-        shared variables so that the `(T, P)` matrix is never formed."""
-        gramian = None
-        for block in blocks:
-            block = _sum_over_replicas(block)
-            term = ops.matmul(block, ops.transpose(block))
-            gramian = term if gramian is None else gramian + term
+    def _weights_from_gramian(self, strategy, gramian, finite, losses, kwargs):
+        """The strategy's `(T,)` weights from the (loss-scaled) Gramian of
+        the global batch's per-task gradients."""
         scale = self._loss_scale()
         if scale is not None:
             gramian = gramian / ops.square(scale)
@@ -1524,6 +1631,70 @@ class MultiTaskModel(keras.Model):
         return self._collect_logs(include_weights=False)
 
 
+class _StageRun(NamedTuple):
+    """One stage of the staged Gramian path, as run in the forward pass."""
+
+    stage: object  # a BackwardStage
+    tape: object  # the stage's own persistent tape
+    cut_input: object  # None for the first stage
+    cut_output: object  # None for the last stage
+    representations: list  # the other outputs, as in stage.representations
+
+
+def _staged_gramian(runs, rep_cotangents, shared):
+    """The Gramian of the per-task gradients of the `shared` variables, stage
+    by stage from the top (see `_backward_stages.py`).
+
+    `rep_cotangents[t][i]`: task t's objective's gradient with respect to
+    shared representation tensor i (None: it does not depend on it). A stage
+    below starts only once the stage above has summed its Gramian term.
+    """
+    gramian, cotangents = None, [None] * len(rep_cotangents)
+    for run in reversed(runs):
+        variables = [shared[i] for i in run.stage.variables]
+        sources = variables + ([run.cut_input] if run.stage.has_cut_input else [])
+        with tf.control_dependencies([] if gramian is None else [gramian]):
+            rows, below = [[] for _ in variables], []
+            for cotangent, task_reps in zip(cotangents, rep_cotangents):
+                targets, output_gradients = _stage_targets(run, cotangent, task_reps)
+                grads = (
+                    run.tape.gradient(
+                        targets, sources, output_gradients=output_gradients
+                    )
+                    if targets
+                    else [None] * len(sources)
+                )
+                for row, grad, variable in zip(rows, grads, variables):
+                    grad = ops.zeros_like(variable) if grad is None else grad
+                    row.append(ops.reshape(ops.cast(grad, "float32"), (-1,)))
+                below.append(grads[-1] if run.stage.has_cut_input else None)
+            term = _gramian_of_blocks([ops.stack(row) for row in rows])
+        gramian = term if gramian is None else gramian + term
+        cotangents = below
+    return gramian
+
+
+def _stage_targets(run, cotangent, task_reps):
+    """One task's (targets, output_gradients) for a stage's backward pass:
+    its cotangent at the stage's cut (from the stage above, plus its own
+    when the cut is a representation) and at the representations made in
+    the stage. Tensors the task does not depend on are left out."""
+    targets, output_gradients = [], []
+    if run.stage.has_cut_output:
+        if run.stage.cut_representation is not None:
+            cotangent = _add_optional(
+                cotangent, task_reps[run.stage.cut_representation]
+            )
+        if cotangent is not None:
+            targets.append(run.cut_output)
+            output_gradients.append(cotangent)
+    for index, output in zip(run.stage.representations, run.representations):
+        if task_reps[index] is not None:
+            targets.append(output)
+            output_gradients.append(task_reps[index])
+    return targets, output_gradients
+
+
 class _Step(NamedTuple):
     """What one training step's update computed."""
 
@@ -1605,6 +1776,39 @@ def _rank_one_across_workers(logs):
     ):
         return logs
     return {key: tf.reshape(value, (1,)) for key, value in logs.items()}
+
+
+def _gramian_of_blocks(blocks):
+    """sum_v G_v G_v^T over the `(T, P_v)` blocks of per-task gradients,
+    each summed over the replicas first (the global batch's Gramian), so
+    that the `(T, P)` matrix is never formed."""
+    gramian = None
+    for block in blocks:
+        block = _sum_over_replicas(block)
+        term = ops.matmul(block, ops.transpose(block))
+        gramian = term if gramian is None else gramian + term
+    return gramian
+
+
+def _weighted_gradients(tape, stacked_objectives, variables, weights):
+    """sum_t w_t dL_t/dv, as one backward pass of sum_t w_t L_t (the
+    objectives carry the loss scale, as the other gradients do)."""
+    grads = tape.gradient(
+        stacked_objectives,
+        variables,
+        output_gradients=ops.cast(weights, stacked_objectives.dtype),
+    )
+    return [
+        ops.zeros_like(v) if g is None else ops.cast(g, v.dtype)
+        for g, v in zip(grads, variables)
+    ]
+
+
+def _add_optional(a, b):
+    """a + b, where None stands for zero (and None + None is None)."""
+    if a is None:
+        return b
+    return a if b is None else a + b
 
 
 def _gramian_weights(strategy, gramian, losses, kwargs):

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-# ":gramian": compiled with per_task_gradients="gramian".
+# ":gramian": compiled with per_task_gradients="gramian", on a two-layer trunk
+# (the staged Gramian path).
 STRATEGIES = [
     "ew",
     "uw",

@@ -1,0 +1,204 @@
+"""A functional model's shared trunk cut into a chain of stages, so that the
+per-task gradients can be taken one stage at a time, for all tasks in step.
+
+The Gramian path (`compile(per_task_gradients="gramian")`) needs
+G G^T = sum_v G_v G_v^T, where G_v holds the T per-task gradients of shared
+variable v. Taking each task's gradient with one backward pass over the
+whole trunk holds all T gradients of every variable until the last task's
+pass is done: T * P numbers. Cut the trunk instead at tensors s_1, ..., s_K
+that every path through it crosses (a *separator*: every other trunk tensor
+is computed before it or from it). Then for every task t the backward pass
+can stop at each cut: from the per-task cotangents d_k,t = dL_t / ds_k, one
+backward pass through stage k alone gives the gradients of that stage's
+variables and d_{k-1},t. Stage k's Gramian term is added, its (T, P_k)
+gradients are freed, and only then does stage k - 1 begin. Memory then grows
+with T times the largest stage's variables and activations, not with T * P.
+
+Each stage is its own functional model over the model's layers (no new
+layers or variables), called under its own gradient tape, so that a
+stage's backward pass walks that stage's operations only. The model orders
+the stages with control dependencies (under XLA, its scheduler does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from keras_mtl.models.task_graph import _node_of
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardStage:
+    """One stage of the trunk.
+
+    Attributes:
+        model: functional model from the stage's input (the model inputs
+            for the first stage, the previous stage's cut otherwise) to the
+            stage's cut (unless it is the last stage), then the shared
+            representation tensors made in the stage.
+        has_cut_input: whether the input is the previous stage's cut.
+        has_cut_output: whether the first output is the next stage's input.
+        cut_representation: index in the shared representation of the cut
+            when the cut is itself a representation tensor, else None.
+        representations: indices in the shared representation of the
+            remaining outputs.
+        variables: indices in the shared variables of the stage's own.
+    """
+
+    model: keras.Model
+    has_cut_input: bool
+    has_cut_output: bool
+    cut_representation: int | None
+    representations: tuple
+    variables: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardStages:
+    """The trunk as stages (first to last) and the heads on top of them."""
+
+    stages: tuple
+    heads: keras.Model
+
+
+def _parents(tensor):
+    """The tensors `tensor` is computed from (none for a model input)."""
+    if getattr(tensor, "_keras_history", None) is None:
+        return []
+    operation, node = _node_of(tensor)
+    if isinstance(operation, keras.layers.InputLayer):
+        return []
+    return list(node.input_tensors)
+
+
+def _ancestors(tensors):
+    """{id(t): ids of the tensors t is computed from} for every tensor that
+    `tensors` need, and {id(t): t}."""
+    ancestors, by_id = {}, {}
+    # Iterative post-order: a tensor's parents are done before it.
+    stack = [(tensor, False) for tensor in tensors]
+    while stack:
+        tensor, parents_done = stack.pop()
+        key = id(tensor)
+        if key in ancestors:
+            continue
+        parents = _parents(tensor)
+        if not parents_done:
+            stack.append((tensor, True))
+            stack.extend((p, False) for p in parents if id(p) not in ancestors)
+            continue
+        by_id[key] = tensor
+        found = set()
+        for parent in parents:
+            found.add(id(parent))
+            found |= ancestors[id(parent)]
+        ancestors[key] = found
+    return ancestors, by_id
+
+
+def _is_float(tensor):
+    return "float" in str(getattr(tensor, "dtype", ""))
+
+
+def find_backward_stages(inputs_struct, outputs_struct, graph):
+    """The trunk of a functional model as a chain of stages, or None.
+
+    Args:
+        inputs_struct: the model's inputs structure (KerasTensors).
+        outputs_struct: the model's outputs structure (KerasTensors).
+        graph: the model's `TaskGraph`.
+
+    Returns:
+        A `BackwardStages` with at least two stages, or None when the trunk
+        has no usable cut (then a stage would be the whole trunk), when the
+        heads read more than the shared representation, or when a shared
+        variable serves more than one stage or the heads.
+    """
+    reps = list(graph.shared_representations)
+    if not reps or not graph.shared_variables:
+        return None
+    ancestors, by_id = _ancestors(reps)
+    inputs = {id(t) for t in keras.tree.flatten(inputs_struct)}
+    rep_ids = [id(r) for r in reps]
+    trunk = [key for key in by_id if key not in inputs]
+    # Cuts: float tensors that every path from the inputs to the shared
+    # representation crosses: every other tensor is computed before the cut
+    # or from it, and every tensor computed from it reads nothing from
+    # before it (no skip connection jumps over it).
+    parents = {key: [id(p) for p in _parents(by_id[key])] for key in by_id}
+
+    def is_cut(key):
+        if not _is_float(by_id[key]):
+            return False
+        for other in by_id:
+            if other == key or other in ancestors[key]:
+                continue
+            if key not in ancestors[other]:
+                return False
+            if any(p != key and key not in ancestors[p] for p in parents[other]):
+                return False
+        return True
+
+    cuts = [key for key in trunk if is_cut(key)]
+    # Every reachable tensor after a cut descends from it, so the cuts are
+    # ordered by their number of ancestors.
+    cuts.sort(key=lambda key: len(ancestors[key]))
+    try:
+        heads = keras.Model(list(reps), outputs_struct)
+    except ValueError:
+        return None
+    shared_index = {id(v): i for i, v in enumerate(graph.shared_variables)}
+    if any(id(v) in shared_index for v in heads.trainable_variables):
+        return None
+
+    def before_or_at(key, cut):
+        return key == cut or key in ancestors[cut]
+
+    # The last cut needs something above it (else it ends the trunk).
+    cuts = [c for c in cuts if any(c in ancestors[key] for key in rep_ids)]
+    stages, start, owned = [], None, set()
+    try:
+        for end in [*cuts, None]:
+            members = [
+                i
+                for i, key in enumerate(rep_ids)
+                if (start is None or not before_or_at(key, start))
+                and (end is None or before_or_at(key, end))
+            ]
+            cut_rep = next((i for i in members if rep_ids[i] == end), None)
+            members = tuple(i for i in members if rep_ids[i] != end)
+            outputs = [reps[i] for i in members]
+            if end is not None:
+                outputs.insert(0, by_id[end])
+            stage_inputs = inputs_struct if start is None else [by_id[start]]
+            stage_model = keras.Model(stage_inputs, outputs)
+            keys = set(_variable_ids(stage_model))
+            if end is not None and not keys - owned:
+                continue  # nothing to train here: merge into the next stage
+            owned |= keys
+            stages.append(
+                BackwardStage(
+                    model=stage_model,
+                    has_cut_input=start is not None,
+                    has_cut_output=end is not None,
+                    cut_representation=cut_rep,
+                    representations=members,
+                    variables=tuple(sorted(shared_index.get(k, -1) for k in keys)),
+                )
+            )
+            start = end
+    except ValueError:
+        return None
+    if len(stages) < 2:
+        return None
+    # Each shared variable in exactly one stage, and nothing else trained.
+    seen = [i for stage in stages for i in stage.variables]
+    if sorted(seen) != list(range(len(shared_index))):
+        return None
+    return BackwardStages(tuple(stages), heads)
+
+
+def _variable_ids(model):
+    return [id(v) for v in model.trainable_variables]

@@ -1,0 +1,248 @@
+"""The trunk cut into stages for the staged Gramian path: where it is cut,
+which variables each stage owns, when it is not cut, and that training
+through the stages gives the update of the (T, P) matrix path."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_mtl
+from keras_mtl.models._backward_stages import find_backward_stages
+
+INPUT_DIM = 6
+TASKS = ("a", "b", "c")
+LOSSES = {
+    "a": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    "b": "mse",
+    "c": "mse",
+}
+
+
+def dense(units, seed, name=None, activation="tanh"):
+    return keras.layers.Dense(
+        units,
+        activation=activation,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        bias_initializer=keras.initializers.RandomUniform(-0.1, 0.1, seed=seed + 50),
+        name=name,
+    )
+
+
+def heads(a, b, c):
+    return {
+        "a": dense(3, 11, "a", None)(a),
+        "b": dense(1, 12, "b", None)(b),
+        "c": dense(2, 13, "c", None)(c),
+    }
+
+
+def chain(depth=3):
+    """Dense layers in a row, with an activation and a dropout layer (no
+    variables) between the first two."""
+    inputs = keras.Input((INPUT_DIM,))
+    h = dense(8, 0, activation=None)(inputs)
+    h = keras.layers.Activation("relu")(h)
+    h = keras.layers.Dropout(0.25, seed=3)(h)
+    for i in range(1, depth):
+        h = dense(7, i)(h)
+    return keras_mtl.MultiTaskModel(inputs, heads(h, h, h))
+
+
+def residual():
+    """A residual block: the tensor inside it is skipped over, no cut; task
+    a reads that tensor."""
+    inputs = keras.Input((INPUT_DIM,))
+    h = dense(8, 0)(inputs)
+    inner = dense(8, 1)(h)
+    block = keras.layers.Add()([h, dense(8, 2)(inner)])
+    top = dense(5, 3)(block)
+    return keras_mtl.MultiTaskModel(inputs, heads(inner, top, top))
+
+
+def heads_at_depth():
+    """Task a reads the first layer, b and c the third."""
+    inputs = keras.Input((INPUT_DIM,))
+    h1 = dense(8, 0)(inputs)
+    h3 = dense(5, 2)(dense(7, 1)(h1))
+    return keras_mtl.MultiTaskModel(inputs, heads(h1, h3, h3))
+
+
+def two_inputs():
+    """Two branches fused: the fused tensor is the only cut."""
+    left, right = keras.Input((INPUT_DIM,)), keras.Input((3,))
+    fused = keras.layers.Concatenate()([dense(4, 0)(left), dense(4, 1)(right)])
+    top = dense(6, 2)(dense(6, 3)(fused))
+    return keras_mtl.MultiTaskModel([left, right], heads(top, top, top))
+
+
+def one_layer():
+    inputs = keras.Input((INPUT_DIM,))
+    h = dense(8, 0)(inputs)
+    return keras_mtl.MultiTaskModel(inputs, heads(h, h, h))
+
+
+def tied_layer():
+    """One Dense layer applied at two depths: its variables serve two
+    stages, so the trunk is not cut."""
+    inputs = keras.Input((INPUT_DIM,))
+    first = dense(8, 0)(inputs)
+    tied = dense(8, 1)
+    h = tied(dense(8, 2)(tied(first)))
+    return keras_mtl.MultiTaskModel(inputs, heads(h, h, h))
+
+
+def head_reads_input():
+    inputs = keras.Input((INPUT_DIM,))
+    h = dense(7, 1)(dense(8, 0)(inputs))
+    mixed = keras.layers.Concatenate()([h, inputs])
+    return keras_mtl.MultiTaskModel(inputs, heads(mixed, h, h))
+
+
+def stages_of(model):
+    return find_backward_stages(
+        model._inputs_struct, model._outputs_struct, model._task_graph
+    )
+
+
+def variable_names(model, stage):
+    return [model.shared_variables[i].path.split("/")[0] for i in stage.variables]
+
+
+def test_a_chain_is_cut_after_every_layer_with_variables():
+    model = chain(depth=3)
+    stages = stages_of(model)
+    assert [len(s.variables) for s in stages.stages] == [2, 2, 2]
+    assert [s.variables for s in stages.stages] == [(0, 1), (2, 3), (4, 5)]
+    # The activation and dropout layers join the stage above them.
+    assert [s.has_cut_input for s in stages.stages] == [False, True, True]
+    assert [s.has_cut_output for s in stages.stages] == [True, True, False]
+    assert stages.stages[-1].representations == (0,)
+
+
+def test_a_residual_block_is_one_stage():
+    model = residual()
+    stages = stages_of(model)
+    assert [s.variables for s in stages.stages] == [(0, 1), (2, 3, 4, 5), (6, 7)]
+    # Task a's representation is made inside the block's stage.
+    (index,) = stages.stages[1].representations
+    assert model.shared_representations[index].shape == (None, 8)
+    assert stages.stages[2].representations == (1 - index,)
+
+
+def test_heads_at_depth_read_the_cuts():
+    model = heads_at_depth()
+    stages = stages_of(model)
+    reps = [id(r) for r in model.shared_representations]
+    assert [s.variables for s in stages.stages] == [(0, 1), (2, 3), (4, 5)]
+    first, second, last = stages.stages
+    # Task a's representation is the first cut; b and c's is on top.
+    assert reps[first.cut_representation] == id(model.shared_representations[0])
+    assert first.representations == second.representations == ()
+    assert second.cut_representation is None and last.representations == (1,)
+
+
+def test_two_branches_are_cut_where_they_are_fused():
+    stages = stages_of(two_inputs())
+    assert [len(s.variables) for s in stages.stages] == [4, 2, 2]
+
+
+@pytest.mark.parametrize(
+    "build", [one_layer, tied_layer, head_reads_input], ids=lambda f: f.__name__
+)
+def test_trunks_without_a_usable_cut_are_not_staged(build):
+    assert stages_of(build()) is None
+
+
+def test_overridden_variable_roles_outside_the_heads_disable_the_stages():
+    model = chain(depth=3)
+    assert model._backward_stages() is not None
+    first_kernel = model.shared_variables[0]
+    model.set_variable_roles(
+        shared=model.shared_variables[1:], tasks={"a": [first_kernel]}
+    )
+    # Task a's own variable now lies in the trunk, out of the heads' reach.
+    assert model._backward_stages() is None
+
+
+def data(model, n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    x = [
+        rng.normal(size=(n, *tensor.shape[1:])).astype("float32")
+        for tensor in model.inputs
+    ]
+    y = {
+        "a": rng.integers(0, 3, size=(n,)).astype("int32"),
+        "b": 4.0 * rng.normal(size=(n, 1)).astype("float32"),
+        "c": 0.5 * rng.normal(size=(n, 2)).astype("float32"),
+    }
+    return (x[0] if len(x) == 1 else x), y
+
+
+def train(build, strategy, mode, jit_compile=False, **compile_kw):
+    keras.utils.set_random_seed(2)
+    model = build()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=LOSSES,
+        loss_weighting=strategy,
+        per_task_gradients=mode,
+        jit_compile=jit_compile,
+        **compile_kw,
+    )
+    x, y = data(model)
+    if compile_kw.get("missing_labels"):
+        y["c"][:16] = -1.0  # no label of task c in the first batch
+    model.fit(x, y, batch_size=16, shuffle=False, verbose=0)
+    return model
+
+
+def assert_same_weights(reference, other):
+    for a, b in zip(reference.weights, other.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), 2e-5, 1e-6, err_msg=a.path)
+    for a, b in zip(reference.loss_weighting.weights, other.loss_weighting.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), 2e-5, 1e-6, err_msg=a.path)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [chain, residual, heads_at_depth, two_inputs, tied_layer],
+    ids=lambda f: f.__name__,
+)
+@pytest.mark.parametrize("strategy", ["mgda", "upgrad"])
+def test_staged_gramian_path_trains_like_the_matrix_path(build, strategy):
+    assert_same_weights(
+        train(build, strategy, "matrix"), train(build, strategy, "gramian")
+    )
+
+
+def test_staged_gramian_path_under_xla_trains_like_the_matrix_path():
+    assert_same_weights(
+        train(heads_at_depth, "nash_mtl", "matrix", jit_compile=True),
+        train(heads_at_depth, "nash_mtl", "gramian", jit_compile=True),
+    )
+
+
+def test_staged_gramian_path_with_a_missing_task_trains_like_the_matrix_path():
+    assert_same_weights(
+        train(heads_at_depth, "imtl", "matrix", missing_labels=-1.0),
+        train(heads_at_depth, "imtl", "gramian", missing_labels=-1.0),
+    )
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_staged_gramian_path_under_mixed_float16_trains_like_the_matrix_path(
+    mixed_float16,
+):
+    """float16 cotangents cross the cuts; the loss scale is removed from
+    the Gramian as on the matrix path."""
+    reference = train(chain, "mgda", "matrix")
+    staged = train(chain, "mgda", "gramian")
+    assert isinstance(staged.optimizer, keras.optimizers.LossScaleOptimizer)
+    for a, b in zip(reference.trainable_variables, staged.trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), 2e-3, 2e-3, err_msg=a.path)
