@@ -8,7 +8,7 @@ gradient engine), loss-based strategies (up to 100 tasks) and gradient
 methods (up to `--max_gradient_tasks`), and prints milliseconds per step (the
 fastest of `--repeats` timed epochs, after a warm-up epoch), the
 ratio to equal weighting at the same T, the ratio to the per-task gradients
-alone, the allocator's peak memory during the timed steps, the memory it
+alone, the peak memory the timed steps allocate, the memory it
 adds to equal weighting's peak and its ratio to it (printed only when equal
 weighting's peak is at least 1 MiB) and the seconds of the warm-up epoch
 (tracing the step, which grows with T for per-task gradient methods).
@@ -16,11 +16,12 @@ weighting's peak is at least 1 MiB) and the seconds of the warm-up epoch
 Memory is `tf.config.experimental.get_memory_info("CPU:0")["peak"]`, reset
 after the warm-up epoch, less the memory in use at that point (the model's
 variables and optimizer state, and whatever earlier models left behind): the
-peak of what the timed steps allocate. On CPU these statistics exist only with oneDNN's
-allocator (the default; with TF_ENABLE_ONEDNN_OPTS=0 there are none), which
-tracks the peak of allocations of 256 KiB and more: the small activations of
-equal weighting are mostly invisible, the (T, P) per-task gradient matrix
-(4 T P bytes, 329 KB for T = 2) is seen.
+peak of what the timed steps allocate, printed as "step MB". On CPU these
+statistics exist only with oneDNN's allocator (the default; with
+TF_ENABLE_ONEDNN_OPTS=0 there are none), which tracks the peak of
+allocations of 256 KiB and more: the small activations of equal weighting
+are mostly invisible, the (T, P) per-task gradient matrix (4 T P bytes,
+329 KB for T = 2) is seen.
 
 Table 2 (parameters): at a fixed T (`--sweep_tasks`), the trunk is widened
 (`--widths` multiplies both hidden sizes) so that P grows, and the peak
@@ -35,8 +36,8 @@ Table 3 (the Gramian path): at T = `--sweep_tasks`, the trunk is deepened
 (`--depths` hidden layers of the same width) so that P grows while the
 largest shared variable stays the same. Each Gramian method runs with
 `compile(per_task_gradients="matrix")` (the (T, P) matrix) and with
-`per_task_gradients="gramian"` (the Gramian summed variable by variable, one
-extra backward pass). The memory beyond equal weighting is printed in MB, in
+`per_task_gradients="gramian"` (the Gramian summed stage by stage down the
+trunk's layers, one extra backward pass). The memory beyond equal weighting is printed in MB, in
 (T, P) float32 matrices and in T x (largest shared variable) blocks: the
 matrix path grows with P, the Gramian path should stay at a few blocks
 whatever P. With `--jit_compile`, the last column is XLA's own plan for the
@@ -209,7 +210,7 @@ def time_steps(model, data):
 def task_table():
     print(
         f"{'T':>4}  {'method':<16} {'ms/step':>8} {'x EW':>6} {'x grads':>8} "
-        f"{'peak MB':>8} {'+MB vs EW':>9} {'mem x EW':>8} {'warm-up s':>9}"
+        f"{'step MB':>8} {'+MB vs EW':>9} {'mem x EW':>8} {'warm-up s':>9}"
     )
     for num_tasks in [int(t) for t in FLAGS.tasks]:
         data = dataset(num_tasks)
@@ -246,7 +247,7 @@ def parameter_table():
     print()
     print(
         f"{'T':>4} {'P':>9}  {'method':<16} {'requires':<9} {'ms/step':>8} "
-        f"{'peak MB':>8} {'extra MB':>9} {'P-vectors':>9} {'TP-mats':>8}"
+        f"{'step MB':>8} {'extra MB':>9} {'P-vectors':>9} {'TP-mats':>8}"
     )
     data = dataset(num_tasks)
     methods = [("ew", "ew", "losses"), ("per-task grads", SumRows, "gradients")]
@@ -281,7 +282,7 @@ def gramian_table():
     print()
     print(
         f"{'T':>4} {'depth':>5} {'P':>9}  {'method':<10} {'per-task':<18} "
-        f"{'ms/step':>8} {'peak MB':>8} {'+MB vs EW':>9} {'TP-mats':>8} "
+        f"{'ms/step':>8} {'step MB':>8} {'+MB vs EW':>9} {'TP-mats':>8} "
         f"{'T-blocks':>8} {'XLA plan +MB':>12}"
     )
     data = dataset(num_tasks)
