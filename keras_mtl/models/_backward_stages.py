@@ -26,7 +26,7 @@ import dataclasses
 
 import keras
 
-from keras_mtl.models.task_graph import _node_of
+from keras_mtl.models.task_graph import _node_of, analyze_task_graph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +57,12 @@ class BackwardStage:
 
 @dataclasses.dataclass(frozen=True)
 class BackwardStages:
-    """The trunk as stages (first to last) and the heads on top of them."""
+    """The trunk as stages (first to last) and the heads on top of them,
+    which read `num_representations` shared representation tensors."""
 
     stages: tuple
     heads: keras.Model
+    num_representations: int
 
 
 def _parents(tensor):
@@ -102,13 +104,17 @@ def _is_float(tensor):
     return "float" in str(getattr(tensor, "dtype", ""))
 
 
-def find_backward_stages(inputs_struct, outputs_struct, graph):
+def find_backward_stages(model, graph):
     """The trunk of a functional model as a chain of stages, or None.
 
+    Nested functional models (a `keras.applications` backbone used as one
+    layer) are looked into: their layers are called again, directly, on
+    the same inputs (new nodes on the same layers, no new variables), so
+    that the trunk can be cut between them.
+
     Args:
-        inputs_struct: the model's inputs structure (KerasTensors).
-        outputs_struct: the model's outputs structure (KerasTensors).
-        graph: the model's `TaskGraph`.
+        model: the functional model.
+        graph: its `TaskGraph` (the shared variables' order).
 
     Returns:
         A `BackwardStages` with at least two stages, or None when the trunk
@@ -116,9 +122,18 @@ def find_backward_stages(inputs_struct, outputs_struct, graph):
         heads read more than the shared representation, or when a shared
         variable serves more than one stage or the heads.
     """
+    inputs_struct, outputs_struct = model._inputs_struct, model._outputs_struct
     reps = list(graph.shared_representations)
     if not reps or not graph.shared_variables:
         return None
+    if _has_nested_models(reps):
+        try:
+            outputs_struct = _flat_call(model, inputs_struct)
+        except (ValueError, TypeError):
+            return None
+        tasks = {task: outputs_struct[task] for task in graph.task_variables}
+        reps = analyze_task_graph(tasks, model.trainable_variables)
+        reps = list(reps.shared_representations)
     ancestors, by_id = _ancestors(reps)
     inputs = {id(t) for t in keras.tree.flatten(inputs_struct)}
     rep_ids = [id(r) for r in reps]
@@ -197,7 +212,44 @@ def find_backward_stages(inputs_struct, outputs_struct, graph):
     seen = [i for stage in stages for i in stage.variables]
     if sorted(seen) != list(range(len(shared_index))):
         return None
-    return BackwardStages(tuple(stages), heads)
+    return BackwardStages(tuple(stages), heads, len(reps))
+
+
+def _nested_model(operation):
+    """The functional graph inside a nested model layer, else None."""
+    if isinstance(operation, keras.Sequential):
+        return getattr(operation, "_functional", None)
+    if isinstance(operation, keras.Model) and hasattr(operation, "_run_through_graph"):
+        if getattr(operation, "_outputs_struct", None) is not None:
+            return operation
+    return None
+
+
+def _has_nested_models(tensors):
+    _, by_id = _ancestors(tensors)
+    for tensor in by_id.values():
+        if getattr(tensor, "_keras_history", None) is not None:
+            if _nested_model(_node_of(tensor)[0]) is not None:
+                return True
+    return False
+
+
+def _flat_call(functional, inputs):
+    """`functional`'s outputs for symbolic `inputs`, with every nested
+    model's layers called one by one instead of the nested model."""
+
+    def operation_fn(operation):
+        nested = _nested_model(operation)
+        if nested is None:
+            return operation
+
+        def call(*args, **kwargs):
+            del kwargs  # training: the stage's call passes it to every layer
+            return _flat_call(nested, args[0] if len(args) == 1 else list(args))
+
+        return call
+
+    return functional._run_through_graph(inputs, operation_fn=operation_fn)
 
 
 def _variable_ids(model):

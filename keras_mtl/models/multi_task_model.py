@@ -1367,9 +1367,7 @@ class MultiTaskModel(keras.Model):
         cached = getattr(self, "_stages_cache", None)
         if cached is None or cached[0] is not self._task_graph:
             graph = self._task_graph
-            stages = find_backward_stages(
-                self._inputs_struct, self._outputs_struct, graph
-            )
+            stages = find_backward_stages(self, graph)
             if stages is not None:
                 heads = {id(v) for v in stages.heads.trainable_variables}
                 own = [v for vs in graph.task_variables.values() for v in vs]
@@ -1397,7 +1395,7 @@ class MultiTaskModel(keras.Model):
         strategy = self.loss_weighting
         shared = self._task_graph.shared_variables
         own = self._task_graph.task_variables
-        num_reps = len(self._task_graph.shared_representations)
+        num_reps = stages.num_representations
         with tf.GradientTape(persistent=True) as tape:
             value, runs, reps = x, [], [None] * num_reps
             for stage in stages.stages:

@@ -99,9 +99,7 @@ def head_reads_input():
 
 
 def stages_of(model):
-    return find_backward_stages(
-        model._inputs_struct, model._outputs_struct, model._task_graph
-    )
+    return find_backward_stages(model, model._task_graph)
 
 
 def variable_names(model, stage):
@@ -246,3 +244,44 @@ def test_staged_gramian_path_under_mixed_float16_trains_like_the_matrix_path(
     assert isinstance(staged.optimizer, keras.optimizers.LossScaleOptimizer)
     for a, b in zip(reference.trainable_variables, staged.trainable_variables):
         np.testing.assert_allclose(b.numpy(), a.numpy(), 2e-3, 2e-3, err_msg=a.path)
+
+
+def nested():
+    """The trunk as a nested functional model (one layer of the outer
+    model) holding a residual block, then a nested Sequential."""
+    inner_inputs = keras.Input((INPUT_DIM,))
+    h = dense(8, 0)(inner_inputs)
+    block = keras.layers.Add()([h, dense(8, 2)(dense(8, 1)(h))])
+    backbone = keras.Model(inner_inputs, block, name="backbone")
+    neck = keras.Sequential([dense(7, 3), dense(5, 4)], name="neck")
+    inputs = keras.Input((INPUT_DIM,))
+    top = neck(backbone(inputs))
+    return keras_mtl.MultiTaskModel(inputs, heads(top, top, top))
+
+
+def test_nested_models_are_cut_between_their_layers():
+    model = nested()
+    stages = stages_of(model)
+    # backbone: first layer | residual block; neck: each layer.
+    assert [len(s.variables) for s in stages.stages] == [2, 4, 2, 2]
+    assert sorted(i for s in stages.stages for i in s.variables) == list(range(10))
+
+
+def test_a_keras_applications_backbone_is_cut_at_its_blocks():
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None
+    )
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    model = keras_mtl.MultiTaskModel(inputs, heads(features, features, features))
+    stages = stages_of(model)
+    # Each of the 10 residual blocks is one stage; the other layers with
+    # variables are a stage each.
+    assert len(stages.stages) > 20
+    assert sorted(i for s in stages.stages for i in s.variables) == list(
+        range(len(model.shared_variables))
+    )
+
+
+def test_staged_gramian_path_through_nested_models_trains_like_the_matrix_path():
+    assert_same_weights(train(nested, "mgda", "matrix"), train(nested, "mgda", "gramian"))
