@@ -37,8 +37,9 @@ Table 3 (the Gramian path): at T = `--sweep_tasks`, the trunk is deepened
 largest shared variable stays the same. Each Gramian method runs with
 `compile(per_task_gradients="matrix")` (the (T, P) matrix) and with
 `per_task_gradients="gramian"` (the Gramian summed stage by stage down the
-trunk's layers, one extra backward pass). The memory beyond equal weighting is printed in MB, in
-(T, P) float32 matrices and in T x (largest shared variable) blocks: the
+trunk's layers, one extra backward pass). The memory beyond equal weighting
+is printed in MB, in (T, P) float32 matrices and in T x (largest shared
+variable) blocks: the
 matrix path grows with P, the Gramian path should stay at a few blocks
 whatever P. With `--jit_compile`, the last column is XLA's own plan for the
 step: the peak of its buffer assignment (arguments and temporaries, from the

@@ -23,6 +23,7 @@ the stages with control dependencies (under XLA, its scheduler does).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 
@@ -104,7 +105,7 @@ def _is_float(tensor):
     return "float" in str(getattr(tensor, "dtype", ""))
 
 
-def find_backward_stages(model, graph):
+def find_backward_stages(model, graph, batch_size=32):
     """The trunk of a functional model as a chain of stages, or None.
 
     Nested functional models (a `keras.applications` backbone used as one
@@ -115,10 +116,13 @@ def find_backward_stages(model, graph):
     Args:
         model: the functional model.
         graph: its `TaskGraph` (the shared variables' order).
+        batch_size: examples per step, to weigh the per-task cotangents at
+            a cut (batch_size times the cut's size) against the per-task
+            gradients of the parameters it frees (see `_balanced_bounds`).
 
     Returns:
         A `BackwardStages` with at least two stages, or None when the trunk
-        has no usable cut (then a stage would be the whole trunk), when the
+        has no cut worth making (then a stage would be the whole trunk), when the
         heads read more than the shared representation, or when a shared
         variable serves more than one stage or the heads.
     """
@@ -173,46 +177,97 @@ def find_backward_stages(model, graph):
 
     # The last cut needs something above it (else it ends the trunk).
     cuts = [c for c in cuts if any(c in ancestors[key] for key in rep_ids)]
-    stages, start, owned = [], None, set()
+
+    def build(start, end):
+        members = [
+            i
+            for i, key in enumerate(rep_ids)
+            if (start is None or not before_or_at(key, start))
+            and (end is None or before_or_at(key, end))
+        ]
+        cut_rep = next((i for i in members if rep_ids[i] == end), None)
+        members = tuple(i for i in members if rep_ids[i] != end)
+        outputs = [reps[i] for i in members]
+        if end is not None:
+            outputs.insert(0, by_id[end])
+        stage_inputs = inputs_struct if start is None else [by_id[start]]
+        stage_model = keras.Model(stage_inputs, outputs)
+        return BackwardStage(
+            model=stage_model,
+            has_cut_input=start is not None,
+            has_cut_output=end is not None,
+            cut_representation=cut_rep,
+            representations=members,
+            variables=tuple(
+                sorted(shared_index.get(k, -1) for k in _variable_ids(stage_model))
+            ),
+        )
+
     try:
+        # The finest stages: one per cut with variables below it.
+        bounds, sizes, start, owned = [None], [], None, set()
         for end in [*cuts, None]:
-            members = [
-                i
-                for i, key in enumerate(rep_ids)
-                if (start is None or not before_or_at(key, start))
-                and (end is None or before_or_at(key, end))
-            ]
-            cut_rep = next((i for i in members if rep_ids[i] == end), None)
-            members = tuple(i for i in members if rep_ids[i] != end)
-            outputs = [reps[i] for i in members]
-            if end is not None:
-                outputs.insert(0, by_id[end])
-            stage_inputs = inputs_struct if start is None else [by_id[start]]
-            stage_model = keras.Model(stage_inputs, outputs)
-            keys = set(_variable_ids(stage_model))
-            if end is not None and not keys - owned:
+            stage_variables = build(start, end).model.trainable_variables
+            new = [v for v in stage_variables if id(v) not in owned]
+            if end is not None and not new:
                 continue  # nothing to train here: merge into the next stage
-            owned |= keys
-            stages.append(
-                BackwardStage(
-                    model=stage_model,
-                    has_cut_input=start is not None,
-                    has_cut_output=end is not None,
-                    cut_representation=cut_rep,
-                    representations=members,
-                    variables=tuple(sorted(shared_index.get(k, -1) for k in keys)),
-                )
-            )
+            owned |= {id(v) for v in new}
+            sizes.append(sum(_size(v) for v in new))
+            bounds.append(end)
             start = end
+        cost = [0 if b is None else batch_size * _size(by_id[b]) for b in bounds]
+        chosen = _balanced_bounds(sizes, cost)
+        if len(chosen) < 3:
+            return None
+        stages = [build(bounds[i], bounds[j]) for i, j in zip(chosen, chosen[1:])]
     except ValueError:
-        return None
-    if len(stages) < 2:
         return None
     # Each shared variable in exactly one stage, and nothing else trained.
     seen = [i for stage in stages for i in stage.variables]
     if sorted(seen) != list(range(len(shared_index))):
         return None
     return BackwardStages(tuple(stages), heads, len(reps))
+
+
+def _balanced_bounds(sizes, cut_costs):
+    """Which stage bounds to keep, as indices into `cut_costs` (always the
+    first and the last): the finest stages, with `sizes[k]` parameters
+    between bounds k and k + 1, merged so that the largest stage's memory
+    is smallest, then the stages are fewest.
+
+    A stage from bound i to bound j holds T per-task gradients of its
+    parameters and T per-task cotangents at both of its bounds, so its
+    memory is T * (sum(sizes[i:j]) + cut_costs[i] + cut_costs[j]). One stage
+    (no cut) is T * P: a cut pays only where the activations there are
+    smaller than the parameters it lets go of (late layers of a CNN, not
+    its early ones)."""
+    n = len(sizes)
+    prefix = [0]
+    for size in sizes:
+        prefix.append(prefix[-1] + size)
+    # best[j]: (largest stage, number of stages) over bounds 0..j; back[j]:
+    # the bound before j.
+    best, back = [(0, 0)] + [None] * n, [None] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            stage = prefix[j] - prefix[i] + cut_costs[i] + cut_costs[j]
+            candidate = (max(best[i][0], stage), best[i][1] + 1)
+            if best[j] is None or candidate < best[j]:
+                best[j], back[j] = candidate, i
+    chosen, j = [n], n
+    while j:
+        j = back[j]
+        chosen.append(j)
+    return chosen[::-1]
+
+
+def _size(tensor_or_variable):
+    """Elements per example of a KerasTensor (unknown sizes counted as 64),
+    or elements of a variable."""
+    shape = tuple(tensor_or_variable.shape)
+    if isinstance(tensor_or_variable, keras.Variable):
+        return math.prod(shape)
+    return math.prod(64 if d is None else d for d in shape[1:])
 
 
 def _nested_model(operation):

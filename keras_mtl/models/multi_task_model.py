@@ -1283,7 +1283,7 @@ class MultiTaskModel(keras.Model):
 
     def _parameter_gradient_update(self, x, y, sample_weights):
         if self._per_task_gradients == "gramian":
-            stages = self._backward_stages()
+            stages = self._backward_stages(_static_batch_size(x))
             if stages is not None:
                 return self._staged_gramian_update(stages, x, y, sample_weights)
         strategy = self.loss_weighting
@@ -1361,22 +1361,26 @@ class MultiTaskModel(keras.Model):
         finite = self._apply_if(step.finite, grads, variables)
         return step._replace(finite=finite)
 
-    def _backward_stages(self):
+    def _backward_stages(self, batch_size=None):
         """The trunk as a chain of stages for the staged Gramian path (see
-        `_backward_stages.py`), or None when it has no usable cut."""
-        cached = getattr(self, "_stages_cache", None)
-        if cached is None or cached[0] is not self._task_graph:
-            graph = self._task_graph
-            stages = find_backward_stages(self, graph)
+        `_backward_stages.py`), or None when no cut is worth making.
+        `batch_size`: examples per step (None: unknown, 32 assumed)."""
+        batch_size = batch_size or 32
+        cache = getattr(self, "_stages_cache", None)
+        if cache is None or cache[0] is not self._task_graph:
+            cache = (self._task_graph, {})
+            # Kept out of Keras' tracking: the layers are the model's own.
+            object.__setattr__(self, "_stages_cache", cache)
+        graph, found = cache
+        if batch_size not in found:
+            stages = find_backward_stages(self, graph, batch_size)
             if stages is not None:
                 heads = {id(v) for v in stages.heads.trainable_variables}
                 own = [v for vs in graph.task_variables.values() for v in vs]
                 if any(id(v) not in heads for v in own):
                     stages = None
-            cached = (graph, stages)
-            # Kept out of Keras' tracking: the layers are the model's own.
-            object.__setattr__(self, "_stages_cache", cached)
-        return cached[1]
+            found[batch_size] = stages
+        return found[batch_size]
 
     def _staged_gramian_update(self, stages, x, y, sample_weights):
         """The Gramian path, stage by stage from the top of the trunk down.
@@ -1800,6 +1804,13 @@ def _weighted_gradients(tape, stacked_objectives, variables, weights):
         ops.zeros_like(v) if g is None else ops.cast(g, v.dtype)
         for g, v in zip(grads, variables)
     ]
+
+
+def _static_batch_size(x):
+    """The batch size of a step's inputs when it is known while tracing."""
+    first = keras.tree.flatten(x)[0]
+    size = getattr(first, "shape", (None,))[0]
+    return None if size is None else int(size)
 
 
 def _add_optional(a, b):

@@ -26,12 +26,14 @@ import keras_mtl  # noqa: E402
 
 def train(name, distribution):
     """`name` is a strategy name, with ":gramian" for
-    `per_task_gradients="gramian"` (on a trunk of two layers, so that the
-    Gramian is summed stage by stage)."""
+    `per_task_gradients="gramian"` (on a trunk of three 64-unit layers, so
+    that the Gramian is summed stage by stage)."""
     name, _, per_task = name.partition(":")
     keras.utils.set_random_seed(0)
     with distribution.scope():
-        model = two_task_mlp(depth=2 if per_task else 1)
+        model = two_task_mlp(hidden=64, depth=3) if per_task else two_task_mlp()
+        if per_task:
+            assert model._backward_stages() is not None
         model.compile(
             optimizer=keras.optimizers.SGD(0.1),
             loss=TWO_TASK_LOSSES,

@@ -36,70 +36,74 @@ def heads(a, b, c):
     }
 
 
-def chain(depth=3):
+def chain(depth=3, scale=1):
     """Dense layers in a row, with an activation and a dropout layer (no
     variables) between the first two."""
     inputs = keras.Input((INPUT_DIM,))
-    h = dense(8, 0, activation=None)(inputs)
+    h = dense(8 * scale, 0, activation=None)(inputs)
     h = keras.layers.Activation("relu")(h)
     h = keras.layers.Dropout(0.25, seed=3)(h)
     for i in range(1, depth):
-        h = dense(7, i)(h)
+        h = dense(7 * scale, i)(h)
     return keras_mtl.MultiTaskModel(inputs, heads(h, h, h))
 
 
-def residual():
+def residual(scale=1):
     """A residual block: the tensor inside it is skipped over, no cut; task
     a reads that tensor."""
     inputs = keras.Input((INPUT_DIM,))
-    h = dense(8, 0)(inputs)
-    inner = dense(8, 1)(h)
-    block = keras.layers.Add()([h, dense(8, 2)(inner)])
-    top = dense(5, 3)(block)
+    h = dense(8 * scale, 0)(inputs)
+    inner = dense(8 * scale, 1)(h)
+    block = keras.layers.Add()([h, dense(8 * scale, 2)(inner)])
+    top = dense(5 * scale, 3)(block)
     return keras_mtl.MultiTaskModel(inputs, heads(inner, top, top))
 
 
-def heads_at_depth():
+def heads_at_depth(scale=1):
     """Task a reads the first layer, b and c the third."""
     inputs = keras.Input((INPUT_DIM,))
-    h1 = dense(8, 0)(inputs)
-    h3 = dense(5, 2)(dense(7, 1)(h1))
+    h1 = dense(8 * scale, 0)(inputs)
+    h3 = dense(5 * scale, 2)(dense(7 * scale, 1)(h1))
     return keras_mtl.MultiTaskModel(inputs, heads(h1, h3, h3))
 
 
-def two_inputs():
+def two_inputs(scale=1):
     """Two branches fused: the fused tensor is the only cut."""
     left, right = keras.Input((INPUT_DIM,)), keras.Input((3,))
-    fused = keras.layers.Concatenate()([dense(4, 0)(left), dense(4, 1)(right)])
-    top = dense(6, 2)(dense(6, 3)(fused))
+    fused = keras.layers.Concatenate()(
+        [dense(4 * scale, 0)(left), dense(4 * scale, 1)(right)]
+    )
+    top = dense(6 * scale, 2)(dense(6 * scale, 3)(fused))
     return keras_mtl.MultiTaskModel([left, right], heads(top, top, top))
 
 
-def one_layer():
+def one_layer(scale=1):
     inputs = keras.Input((INPUT_DIM,))
-    h = dense(8, 0)(inputs)
+    h = dense(8 * scale, 0)(inputs)
     return keras_mtl.MultiTaskModel(inputs, heads(h, h, h))
 
 
-def tied_layer():
+def tied_layer(scale=1):
     """One Dense layer applied at two depths: its variables serve two
     stages, so the trunk is not cut."""
     inputs = keras.Input((INPUT_DIM,))
-    first = dense(8, 0)(inputs)
-    tied = dense(8, 1)
-    h = tied(dense(8, 2)(tied(first)))
+    first = dense(8 * scale, 0)(inputs)
+    tied = dense(8 * scale, 1)
+    h = tied(dense(8 * scale, 2)(tied(first)))
     return keras_mtl.MultiTaskModel(inputs, heads(h, h, h))
 
 
-def head_reads_input():
+def head_reads_input(scale=1):
     inputs = keras.Input((INPUT_DIM,))
-    h = dense(7, 1)(dense(8, 0)(inputs))
+    h = dense(7 * scale, 1)(dense(8 * scale, 0)(inputs))
     mixed = keras.layers.Concatenate()([h, inputs])
     return keras_mtl.MultiTaskModel(inputs, heads(mixed, h, h))
 
 
-def stages_of(model):
-    return find_backward_stages(model, model._task_graph)
+def stages_of(model, batch_size=1):
+    """The stages of `model`; with one example per step, activations cost
+    next to nothing and every cut below some variables is kept."""
+    return find_backward_stages(model, model._task_graph, batch_size)
 
 
 def variable_names(model, stage):
@@ -152,7 +156,7 @@ def test_trunks_without_a_usable_cut_are_not_staged(build):
 
 
 def test_overridden_variable_roles_outside_the_heads_disable_the_stages():
-    model = chain(depth=3)
+    model = chain(depth=3, scale=TRAIN_SCALE)
     assert model._backward_stages() is not None
     first_kernel = model.shared_variables[0]
     model.set_variable_roles(
@@ -176,9 +180,18 @@ def data(model, n=48, seed=0):
     return (x[0] if len(x) == 1 else x), y
 
 
+# Trained models are wide enough (64 units) that, at the 32 examples per
+# step assumed while tracing, cutting the trunk pays.
+TRAIN_SCALE = 8
+UNSTAGED = ("tied_layer",)
+
+
 def train(build, strategy, mode, jit_compile=False, **compile_kw):
     keras.utils.set_random_seed(2)
-    model = build()
+    model = build(scale=TRAIN_SCALE)
+    if mode == "gramian":
+        staged = model._backward_stages() is not None
+        assert staged == (build.__name__ not in UNSTAGED), build.__name__
     model.compile(
         optimizer=keras.optimizers.SGD(0.05),
         loss=LOSSES,
@@ -246,14 +259,14 @@ def test_staged_gramian_path_under_mixed_float16_trains_like_the_matrix_path(
         np.testing.assert_allclose(b.numpy(), a.numpy(), 2e-3, 2e-3, err_msg=a.path)
 
 
-def nested():
+def nested(scale=1):
     """The trunk as a nested functional model (one layer of the outer
     model) holding a residual block, then a nested Sequential."""
     inner_inputs = keras.Input((INPUT_DIM,))
-    h = dense(8, 0)(inner_inputs)
-    block = keras.layers.Add()([h, dense(8, 2)(dense(8, 1)(h))])
+    h = dense(8 * scale, 0)(inner_inputs)
+    block = keras.layers.Add()([h, dense(8 * scale, 2)(dense(8 * scale, 1)(h))])
     backbone = keras.Model(inner_inputs, block, name="backbone")
-    neck = keras.Sequential([dense(7, 3), dense(5, 4)], name="neck")
+    neck = keras.Sequential([dense(7 * scale, 3), dense(5 * scale, 4)], name="neck")
     inputs = keras.Input((INPUT_DIM,))
     top = neck(backbone(inputs))
     return keras_mtl.MultiTaskModel(inputs, heads(top, top, top))
@@ -262,8 +275,9 @@ def nested():
 def test_nested_models_are_cut_between_their_layers():
     model = nested()
     stages = stages_of(model)
-    # backbone: first layer | residual block; neck: each layer.
-    assert [len(s.variables) for s in stages.stages] == [2, 4, 2, 2]
+    # backbone: first layer | residual block | the neck, whose two layers
+    # (63 + 40 parameters) are together no larger than the block (144).
+    assert [len(s.variables) for s in stages.stages] == [2, 4, 4]
     assert sorted(i for s in stages.stages for i in s.variables) == list(range(10))
 
 
@@ -284,4 +298,33 @@ def test_a_keras_applications_backbone_is_cut_at_its_blocks():
 
 
 def test_staged_gramian_path_through_nested_models_trains_like_the_matrix_path():
-    assert_same_weights(train(nested, "mgda", "matrix"), train(nested, "mgda", "gramian"))
+    assert_same_weights(
+        train(nested, "mgda", "matrix"), train(nested, "mgda", "gramian")
+    )
+
+
+def test_cuts_are_kept_only_where_activations_cost_less_than_parameters():
+    """A stage holds T per-task gradients of its parameters and T per-task
+    cotangents at its two cuts (batch_size times the cut's width)."""
+    model = chain(depth=4, scale=TRAIN_SCALE)  # 6 -> 64 -> 56 -> 56 -> 56
+    sizes = [len(s.variables) for s in stages_of(model, batch_size=1).stages]
+    assert sizes == [2, 2, 2, 2]
+    # At 32 examples a cut costs 32 * 56 = 1792 per side: a 56 x 56 layer
+    # (3192) is worth its own stage only at the top (one cut); below, pairs.
+    sizes = [len(s.variables) for s in stages_of(model, batch_size=32).stages]
+    assert sizes == [4, 2, 2]
+    # At 10,000 examples no cut pays: one stage, the unstaged path.
+    assert stages_of(model, batch_size=10_000) is None
+
+
+def test_balanced_bounds_minimise_the_largest_stage_then_the_stages():
+    from keras_mtl.models._backward_stages import _balanced_bounds
+
+    # Free cuts: stages of 3 each; merging any two would make a 6.
+    assert _balanced_bounds([3, 3, 3], [0, 0, 0, 0]) == [0, 1, 2, 3]
+    # The two small stages join: as large a largest stage (5), one fewer.
+    assert _balanced_bounds([5, 1, 1, 5], [0, 0, 0, 0, 0]) == [0, 1, 3, 4]
+    # Cuts costing 2: the middle stage is 3 + 2 + 2 = 7, still the best.
+    assert _balanced_bounds([3, 3, 3], [0, 2, 2, 0]) == [0, 1, 2, 3]
+    # Cuts costing 4: any cut makes a stage of at least 10 > 9, the whole.
+    assert _balanced_bounds([3, 3, 3], [0, 4, 4, 0]) == [0, 3]

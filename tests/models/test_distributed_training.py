@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-# ":gramian": compiled with per_task_gradients="gramian", on a two-layer trunk
-# (the staged Gramian path).
+# ":gramian": compiled with per_task_gradients="gramian", on a trunk
+# of three 64-unit layers (the staged Gramian path).
 STRATEGIES = [
     "ew",
     "uw",
