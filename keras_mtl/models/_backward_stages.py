@@ -12,7 +12,9 @@ can stop at each cut: from the per-task cotangents d_k,t = dL_t / ds_k, one
 backward pass through stage k alone gives the gradients of that stage's
 variables and d_{k-1},t. Stage k's Gramian term is added, its (T, P_k)
 gradients are freed, and only then does stage k - 1 begin. Memory then grows
-with T times the largest stage's variables and activations, not with T * P.
+with T times the largest stage's variables and cut activations, not with
+T * P. Cuts are kept only where they make the largest stage smaller
+(`_balanced_bounds`).
 
 Each stage is its own functional model over the model's layers (no new
 layers or variables), called under its own gradient tape, so that a

@@ -353,14 +353,17 @@ class MultiTaskModel(keras.Model):
                 and obtains the update sum_t w_t g_t as the gradient of
                 sum_t w_t L_t, one more backward pass. Where the trunk can
                 be cut (tensors every path through it crosses: the output
-                of every layer of a chain, of every residual block), the
-                per-task backward passes run stage by stage for all tasks
-                in step, and a stage's per-task gradients are freed once
-                its Gramian term is summed. Memory then grows with T times
-                the largest stage, not with T * P: flat in depth (measured
-                in `benchmarks/many_tasks.py`), at the cost of the extra
-                backward pass. A trunk without a cut (one layer, or a
-                nested model used as one layer) is one stage. The update is
+                of every layer of a chain, of every residual block, inside
+                nested models too), the per-task backward passes run stage
+                by stage for all tasks in step, and a stage's per-task
+                gradients are freed once its Gramian term is summed. A
+                stage holds T per-task gradients of its parameters and T
+                per-task cotangents at its cuts (batch x cut size), and the
+                stages are chosen to make the largest one smallest; where
+                no cut pays (activations larger than parameters, as in
+                small convolutional trunks) the trunk is one stage. Memory
+                then grows with T times the largest stage, not with T * P:
+                flat in depth (`benchmarks/many_tasks.py`). The update is
                 the same up to floating-point rounding.
             run_eagerly, steps_per_execution, jit_compile, auto_scale_loss:
                 as for `keras.Model.compile`. `jit_compile=True` compiles
