@@ -1211,13 +1211,10 @@ class MultiTaskModel(keras.Model):
             reps = list(reps) if isinstance(reps, (list, tuple)) else [reps]
             for rep in reps:
                 tape.watch(rep)
-            y_pred = split.heads(reps, training=True)
-            losses, aux_losses, finite, counts = self._losses_and_check(
-                y, y_pred, sample_weights
+            step, task_objectives, strategy_objective = self._heads_and_objectives(
+                split.heads, reps, y, sample_weights
             )
-            task_objectives, strategy_objective = self._task_objectives(
-                strategy, losses, counts
-            )
+            y_pred, losses, aux_losses, _, finite, counts = step
             extra = self._extra_objective(aux_losses)
         rows, summed_rows, own_grads = [], [], []
         for t, task in enumerate(self.task_names):
@@ -1263,13 +1260,9 @@ class MultiTaskModel(keras.Model):
         shared_grads = [
             ops.zeros_like(v) if g is None else g for g, v in zip(shared_grads, shared)
         ]
+        step = step._replace(weights=weights)
         return self._finish_parameter_step(
-            tape,
-            _Step(y_pred, losses, aux_losses, weights, finite, counts),
-            shared_grads,
-            own_grads,
-            extra,
-            strategy_objective,
+            tape, step, shared_grads, own_grads, extra, strategy_objective
         )
 
     def _scaled_head_gradients(self, strategy, losses, weights, own_grads):
@@ -1385,6 +1378,20 @@ class MultiTaskModel(keras.Model):
             found[batch_size] = stages
         return found[batch_size]
 
+    def _heads_and_objectives(self, heads, reps, y, sample_weights):
+        """The heads' predictions from the shared representation `reps`,
+        the step's losses (a `_Step` without weights) and each task's
+        objective, with the strategy's own."""
+        y_pred = heads(reps, training=True)
+        losses, aux_losses, finite, counts = self._losses_and_check(
+            y, y_pred, sample_weights
+        )
+        task_objectives, strategy_objective = self._task_objectives(
+            self.loss_weighting, losses, counts
+        )
+        step = _Step(y_pred, losses, aux_losses, None, finite, counts)
+        return step, task_objectives, strategy_objective
+
     def _staged_gramian_update(self, stages, x, y, sample_weights):
         """The Gramian path, stage by stage from the top of the trunk down.
 
@@ -1425,13 +1432,10 @@ class MultiTaskModel(keras.Model):
                 value = cut_output
             with tf.GradientTape(persistent=True) as head_tape:
                 head_tape.watch(reps)
-                y_pred = stages.heads(reps, training=True)
-                losses, aux_losses, finite, counts = self._losses_and_check(
-                    y, y_pred, sample_weights
+                step, task_objectives, strategy_objective = self._heads_and_objectives(
+                    stages.heads, reps, y, sample_weights
                 )
-                task_objectives, strategy_objective = self._task_objectives(
-                    strategy, losses, counts
-                )
+                y_pred, losses, aux_losses, _, finite, counts = step
                 stacked_objectives = ops.stack(task_objectives)
             extra = self._extra_objective(aux_losses)
         rep_cotangents, own_grads = [], []
@@ -1453,13 +1457,9 @@ class MultiTaskModel(keras.Model):
             strategy, gramian, finite, safe_losses, self._strategy_kwargs(counts)
         )
         update_grads = _weighted_gradients(tape, stacked_objectives, shared, weights)
+        step = step._replace(weights=weights)
         return self._finish_parameter_step(
-            tape,
-            _Step(y_pred, losses, aux_losses, weights, finite, counts),
-            update_grads,
-            own_grads,
-            extra,
-            strategy_objective,
+            tape, step, update_grads, own_grads, extra, strategy_objective
         )
 
     def _update_from_matrix(self, strategy, blocks, finite, losses, kwargs):
