@@ -760,10 +760,14 @@ class MultiTaskModel(keras.Model):
                 )
 
     def _task_losses(self, y, y_pred, sample_weights, tasks=None):
-        """The `(T,)` task losses of the global batch, and label counts.
+        """The `(T,)` task losses of the global batch, label counts and the
+        losses' raw parts.
 
         The counts are None without `missing_labels`; else `(T,)` floats,
         the number of labelled elements of each task in the global batch.
+        The parts are `(stacked, per_task)`: this replica's task losses (or
+        weighted loss sums) as T scalars, and stacked; loss t depends on the
+        model through the t-th scalar only (see `_task_gradients`).
         """
         tasks = tasks or self.task_names
         if self._missing_labels is None:
@@ -777,7 +781,8 @@ class MultiTaskModel(keras.Model):
                         target, pred, sample_weight=sample_weights.get(task)
                     )
                 values.append(ops.cast(value, "float32"))
-            return _global_batch_losses(ops.stack(values)), None
+            stacked = ops.stack(values)
+            return _global_batch_losses(stacked), None, (stacked, values)
         sums, divisors, counts = [], [], []
         for task in tasks:
             target, pred = _aligned_target(y[task], y_pred[task])
@@ -789,9 +794,11 @@ class MultiTaskModel(keras.Model):
             sums.append(total)
             divisors.append(divisor)
             counts.append(count)
-        return _masked_global_losses(
-            ops.stack(sums), ops.stack(divisors), ops.stack(counts)
+        stacked = ops.stack(sums)
+        losses, counts = _masked_global_losses(
+            stacked, ops.stack(divisors), ops.stack(counts)
         )
+        return losses, counts, (stacked, sums)
 
     def _masked_loss_terms(self, task, target, pred, sample_weight):
         """This replica's weighted loss sum, divisor and labelled count."""
@@ -986,7 +993,9 @@ class MultiTaskModel(keras.Model):
         if strategy.uses_post_step_losses:
             model_state = list(self._model_state_variables())
             before = [tf.identity(v.value) for v in model_state]
-            new_losses, _ = self._task_losses(y, self(x, training=True), sample_weights)
+            new_losses, _, _ = self._task_losses(
+                y, self(x, training=True), sample_weights
+            )
             for variable, value in zip(model_state, before):
                 variable.assign(value)
             if task_mask is None:
@@ -1012,10 +1021,11 @@ class MultiTaskModel(keras.Model):
         return (y_pred, *self._losses_and_check(y, y_pred, sample_weights))
 
     def _losses_and_check(self, y, y_pred, sample_weights):
-        """Task losses, auxiliary losses, whether the step may proceed, and
-        the label counts (None without `missing_labels`)."""
+        """Task losses, auxiliary losses, whether the step may proceed, the
+        label counts (None without `missing_labels`) and the task losses'
+        raw parts (see `_task_losses`)."""
         self._check_target_shapes(y, y_pred)
-        losses, counts = self._task_losses(y, y_pred, sample_weights)
+        losses, counts, parts = self._task_losses(y, y_pred, sample_weights)
         aux_losses = self._auxiliary_losses(y, y_pred, sample_weights)
         checked = (
             losses if aux_losses is None else ops.concatenate([losses, aux_losses])
@@ -1025,7 +1035,7 @@ class MultiTaskModel(keras.Model):
             finite = ops.logical_and(finite, self._guard.bad_step < 0)
         # An empty batch (possible inside a data set) trains nothing.
         finite = ops.logical_and(finite, _batch_size(y_pred) > 0)
-        return losses, aux_losses, finite, counts
+        return losses, aux_losses, finite, counts, parts
 
     @property
     def _checked_loss_names(self):
@@ -1036,7 +1046,9 @@ class MultiTaskModel(keras.Model):
         if not self.auxiliary_tasks:
             return None
         aux_pred = {t: y_pred[_aux_key(t)] for t in self.auxiliary_tasks}
-        losses, _ = self._task_losses(y, aux_pred, sample_weights, self.auxiliary_tasks)
+        losses, _, _ = self._task_losses(
+            y, aux_pred, sample_weights, self.auxiliary_tasks
+        )
         return losses
 
     def _extra_objective(self, aux_losses):
@@ -1089,15 +1101,15 @@ class MultiTaskModel(keras.Model):
         grad_variables = self._shared_gradient_variables(strategy)
         with tf.GradientTape() as tape:
             with tf.GradientTape(persistent=True) as inner:
-                y_pred, losses, aux_losses, finite, counts = self._forward_and_losses(
-                    x, y, sample_weights
+                y_pred, losses, aux_losses, finite, counts, parts = (
+                    self._forward_and_losses(x, y, sample_weights)
                 )
                 task_losses = [losses[t] for t in range(self.num_tasks)]
             self._update_compiled_metrics(finite, y, y_pred, sample_weights)
             safe_losses = ops.where(finite, losses, ops.zeros_like(losses))
             kwargs = self._strategy_kwargs(counts)
             if grad_variables:
-                matrix = self._gradient_matrix(inner, task_losses, grad_variables)
+                matrix = _gradient_matrix(inner, task_losses, parts, grad_variables)
                 if not strategy.differentiable_gradients:
                     matrix = ops.stop_gradient(_sum_over_replicas(matrix))
                 kwargs["shared_grads"] = ops.where(
@@ -1153,25 +1165,6 @@ class MultiTaskModel(keras.Model):
             )
         return list(variables)
 
-    @staticmethod
-    def _gradient_matrix(tape, task_losses, variables):
-        """The `(T, P)` matrix of per-task gradients of `variables`."""
-        rows = []
-        for loss in task_losses:
-            grads = tape.gradient(loss, variables)
-            rows.append(
-                ops.concatenate(
-                    [
-                        ops.reshape(
-                            ops.cast(ops.zeros_like(v) if g is None else g, "float32"),
-                            (-1,),
-                        )
-                        for g, v in zip(grads, variables)
-                    ]
-                )
-            )
-        return ops.stack(rows)
-
     def _representation_split(self):
         """Trunk (inputs -> shared representation) and heads (-> outputs)."""
         split = getattr(self, "_rep_split", None)
@@ -1211,15 +1204,18 @@ class MultiTaskModel(keras.Model):
             reps = list(reps) if isinstance(reps, (list, tuple)) else [reps]
             for rep in reps:
                 tape.watch(rep)
-            step, task_objectives, strategy_objective = self._heads_and_objectives(
-                split.heads, reps, y, sample_weights
+            step, task_objectives, strategy_objective, parts = (
+                self._heads_and_objectives(split.heads, reps, y, sample_weights)
             )
             y_pred, losses, aux_losses, _, finite, counts = step
             extra = self._extra_objective(aux_losses)
         rows, summed_rows, own_grads = [], [], []
-        for t, task in enumerate(self.task_names):
-            grads = tape.gradient(task_objectives[t], [*reps, *own[task]])
-            rep_grads = [ops.cast(g, "float32") for g in grads[: len(reps)]]
+        sources = [[*reps, *own[task]] for task in self.task_names]
+        for grads in _task_gradients(tape, task_objectives, parts, sources):
+            rep_grads = [
+                ops.cast(ops.zeros_like(r) if g is None else g, "float32")
+                for g, r in zip(grads[: len(reps)], reps)
+            ]
             rows.append(ops.concatenate([ops.reshape(g, (-1,)) for g in rep_grads]))
             summed_rows.append(
                 ops.concatenate(
@@ -1286,8 +1282,8 @@ class MultiTaskModel(keras.Model):
         shared = self._task_graph.shared_variables
         own = self._task_graph.task_variables
         with tf.GradientTape(persistent=True) as tape:
-            y_pred, losses, aux_losses, finite, counts = self._forward_and_losses(
-                x, y, sample_weights
+            y_pred, losses, aux_losses, finite, counts, parts = (
+                self._forward_and_losses(x, y, sample_weights)
             )
             task_objectives, strategy_objective = self._task_objectives(
                 strategy, losses, counts
@@ -1296,9 +1292,10 @@ class MultiTaskModel(keras.Model):
             extra = self._extra_objective(aux_losses)
         # blocks[i]: the (T, P_i) per-task gradients of shared variable i.
         blocks, own_grads = [[] for _ in shared], []
-        for t, task in enumerate(self.task_names):
-            variables = [*shared, *own[task]]
-            grads = tape.gradient(task_objectives[t], variables)
+        sources = [[*shared, *own[task]] for task in self.task_names]
+        for grads, variables in zip(
+            _task_gradients(tape, task_objectives, parts, sources), sources
+        ):
             grads = [
                 ops.zeros_like(v) if g is None else g for g, v in zip(grads, variables)
             ]
@@ -1383,14 +1380,14 @@ class MultiTaskModel(keras.Model):
         the step's losses (a `_Step` without weights) and each task's
         objective, with the strategy's own."""
         y_pred = heads(reps, training=True)
-        losses, aux_losses, finite, counts = self._losses_and_check(
+        losses, aux_losses, finite, counts, parts = self._losses_and_check(
             y, y_pred, sample_weights
         )
         task_objectives, strategy_objective = self._task_objectives(
             self.loss_weighting, losses, counts
         )
         step = _Step(y_pred, losses, aux_losses, None, finite, counts)
-        return step, task_objectives, strategy_objective
+        return step, task_objectives, strategy_objective, parts
 
     def _staged_gramian_update(self, stages, x, y, sample_weights):
         """The Gramian path, stage by stage from the top of the trunk down.
@@ -1432,15 +1429,18 @@ class MultiTaskModel(keras.Model):
                 value = cut_output
             with tf.GradientTape(persistent=True) as head_tape:
                 head_tape.watch(reps)
-                step, task_objectives, strategy_objective = self._heads_and_objectives(
-                    stages.heads, reps, y, sample_weights
+                step, task_objectives, strategy_objective, parts = (
+                    self._heads_and_objectives(stages.heads, reps, y, sample_weights)
                 )
                 y_pred, losses, aux_losses, _, finite, counts = step
                 stacked_objectives = ops.stack(task_objectives)
             extra = self._extra_objective(aux_losses)
         rep_cotangents, own_grads = [], []
-        for t, task in enumerate(self.task_names):
-            grads = head_tape.gradient(task_objectives[t], [*reps, *own[task]])
+        sources = [[*reps, *own[task]] for task in self.task_names]
+        for grads, task in zip(
+            _task_gradients(head_tape, task_objectives, parts, sources),
+            self.task_names,
+        ):
             rep_cotangents.append(grads[:num_reps])
             own_grads.append(
                 [
@@ -1617,7 +1617,7 @@ class MultiTaskModel(keras.Model):
         y, sample_weights = self._standardize_targets(y, sample_weight)
         y_pred = self(x, training=False)
         self._check_target_shapes(y, y_pred)
-        losses, counts = self._task_losses(y, y_pred, sample_weights)
+        losses, counts, _ = self._task_losses(y, y_pred, sample_weights)
         batch = _batch_size(y_pred)
         self._loss_tracker_sum.update_state(ops.sum(losses), sample_weight=batch)
         loss_weights = self._loss_log_weights(True, batch, counts)
@@ -1807,6 +1807,51 @@ def _weighted_gradients(tape, stacked_objectives, variables, weights):
         ops.zeros_like(v) if g is None else ops.cast(g, v.dtype)
         for g, v in zip(grads, variables)
     ]
+
+
+def _task_gradients(tape, objectives, parts, sources):
+    """`tape.gradient(objectives[t], sources[t])` for every task t.
+
+    Objective t depends on the task losses through loss t alone (the model's
+    losses and the strategies' `transform_losses` are elementwise), so its
+    gradient is c_t times the gradient of task t's raw loss (`parts`, see
+    `_task_losses`), c_t = d objective_t / d raw loss t. Taken from the raw
+    loss, before the losses are stacked, task t's backward pass runs through
+    its own head and the trunk only. Through the stacked losses it would
+    also run every other head's backward pass with zero cotangents: T^2
+    head passes per step instead of T.
+    """
+    stacked, raw = parts
+    # One pass for all c_t (objective s has no gradient on raw loss t != s).
+    coefficients = tape.gradient(objectives, stacked)
+    if coefficients is None:
+        return [[None] * len(variables) for variables in sources]
+    return [
+        tape.gradient(
+            raw[t], variables, output_gradients=ops.cast(coefficients[t], raw[t].dtype)
+        )
+        for t, variables in enumerate(sources)
+    ]
+
+
+def _gradient_matrix(tape, task_losses, parts, variables):
+    """The `(T, P)` matrix of per-task gradients of `variables`."""
+    rows = []
+    for grads in _task_gradients(
+        tape, task_losses, parts, [variables] * len(task_losses)
+    ):
+        rows.append(
+            ops.concatenate(
+                [
+                    ops.reshape(
+                        ops.cast(ops.zeros_like(v) if g is None else g, "float32"),
+                        (-1,),
+                    )
+                    for g, v in zip(grads, variables)
+                ]
+            )
+        )
+    return ops.stack(rows)
 
 
 def _static_batch_size(x):
