@@ -113,7 +113,9 @@ class GradientAggregation(Strategy):
         the sum of the transformed losses, while `call` still receives the
         untransformed losses. `task_mask` is passed as to `call` (only to
         strategies with `supports_missing_tasks`): an absent task's term
-        should then be 0, so that its variables get no gradient.
+        should then be 0, so that its variables get no gradient. It must be
+        elementwise: transformed loss t may depend on loss t only (the model
+        takes task t's gradient through loss t alone).
         """
         del task_mask
         return losses
