@@ -228,8 +228,8 @@ def test_staged_gramian_path_trains_like_the_matrix_path(build, strategy):
 
 def test_staged_gramian_path_under_xla_trains_like_the_matrix_path():
     assert_same_weights(
-        train(heads_at_depth, "nash_mtl", "matrix", jit_compile=True),
-        train(heads_at_depth, "nash_mtl", "gramian", jit_compile=True),
+        train(heads_at_depth, "mgda", "matrix", jit_compile=True),
+        train(heads_at_depth, "mgda", "gramian", jit_compile=True),
     )
 
 
