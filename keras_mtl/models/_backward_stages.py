@@ -205,22 +205,33 @@ def find_backward_stages(model, graph, batch_size=32):
             ),
         )
 
+    def variables_between(start, end):
+        """The trainable variables of the layers making the tensors after
+        cut `start` (None: the inputs) up to cut `end` (None: the top)."""
+        found = {}
+        for key, tensor in by_id.items():
+            if key in inputs or (start is not None and before_or_at(key, start)):
+                continue
+            if end is None or before_or_at(key, end):
+                for variable in _node_of(tensor)[0].trainable_variables:
+                    found[id(variable)] = variable
+        return found.values()
+
+    # The finest stages: one per cut with variables below it.
+    bounds, sizes, start, owned = [None], [], None, set()
+    for end in [*cuts, None]:
+        new = [v for v in variables_between(start, end) if id(v) not in owned]
+        if end is not None and not new:
+            continue  # nothing to train here: merge into the next stage
+        owned |= {id(v) for v in new}
+        sizes.append(sum(math.prod(v.shape) for v in new))
+        bounds.append(end)
+        start = end
+    cost = [0 if b is None else batch_size * _size(by_id[b]) for b in bounds]
+    chosen = _balanced_bounds(sizes, cost)
+    if len(chosen) < 3:
+        return None
     try:
-        # The finest stages: one per cut with variables below it.
-        bounds, sizes, start, owned = [None], [], None, set()
-        for end in [*cuts, None]:
-            stage_variables = build(start, end).model.trainable_variables
-            new = [v for v in stage_variables if id(v) not in owned]
-            if end is not None and not new:
-                continue  # nothing to train here: merge into the next stage
-            owned |= {id(v) for v in new}
-            sizes.append(sum(_size(v) for v in new))
-            bounds.append(end)
-            start = end
-        cost = [0 if b is None else batch_size * _size(by_id[b]) for b in bounds]
-        chosen = _balanced_bounds(sizes, cost)
-        if len(chosen) < 3:
-            return None
         stages = [build(bounds[i], bounds[j]) for i, j in zip(chosen, chosen[1:])]
     except ValueError:
         return None
@@ -263,13 +274,9 @@ def _balanced_bounds(sizes, cut_costs):
     return chosen[::-1]
 
 
-def _size(tensor_or_variable):
-    """Elements per example of a KerasTensor (unknown sizes counted as 64),
-    or elements of a variable."""
-    shape = tuple(tensor_or_variable.shape)
-    if isinstance(tensor_or_variable, keras.Variable):
-        return math.prod(shape)
-    return math.prod(64 if d is None else d for d in shape[1:])
+def _size(tensor):
+    """Elements per example of a KerasTensor (unknown sizes counted as 64)."""
+    return math.prod(64 if d is None else d for d in tuple(tensor.shape)[1:])
 
 
 def _nested_model(operation):
