@@ -124,9 +124,10 @@ def find_backward_stages(model, graph, batch_size=32):
 
     Returns:
         A `BackwardStages` with at least two stages, or None when the trunk
-        has no cut worth making (then a stage would be the whole trunk), when the
-        heads read more than the shared representation, or when a shared
-        variable serves more than one stage or the heads.
+        has no cut worth making (then a stage would be the whole trunk), when
+        the heads read more than the shared representation, when a shared
+        variable serves more than one stage or the heads, or when a task's
+        own variable lies outside the heads (`set_variable_roles`).
     """
     inputs_struct, outputs_struct = model._inputs_struct, model._outputs_struct
     reps = list(graph.shared_representations)
@@ -170,8 +171,12 @@ def find_backward_stages(model, graph, batch_size=32):
         heads = keras.Model(list(reps), outputs_struct)
     except ValueError:
         return None
+    # The heads must hold every task's own variable and no shared one.
     shared_index = {id(v): i for i, v in enumerate(graph.shared_variables)}
-    if any(id(v) in shared_index for v in heads.trainable_variables):
+    in_heads = {id(v) for v in heads.trainable_variables}
+    if in_heads & set(shared_index):
+        return None
+    if any(id(v) not in in_heads for vs in graph.task_variables.values() for v in vs):
         return None
 
     def before_or_at(key, cut):

@@ -1366,13 +1366,7 @@ class MultiTaskModel(keras.Model):
             object.__setattr__(self, "_stages_cache", cache)
         graph, found = cache
         if batch_size not in found:
-            stages = find_backward_stages(self, graph, batch_size)
-            if stages is not None:
-                heads = {id(v) for v in stages.heads.trainable_variables}
-                own = [v for vs in graph.task_variables.values() for v in vs]
-                if any(id(v) not in heads for v in own):
-                    stages = None
-            found[batch_size] = stages
+            found[batch_size] = find_backward_stages(self, graph, batch_size)
         return found[batch_size]
 
     def _heads_and_objectives(self, heads, reps, y, sample_weights):
