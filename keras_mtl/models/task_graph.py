@@ -35,6 +35,57 @@ class TaskGraph:
     shared_representations: list
     last_shared_variables: list = dataclasses.field(default_factory=list)
 
+    def with_roles(self, model, shared=None, tasks=None):
+        """This graph with the split into shared and task variables
+        overridden (see `MultiTaskModel.set_variable_roles`).
+
+        Args:
+            model: the model (every variable named must be one of its
+                trainable variables).
+            shared: the variables to treat as shared (None: keep).
+            tasks: dict task -> that task's own variables; tasks not named
+                keep theirs, minus any now listed as shared.
+        """
+        trainable = {id(v) for v in model.trainable_variables}
+        task_names = model.task_names
+        new_shared = list(self.shared_variables if shared is None else shared)
+        new_tasks = {t: list(v) for t, v in self.task_variables.items()}
+        if tasks is not None:
+            unknown = sorted(set(tasks) - set(task_names))
+            if unknown:
+                raise ValueError(
+                    f"set_variable_roles got unknown tasks {unknown}; the "
+                    f"model's tasks are {list(task_names)}."
+                )
+            new_tasks.update({t: list(v) for t, v in tasks.items()})
+        shared_ids = {id(v) for v in new_shared}
+        new_tasks = {
+            t: [v for v in vs if id(v) not in shared_ids] for t, vs in new_tasks.items()
+        }
+        for variable in new_shared + [v for vs in new_tasks.values() for v in vs]:
+            if id(variable) not in trainable:
+                raise ValueError(
+                    f"Variable {variable.path!r} is not a trainable variable "
+                    f"of model {model.name!r}."
+                )
+        owners = {}
+        for task, variables in new_tasks.items():
+            for variable in variables:
+                if id(variable) in owners:
+                    raise ValueError(
+                        f"Variable {variable.path!r} is assigned to tasks "
+                        f"{owners[id(variable)]!r} and {task!r}; list it as "
+                        "shared instead."
+                    )
+                owners[id(variable)] = task
+        last = [v for v in self.last_shared_variables if id(v) in shared_ids]
+        return type(self)(
+            new_shared,
+            new_tasks,
+            list(self.shared_representations),
+            last or new_shared,
+        )
+
 
 def _node_of(tensor):
     operation, node_index, _ = tensor._keras_history

@@ -1,70 +1,11 @@
-"""Per-step bookkeeping of `MultiTaskModel` that runs outside the graph."""
+"""The callback `MultiTaskModel.fit` adds: strategy epoch hooks and the
+host side of the non-finite checks (the step's side is `_step_guard.py`)."""
 
 from __future__ import annotations
 
 import warnings
 
 import keras
-import tensorflow as tf
-
-
-class NonFiniteGuard:
-    """Records the first training step whose task losses were not finite.
-
-    Holds three scalar TensorFlow variables, deliberately not Keras weights
-    (they are bookkeeping, not model state, and are not saved): the number
-    of steps attempted, the first bad step (-1 if none) and the index of the
-    first task whose loss was not finite there, plus a count of skipped
-    steps.
-    """
-
-    def __init__(self):
-        def scalar(name, value):
-            return tf.Variable(
-                value,
-                dtype=tf.int64,
-                trainable=False,
-                name=name,
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-                synchronization=tf.VariableSynchronization.ON_WRITE,
-            )
-
-        self.steps = scalar("steps", 0)
-        self.bad_step = scalar("bad_step", -1)
-        self.bad_task = scalar("bad_task", -1)
-        self.skipped = scalar("skipped", 0)
-
-    def record(self, losses):
-        """Updates the record for this step's `(T,)` losses; returns finite."""
-        finite_per_task = tf.math.is_finite(losses)
-        finite = tf.reduce_all(finite_per_task)
-        first_bad = tf.cast(tf.argmin(tf.cast(finite_per_task, tf.int32)), tf.int64)
-        new_bad = tf.logical_and(tf.logical_not(finite), self.bad_step < 0)
-        self.bad_task.assign(tf.where(new_bad, first_bad, self.bad_task))
-        self.bad_step.assign(tf.where(new_bad, self.steps, self.bad_step))
-        self.skipped.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
-        self.steps.assign_add(1)
-        return finite
-
-    def record_gradients(self, losses_ok, gradients_finite):
-        """Records a step whose losses were finite but whose gradients were
-        not (task index -2: no single task is to blame)."""
-        new_bad = tf.logical_and(
-            tf.logical_and(losses_ok, tf.logical_not(gradients_finite)),
-            self.bad_step < 0,
-        )
-        self.bad_task.assign(
-            tf.where(new_bad, tf.constant(-2, tf.int64), self.bad_task)
-        )
-        self.bad_step.assign(tf.where(new_bad, self.steps - 1, self.bad_step))
-        failed = tf.logical_and(losses_ok, tf.logical_not(gradients_finite))
-        self.skipped.assign_add(tf.cast(failed, tf.int64))
-
-    def clear(self):
-        self.steps.assign(0)
-        self.bad_step.assign(-1)
-        self.bad_task.assign(-1)
-        self.skipped.assign(0)
 
 
 class TrainingHooks(keras.callbacks.Callback):
@@ -73,9 +14,13 @@ class TrainingHooks(keras.callbacks.Callback):
     - At each epoch end, calls the strategy's `on_epoch_end()` so that
       epoch-level state (DWA's loss history) needs no user callback.
     - With `on_nonfinite="raise"`, stops training with an error naming the
-      task and the step as soon as a step had a non-finite task loss (the
-      step itself was not applied). With `"skip"`, warns at epoch end how
-      many steps were skipped.
+      task and the first bad step. The host reads the guard once per call
+      of the compiled train function, that is once per group of
+      `steps_per_execution` steps, so the error surfaces at the end of the
+      group that held the bad step. Nothing from the bad step on was
+      applied: the in-graph record is sticky and skips every later step of
+      the group. With `"skip"`, warns at epoch end how many steps were
+      skipped.
     """
 
     def __init__(self, model, guard, on_nonfinite):

@@ -29,6 +29,7 @@ class EqualWeighting(LossWeighting):
     """
 
     supports_missing_tasks = True
+    fixed_weights = True
 
     def compute_weights(self, losses, training=True, task_mask=None):
         return ops.ones_like(losses)

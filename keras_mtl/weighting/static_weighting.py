@@ -34,6 +34,7 @@ class StaticWeighting(LossWeighting):
     """
 
     supports_missing_tasks = True
+    fixed_weights = True
 
     def __init__(self, weights, **kwargs):
         super().__init__(**kwargs)

@@ -53,6 +53,9 @@ class Strategy(keras.layers.Layer):
       order, double back-propagation).
     - `supports_missing_tasks`: True when the strategy handles steps in
       which some tasks have no labelled sample (see below).
+    - `fixed_weights`: True when the task weights depend on neither the
+      losses nor the gradients (equal and static weighting). Only such a
+      strategy may train one task per step (`compile(task_sampling=...)`).
 
     Missing tasks. A model compiled with `missing_labels` passes
     `task_mask`, a `(T,)` float tensor (1.0 where the task has at least one
@@ -86,6 +89,7 @@ class Strategy(keras.layers.Layer):
     shared_gradients: ClassVar[str | None] = None
     differentiable_gradients: ClassVar[bool] = False
     supports_missing_tasks: ClassVar[bool] = False
+    fixed_weights: ClassVar[bool] = False
     registry_name: ClassVar[str | None] = None
 
     def __init__(self, **kwargs):

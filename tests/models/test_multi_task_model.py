@@ -518,7 +518,7 @@ def test_compile_config_round_trip_restores_strategy_and_options():
     other.compile_from_config(config)
     assert isinstance(other.loss_weighting, keras_mtl.weighting.StaticWeighting)
     assert other.loss_weighting.task_weights == [3.0, 1.0]
-    assert other._on_nonfinite == "skip"
+    assert other._options.on_nonfinite == "skip"
 
 
 def test_head_gradient_scales_multiply_each_task_own_gradient():
@@ -851,3 +851,21 @@ def test_a_task_gradient_runs_only_its_own_head(strategy):
         model.compile(optimizer="sgd", loss="mse", loss_weighting=strategy)
         counts[num_tasks] = _live_matmuls(model, num_tasks)
     assert counts[12] - counts[6] == 2 * (counts[6] - counts[3]), counts
+
+
+def test_post_step_losses_leave_batch_norm_statistics_as_the_update_left_them():
+    """FAMO recomputes the task losses after the update (a second forward
+    pass in training mode on the same batch); BatchNorm's moving statistics
+    must stay those of the step's own forward pass, as with any strategy."""
+    x, y = two_task_data(n=16)
+    statistics = {}
+    for strategy in ("famo", "ew"):
+        model = _compile(two_task_mlp(batch_norm=True), loss_weighting=strategy)
+        bn = model.get_layer("bn")
+        model.train_on_batch(x, y)
+        statistics[strategy] = [bn.moving_mean.numpy(), bn.moving_variance.numpy()]
+        assert not np.allclose(statistics[strategy][0], 0.0)
+    # The moving statistics depend on the trunk's weights before the update
+    # and on the batch only, not on the strategy.
+    for famo, ew in zip(statistics["famo"], statistics["ew"]):
+        np.testing.assert_array_equal(famo, ew)

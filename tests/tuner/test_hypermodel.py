@@ -114,8 +114,11 @@ def test_every_build_gets_fresh_optimizer_losses_and_metrics():
     assert first.optimizer is not hypermodel.optimizer
     assert first.optimizer.momentum == 0.9
     assert float(first.optimizer.learning_rate) == pytest.approx(0.5)
-    assert first._loss_fns["a"] is not loss
-    assert first._loss_fns["a"] is not second._loss_fns["a"]
+    assert first._options.task_losses.loss_fns["a"] is not loss
+    assert (
+        first._options.task_losses.loss_fns["a"]
+        is not second._options.task_losses.loss_fns["a"]
+    )
     # One metric list for every task becomes one copy per task and model.
     x = np.zeros((4, 4), "float32")
     y = {"a": np.ones((4, 1), "float32"), "b": np.zeros((4, 1), "float32")}

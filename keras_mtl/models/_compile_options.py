@@ -1,0 +1,179 @@
+"""What `MultiTaskModel.compile` resolves its arguments into, and the checks.
+
+`CompileOptions` holds everything the training step reads that `compile`
+decided (the task losses, what a non-finite step does, task sampling, how
+per-task gradients are combined) and the arguments as given, which
+`get_compile_config` saves. The strategy itself stays an attribute of the
+model (`loss_weighting`), so that Keras trains and saves its state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from keras_mtl import weighting
+from keras_mtl.models._targets import check_task_names
+from keras_mtl.models._task_losses import TaskLosses
+from keras_mtl.weighting.registry import registered_strategies
+
+NONFINITE_MODES = ("raise", "skip")
+PER_TASK_GRADIENTS = ("matrix", "gramian")
+TASK_SAMPLING = (None, "uniform")
+
+
+@dataclasses.dataclass
+class CompileOptions:
+    """The resolved compile arguments the training step reads.
+
+    Attributes:
+        task_losses: the `TaskLosses` of the `loss` and `missing_labels`
+            arguments.
+        on_nonfinite: `"raise"` or `"skip"`.
+        task_sampling: None or `"uniform"`.
+        per_task_gradients: `"matrix"` or `"gramian"`.
+        arguments: the arguments of `compile` as given (saved with the
+            model; `jit_compile="auto"` resolves again where it is loaded).
+    """
+
+    task_losses: TaskLosses
+    on_nonfinite: str
+    task_sampling: str | None
+    per_task_gradients: str
+    arguments: dict
+
+
+def check_on_nonfinite(on_nonfinite):
+    if on_nonfinite not in NONFINITE_MODES:
+        raise ValueError(
+            f"on_nonfinite must be one of {NONFINITE_MODES}, got {on_nonfinite!r}."
+        )
+    return on_nonfinite
+
+
+def per_task_dict(task_names, value, arg_name):
+    """`metrics` / `weighted_metrics` as a dict by task (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        check_task_names(task_names, value.keys(), arg_name)
+        return {t: value[t] for t in task_names if t in value}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return {t: list(value) for t in task_names}
+    raise ValueError(
+        f"`{arg_name}` must be a dict {{task: [metrics]}} or a list of "
+        f"metrics, got {value!r}."
+    )
+
+
+def resolve_strategy(task_names, loss_weighting, loss_weights):
+    """The strategy of `loss_weighting` (or `loss_weights`), bound to the
+    tasks (not yet built)."""
+    if loss_weights is not None:
+        if loss_weighting is not None:
+            raise ValueError(
+                "Pass either `loss_weighting` or `loss_weights` to compile(), not both."
+            )
+        if isinstance(loss_weights, Mapping):
+            check_task_names(task_names, loss_weights.keys(), "loss_weights", True)
+        strategy = weighting.StaticWeighting(loss_weights)
+    else:
+        strategy = weighting.get(loss_weighting)
+    strategy.set_task_names(task_names)
+    return strategy
+
+
+def build_strategy(strategy, shape):
+    """Builds the strategy for input `shape`, or checks that it was."""
+    if not strategy.built:
+        strategy.build(shape)
+        return
+    built_shape = tuple(strategy._build_shapes_dict.get("input_shape", ()))
+    if built_shape and tuple(built_shape) != shape:
+        raise ValueError(
+            f"Strategy {strategy.name!r} was built for input shape "
+            f"{built_shape} but this model needs {shape} "
+            f"({shape[0]} tasks). Create a new strategy."
+        )
+
+
+def check_task_sampling(task_sampling, strategy):
+    if task_sampling not in TASK_SAMPLING:
+        raise ValueError(
+            f"task_sampling must be None or 'uniform', got {task_sampling!r}."
+        )
+    if task_sampling is not None and not strategy.fixed_weights:
+        raise ValueError(
+            "task_sampling trains one task per step, which only makes sense "
+            "with fixed weights: use loss_weighting='ew' or loss_weights, "
+            f"not {type(strategy).__name__}."
+        )
+    return task_sampling
+
+
+def resolve_missing_labels(task_names, missing_labels, strategy):
+    """`{task: sentinel | "sample_weight"}` for masked tasks, or None."""
+    if missing_labels is None:
+        return None
+    if isinstance(missing_labels, Mapping):
+        check_task_names(task_names, missing_labels.keys(), "missing_labels")
+        rules = {t: missing_labels[t] for t in task_names if t in missing_labels}
+    else:
+        rules = {t: missing_labels for t in task_names}
+    resolved = {}
+    for task, rule in rules.items():
+        if isinstance(rule, str) and rule.lower() == "nan":
+            rule = float("nan")
+        if rule is None:
+            continue
+        if rule != "sample_weight" and (
+            isinstance(rule, (bool, str)) or not isinstance(rule, (int, float))
+        ):
+            raise ValueError(
+                f"missing_labels for task {task!r} must be a number (the "
+                "sentinel of an absent label, for example -1 or NaN), "
+                f"'sample_weight' or None, got {rule!r}."
+            )
+        resolved[task] = rule
+    if not resolved:
+        return None
+    if not strategy.supports_missing_tasks:
+        supported = [
+            name
+            for name in weighting.available()
+            if weighting.registry.lookup(name).supports_missing_tasks
+        ]
+        raise ValueError(
+            f"Strategy {type(strategy).__name__} does not support "
+            "missing_labels: it cannot leave out a task that has no label "
+            f"in a step. Strategies that can: {supported}."
+        )
+    return resolved
+
+
+def check_per_task_gradients(per_task_gradients, strategy):
+    """Validates `compile(per_task_gradients=...)` against the strategy."""
+    if per_task_gradients not in PER_TASK_GRADIENTS:
+        raise ValueError(
+            f"per_task_gradients must be one of {PER_TASK_GRADIENTS}, got "
+            f"{per_task_gradients!r}."
+        )
+    rep_grad = getattr(strategy, "rep_grad", False)
+    if per_task_gradients != "matrix" and (strategy.requires != "gramian" or rep_grad):
+        names = sorted(
+            name
+            for name, cls in registered_strategies().items()
+            if cls.requires == "gramian"
+        )
+        reason = (
+            "rep_grad=True (gradients of the shared representation)"
+            if rep_grad
+            else f"requires={strategy.requires!r}"
+        )
+        raise ValueError(
+            f"per_task_gradients={per_task_gradients!r} needs a strategy "
+            "whose weights come from the Gramian of the per-task parameter "
+            f"gradients; {type(strategy).__name__} has {reason}. Strategies "
+            f"with requires='gramian': {names}."
+        )
+    return per_task_gradients

@@ -1,0 +1,184 @@
+"""One training step as a transaction: a non-finite step changes nothing.
+
+`StepGuard` is the model's record of non-finite steps and the step's
+commit-or-skip logic, in three parts:
+
+- `begin`: a snapshot of the small state a step changes before it knows
+  whether it is finite: the layers' non-trainable state (BatchNorm
+  statistics move in the forward pass), the strategy's state, and, with
+  missing labels, the strategy's per-task state (an absent task's slices
+  are put back after every step, finite or not).
+- `check_losses` / `apply`: the step is finite when every task (and
+  auxiliary) loss is, on every replica, and then every gradient is; the
+  first bad step and task are recorded in the guard's counters, which
+  `TrainingHooks` reads on the host. Under `on_nonfinite="raise"` the
+  record is sticky: once a step was bad, every later step (of the same
+  `steps_per_execution` group too) is skipped until the host raises.
+- `end`: puts the snapshot back where the step was not finite, and the
+  absent tasks' strategy state back in any case.
+
+How the optimizer step is skipped depends on where it runs (measured in
+`benchmarks/step_overhead.py`, see BUILD.md):
+
+- graph mode (no XLA): `tf.cond` around `optimizer.apply`. Nothing is
+  copied: the untaken branch costs nothing.
+- XLA: a conditional is slow on XLA:CPU (it keeps the update out of the
+  fused computation), so the optimizer applies gradients zeroed where the
+  step is skipped, and every variable it writes (the updated variables and
+  the optimizer's state) is put back by `where(ok, new, old)`. That needs
+  the old values: a copy of exactly those variables.
+- under a distribution strategy whose optimizer synchronises through
+  `merge_call` (MirroredStrategy): `tf.cond` in cross-replica context.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_mtl.models import _distribution as distribution
+
+#: How a skipped step keeps the optimizer from changing anything.
+MECHANISMS = ("cond", "select")
+
+
+class StepGuard:
+    """The non-finite record of a model and its step transaction.
+
+    Holds four scalar TensorFlow variables, deliberately not Keras weights
+    (they are bookkeeping, not model state, and are not saved): the number
+    of steps attempted, the first bad step (-1 if none), the index of the
+    first loss that was not finite there (-2: the gradient, with every
+    loss finite), and the number of skipped steps.
+    """
+
+    def __init__(self):
+        def scalar(name, value):
+            return tf.Variable(
+                value,
+                dtype=tf.int64,
+                trainable=False,
+                name=name,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                synchronization=tf.VariableSynchronization.ON_WRITE,
+            )
+
+        self.steps = scalar("steps", 0)
+        self.bad_step = scalar("bad_step", -1)
+        self.bad_task = scalar("bad_task", -1)
+        self.skipped = scalar("skipped", 0)
+        #: None: chosen per step ("select" under XLA, else "cond").
+        self.mechanism = None
+
+    def clear(self):
+        """Forgets the record (at the start of every `fit`)."""
+        self.steps.assign(0)
+        self.bad_step.assign(-1)
+        self.bad_task.assign(-1)
+        self.skipped.assign(0)
+
+    # --- Inside the traced step -------------------------------------------
+
+    def begin(self, model, strategy, masked):
+        """A snapshot of the state the step may have to put back."""
+        state = [*model.non_trainable_variables, *strategy.trainable_variables]
+        task_state = strategy.task_state_snapshot() if masked else []
+        return _Snapshot(state, [ops.copy(v.value) for v in state], task_state)
+
+    def check_losses(self, losses, on_nonfinite, batch_size):
+        """Records this step's `(T,)` losses; returns whether it may go on
+        (every loss finite on every replica, no earlier bad step under
+        `"raise"`, a non-empty batch)."""
+        finite = distribution.on_all_replicas(self._record(losses))
+        if on_nonfinite == "raise":
+            finite = ops.logical_and(finite, self.bad_step < 0)
+        # An empty batch (possible inside a data set) trains nothing.
+        return ops.logical_and(finite, batch_size > 0)
+
+    def apply(self, optimizer, ok, grads, variables, jit_compile):
+        """Applies `grads` only where `ok` holds and they are finite;
+        returns whether they were applied.
+
+        A finite loss may still have a non-finite gradient (sqrt at 0);
+        such a step is treated like a non-finite loss. Not under loss
+        scaling, whose optimizer skips overflowing steps itself."""
+        if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            grads_finite = distribution.on_all_replicas(
+                ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads]))
+            )
+            self._record_gradients(ok, grads_finite)
+            ok = ops.logical_and(ok, grads_finite)
+        if distribution.needs_merge_call():
+            distribution.apply_in_cross_replica_context(optimizer, ok, grads, variables)
+        elif self._mechanism(jit_compile) == "cond":
+            _apply_by_cond(optimizer, ok, grads, variables)
+        else:
+            _apply_by_select(optimizer, ok, grads, variables)
+        return ok
+
+    def end(self, strategy, snapshot, finite, task_mask):
+        """Puts back what a skipped step changed, and what absent tasks'
+        strategy state the step changed."""
+        for variable, value in zip(snapshot.variables, snapshot.values):
+            variable.assign(ops.where(finite, variable, value))
+        if task_mask is not None:
+            # An absent task's state stays as it was (Strategy docs).
+            strategy.restore_absent_tasks(task_mask, snapshot.task_state)
+
+    def _mechanism(self, jit_compile):
+        if self.mechanism is not None:
+            if self.mechanism not in MECHANISMS:
+                raise ValueError(
+                    f"StepGuard.mechanism must be None or one of {MECHANISMS}, "
+                    f"got {self.mechanism!r}."
+                )
+            return self.mechanism
+        return "select" if jit_compile else "cond"
+
+    def _record(self, losses):
+        finite_per_task = tf.math.is_finite(losses)
+        finite = tf.reduce_all(finite_per_task)
+        first_bad = tf.cast(tf.argmin(tf.cast(finite_per_task, tf.int32)), tf.int64)
+        new_bad = tf.logical_and(tf.logical_not(finite), self.bad_step < 0)
+        self.bad_task.assign(tf.where(new_bad, first_bad, self.bad_task))
+        self.bad_step.assign(tf.where(new_bad, self.steps, self.bad_step))
+        self.skipped.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+        self.steps.assign_add(1)
+        return finite
+
+    def _record_gradients(self, losses_ok, gradients_finite):
+        """Records a step whose losses were finite but whose gradients were
+        not (task index -2: no single task is to blame)."""
+        failed = tf.logical_and(losses_ok, tf.logical_not(gradients_finite))
+        new_bad = tf.logical_and(failed, self.bad_step < 0)
+        self.bad_task.assign(
+            tf.where(new_bad, tf.constant(-2, tf.int64), self.bad_task)
+        )
+        self.bad_step.assign(tf.where(new_bad, self.steps - 1, self.bad_step))
+        self.skipped.assign_add(tf.cast(failed, tf.int64))
+
+
+class _Snapshot:
+    """The values `StepGuard.begin` keeps (a plain holder)."""
+
+    def __init__(self, variables, values, task_state):
+        self.variables = variables
+        self.values = values
+        self.task_state = task_state
+
+
+def _apply_by_cond(optimizer, ok, grads, variables):
+    def apply():
+        optimizer.apply(grads, variables)
+        return tf.constant(True)
+
+    tf.cond(ok, apply, lambda: tf.constant(False))
+
+
+def _apply_by_select(optimizer, ok, grads, variables):
+    state = [*variables, *optimizer.variables]
+    before = [tf.identity(v.value) for v in state]
+    optimizer.apply([ops.where(ok, g, ops.zeros_like(g)) for g in grads], variables)
+    for variable, value in zip(state, before):
+        variable.assign(ops.where(ok, variable.value, value))
