@@ -1,7 +1,7 @@
 """Multi-task layers and architecture builders."""
 
 from keras_mtl.layers.auxiliary_module import AuxiliaryModule
-from keras_mtl.layers.cross_stitch import CrossStitch, cross_stitch_network
+from keras_mtl.layers.cross_stitch import CrossStitch
 from keras_mtl.layers.fold_tasks import FoldTasks
 from keras_mtl.layers.mmoe import MMoE
 from keras_mtl.layers.mtan_attention import MTANAttention
@@ -22,6 +22,5 @@ __all__ = [
     "StackedBiRNN",
     "TaskRoutingLayer",
     "UnfoldTasks",
-    "cross_stitch_network",
     "load_backbone_weights",
 ]

@@ -13,7 +13,8 @@ from soft_sharing_checks import (
 )
 
 import keras_mtl
-from keras_mtl.layers.cross_stitch import CrossStitch, cross_stitch_network
+from keras_mtl.layers.cross_stitch import CrossStitch
+from keras_mtl.models.cross_stitch_network import cross_stitch_network
 
 LOSSES = {"a": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "b": "mse"}
 
