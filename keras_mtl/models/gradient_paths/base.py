@@ -26,26 +26,6 @@ from keras import ops
 from keras_mtl.models import _targets as targets
 
 
-class Forward(NamedTuple):
-    """A step's predictions and losses, before any gradient.
-
-    Attributes:
-        y_pred: dict of the model's outputs.
-        losses: `(T,)` task losses of the global batch.
-        aux_losses: `(A,)` auxiliary losses, or None.
-        finite: scalar bool, whether the step may be applied (so far).
-        counts: `(T,)` labelled counts, or None without missing labels.
-        parts: `(stacked, raw)`, the losses' raw parts (`LossValues`).
-    """
-
-    y_pred: dict
-    losses: object
-    aux_losses: object
-    finite: object
-    counts: object
-    parts: tuple
-
-
 class StepResult(NamedTuple):
     """What a gradient path computed for one step.
 
@@ -66,6 +46,39 @@ class StepResult(NamedTuple):
     counts: object
     grads: list
     variables: list
+
+
+class Forward(NamedTuple):
+    """A step's predictions and losses, before any gradient.
+
+    Attributes:
+        y_pred: dict of the model's outputs.
+        losses: `(T,)` task losses of the global batch.
+        aux_losses: `(A,)` auxiliary losses, or None.
+        finite: scalar bool, whether the step may be applied (so far).
+        counts: `(T,)` labelled counts, or None without missing labels.
+        parts: `(stacked, raw)`, the losses' raw parts (`LossValues`).
+    """
+
+    y_pred: dict
+    losses: object
+    aux_losses: object
+    finite: object
+    counts: object
+    parts: tuple
+
+    def result(self, weights, grads, variables):
+        """The `StepResult` of this forward pass."""
+        return StepResult(
+            self.y_pred,
+            self.losses,
+            self.aux_losses,
+            weights,
+            self.finite,
+            self.counts,
+            grads,
+            variables,
+        )
 
 
 class GradientPath:

@@ -8,7 +8,7 @@ from keras import ops
 
 from keras_mtl.models import _distribution as distribution
 from keras_mtl.models.gradient_paths import _tape_ops as tape_ops
-from keras_mtl.models.gradient_paths.base import GradientPath, StepResult
+from keras_mtl.models.gradient_paths.base import GradientPath
 
 
 class LossGradientPath(GradientPath):
@@ -70,16 +70,7 @@ class LossGradientPath(GradientPath):
             grads = [
                 g / replicas if id(v) in own else g for g, v in zip(grads, variables)
             ]
-        return StepResult(
-            step.y_pred,
-            step.losses,
-            step.aux_losses,
-            weights,
-            step.finite,
-            step.counts,
-            grads,
-            variables,
-        )
+        return step.result(weights, grads, variables)
 
     def _sampled_task_mask(self):
         """A one-hot `(T,)` mask of this step's task, or None."""

@@ -11,7 +11,7 @@ from keras import ops
 
 from keras_mtl.models import _distribution as distribution
 from keras_mtl.models.gradient_paths import _tape_ops as tape_ops
-from keras_mtl.models.gradient_paths.base import GradientPath, StepResult, task_mask
+from keras_mtl.models.gradient_paths.base import GradientPath, task_mask
 
 
 class ParameterGradientPath(GradientPath):
@@ -143,16 +143,7 @@ class ParameterGradientPath(GradientPath):
             tape, strategy_objective, grads, variables
         )
         del tape
-        return StepResult(
-            step.y_pred,
-            step.losses,
-            step.aux_losses,
-            weights,
-            step.finite,
-            step.counts,
-            grads,
-            variables,
-        )
+        return step.result(weights, grads, variables)
 
     def _add_strategy_gradients(self, tape, objective, grads, variables):
         """Adds the strategy's trainable variables and their gradients."""
