@@ -74,7 +74,9 @@ class COSMOS(LossWeighting):
         https://github.com/ruchtem/cosmos (`multi_objective/methods/cosmos/
         cosmos.py`). Matched to TorchJD 0.18.0
         (`torchjd/scalarization/_cosmos.py`, `COSMOS`): same value and
-        gradient to 1e-6.
+        gradient with respect to the losses to 1e-15 in float64 and 1e-6
+        (relative) in float32, for lambda in {0, 0.5, 2, 8} on random,
+        parallel-to-the-ray, duplicated and mixed-scale losses.
 
     Note:
         COSMOS trains ONE network conditioned on the ray (the ray appended

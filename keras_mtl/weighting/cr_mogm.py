@@ -74,9 +74,14 @@ class CRMOGM(GradientAggregation):
         Wenwu Zhu. "On the Convergence of Stochastic Multi-Objective
         Gradient Manipulation and Beyond". Advances in Neural Information
         Processing Systems 35 (NeurIPS), 2022. Matched to TorchJD 0.18.0
-        (`torchjd/aggregation/_cr_mogm.py`, `CRMOGMWeighting`): the same
-        weights over sequences of calls to 1e-6 (wrapping MGDA, UPGrad and
-        a mean), with and without `initial_weights`.
+        (`torchjd/aggregation/_cr_mogm.py`, `CRMOGMWeighting`): wrapping
+        UPGrad, the same weights over sequences of four calls to 2e-15
+        (float64) and 9e-7 (float32), for alpha in {0, 0.5, 0.9, 1}, with
+        and without `initial_weights`, on random, rank-deficient,
+        duplicated-row and mixed-scale gradients; given the same wrapped
+        weights, the average is exactly TorchJD's. (Wrapping MGDA, the
+        results differ as this library's MGDA differs from TorchJD's
+        `MGDAWeighting`, whose Frank-Wolfe loop stops early.)
 
     Note:
         Follows TorchJD's convention, alpha on the PAST weights (the paper's

@@ -67,7 +67,9 @@ class PBI(LossWeighting):
         Algorithm Based on Decomposition". IEEE Transactions on
         Evolutionary Computation 11(6):712-731, 2007. Matched to TorchJD
         0.18.0 (`torchjd/scalarization/_pbi.py`, `PBI`): same value and
-        gradient to 1e-6.
+        gradient to 2e-15 (float64 strategy) for theta in {0, 1.5, 5},
+        with and without a reference point, on random, on-the-ray,
+        duplicated and mixed-scale losses.
 
     Note:
         MOEA/D solves one PBI subproblem per weight vector of a population;
