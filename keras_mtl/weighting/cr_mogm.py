@@ -204,9 +204,19 @@ class CRMOGM(GradientAggregation):
             started, ops.stop_gradient(ops.cast(self.average, gramian.dtype)), initial
         )
         weights = self.alpha * previous + (1.0 - self.alpha) * current
+        if task_mask is None:
+            new_average, new_started = weights, ops.ones_like(self.started)
+        else:
+            # Absent tasks: weight 0, their average and start flag kept.
+            present = ops.convert_to_tensor(task_mask) > 0
+            new_average = ops.where(
+                present, weights, ops.cast(self.average, weights.dtype)
+            )
+            new_started = ops.where(present, 1.0, self.started)
+            weights = ops.where(present, weights, ops.zeros_like(weights))
         if training:
-            self.average.assign(ops.cast(weights, self.average.dtype))
-            self.started.assign(ops.ones_like(self.started))
+            self.average.assign(ops.cast(new_average, self.average.dtype))
+            self.started.assign(ops.cast(new_started, self.started.dtype))
         return weights
 
     def get_config(self):
