@@ -166,8 +166,8 @@ class CRMOGM(GradientAggregation):
 
     def reset_state(self):
         self.weighting.reset_state()
-        self.average.assign(ops.zeros_like(self.average))
-        self.started.assign(ops.zeros_like(self.started))
+        for variable in (self.average, self.started):
+            variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     def on_epoch_end(self):
         self.weighting.on_epoch_end()
@@ -199,20 +199,18 @@ class CRMOGM(GradientAggregation):
             initial = current
         else:
             initial = ops.convert_to_tensor(self.initial_weights, dtype=gramian.dtype)
-        started = ops.cast(self.started, "bool")
-        previous = ops.where(
-            started, ops.stop_gradient(ops.cast(self.average, gramian.dtype)), initial
-        )
+        started = ops.convert_to_tensor(self.started) > 0
+        average = ops.cast(ops.convert_to_tensor(self.average), gramian.dtype)
+        previous = ops.where(started, ops.stop_gradient(average), initial)
         weights = self.alpha * previous + (1.0 - self.alpha) * current
         if task_mask is None:
-            new_average, new_started = weights, ops.ones_like(self.started)
+            new_average = weights
+            new_started = ops.ones((self.num_tasks,), self.started.dtype)
         else:
             # Absent tasks: weight 0, their average and start flag kept.
             present = ops.convert_to_tensor(task_mask) > 0
-            new_average = ops.where(
-                present, weights, ops.cast(self.average, weights.dtype)
-            )
-            new_started = ops.where(present, 1.0, self.started)
+            new_average = ops.where(present, weights, average)
+            new_started = ops.where(present, 1.0, ops.convert_to_tensor(self.started))
             weights = ops.where(present, weights, ops.zeros_like(weights))
         if training:
             self.average.assign(ops.cast(new_average, self.average.dtype))
