@@ -167,3 +167,17 @@ def test_refuses_strategies_that_are_not_gramian_weightings():
         CRMOGM("upgrad", initial_weights=[0.5, float("nan")])
     with pytest.raises(ValueError, match="initial_weights"):
         CRMOGM("upgrad", initial_weights=[0.5, 0.5]).build((3, 4))
+
+
+def test_an_absent_task_keeps_the_average_it_had():
+    strategy = CRMOGM(DiagonalShare(), alpha=0.5)
+    grads = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], "float32")
+    strategy(tf.constant(grads))
+    before = strategy.average.numpy().copy()
+    masked = tf.constant(grads * [[1], [0], [1]])
+    _, weights = strategy(masked, task_mask=tf.constant([1.0, 0, 1]))
+    assert weights.numpy()[1] == 0.0
+    assert strategy.average.numpy()[1] == before[1]
+    np.testing.assert_allclose(
+        strategy.average.numpy()[[0, 2]], (before[[0, 2]] + [1 / 3, 2 / 3]) / 2
+    )
