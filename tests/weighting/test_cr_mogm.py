@@ -1,11 +1,13 @@
 """Tests of `CRMOGM`, the moving average of a Gramian weighting's weights
 (Zhou et al., NeurIPS 2022)."""
 
+import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
+from model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp
 
 import keras_mtl
 from keras_mtl.weighting.cr_mogm import CRMOGM
@@ -181,3 +183,25 @@ def test_an_absent_task_keeps_the_average_it_had():
     np.testing.assert_allclose(
         strategy.average.numpy()[[0, 2]], (before[[0, 2]] + [1 / 3, 2 / 3]) / 2
     )
+
+
+def test_gramian_path_gives_the_matrix_path_training():
+    """In a model: compile(per_task_gradients="gramian") (weights from the
+    Gramian summed variable by variable) trains as the (T, P) matrix path."""
+    results = {}
+    for path in ("matrix", "gramian"):
+        keras.utils.set_random_seed(0)
+        model = two_task_mlp()
+        strategy = CRMOGM("upgrad", alpha=0.5)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=TWO_TASK_LOSSES,
+            loss_weighting=strategy,
+            per_task_gradients=path,
+        )
+        x, y = two_task_data(n=24)
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        assert strategy.started.numpy().tolist() == [1.0, 1.0]
+        results[path] = [w.numpy() for w in model.weights + strategy.weights]
+    for a, b in zip(results["matrix"], results["gramian"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
