@@ -81,9 +81,11 @@ class Krum(GradientAggregation):
         Gradient Descent". Advances in Neural Information Processing
         Systems 30 (NeurIPS), 2017. Applied to task gradients as in TorchJD
         0.18.0 (`torchjd/aggregation/_krum.py`, `Krum`, `KrumWeighting`),
-        which this class matches: the same update to 1e-15 (float64) on
-        random, rank-deficient, duplicated-row and mixed-scale inputs for
-        f = 0..2 and m = 1..3, except where scores tie (Note (3)).
+        which this class matches: on random, rank-deficient, duplicated-row
+        and mixed-scale 5-row inputs with f = 0..2 and m = 1..3, the same
+        update to 1e-16 (float64) and 8e-8 (float32) in the 25 cases
+        without a tie at the m-th score; of the 11 with one, 2 select a
+        different row (Note (3)).
 
     Note:
         Deviations: (1) the paper's score sums SQUARED distances; the
