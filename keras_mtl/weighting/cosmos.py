@@ -91,6 +91,8 @@ class COSMOS(LossWeighting):
         of the simplex.
     """
 
+    supports_missing_tasks = True
+
     def __init__(self, lambda_=2.0, preference=None, **kwargs):
         super().__init__(**kwargs)
         lambda_ = as_float(lambda_, "lambda_", "COSMOS", allow_bool=False)

@@ -84,6 +84,8 @@ class PBI(LossWeighting):
         in float32.
     """
 
+    supports_missing_tasks = True
+
     def __init__(self, theta=5.0, preference=None, reference=None, **kwargs):
         super().__init__(**kwargs)
         theta = as_float(theta, "theta", "PBI", allow_bool=False)

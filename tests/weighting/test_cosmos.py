@@ -76,6 +76,7 @@ def test_zero_losses_give_finite_gradients():
 
 @pytest.mark.parametrize("preference", [None, [0.2, 0.5, 0.3]])
 def test_absent_task_is_dropped(preference):
+    assert COSMOS.supports_missing_tasks  # compile(missing_labels=...) accepts it
     losses, mask = checks.with_absent([1.0, 2.0, 0.5], absent=[1])
     full = COSMOS(1.5, preference)
     small = COSMOS(1.5, None if preference is None else [0.2, 0.3])

@@ -70,6 +70,7 @@ def test_closed_form_and_default_direction():
 
 @pytest.mark.parametrize("preference", [None, [0.2, 0.5, 0.3]])
 def test_absent_task_is_dropped(preference):
+    assert PBI.supports_missing_tasks  # compile(missing_labels=...) accepts it
     losses, mask = checks.with_absent([1.0, 2.0, 0.5], absent=[1])
     full = PBI(2.0, preference, reference=[0.1, 0.2, 0.3])
     small = PBI(2.0, None if preference is None else [0.2, 0.3], reference=[0.1, 0.3])
