@@ -99,7 +99,11 @@ class CRMOGM(GradientAggregation):
     supports_missing_tasks = True
 
     def __init__(self, weighting="mgda", alpha=0.9, initial_weights=None, **kwargs):
-        kwargs.pop("rep_grad", None)  # the wrapped strategy's
+        if kwargs.pop("rep_grad", False):
+            raise ValueError(
+                "CRMOGM takes rep_grad from the wrapped strategy: pass "
+                "weighting=<strategy>(rep_grad=True) instead of rep_grad=True."
+            )
         super().__init__(**kwargs)
         from keras_mtl.weighting import get  # the package imports this module
 

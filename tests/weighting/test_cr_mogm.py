@@ -169,6 +169,8 @@ def test_refuses_strategies_that_are_not_gramian_weightings():
         CRMOGM("upgrad", initial_weights=[0.5, float("nan")])
     with pytest.raises(ValueError, match="initial_weights"):
         CRMOGM("upgrad", initial_weights=[0.5, 0.5]).build((3, 4))
+    with pytest.raises(ValueError, match="rep_grad"):
+        CRMOGM("upgrad", rep_grad=True)
 
 
 def test_an_absent_task_keeps_the_average_it_had():
