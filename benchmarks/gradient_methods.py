@@ -103,7 +103,18 @@ def gradient_methods():
     return names
 
 
-def variants(names):
+def task_kwargs(name, num_tasks):
+    """Constructor arguments that are valid for `num_tasks` tasks (None when
+    the method cannot run with so few): Krum needs n_byzantine + 3 tasks,
+    the trimmed mean 2 * trim_number + 1."""
+    if name == "krum":
+        return None if num_tasks < 3 else {"n_byzantine": min(1, num_tasks - 3)}
+    if name == "trimmed_mean":
+        return {"trim_number": min(1, (num_tasks - 1) // 2)}
+    return {}
+
+
+def variants(names, num_tasks):
     """(label, strategy factory) pairs, with the rep_grad and Nash options
     (and, with `--gramian_path`, the Gramian path of Gramian methods: a
     label ending in "(gramian path)" compiles with
@@ -112,15 +123,26 @@ def variants(names):
     result.append(("per-task rep grads", lambda: SumRows(rep_grad=True)))
     for name in names:
         cls = keras_mtl.weighting.registry.lookup(name)
-        result.append((name, lambda cls=cls: cls()))
+        kwargs = task_kwargs(name, num_tasks)
+        if kwargs is None:
+            print(f"{num_tasks:>2}        {name}: too few tasks, skipped", flush=True)
+            continue
+        result.append((name, lambda cls=cls, kw=kwargs: cls(**kw)))
         if cls.supports_rep_grad:
-            result.append((f"{name} (rep_grad)", lambda cls=cls: cls(rep_grad=True)))
+            result.append(
+                (
+                    f"{name} (rep_grad)",
+                    lambda cls=cls, kw=kwargs: cls(rep_grad=True, **kw),
+                )
+            )
         if name == "nash_mtl":
             result.append(
                 ("nash_mtl (every 50)", lambda cls=cls: cls(update_weights_every=50))
             )
         if FLAGS.gramian_path and cls.requires == "gramian":
-            result.append((f"{name} (gramian path)", lambda cls=cls: cls()))
+            result.append(
+                (f"{name} (gramian path)", lambda cls=cls, kw=kwargs: cls(**kw))
+            )
     return result
 
 
@@ -230,7 +252,7 @@ def main(argv):
         print(f"{'T':>2} {'xla':>5}  {'method':<24} {'ms/call':>8} {'ms vs sum':>10}")
         for num_tasks in [int(t) for t in FLAGS.tasks]:
             for xla in [v.lower() == "true" for v in FLAGS.xla]:
-                run_aggregation_only(num_tasks, xla, variants(names))
+                run_aggregation_only(num_tasks, xla, variants(names, num_tasks))
         return
     print(
         f"{'T':>2} {'xla':>5}  {'method':<24} {'ms/step':>8} {'x EW':>6} "
@@ -238,7 +260,7 @@ def main(argv):
     )
     for num_tasks in [int(t) for t in FLAGS.tasks]:
         for xla in [v.lower() == "true" for v in FLAGS.xla]:
-            run(num_tasks, xla, variants(names))
+            run(num_tasks, xla, variants(names, num_tasks))
 
 
 if __name__ == "__main__":

@@ -144,6 +144,21 @@ def rlw_space(hp):
     }
 
 
+def rgw_space(hp):
+    """Random gradient weighting: the weight distribution (as for RLW)."""
+    return rlw_space(hp)
+
+
+def cosmos_space(hp):
+    """COSMOS: the weight lambda of the cosine term (0.01 to 8 in the paper)."""
+    return {"lambda_": hp.Float("lambda_", 0.01, 10.0, sampling="log", default=2.0)}
+
+
+def pbi_space(hp):
+    """PBI: the penalty theta on the distance to the ray (5 in the paper)."""
+    return {"theta": hp.Float("theta", 0.5, 20.0, sampling="log", default=5.0)}
+
+
 def slaw_space(hp):
     """SLAW: the EMA decay of the loss statistics."""
     return {"beta": hp.Choice("beta", [0.9, 0.99, 0.999], default=0.99)}
@@ -189,6 +204,16 @@ def cagrad_space(hp):
     return {"c": hp.Float("c", 0.1, 0.9, default=0.5)}
 
 
+def crmogm_space(hp):
+    """CR-MOGM: the wrapped Gramian weighting and the averaging alpha."""
+    return {
+        "weighting": hp.Choice(
+            "weighting", ["mgda", "upgrad", "dualproj", "imtl", "cagrad", "nash_mtl"]
+        ),
+        "alpha": hp.Float("alpha", 0.5, 0.99, default=0.9),
+    }
+
+
 def db_mtl_space(hp):
     """DB-MTL: the gradient EMA beta and its decay exponent."""
     return {
@@ -221,6 +246,16 @@ def gradvac_space(hp):
     return {"beta": hp.Float("beta", 1e-3, 0.9, sampling="log", default=0.5)}
 
 
+def krum_space(hp, task_names=()):
+    """Krum: the assumed number f of Byzantine tasks (0 to T - 3; default 1,
+    or 0 with three tasks) and the paper's squared scores."""
+    largest = max(len(task_names) - 3, 0)
+    return {
+        "n_byzantine": hp.Int("n_byzantine", 0, largest, default=min(1, largest)),
+        "squared": hp.Boolean("squared", default=False),
+    }
+
+
 def mgda_space(hp):
     """MGDA: the gradient normalisation."""
     return {
@@ -247,12 +282,20 @@ def nash_mtl_space(hp):
     }
 
 
+def trimmed_mean_space(hp, task_names=()):
+    """Trimmed mean: the values b trimmed at each end (0 to (T - 1) / 2)."""
+    largest = max((len(task_names) - 1) // 2, 0)
+    return {"trim_number": hp.Int("trim_number", 0, largest, default=min(1, largest))}
+
+
 #: Registered strategy name -> its search space (None: nothing to tune).
 SEARCH_SPACES = {
     "adaptive": adaptive_space,
     "aligned_mtl": aligned_mtl_space,
     "cagrad": cagrad_space,
     "config": None,
+    "cosmos": cosmos_space,
+    "crmogm": crmogm_space,
     "db_mtl": db_mtl_space,
     "dtp": dtp_space,
     "dualproj": None,
@@ -267,18 +310,22 @@ SEARCH_SPACES = {
     "gradvac": gradvac_space,
     "imtl": None,
     "imtl_l": None,
+    "krum": krum_space,
     "logse": None,
     "mgda": mgda_space,
     "moco": moco_space,
     "nash_mtl": nash_mtl_space,
     "orthogonal": orthogonal_space,
+    "pbi": pbi_space,
     "pcgrad": None,
+    "rgw": rgw_space,
     "rlw": rlw_space,
     "slaw": slaw_space,
     "slw": slw_space,
     "softadapt": softadapt_space,
     "static": static_space,
     "stch": stch_space,
+    "trimmed_mean": trimmed_mean_space,
     "upgrad": None,
     "uw": None,
 }

@@ -17,6 +17,8 @@ from keras_mtl.weighting.adaptive_weighting import AdaptiveWeighting
 from keras_mtl.weighting.aligned_mtl import AlignedMTL
 from keras_mtl.weighting.cagrad import CAGrad
 from keras_mtl.weighting.con_fig import ConFIG
+from keras_mtl.weighting.cosmos import COSMOS
+from keras_mtl.weighting.cr_mogm import CRMOGM
 from keras_mtl.weighting.db_mtl import DBMTL
 from keras_mtl.weighting.dualproj import DualProj
 from keras_mtl.weighting.dynamic_task_prioritization import DynamicTaskPrioritization
@@ -32,6 +34,7 @@ from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.gradvac import GradVac
 from keras_mtl.weighting.imtl_g import IMTLG
 from keras_mtl.weighting.imtl_l import IMTLL
+from keras_mtl.weighting.krum import Krum
 from keras_mtl.weighting.logse import LogSE
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.mgda import MGDA
@@ -40,7 +43,9 @@ from keras_mtl.weighting.nash_mtl import NashMTL
 from keras_mtl.weighting.orthogonal_gradient_regularizer import (
     OrthogonalGradientRegularizer,
 )
+from keras_mtl.weighting.pbi import PBI
 from keras_mtl.weighting.pcgrad import PCGrad
+from keras_mtl.weighting.random_gradient_weighting import RandomGradientWeighting
 from keras_mtl.weighting.random_loss_weighting import RandomLossWeighting
 from keras_mtl.weighting.registry import lookup, registered_strategies
 from keras_mtl.weighting.scaled_loss_weighting import ScaledLossWeighting
@@ -49,6 +54,7 @@ from keras_mtl.weighting.smooth_tchebycheff import SmoothTchebycheff
 from keras_mtl.weighting.soft_adapt import SoftAdapt
 from keras_mtl.weighting.static_weighting import StaticWeighting
 from keras_mtl.weighting.strategy import Strategy
+from keras_mtl.weighting.trimmed_mean import TrimmedMean
 from keras_mtl.weighting.uncertainty_weighting import UncertaintyWeighting
 from keras_mtl.weighting.upgrad import UPGrad
 
@@ -66,6 +72,12 @@ __all__ = [
     "DualProj",
     "FairGrad",
     "UPGrad",
+    "COSMOS",
+    "CRMOGM",
+    "Krum",
+    "PBI",
+    "RandomGradientWeighting",
+    "TrimmedMean",
     "FAMO",
     "IMTLL",
     "SLAW",
