@@ -1,6 +1,7 @@
 """Multi-task layers and architecture builders."""
 
 from keras_mtl.layers.auxiliary_module import AuxiliaryModule
+from keras_mtl.layers.cgc import CustomizedGateControl
 from keras_mtl.layers.cross_stitch import CrossStitch, cross_stitch_network
 from keras_mtl.layers.fold_tasks import FoldTasks
 from keras_mtl.layers.mmoe import MMoE
@@ -14,6 +15,7 @@ from keras_mtl.layers.unfold_tasks import UnfoldTasks
 __all__ = [
     "AuxiliaryModule",
     "CrossStitch",
+    "CustomizedGateControl",
     "FoldTasks",
     "MMoE",
     "MTANAttention",
