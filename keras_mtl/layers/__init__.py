@@ -3,6 +3,7 @@
 from keras_mtl.layers.auxiliary_module import AuxiliaryModule
 from keras_mtl.layers.cgc import CustomizedGateControl
 from keras_mtl.layers.cross_stitch import CrossStitch, cross_stitch_network
+from keras_mtl.layers.dselect_k import DSelectK
 from keras_mtl.layers.fold_tasks import FoldTasks
 from keras_mtl.layers.mmoe import MMoE
 from keras_mtl.layers.mtan_attention import MTANAttention
@@ -16,6 +17,7 @@ __all__ = [
     "AuxiliaryModule",
     "CrossStitch",
     "CustomizedGateControl",
+    "DSelectK",
     "FoldTasks",
     "MMoE",
     "MTANAttention",
