@@ -275,7 +275,9 @@ class DSelectK(ExpertTowers, keras.layers.Layer):
 
     def _regularization(self, selectors):
         """The entropy and unreachable-code terms, summed (see the class
-        docstring); None when both are off."""
+        docstring), in float32 (batch sums overflow float16); None when
+        both are off."""
+        selectors = [ops.cast(r, "float32") for r in selectors]
         terms = []
         if self.entropy_reg > 0:
             entropy = sum(
@@ -382,10 +384,9 @@ class _DSelectKGate(keras.layers.Layer):
             self.w_bias = weight("w_bias", (k,), self.w_init, 3)
 
     def call(self, inputs):
-        if self.z_kernel is None:
-            return ops.convert_to_tensor(self.z_bias), ops.convert_to_tensor(
-                self.w_bias
-            )
+        if self.z_kernel is None:  # static: the same logits for every example
+            dtype = self.compute_dtype
+            return ops.cast(self.z_bias, dtype), ops.cast(self.w_bias, dtype)
         z = ops.einsum("...d,dkm->...km", inputs, self.z_kernel) + self.z_bias
         w = ops.matmul(inputs, self.w_kernel) + self.w_bias
         return z, w

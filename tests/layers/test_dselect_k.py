@@ -279,6 +279,29 @@ def test_no_loss_for_powers_of_two_without_entropy_term():
     assert layer.losses == []
 
 
+def test_mixed_precision_keeps_the_regulariser_in_float32():
+    # E = 3, z = (+inf, +inf): a selector on the unreachable code "11" costs
+    # 1 / 1e-6, which overflows float16 (max 65504) but not float32.
+    layer = DSelectK(
+        num_tasks=1,
+        num_experts=3,
+        expert_units=2,
+        num_nonzeros=1,
+        routing="static",
+        dtype="mixed_float16",
+    )
+    x, _ = _data()
+    layer(x)
+    layer.gates[0].z_bias.assign([[10.0, 10.0]])
+    outputs = layer(x, training=True)
+    assert outputs[0].dtype == "float16"
+    assert layer.losses[0].dtype == "float32"
+    np.testing.assert_allclose(float(layer.losses[0]), 1e6, rtol=1e-3)
+    weights = layer.gate_weights(x)
+    assert weights.dtype == "float16"
+    np.testing.assert_array_equal(np.array(weights), [[0, 0, 0]])
+
+
 def _train(layer, steps, x, y, lr=0.05):
     inputs = keras.Input((x.shape[1],))
     towers = layer(inputs)
