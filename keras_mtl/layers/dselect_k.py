@@ -147,7 +147,9 @@ class DSelectK(ExpertTowers, keras.layers.Layer):
     Note:
         Matched against the authors' TensorFlow code
         (google-research/google-research, dselect_k_moe/dselect_k_moe.py,
-        commit 38bbf30d) and LibMTL's `DSelect_k`
+        commit 38bbf30d; run with its codes read as integers, it gives the
+        same mixtures to 1e-7 and the same regularisers for per-example
+        and static gates, see the golden test) and LibMTL's `DSelect_k`
         (LibMTL/architecture/DSelect_k.py, commit 2d842d67). Deviations:
         - the binary codes are computed from integer arithmetic. Both
           references cast the digit strings of `np.binary_repr` to bool;

@@ -151,6 +151,32 @@ def test_closed_form_of_selectors_weights_and_outputs():
         np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=1e-6)
 
 
+def test_golden_values_of_the_authors_gate():
+    # Expert weights and regulariser computed by the authors' DSelectKGate
+    # (google-research dselect_k_moe/dselect_k_moe.py @38bbf30d, its binary
+    # codes read as integers; example-conditioned, entropy weight 0.01) for
+    # these gate weights. E = 5 (not a power of 2), k = 2, gamma = 1; a
+    # quarter of the smooth steps are saturated.
+    d, k, m = 3, 2, 3
+    x = np.array([[0.5, -1.0, 2.0], [-0.3, 0.8, 0.1]], "float32")
+    layer = DSelectK(
+        num_tasks=1, num_experts=5, expert_units=2, num_nonzeros=k, entropy_reg=0.01
+    )
+    layer(x)
+    gate = layer.gates[0]
+    gate.z_kernel.assign((0.6 * np.sin(np.arange(d * k * m))).reshape(d, k, m))
+    gate.z_bias.assign((0.2 * np.cos(np.arange(k * m))).reshape(k, m))
+    gate.w_kernel.assign((0.5 * np.sin(1.0 + np.arange(d * k))).reshape(d, k))
+    gate.w_bias.assign([0.1, -0.2])
+    want = [
+        [0.0277534, 0.0006701, 0.0012097, 0.2613325, 0.6426321],
+        [0.1341288, 0.0415938, 0.0502622, 0.2340573, 0.1459041],
+    ]
+    np.testing.assert_allclose(np.array(layer.gate_weights(x))[:, 0], want, atol=2e-7)
+    layer(x, training=True)
+    np.testing.assert_allclose(float(layer.losses[0]), 5.526310920715332, rtol=1e-6)
+
+
 @pytest.mark.parametrize("routing", ["example", "static"])
 def test_zero_logits_give_uniform_selectors(routing):
     layer = DSelectK(
