@@ -153,6 +153,8 @@ def test_save_load_and_config_round_trip(tmp_path):
     assert "num_levels" not in clone.get_config()
     assert clone.get_config()["num_task_experts"] == [2, 1]
     loaded = assert_save_load_equal(model, x, tmp_path)
+    for task, want in model.predict(x, verbose=0).items():  # bit for bit
+        np.testing.assert_array_equal(loaded.predict(x, verbose=0)[task], want)
     assert isinstance(loaded.get_layer("cgc"), CustomizedGateControl)
 
 

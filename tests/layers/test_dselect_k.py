@@ -430,6 +430,8 @@ def test_save_load_and_config_round_trip(tmp_path):
     assert config["num_nonzeros"] == 3 and config["gamma"] == 2.0
     assert config["w_initializer"] is None and "gate_use_bias" not in config
     loaded = assert_save_load_equal(model, x, tmp_path)
+    for task, want in model.predict(x, verbose=0).items():  # bit for bit
+        np.testing.assert_array_equal(loaded.predict(x, verbose=0)[task], want)
     assert isinstance(loaded.get_layer("dselect"), DSelectK)
     np.testing.assert_array_equal(
         np.array(loaded.get_layer("dselect").gate_weights(x)),
