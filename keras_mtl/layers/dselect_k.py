@@ -78,18 +78,18 @@ class DSelectK(ExpertTowers, keras.layers.Layer):
     at most k experts, yet it is trained by gradient descent. The layer
     returns [h^1, ..., h^T].
 
-    Routing: with `routing="example"` (per-example gating, as in the
-    paper's and LibMTL's multi-task models) z_i = W_z x + b_z and
-    w = W_w x + b_w are linear in the input; with `routing="static"` z and w
-    are trainable vectors, the same for every example (the paper's
-    task-only conditioning).
+    Routing: with `routing="example"` (per-example gating, as in LibMTL's
+    `DSelect_k`) z_i = W_z x + b_z and w = W_w x + b_w are linear in the
+    input; with `routing="static"` z and w are trainable vectors, the same
+    for every example (the authors' code calls it task-only conditioning).
 
     Regularisers, added with `add_loss` in training calls only, summed over
     the batch, the tasks and the selectors as in the authors' code:
     - `entropy_reg` c > 0 adds c * sum -r_i(e) log(r_i(e) + 1e-6), which
       pushes every selector towards one-hot (binary), i.e. towards
       selecting exactly k experts. Off (0) by default, as in the authors'
-      code, whose suggested value is 1e-6 (to be tuned per problem).
+      code, whose regulariser's default weight is 1e-6 (to be tuned per
+      problem).
     - when E is not a power of 2, the codes E..2^m-1 select no expert, and
       sum 1 / sum_e r_i(e) keeps them from taking a selector's mass (its
       minimum, 1, is reached when the reachable experts have all of it).
