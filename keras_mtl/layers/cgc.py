@@ -74,14 +74,14 @@ class CustomizedGateControl(ProgressiveLayeredExtraction):
         Hongyan Tang, Junning Liu, Ming Zhao, Xudong Gong. "Progressive
         Layered Extraction (PLE): A Novel Multi-Task Learning (MTL) Model
         for Personalized Recommendations". RecSys 2020.
-        doi:10.1145/3383313.3412236. (Section 4.2: CGC.)
+        doi:10.1145/3383313.3412236.
 
     Note:
         Deviations and conventions. Gates read the last axis of the input;
         LibMTL's `CGC` (architecture/CGC.py, LibMTL 1.1.5) gates on the
         flattened input, which is the same for `(batch, D)` inputs. The
-        expert order inside a gate is [task-specific..., shared...] (as in
-        the paper's figure); LibMTL orders [shared..., task-specific...].
+        expert order inside a gate is [task-specific..., shared...];
+        LibMTL orders [shared..., task-specific...].
         This only permutes the gate's outputs, but matters when porting
         weights. Expert and gate weights are initialised with
         `kernel_initializer` (LibMTL uses PyTorch's defaults).
