@@ -2,9 +2,9 @@
 
 `ExpertBank` holds E expert MLPs of the same architecture as stacked
 kernels, so that all experts run in one batched `einsum` per layer. It is
-created by `MMoE` and `ProgressiveLayeredExtraction` inside their `build`
-from their own constructor arguments, so it needs no configuration of its
-own.
+created by `MMoE`, `ProgressiveLayeredExtraction` (and its one-level
+subclass `CustomizedGateControl`) and `DSelectK` inside their `build` from
+their own constructor arguments, so it needs no configuration of its own.
 """
 
 from __future__ import annotations
@@ -180,8 +180,9 @@ class Gate(keras.layers.Layer):
 
 
 class ExpertTowers:
-    """Mixin of `MMoE` and `ProgressiveLayeredExtraction`: layers whose gated
-    mixtures of expert MLPs give one output (tower input) per task.
+    """Mixin of `MMoE`, `ProgressiveLayeredExtraction` and `DSelectK`:
+    layers whose gated mixtures of expert MLPs give one output (tower input)
+    per task.
 
     Holds the options their experts and gates share, checks the input's
     feature axis and gives the `num_tasks` output shapes.

@@ -39,7 +39,8 @@ class ProgressiveLayeredExtraction(ExpertTowers, keras.layers.Layer):
                                         E_s^j(h^{s,j-1})]     (j < L)
 
     with h^{k,0} = h^{s,0} = x. The layer returns [h^{1,L}, ..., h^{T,L}],
-    one tower input per task. Special cases: `num_levels=1` is a single CGC;
+    one tower input per task. Special cases: `num_levels=1` is a single CGC
+    (the `CustomizedGateControl` layer, a subclass that fixes it);
     `num_levels=1, num_task_experts=0` is MMoE; `num_shared_experts=0` gives
     T separate mixtures of experts with no path between tasks (no shared
     gate is created then, since nothing would read its output).

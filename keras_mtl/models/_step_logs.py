@@ -39,13 +39,15 @@ class StepLogs:
     def trackers(self):
         return [self.loss_sum, *self.task_losses, *self.task_weights, *self.aux_losses]
 
-    def update_train(self, step, loss_weights, keep):
+    def update_train(self, step, task_losses):
         """Adds a training step (`step.finite` False: it counts for nothing).
 
-        `loss_weights`: each task loss's weight in its epoch mean (see
-        `TaskLosses.log_weights`); `keep`: the batch size, 0 when skipped.
+        `task_losses`: the model's `TaskLosses`, which says how much each
+        task's loss weighs in its epoch mean.
         """
         finite = step.finite
+        keep = ops.cast(finite, "float32") * targets.batch_size(step.y_pred)
+        loss_weights = task_losses.log_weights(finite, keep, step.counts)
         safe_losses = ops.where(finite, step.losses, ops.zeros_like(step.losses))
         weights = ops.where(
             finite, ops.cast(step.weights, "float32"), ops.zeros_like(step.weights)

@@ -461,11 +461,7 @@ class MultiTaskModel(keras.Model):
         if strategy.uses_post_step_losses:
             self._update_strategy_after_step(x, y, sample_weights, step.losses, mask)
         guard.end(strategy, snapshot, step.finite, mask)
-        keep = ops.cast(step.finite, "float32") * targets.batch_size(step.y_pred)
-        loss_weights = self._options.task_losses.log_weights(
-            step.finite, keep, step.counts
-        )
-        self._step_logs.update_train(step, loss_weights, keep)
+        self._step_logs.update_train(step, self._options.task_losses)
         return self._step_logs.collect(self._compile_metrics, include_weights=True)
 
     def _update_strategy_after_step(self, x, y, sample_weights, losses, mask):
