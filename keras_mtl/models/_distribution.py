@@ -102,16 +102,21 @@ def first_local_value(distribution, value):
     return value
 
 
-def first_local_batch(distribution, iterator):
-    """A batch of the first local replica of a distributed iterator, as
-    Keras' symbolic build needs it (shapes and dtypes), without collective
-    ops: Keras 3 (keras-team/keras#20585) hands the whole nested batch to
-    one `strategy.reduce`, which MultiWorkerMirroredStrategy rejects."""
-    for _, _, it in iterator:
-        return tf.nest.map_structure(
-            lambda v: first_local_value(distribution, v), next(it)
-        )
-    return None
+def symbolic_build(model, iterator=None, data_batch=None):
+    """Keras' symbolic build of `model` under its distribution strategy,
+    from a batch of the first local replica (shapes and dtypes are all it
+    needs), without collective ops: Keras 3 (keras-team/keras#20585) hands
+    the whole nested batch to one `strategy.reduce`, which
+    MultiWorkerMirroredStrategy rejects."""
+    distribution = model.distribute_strategy
+    if iterator is not None:
+        for _, _, it in iterator:
+            data_batch = tf.nest.map_structure(
+                lambda v: first_local_value(distribution, v), next(it)
+            )
+            break
+    with distribution.scope():
+        model._symbolic_build(data_batch=data_batch)
 
 
 def rank_one_across_workers(logs):

@@ -70,3 +70,31 @@ def arrange_outputs(
                 f"output of task {task!r}."
             )
     return outputs, auxiliary_outputs
+
+
+def heads_on_trunk(trunk, heads, inputs=None):
+    """`(inputs, outputs)` of a model made of a shared `trunk` and a dict of
+    task `heads` (see `MultiTaskModel.from_trunk`)."""
+    if not isinstance(heads, Mapping) or not heads:
+        raise ValueError(
+            "from_trunk needs `heads` as a non-empty dict {task: layer}, "
+            f"got {heads!r}."
+        )
+    if inputs is None:
+        inputs = getattr(trunk, "inputs", None)
+        if not inputs:
+            raise ValueError(
+                "from_trunk could not find the trunk's inputs: pass "
+                "`inputs=keras.Input(shape)`."
+            )
+        inputs = inputs[0] if len(inputs) == 1 else inputs
+    features = trunk(inputs)
+    outputs = {}
+    for task, head in heads.items():
+        if not callable(head):
+            raise ValueError(
+                f"The head of task {task!r} must be a Keras layer or "
+                f"model, got {type(head).__name__}."
+            )
+        outputs[task] = head(features)
+    return inputs, outputs

@@ -20,7 +20,7 @@ from keras_mtl import weighting
 from keras_mtl.models import _compile_options as options
 from keras_mtl.models import _distribution as distribution
 from keras_mtl.models import _targets as targets
-from keras_mtl.models._model_outputs import arrange_outputs
+from keras_mtl.models._model_outputs import arrange_outputs, heads_on_trunk
 from keras_mtl.models._step_guard import StepGuard
 from keras_mtl.models._step_logs import StepLogs
 from keras_mtl.models._task_losses import TaskLosses, aux_key, resolve_losses
@@ -139,28 +139,7 @@ class MultiTaskModel(keras.Model):
         Returns:
             A `MultiTaskModel`.
         """
-        if not isinstance(heads, Mapping) or not heads:
-            raise ValueError(
-                "from_trunk needs `heads` as a non-empty dict {task: layer}, "
-                f"got {heads!r}."
-            )
-        if inputs is None:
-            inputs = getattr(trunk, "inputs", None)
-            if not inputs:
-                raise ValueError(
-                    "from_trunk could not find the trunk's inputs: pass "
-                    "`inputs=keras.Input(shape)`."
-                )
-            inputs = inputs[0] if len(inputs) == 1 else inputs
-        features = trunk(inputs)
-        outputs = {}
-        for task, head in heads.items():
-            if not callable(head):
-                raise ValueError(
-                    f"The head of task {task!r} must be a Keras layer or "
-                    f"model, got {type(head).__name__}."
-                )
-            outputs[task] = head(features)
+        inputs, outputs = heads_on_trunk(trunk, heads, inputs)
         return cls(inputs, outputs, name=name)
 
     # ------------------------------------------------------------------
@@ -556,19 +535,9 @@ class MultiTaskModel(keras.Model):
     # ------------------------------------------------------------------
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3 (keras-team/keras#20585) hands the whole nested (x, y)
-        # batch to one `strategy.reduce`, which MultiWorkerMirroredStrategy
-        # rejects, so no Keras model can `fit` under it. The batch only gives
-        # the symbolic build its shapes and dtypes: this worker's first
-        # replica has the same ones and needs no collective op.
-        if self._distribute_strategy is None:
-            return
-        if iterator is not None:
-            data_batch = distribution.first_local_batch(
-                self.distribute_strategy, iterator
-            )
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
+        # Keras' own fails under MultiWorkerMirroredStrategy (keras#20585).
+        if self._distribute_strategy is not None:
+            distribution.symbolic_build(self, iterator, data_batch)
 
     def _backward_stages(self, batch_size=None):
         """The trunk's stages for the staged Gramian path (None: no cut is
