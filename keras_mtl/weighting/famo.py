@@ -179,7 +179,7 @@ class FAMO(LossWeighting):
         # 1 / D_t
         inverse_gap = ops.stop_gradient(ops.where(present, ops.exp(-log_gap), 0.0))
         c = ops.sum(z * inverse_gap)
-        c = ops.where(c > 0.0, c, 1.0)  # no task present
+        c = ops.where(ops.any(present), c, 1.0)  # no task present
         objective = ops.sum(z / c * log_gap)
         weights = z * inverse_gap / c
         return objective, ops.stop_gradient(weights)
