@@ -48,6 +48,26 @@ def masked_softmax(logits, present):
     return exp / ops.where(total > 0, total, ops.ones_like(total))
 
 
+def present_softmax(logits, present):
+    """`ops.softmax` of a `(T,)` vector over its present entries.
+
+    Absent entries get 0; when no task is present every entry is 0. The
+    absent entries enter `ops.softmax` as -inf (whose exponential is exactly
+    0), never with their values. With every task present this is
+    `ops.softmax(logits)` bit for bit, which `masked_softmax` (its own shift,
+    exponential and division) is not, so a strategy that computes its
+    weights with `ops.softmax` can fold its no-mask path into its masked one
+    (an all-True `present`) without changing a result.
+    """
+    logits = ops.convert_to_tensor(logits)
+    masked = ops.where(present, logits, ops.full_like(logits, float("-inf")))
+    # With no task present, a finite input rather than -inf everywhere, so
+    # that no NaN arises even in the discarded softmax (for NaN debugging
+    # tools; the result and its gradient would be 0 either way).
+    masked = ops.where(ops.any(present), masked, ops.zeros_like(logits))
+    return ops.where(present, ops.softmax(masked), 0.0)
+
+
 def masked_logsumexp(x, present):
     """log sum_{t present} exp(x_t), stable; 0 when no task is present."""
     shift = _present_max(x, present)

@@ -100,8 +100,8 @@ class LearnedTaskScales:
     @staticmethod
     def _present_objective(terms, scale, present):
         """The sum of the present tasks' `terms` and their `scale` held
-        constant (the weights), both 0 for absent tasks."""
-        if present is not None:
-            terms = ops.where(present, terms, 0.0)
-            scale = ops.where(present, scale, 0.0)
+        constant (the weights), both 0 for absent tasks (`present`, `(T,)`
+        booleans, from `present_or_all`)."""
+        terms = ops.where(present, terms, 0.0)
+        scale = ops.where(present, scale, 0.0)
         return ops.sum(terms), ops.stop_gradient(scale)

@@ -7,11 +7,10 @@ import math
 from keras import ops
 
 from keras_mtl.weighting._present_task_ops import (
-    masked_softmax,
     present_count,
-    present_tasks,
+    present_softmax,
 )
-from keras_mtl.weighting._task_state_ops import add_task_vector
+from keras_mtl.weighting._task_state_ops import add_task_vector, present_or_all
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -129,26 +128,14 @@ class AdaptiveWeighting(LossWeighting):
             for name in ("current_mean", "current_steps", "previous_mean", "epochs"):
                 setattr(self, name, add_task_vector(self, name))
 
-    def _normalized(self, values):
-        num_tasks = self.num_tasks
-        if self.normalize == "softmax":
-            weights = num_tasks * ops.softmax(values / self.temperature)
-            valid = ops.all(ops.isfinite(values))
-        else:
-            values = ops.maximum(values, 0.0)
-            total = ops.sum(values)
-            valid = ops.logical_and(total > 0.0, ops.isfinite(total))
-            safe_total = ops.where(valid, total, ops.ones_like(total))
-            weights = num_tasks * values / safe_total
-        return ops.where(valid, weights, ops.ones_like(weights))
-
-    def _normalized_present(self, values, present):
-        """`_normalized` over the present tasks alone (0 for the others)."""
+    def _normalized(self, values, present):
+        """The weights (summing to K) of the K present tasks' `values`, 0
+        for the others (K = T without a mask)."""
         count = present_count(present, values.dtype)
         # The absent tasks' values are never used.
         values = ops.where(present, values, ops.zeros_like(values))
         if self.normalize == "softmax":
-            weights = count * masked_softmax(values / self.temperature, present)
+            weights = count * present_softmax(values / self.temperature, present)
             valid = ops.all(ops.isfinite(values))
         else:
             values = ops.maximum(values, 0.0)
@@ -162,21 +149,13 @@ class AdaptiveWeighting(LossWeighting):
         values = ops.cast(ops.stop_gradient(losses), "float32")
         if self.num_tasks == 1:
             return ops.ones_like(values)
-        if task_mask is None:
-            present = ops.ones((self.num_tasks,), dtype="bool")
-            normalized = self._normalized
-        else:
-            present = present_tasks(task_mask)
-
-            def normalized(x):
-                return self._normalized_present(x, present)
-
+        present = present_or_all(task_mask, self.num_tasks)
         if self.mode == "batch":
-            return normalized(values)
+            return self._normalized(values, present)
         recorded = ops.logical_or(self.epochs >= 1.0, ops.logical_not(present))
         weights = ops.where(
             ops.all(recorded),
-            normalized(self.previous_mean),
+            self._normalized(self.previous_mean, present),
             ops.ones_like(values),
         )
         if training:

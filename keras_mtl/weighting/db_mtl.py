@@ -146,9 +146,8 @@ class DBMTL(TaskStepCounts, GradientAggregation):
         self._check_num_tasks(losses, "losses")
         old_buffer = ops.cast(self.grad_buffer, grads.dtype)
         present = present_or_all(task_mask, self.num_tasks)
-        if task_mask is not None:
-            # An absent task's loss (0) and row are not divided.
-            losses = ops.where(present, losses, ops.ones_like(losses))
+        # An absent task's loss (0) and row are not divided.
+        losses = ops.where(present, losses, ops.ones_like(losses))
         step = self.steps + ops.cast(present, "int32")
         k = ops.cast(ops.maximum(step, 1), grads.dtype)
         beta_k = self.beta / ops.power(k, self.beta_sigma)

@@ -8,11 +8,14 @@ from keras import ops
 
 from keras_mtl.weighting._argument_ops import as_float
 from keras_mtl.weighting._present_task_ops import (
-    masked_softmax,
     present_count,
-    present_tasks,
+    present_softmax,
 )
-from keras_mtl.weighting._task_state_ops import add_task_vector, assign_zeros
+from keras_mtl.weighting._task_state_ops import (
+    add_task_vector,
+    assign_zeros,
+    present_or_all,
+)
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -156,34 +159,23 @@ class DynamicWeightAverage(LossWeighting):
         )
         self.task_count = add_task_vector(self, "task_count")
 
-    def _ratio_weights(self, dtype):
-        if self.num_tasks == 1:
-            return ops.ones((1,), dtype=dtype)
-        ratio = self.latest / ops.maximum(self.previous, 1e-12)
-        soft = ops.softmax(ops.cast(ratio, dtype) / self.temperature)
-        weights = self.num_tasks * soft
-        return ops.where(self.count >= 2.0, weights, ops.ones_like(weights))
-
-    def _present_ratio_weights(self, present, dtype):
-        """The weights of the present tasks alone (see "Missing tasks")."""
+    def _ratio_weights(self, present, dtype):
+        """The weights of the present tasks alone (see "Missing tasks"; all
+        the tasks without a mask, when `task_count` is `count` for each)."""
         if self.num_tasks == 1:
             return ops.ones((1,), dtype=dtype)
         recorded = self.task_count >= 2.0
         ratio = self.latest / ops.maximum(self.previous, 1e-12)
         ratio = ops.cast(ops.where(recorded, ratio, 1.0), dtype)
-        soft = masked_softmax(ratio / self.temperature, present)
+        soft = present_softmax(ratio / self.temperature, present)
         weights = present_count(present, dtype) * soft
         ready = ops.any(ops.logical_and(present, recorded))
         return ops.where(ready, weights, ops.ones_like(weights))
 
     def compute_weights(self, losses, training=True, task_mask=None):
         losses = ops.stop_gradient(losses)
-        if task_mask is None:
-            weights = self._ratio_weights(losses.dtype)
-            present = ops.ones((self.num_tasks,), dtype="bool")
-        else:
-            present = present_tasks(task_mask)
-            weights = self._present_ratio_weights(present, losses.dtype)
+        present = present_or_all(task_mask, self.num_tasks)
+        weights = self._ratio_weights(present, losses.dtype)
         if not training:
             return weights
         losses = ops.cast(losses, "float32")

@@ -6,7 +6,7 @@ import math
 
 from keras import ops
 
-from keras_mtl.weighting._present_task_ops import masked_softmax
+from keras_mtl.weighting._present_task_ops import present_softmax
 from keras_mtl.weighting._task_state_ops import (
     TaskStepCounts,
     add_task_vector,
@@ -179,12 +179,9 @@ class ExcessMTL(TaskStepCounts, GradientAggregation):
         old_weight = ops.cast(self.loss_weight, dtype)
         if self.num_tasks == 1:  # a single weight normalised to sum to T = 1
             new_weight = ops.ones_like(old_weight)
-        elif task_mask is None:
-            logits = ops.log(old_weight) + exponent
-            new_weight = self.num_tasks * ops.softmax(logits)
         else:
             # The step on the present weights only, keeping their sum (and
-            # so the total T): see "Missing tasks".
+            # so the total T): see "Missing tasks". Without a mask, kept = T.
             safe = ops.where(present, old_weight, ops.ones_like(old_weight))
             logits = ops.where(present, ops.log(safe) + exponent, 0.0)
             kept = self.num_tasks - ops.sum(ops.where(present, 0.0, old_weight))
@@ -192,13 +189,13 @@ class ExcessMTL(TaskStepCounts, GradientAggregation):
                 kept > 0.0, kept, ops.sum(ops.where(present, old_weight, 0.0))
             )
             new_weight = ops.where(
-                present, kept * masked_softmax(logits, present), old_weight
+                present, kept * present_softmax(logits, present), old_weight
             )
         # Only record, as the reference's first step, while every present
         # task is at its first step.
         recording = ops.all(ops.logical_or(first, ops.logical_not(present)))
         weight = ops.where(recording, old_weight, new_weight)
-        used = weight if task_mask is None else ops.where(present, weight, 0.0)
+        used = ops.where(present, weight, 0.0)
         update = ops.matmul(used[None, :], grads)[0]
         if training:
             self.grad_sq_sum.assign(grad_sq_sum)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from keras import ops
 
-from keras_mtl.weighting._softmax_ops import task_softmax
-from keras_mtl.weighting._task_state_ops import add_task_vector
+from keras_mtl.weighting._present_task_ops import masked_softmax
+from keras_mtl.weighting._task_state_ops import add_task_vector, present_or_all
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -171,22 +171,15 @@ class FAMO(LossWeighting):
 
     def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
-        if task_mask is None:
-            z = task_softmax(ops.convert_to_tensor(self.logits))
-            log_gap = self._log_gap(losses)
-            inverse_gap = ops.stop_gradient(ops.exp(-log_gap))  # 1 / D_t
-            c = ops.sum(z * inverse_gap)
-            objective = ops.sum(z / c * log_gap)
-            weights = z * inverse_gap / c
-            return objective, ops.stop_gradient(weights)
-        present = ops.convert_to_tensor(task_mask) > 0
-        z = _present_softmax(ops.convert_to_tensor(self.logits), present)
+        present = present_or_all(task_mask, self.num_tasks)
+        z = masked_softmax(ops.convert_to_tensor(self.logits), present)
         # An absent task's loss (0) never reaches a logarithm.
         safe = ops.where(present, losses, ops.ones_like(losses))
         log_gap = ops.where(present, self._log_gap(safe), 0.0)
+        # 1 / D_t
         inverse_gap = ops.stop_gradient(ops.where(present, ops.exp(-log_gap), 0.0))
         c = ops.sum(z * inverse_gap)
-        c = ops.where(c > 0.0, c, 1.0)  # no task present
+        c = ops.where(ops.any(present), c, 1.0)  # no task present
         objective = ops.sum(z / c * log_gap)
         weights = z * inverse_gap / c
         return objective, ops.stop_gradient(weights)
@@ -203,16 +196,11 @@ class FAMO(LossWeighting):
         self._check_num_tasks(losses)
         self._check_num_tasks(new_losses, what="new_losses")
         xi = ops.convert_to_tensor(self.logits)
-        if task_mask is None:
-            present = ops.ones(xi.shape, dtype="bool")
-            delta = self._log_gap(losses) - self._log_gap(new_losses)
-            z = task_softmax(xi)
-        else:
-            present = ops.convert_to_tensor(task_mask) > 0
-            old = ops.where(present, losses, ops.ones_like(losses))
-            new = ops.where(present, new_losses, ops.ones_like(new_losses))
-            delta = ops.where(present, self._log_gap(old) - self._log_gap(new), 0.0)
-            z = _present_softmax(xi, present)
+        present = present_or_all(task_mask, self.num_tasks)
+        old = ops.where(present, losses, ops.ones_like(losses))
+        new = ops.where(present, new_losses, ops.ones_like(new_losses))
+        delta = ops.where(present, self._log_gap(old) - self._log_gap(new), 0.0)
+        z = masked_softmax(xi, present)
         delta = ops.stop_gradient(delta)
         grad = z * (delta - ops.sum(z * delta)) + self.weight_decay * xi
         step = self.adam_steps + ops.cast(present, "int32")
@@ -250,15 +238,6 @@ class FAMO(LossWeighting):
             }
         )
         return config
-
-
-def _present_softmax(logits, present):
-    """Softmax over the present entries of `(T,)` logits; 0 elsewhere."""
-    finite = ops.where(present, logits, ops.min(logits))
-    shifted = ops.where(present, logits - ops.stop_gradient(ops.max(finite)), 0.0)
-    exp = ops.where(present, ops.exp(shifted), 0.0)
-    total = ops.sum(exp)
-    return exp / ops.where(total > 0.0, total, 1.0)
 
 
 def _as_float(name, value):

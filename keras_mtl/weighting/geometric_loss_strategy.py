@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
-from keras_mtl.weighting._present_task_ops import present_count, present_tasks
+from keras_mtl.weighting._present_task_ops import present_count
+from keras_mtl.weighting._task_state_ops import present_or_all
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -80,23 +81,15 @@ class GeometricLossStrategy(LossWeighting):
     def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
         losses = ops.cast(losses, self.compute_dtype)
-        if task_mask is not None:
-            return self._masked_call(losses, present_tasks(task_mask))
-        log_losses = ops.log(ops.maximum(losses, _FLOOR))
-        mean_log = ops.mean(log_losses)
-        objective = ops.exp(mean_log)
-        num_tasks = ops.cast(ops.shape(losses)[0], losses.dtype)
-        # objective / (T * L_t), formed in log space so it cannot overflow
-        # before the division.
-        weights = ops.exp(mean_log - log_losses) / num_tasks
-        return objective, ops.stop_gradient(weights)
-
-    def _masked_call(self, losses, present):
-        # log 1 = 0 for the absent tasks.
+        present = present_or_all(task_mask, ops.shape(losses)[0])
+        # The mean of log L_t over the K present tasks (K = T without a
+        # mask); log 1 = 0 for the absent tasks.
         log_losses = ops.log(ops.where(present, ops.maximum(losses, _FLOOR), 1.0))
         count = present_count(present, losses.dtype)
         safe_count = ops.maximum(count, 1.0)
         mean_log = ops.sum(log_losses) / safe_count
         objective = ops.where(count > 0, ops.exp(mean_log), 0.0)
+        # objective / (K * L_t), formed in log space so it cannot overflow
+        # before the division.
         weights = ops.where(present, ops.exp(mean_log - log_losses) / safe_count, 0.0)
         return objective, ops.stop_gradient(weights)

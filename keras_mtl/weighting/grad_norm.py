@@ -7,7 +7,7 @@ import math
 from keras import ops
 
 from keras_mtl.weighting._argument_ops import as_float
-from keras_mtl.weighting._task_state_ops import add_task_vector
+from keras_mtl.weighting._task_state_ops import add_task_vector, present_or_all
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -230,24 +230,16 @@ class GradNorm(LossWeighting):
             losses / ops.where(initial_losses > 0.0, initial_losses, 1.0),
             1.0,
         )
-        if task_mask is None:
-            mean_ratio = ops.mean(ratio)
-        else:
-            present = ops.convert_to_tensor(task_mask) > 0
-            ratio = ops.where(present, ratio, 1.0)
-            mean_ratio = _present_mean(ratio, present)
+        present = present_or_all(task_mask, self.num_tasks)
+        ratio = ops.where(present, ratio, 1.0)
+        mean_ratio = _present_mean(ratio, present)
         relative = ops.where(
             mean_ratio > 0.0, ratio / ops.where(mean_ratio > 0.0, mean_ratio, 1.0), 1.0
         )
-        if task_mask is None:
-            mean_norm = ops.mean(norms)
-        else:
-            mean_norm = _present_mean(norms, present)
+        mean_norm = _present_mean(norms, present)
         target = mean_norm * ops.power(relative, self.alpha)
         gradient = ops.sign(norms - target) * grad_norms
-        if task_mask is not None:
-            gradient = ops.where(present, gradient, 0.0)
-        return gradient
+        return ops.where(present, gradient, 0.0)
 
     def _step(self, gradient, taking_part):
         """New weights (and optimiser state) after one step on `gradient`,
@@ -295,12 +287,8 @@ class GradNorm(LossWeighting):
         # A copy: in eager mode a read of the variable may share its buffer,
         # which the assign below would overwrite.
         weights = self.loss_weights * 1.0
-        if task_mask is None:
-            present = ops.ones((self.num_tasks,), dtype="bool")
-            used = weights
-        else:
-            present = ops.convert_to_tensor(task_mask) > 0
-            used = ops.where(present, weights, 0.0)
+        present = present_or_all(task_mask, self.num_tasks)
+        used = ops.where(present, weights, 0.0)
         objective = ops.sum(ops.stop_gradient(ops.cast(used, losses.dtype)) * losses)
         if not training:
             return objective, ops.cast(used, losses.dtype)
@@ -335,9 +323,10 @@ class GradNorm(LossWeighting):
             initial = ops.convert_to_tensor(self.initial_losses)
             recorded = self.recorded > 0.5
 
-        # GradNorm runs over the present tasks whose L(0) is known.
+        # GradNorm runs over the present tasks whose L(0) is known (without
+        # a mask, all the tasks or none: they start together).
         taking_part = ops.logical_and(present, recorded)
-        part_mask = None if task_mask is None else ops.cast(taking_part, "float32")
+        part_mask = ops.cast(taking_part, "float32")
         gradient = self.weight_gradient(values, grad_norms, initial, part_mask)
         new, state = self._step(gradient, taking_part)
         not_part = ops.logical_not(taking_part)

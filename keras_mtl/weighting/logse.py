@@ -6,7 +6,7 @@ import math
 
 from keras import ops
 
-from keras_mtl.weighting._present_task_ops import present_tasks
+from keras_mtl.weighting._task_state_ops import present_or_all
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -90,11 +90,8 @@ class LogSE(LossWeighting):
     def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
         shifted = losses + ops.cast(self.epsilon, losses.dtype)
-        if task_mask is None:
-            objective = ops.sum(ops.log(shifted))
-            weights = ops.stop_gradient(1.0 / shifted)
-            return objective, weights
-        present = present_tasks(task_mask)
+        present = present_or_all(task_mask, ops.shape(losses)[0])
+        # An absent task's (zero) loss never reaches the log or the division.
         shifted = ops.where(present, shifted, 1.0)
         objective = ops.sum(ops.where(present, ops.log(shifted), 0.0))
         weights = ops.where(present, 1.0 / shifted, 0.0)

@@ -6,6 +6,7 @@ import math
 
 from keras import ops
 
+from keras_mtl.weighting._task_state_ops import present_or_all
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -118,21 +119,20 @@ class ScaledLossWeighting(LossWeighting):
         grads = ops.cast(ops.stop_gradient(shared_grads), "float32")
         norms = ops.sqrt(ops.sum(ops.square(grads), axis=1))
         inverse = 1.0 / ops.maximum(norms, self.epsilon)
-        if task_mask is None:
-            weights = self.num_tasks * inverse / ops.sum(inverse)
-            finite = ops.all(ops.isfinite(weights))
-            return ops.where(finite, weights, ops.ones_like(weights))
         # The zero row of an absent task would have the largest inverse norm
         # 1 / eps: it is left out of the normalisation.
-        present = ops.convert_to_tensor(task_mask) > 0
+        present = present_or_all(task_mask, self.num_tasks)
         inverse = ops.where(present, inverse, 0.0)
         count = ops.sum(ops.cast(present, "float32"))
         total = ops.sum(inverse)
         weights = count * inverse / ops.where(total > 0.0, total, 1.0)
-        finite = ops.all(
-            ops.logical_or(ops.isfinite(weights), ops.logical_not(present))
+        # Weights of 1 when they are not finite or when every present
+        # gradient is infinite (total 0).
+        valid = ops.logical_and(
+            total > 0.0,
+            ops.all(ops.logical_or(ops.isfinite(weights), ops.logical_not(present))),
         )
-        weights = ops.where(finite, weights, ops.ones_like(weights))
+        weights = ops.where(valid, weights, ops.ones_like(weights))
         return ops.where(present, weights, 0.0)
 
     def call(self, losses, shared_grads=None, training=True, task_mask=None):

@@ -12,10 +12,8 @@ from keras_mtl.weighting._present_task_ops import (
     masked_logsumexp,
     masked_softmax,
     present_count,
-    present_tasks,
 )
-from keras_mtl.weighting._softmax_ops import task_softmax
-from keras_mtl.weighting._task_state_ops import add_task_vector
+from keras_mtl.weighting._task_state_ops import add_task_vector, present_or_all
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -198,30 +196,23 @@ class SmoothTchebycheff(LossWeighting):
             return ops.full((self.num_tasks,), default, dtype=dtype)
         return ops.convert_to_tensor(values, dtype=dtype)
 
-    def _tchebycheff(self, objectives, present=None):
-        """T * g_mu(f) and its gradient T * p * lambda with respect to f
-        (over the K present tasks, with K for T, when `present` is given)."""
+    def _tchebycheff(self, objectives, present):
+        """K * g_mu(f) and its gradient K * p * lambda with respect to f,
+        over the K `present` tasks (K = T without a mask)."""
         dtype = objectives.dtype
         preference = self._vector(self.preference, 1.0, dtype)
         ideal = self._vector(self.ideal_point, 0.0, dtype)
         scaled = preference * (objectives - ideal) / self.mu
-        if present is not None:
-            count = present_count(present, dtype)
-            value = count * self.mu * masked_logsumexp(scaled, present)
-            softmax = masked_softmax(ops.stop_gradient(scaled), present)
-            return value, count * softmax * preference
-        num_tasks = float(self.num_tasks)
-        value = num_tasks * self.mu * ops.logsumexp(scaled)
-        grad = num_tasks * task_softmax(ops.stop_gradient(scaled)) * preference
-        return value, grad
+        count = present_count(present, dtype)
+        value = count * self.mu * masked_logsumexp(scaled, present)
+        softmax = masked_softmax(ops.stop_gradient(scaled), present)
+        return value, count * softmax * preference
 
     def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
         losses = ops.cast(losses, self.compute_dtype)
-        present = None if task_mask is None else present_tasks(task_mask)
+        present = present_or_all(task_mask, self.num_tasks)
         if not self.normalize:
-            if present is None:
-                return self._tchebycheff(losses)
             objective, weights = self._tchebycheff(losses, present)
             return objective, ops.stop_gradient(weights)
 
@@ -229,43 +220,17 @@ class SmoothTchebycheff(LossWeighting):
             accumulate = ops.cast(
                 ops.equal(self.epoch, self.warmup_epochs), losses.dtype
             )
-            if present is None:
-                self.loss_sum.assign_add(accumulate * ops.stop_gradient(losses))
-                self.task_loss_count.assign_add(
-                    accumulate * ops.ones((self.num_tasks,), losses.dtype)
-                )
-            else:
-                counted = accumulate * ops.cast(present, losses.dtype)
-                self.loss_sum.assign_add(
-                    ops.where(present, accumulate * ops.stop_gradient(losses), 0.0)
-                )
-                self.task_loss_count.assign_add(counted)
+            counted = accumulate * ops.cast(present, losses.dtype)
+            self.loss_sum.assign_add(
+                ops.where(present, accumulate * ops.stop_gradient(losses), 0.0)
+            )
+            self.task_loss_count.assign_add(counted)
             self.loss_count.assign_add(accumulate)
 
         normalizers = ops.convert_to_tensor(self.normalizers)
-        if present is not None:
-            return self._present_call(losses, normalizers, present)
-
-        def warm_up():
-            objective = ops.sum(ops.log(losses + _LOG_EPSILON))
-            return objective, 1.0 / (losses + _LOG_EPSILON)
-
-        def tchebycheff():
-            objectives = ops.log(losses / normalizers + _LOG_EPSILON)
-            objective, grad = self._tchebycheff(objectives)
-            return objective, grad / (losses + _LOG_EPSILON * normalizers)
-
-        # A cond (not a where) so that the branch not taken contributes no
-        # gradient at all, not even 0 * inf.
-        objective, weights = ops.cond(
-            self.epoch <= self.warmup_epochs, warm_up, tchebycheff
-        )
-        return objective, ops.stop_gradient(weights)
-
-    def _present_call(self, losses, normalizers, present):
-        """The normalised objective over the present tasks alone."""
-        # An absent task's (zero) loss is replaced by a value whose log is
-        # finite; its terms are then left out.
+        # The normalised objective over the present tasks alone: an absent
+        # task's (zero) loss is replaced by a value whose log is finite; its
+        # terms are then left out.
         safe_losses = ops.where(present, losses, ops.ones_like(losses))
 
         def warm_up():
@@ -280,6 +245,8 @@ class SmoothTchebycheff(LossWeighting):
             weights = grad / (safe_losses + _LOG_EPSILON * normalizers)
             return objective, ops.where(present, weights, 0.0)
 
+        # A cond (not a where) so that the branch not taken contributes no
+        # gradient at all, not even 0 * inf.
         objective, weights = ops.cond(
             self.epoch <= self.warmup_epochs, warm_up, tchebycheff
         )

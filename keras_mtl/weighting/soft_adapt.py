@@ -11,10 +11,8 @@ from keras import ops
 from keras_mtl.weighting._present_task_ops import (
     masked_softmax,
     present_count,
-    present_tasks,
 )
-from keras_mtl.weighting._softmax_ops import task_softmax
-from keras_mtl.weighting._task_state_ops import add_task_vector
+from keras_mtl.weighting._task_state_ops import add_task_vector, present_or_all
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -211,19 +209,7 @@ class SoftAdapt(LossWeighting):
         history = ops.cast(history, self.compute_dtype)
         coefficients = ops.convert_to_tensor(self._coefficients, history.dtype)
         slopes = ops.sum(coefficients[:, None] * history, axis=0)
-        if task_mask is not None:
-            return self._present_weights(history, slopes, present_tasks(task_mask))
-        if self.variant == "normalized":
-            slopes = slopes / (ops.sum(ops.abs(slopes)) + _EPSILON)
-        num_tasks = ops.cast(ops.shape(history)[1], history.dtype)
-        if self.variant == "loss_weighted":
-            logits = self.beta * slopes
-            exp = ops.exp(logits - ops.max(logits))
-            numerator = ops.mean(history, axis=0) * exp
-            return num_tasks * numerator / (ops.sum(numerator) + _EPSILON)
-        return num_tasks * task_softmax(self.beta * slopes)
-
-    def _present_weights(self, history, slopes, present):
+        present = present_or_all(task_mask, ops.shape(history)[1])
         count = present_count(present, history.dtype)
         slopes = ops.where(present, slopes, 0.0)
         if self.variant == "normalized":
@@ -246,28 +232,13 @@ class SoftAdapt(LossWeighting):
         )
 
     def compute_weights(self, losses, training=True, task_mask=None):
-        if task_mask is not None:
-            return self._compute_present_weights(
-                losses, training, present_tasks(task_mask)
-            )
-        if not training:
-            return ops.convert_to_tensor(self.task_weights)
-        losses = ops.stop_gradient(ops.cast(losses, self.compute_dtype))
-        history = ops.concatenate([self.loss_history[1:], losses[None, :]], axis=0)
-        step = self.step_count + 1
-        window = self.accuracy_order + 1
-        due = ops.logical_and(
-            step >= window, ops.equal((step - window) % self.update_every, 0)
-        )
-        weights = ops.where(due, self.weights_from_history(history), self.task_weights)
-        self.loss_history.assign(history)
-        self.step_count.assign(step)
-        self.task_weights.assign(weights)
-        self.task_steps.assign(ops.minimum(self.task_steps + 1, window))
-        return weights
-
-    def _compute_present_weights(self, losses, training, present):
-        held = self._held_weights(present)
+        present = present_or_all(task_mask, self.num_tasks)
+        if task_mask is None:
+            # Kept as they are: they sum to T up to rounding, and the
+            # rescaling of `_held_weights` would change their last bits.
+            held = ops.convert_to_tensor(self.task_weights)
+        else:
+            held = self._held_weights(present)
         if not training:
             return held
         losses = ops.stop_gradient(ops.cast(losses, self.compute_dtype))

@@ -7,8 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from keras import ops
 
-from keras_mtl.weighting._present_task_ops import present_tasks
-from keras_mtl.weighting._task_state_ops import LearnedTaskScales
+from keras_mtl.weighting._task_state_ops import LearnedTaskScales, present_or_all
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -157,7 +156,7 @@ class UncertaintyWeighting(LearnedTaskScales, LossWeighting):
         factors = ops.convert_to_tensor(self._factors, dtype=losses.dtype)
         scale = factors * ops.exp(-s)
         terms = scale * losses + 0.5 * s
-        present = None if task_mask is None else present_tasks(task_mask)
+        present = present_or_all(task_mask, self.num_tasks)
         return self._present_objective(terms, scale, present)
 
     def reset_state(self):
