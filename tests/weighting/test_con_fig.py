@@ -303,3 +303,21 @@ def test_missing_tasks_eager_matches_xla():
         for absent in [(0,), (2,), (1, 3)]
     ]
     checks.assert_xla_matches_eager(ConFIG, cases, rtol=1e-5, atol=1e-6)
+
+
+# --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
+# matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
+# 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
+import aggregator_properties as degenerate_checks  # noqa: E402
+import degenerate_inputs  # noqa: E402
+import pytest as _pytest  # noqa: E402
+
+from keras_mtl.weighting.con_fig import ConFIG as _Method  # noqa: E402
+
+
+@_pytest.mark.parametrize("case", degenerate_inputs.case_params())
+def test_degenerate_inputs(case):
+    opposed = case.kind in ("opposed", "rank_one_signed")
+    degenerate_checks.check_degenerate(
+        _Method, case, permutation=not opposed, homogeneous=True
+    )
