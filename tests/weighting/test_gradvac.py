@@ -346,14 +346,12 @@ from keras_mtl.weighting.gradvac import GradVac as _Method  # noqa: E402
 
 
 # Random task orders: no permutation check. Eager calls cost O(T^2)
-# dispatches, so the family runs up to T = 3 here, plus the kinds that
-# broke other solvers at T = 20.
+# dispatches (about 3 s at T = 20), so the family runs up to T = 3 here,
+# plus exactly opposed rows at T = 20 (the kind that broke CAGrad).
 @_pytest.mark.parametrize(
     "case",
     degenerate_inputs.case_params(shapes=((1, 7), (2, 7), (3, 50)))
-    + degenerate_inputs.case_params(
-        kinds=("zeros", "rank_one", "opposed", "mixed_scales"), shapes=((20, 11),)
-    ),
+    + degenerate_inputs.case_params(kinds=("opposed",), shapes=((20, 11),)),
 )
 def test_degenerate_inputs(case):
     degenerate_checks.check_degenerate(lambda: _Method(seed=0), case, permutation=False)
