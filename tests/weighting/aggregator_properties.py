@@ -187,3 +187,27 @@ def regularised_gramian_slack(reg_eps):
         return reg_eps * np.sum(matrix**2) * np.abs(weights)
 
     return slack
+
+
+def check_cases(make, cases, options=None):
+    """`check_degenerate` on every case, in one test.
+
+    One pytest test per case would spend most of its time in the suite's
+    per-test set-up (a fresh Keras session); this runs them all and
+    reports every failing case at once.
+
+    Args:
+        make: a callable returning a fresh strategy.
+        cases: `DegenerateCase`s.
+        options: None, or a function of the case returning the keyword
+            arguments of `check_degenerate` for it.
+    """
+    failures = []
+    for case in cases:
+        kwargs = {} if options is None else options(case)
+        try:
+            check_degenerate(make, case, **kwargs)
+        except Exception as error:  # reported below, with the others
+            first_line = str(error).strip().splitlines()[0] if str(error) else ""
+            failures.append(f"{case.id}: {type(error).__name__}: {first_line}")
+    assert not failures, "\n".join(failures)

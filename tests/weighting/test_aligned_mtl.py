@@ -254,12 +254,14 @@ from keras_mtl.weighting.aligned_mtl import AlignedMTL as _Method  # noqa: E402
 # TorchJD 0.18's AlignedMTL gives the same updates, divided by T). The
 # update scales with the gradients (scalings 2^-3 and 2^10: at 2^-10 the
 # float32 Gramian of the 1e-15 rows is subnormal).
-@_pytest.mark.parametrize("case", degenerate_inputs.case_params())
-def test_degenerate_inputs(case):
-    degenerate_checks.check_degenerate(
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
         _Method,
-        case,
-        permutation=case.kind != "opposed",
-        homogeneous=True,
-        factors=(2.0**-3, 2.0**10),
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {
+            "permutation": case.kind != "opposed",
+            "homogeneous": True,
+            "factors": (2.0**-3, 2.0**10),
+        },
     )

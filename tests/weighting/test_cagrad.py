@@ -500,6 +500,10 @@ from keras_mtl.weighting.cagrad import CAGrad as _Method  # noqa: E402
 # The inner solver once raised "Input matrix is not invertible" on
 # exactly opposed rows at T = 20 and 40. Permutation equivariant up to the
 # solver's accuracy on duplicated rows (non-unique w*).
-@_pytest.mark.parametrize("case", degenerate_inputs.case_params())
-def test_degenerate_inputs(case):
-    degenerate_checks.check_degenerate(_Method, case, rtol=1e-4)
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        _Method,
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {"rtol": 1e-4},
+    )

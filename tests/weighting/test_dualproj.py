@@ -323,39 +323,44 @@ from keras_mtl.weighting.dualproj import DualProj as _Method  # noqa: E402
 _SMALL_KINDS = ("tiny", "small", "mixed_scales")
 
 
-@_pytest.mark.parametrize("case", degenerate_inputs.case_params())
-def test_degenerate_inputs(case):
-    degenerate_checks.check_degenerate(
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    slack = degenerate_checks.regularised_gramian_slack(1e-4)
+    degenerate_checks.check_cases(
         _Method,
-        case,
-        rtol=1e-4,
-        homogeneous=case.kind not in _SMALL_KINDS,
-        factors=(2.0**10,),
-        non_conflicting=case.kind not in ("tiny", "small"),
-        conflict_slack=degenerate_checks.regularised_gramian_slack(1e-4),
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {
+            "rtol": 1e-4,
+            "homogeneous": case.kind not in _SMALL_KINDS,
+            "factors": (2.0**10,),
+            "non_conflicting": case.kind not in ("tiny", "small"),
+            "conflict_slack": slack,
+        },
     )
 
 
-@_pytest.mark.parametrize(
-    "case",
-    degenerate_inputs.case_params(
-        kinds=("zeros", "rank_one_signed", "opposed", "tiny", "small", "mixed_scales")
-    ),
-)
-def test_degenerate_inputs_relative_eps(case):
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs_relative_eps(shape):
     """With eps_mode="relative" the update is non-conflicting and
     positively homogeneous at every scale, gradients of norm 1e-15 and
     1e-5 included (scaled by 2^-3 and 2^10: at 2^-10 the float32 Gramian
     of the 1e-15 rows is subnormal)."""
-    degenerate_checks.check_degenerate(
+    slack = degenerate_checks.regularised_gramian_slack(1e-4)
+    cases = degenerate_inputs.degenerate_cases(
+        kinds=("zeros", "rank_one_signed", "opposed", "tiny", "small", "mixed_scales"),
+        shapes=[shape],
+    )
+    degenerate_checks.check_cases(
         lambda: _Method(eps_mode="relative"),
-        case,
-        rtol=1e-4,
-        permutation=False,
-        homogeneous=True,
-        factors=(2.0**-3, 2.0**10),
-        non_conflicting=True,
-        conflict_slack=degenerate_checks.regularised_gramian_slack(1e-4),
+        cases,
+        lambda case: {
+            "rtol": 1e-4,
+            "permutation": False,
+            "homogeneous": True,
+            "factors": (2.0**-3, 2.0**10),
+            "non_conflicting": True,
+            "conflict_slack": slack,
+        },
     )
 
 

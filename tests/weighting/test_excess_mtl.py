@@ -330,6 +330,8 @@ from keras_mtl.weighting.excess_mtl import ExcessMTL as _Method  # noqa: E402
 
 
 # Stateful: every call is on a fresh strategy (its first step).
-@_pytest.mark.parametrize("case", degenerate_inputs.case_params())
-def test_degenerate_inputs(case):
-    degenerate_checks.check_degenerate(_Method, case)
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        _Method, degenerate_inputs.degenerate_cases(shapes=[shape])
+    )

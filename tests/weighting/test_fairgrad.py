@@ -324,6 +324,10 @@ import pytest as _pytest  # noqa: E402
 from keras_mtl.weighting.fairgrad import FairGrad as _Method  # noqa: E402
 
 
-@_pytest.mark.parametrize("case", degenerate_inputs.case_params())
-def test_degenerate_inputs(case):
-    degenerate_checks.check_degenerate(_Method, case, rtol=1e-4)
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        _Method,
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {"rtol": 1e-4},
+    )

@@ -265,9 +265,11 @@ from keras_mtl.weighting.graddrop import GradDrop as _Method  # noqa: E402
 
 # With one seed the draws are per coordinate, not per task: permuting the
 # tasks leaves the update unchanged.
-@_pytest.mark.parametrize("case", degenerate_inputs.case_params())
-def test_degenerate_inputs(case):
-    degenerate_checks.check_degenerate(lambda: _Method(seed=0), case)
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        lambda: _Method(seed=0), degenerate_inputs.degenerate_cases(shapes=[shape])
+    )
 
 
 def test_evaluation_call_keeps_the_random_state():

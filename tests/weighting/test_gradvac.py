@@ -340,7 +340,6 @@ def test_missing_tasks_eager_equals_xla():
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
 import aggregator_properties as degenerate_checks  # noqa: E402
 import degenerate_inputs  # noqa: E402
-import pytest as _pytest  # noqa: E402
 
 from keras_mtl.weighting.gradvac import GradVac as _Method  # noqa: E402
 
@@ -348,13 +347,13 @@ from keras_mtl.weighting.gradvac import GradVac as _Method  # noqa: E402
 # Random task orders: no permutation check. Eager calls cost O(T^2)
 # dispatches (about 3 s at T = 20), so the family runs up to T = 3 here,
 # plus exactly opposed rows at T = 20 (the kind that broke CAGrad).
-@_pytest.mark.parametrize(
-    "case",
-    degenerate_inputs.case_params(shapes=((1, 7), (2, 7), (3, 50)))
-    + degenerate_inputs.case_params(kinds=("opposed",), shapes=((20, 11),)),
-)
-def test_degenerate_inputs(case):
-    degenerate_checks.check_degenerate(lambda: _Method(seed=0), case, permutation=False)
+def test_degenerate_inputs():
+    cases = degenerate_inputs.degenerate_cases(
+        shapes=((1, 7), (2, 7), (3, 50))
+    ) + degenerate_inputs.degenerate_cases(kinds=("opposed",), shapes=((20, 11),))
+    degenerate_checks.check_cases(
+        lambda: _Method(seed=0), cases, lambda case: {"permutation": False}
+    )
 
 
 def test_evaluation_call_keeps_the_random_state():

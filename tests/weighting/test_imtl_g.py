@@ -482,8 +482,12 @@ import pytest as _pytest  # noqa: E402
 from keras_mtl.weighting.imtl_g import IMTLG as _Method  # noqa: E402
 
 
-@_pytest.mark.parametrize("case", degenerate_inputs.case_params())
-def test_degenerate_inputs(case):
-    degenerate_checks.check_degenerate(
-        _Method, case, permutation=case.kind != "one_zero_row"
+# The equal-projection system is asymmetric in task 1: with a zero row the
+# (near-zero) update depends on which task comes first.
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        _Method,
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {"permutation": case.kind != "one_zero_row"},
     )

@@ -346,8 +346,10 @@ from keras_mtl.weighting.moco import MoCo as _Method  # noqa: E402
 
 
 # Stateful: every call is on a fresh strategy (its first step).
-@_pytest.mark.parametrize("case", degenerate_inputs.case_params())
-def test_degenerate_inputs(case):
-    degenerate_checks.check_degenerate(
-        _Method, case, permutation=case.kind not in ("tiny", "small")
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        _Method,
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {"permutation": case.kind not in ("tiny", "small")},
     )

@@ -277,9 +277,13 @@ from keras_mtl.weighting.pcgrad import PCGrad as _Method  # noqa: E402
 
 
 # Random visit orders: no permutation check.
-@_pytest.mark.parametrize("case", degenerate_inputs.case_params())
-def test_degenerate_inputs(case):
-    degenerate_checks.check_degenerate(lambda: _Method(seed=0), case, permutation=False)
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        lambda: _Method(seed=0),
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {"permutation": False},
+    )
 
 
 def test_evaluation_call_keeps_the_random_state():
