@@ -14,6 +14,8 @@ from keras import ops
 from keras_mtl.weighting._dual_cone_ops import normalize_and_regularize
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 
+_EPS_MODES = ("absolute", "relative")
+
 
 def _check_pref_vector(cls_name, pref_vector):
     if pref_vector is None:
@@ -54,14 +56,29 @@ class DualConeAggregation(GradientAggregation):
         pref_vector: the preference p (None: p_t = 1/T).
         norm_eps, reg_eps: TorchJD's Gramian normalisation and
             regularisation constants.
+        eps_mode: "absolute" (TorchJD) or "relative" (no absolute
+            threshold on the Gramian's trace), see
+            `_dual_cone_ops.normalize_and_regularize`.
     """
 
     requires = "gramian"
     supports_missing_tasks = True
 
-    def __init__(self, pref_vector=None, norm_eps=1e-4, reg_eps=1e-4, **kwargs):
+    def __init__(
+        self,
+        pref_vector=None,
+        norm_eps=1e-4,
+        reg_eps=1e-4,
+        eps_mode="absolute",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         name = type(self).__name__
+        if eps_mode not in _EPS_MODES:
+            raise ValueError(
+                f"{name} `eps_mode` must be one of {_EPS_MODES}, got {eps_mode!r}."
+            )
+        self.eps_mode = eps_mode
         self.pref_vector = _check_pref_vector(name, pref_vector)
         self.norm_eps = _check_eps(name, "norm_eps", norm_eps)
         self.reg_eps = _check_eps(name, "reg_eps", reg_eps)
@@ -83,6 +100,7 @@ class DualConeAggregation(GradientAggregation):
                 ),
                 "norm_eps": self.norm_eps,
                 "reg_eps": self.reg_eps,
+                "eps_mode": self.eps_mode,
             }
         )
         return config
@@ -114,5 +132,7 @@ class DualConeAggregation(GradientAggregation):
                 pref = tf.constant(self.pref_vector, tf.float64) * present
             keep = tf.cast(present, gramian.dtype)
             gramian = gramian * keep[:, None] * keep[None, :]
-        matrix = normalize_and_regularize(gramian, self.norm_eps, self.reg_eps)
+        matrix = normalize_and_regularize(
+            gramian, self.norm_eps, self.reg_eps, self.eps_mode
+        )
         return pref, tf.cast(matrix, tf.float64)

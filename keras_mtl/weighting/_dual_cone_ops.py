@@ -24,21 +24,27 @@ solver) to about 1e-9 relative.
 import tensorflow as tf
 
 
-def normalize_and_regularize(gramian, norm_eps, reg_eps):
+def normalize_and_regularize(gramian, norm_eps, reg_eps, eps_mode="absolute"):
     """Scales A to unit trace and adds `reg_eps` to its diagonal.
 
-    A = J J^T is divided by its trace (the squared Frobenius norm of J); when
-    the trace is below `norm_eps`, A is replaced by zeros. Then `reg_eps * I`
-    is added so that the matrix is positive definite. This is TorchJD's
-    `normalize` / `regularize` (`_utils/gramian.py`), computed in the dtype of
-    `gramian`.
+    A = J J^T is divided by its trace (the squared Frobenius norm of J).
+    With `eps_mode="absolute"` (TorchJD's `normalize` / `regularize`,
+    `_linalg/_gramian.py`), A is replaced by zeros when the trace is below
+    the absolute threshold `norm_eps`. With `eps_mode="relative"` there is
+    no absolute threshold: A is replaced by zeros only when its trace is 0
+    (or not finite), so the result is A / trace(A) + reg_eps * I, the
+    Gramian plus `reg_eps * trace(A) * I` brought to unit scale, at every
+    scale of the gradients. Then `reg_eps * I` is added so that the matrix
+    is positive definite. Computed in the dtype of `gramian`.
     """
     num = tf.shape(gramian)[0]
     trace = tf.reduce_sum(tf.linalg.diag_part(gramian))
-    safe_trace = tf.where(trace < norm_eps, tf.ones_like(trace), trace)
-    normalized = tf.where(
-        trace < norm_eps, tf.zeros_like(gramian), gramian / safe_trace
-    )
+    if eps_mode == "relative":
+        degenerate = tf.logical_not(tf.logical_and(trace > 0, tf.math.is_finite(trace)))
+    else:
+        degenerate = trace < norm_eps
+    safe_trace = tf.where(degenerate, tf.ones_like(trace), trace)
+    normalized = tf.where(degenerate, tf.zeros_like(gramian), gramian / safe_trace)
     return normalized + reg_eps * tf.eye(num, dtype=gramian.dtype)
 
 

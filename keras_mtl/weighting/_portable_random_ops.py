@@ -30,7 +30,22 @@ def _to_uint32(value):
     return tf.cast(value, tf.uint32)
 
 
-def uniform(shape, seed_generator, dtype="float32"):
+def next_seed(seed_generator, advance=True):
+    """The seed `seed_generator.next()` returns, advancing the generator
+    only when `advance` is True.
+
+    With `advance=False` (a strategy called with `training=False`) the
+    seed is the one the next advancing call will return, so an evaluation
+    call draws what the next training step will draw and leaves the random
+    state untouched (the strategy contract: state changes only in
+    training).
+    """
+    if advance:
+        return seed_generator.next()
+    return seed_generator.state.value * 1
+
+
+def uniform(shape, seed_generator, dtype="float32", advance=True):
     """Returns U[0, 1) draws of `shape`, advancing `seed_generator`.
 
     Args:
@@ -39,6 +54,8 @@ def uniform(shape, seed_generator, dtype="float32"):
         seed_generator: a `keras.random.SeedGenerator`; its state is
             advanced once, as by one `keras.random.uniform` call.
         dtype: the float dtype of the result.
+        advance: False to leave the generator's state unchanged (see
+            `next_seed`).
     """
     if isinstance(shape, (tuple, list)) and all(isinstance(d, int) for d in shape):
         count = 1
@@ -47,7 +64,7 @@ def uniform(shape, seed_generator, dtype="float32"):
     else:
         shape = tf.cast(shape, tf.int64)
         count = tf.reduce_prod(shape)
-    seed = seed_generator.next()
+    seed = next_seed(seed_generator, advance)
     key_0 = _mix32(_to_uint32(seed[0]) + tf.constant(_GOLDEN, tf.uint32))
     key_1 = _mix32(tf.bitwise.bitwise_xor(_to_uint32(seed[1]), key_0))
     index = tf.cast(tf.range(count, dtype=tf.int64), tf.uint32)

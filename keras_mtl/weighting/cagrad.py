@@ -313,6 +313,19 @@ def _inner_weights(gramian, c, present=None):
         return k + 1, w, mu, tf.logical_or(ok, converged)
 
     exact, ok = _support_solution(gramian, mean_row, c, everything, kkt_tol, present)
+    # The start point is a minimiser when the gradient of F is the same in
+    # every (present) coordinate there. This happens where the gradients
+    # cancel exactly (g_w = 0 at the uniform weights, e.g. exactly opposed
+    # pairs): A_SS is then singular, so the support solution is not
+    # certified, and the gradient of F at the start is exactly 0, so that
+    # the barrier's scale would be 1e-300 and the Newton system singular
+    # (`tf.linalg.solve` raises on it).
+    start_gap = grad0 - tf.reduce_sum(grad0 * start)
+    if present is not None:
+        start_gap = tf.where(present, start_gap, tf.zeros_like(start_gap))
+    start_ok = tf.reduce_max(tf.abs(start_gap)) <= kkt_tol
+    exact = tf.where(ok, exact, start)
+    ok = tf.logical_or(ok, start_ok)
     # (With fewer than 3 present tasks the loop does not run.)
     skip = ok if present is None else tf.logical_or(ok, count < 3)
     _, w, _, _ = tf.while_loop(

@@ -49,6 +49,9 @@ class GradDrop(GradientAggregation):
     to the order of the tasks for given draws, not scale invariant (the
     purity's 1e-7 makes very small gradients look conflicting).
 
+    With `training=False` (evaluation) the random state does not advance:
+    the call draws what the next training call will draw.
+
     Missing tasks: with a `task_mask`, the (zero) rows of absent tasks
     are dropped: they add nothing to the purity's sums nor to the update,
     so for the same uniform draws (one per coordinate, independent of T)
@@ -117,9 +120,10 @@ class GradDrop(GradientAggregation):
         magnitude = ops.sum(ops.abs(grads), axis=0)
         return 0.5 * (1.0 + total / (magnitude + _PURITY_EPS))
 
-    def _draw_uniform(self, shape):
-        """Returns U[0, 1) draws of `shape`, one per coordinate."""
-        return portable_uniform(shape, self.seed_generator)
+    def _draw_uniform(self, shape, advance=True):
+        """Returns U[0, 1) draws of `shape`, one per coordinate (the
+        generator advances only when `advance`)."""
+        return portable_uniform(shape, self.seed_generator, advance=advance)
 
     def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")
@@ -132,7 +136,13 @@ class GradDrop(GradientAggregation):
         shape = tuple(purity.shape)
         if any(d is None for d in shape):
             shape = ops.shape(purity)  # only known when the graph runs
-        uniform = ops.cast(self._draw_uniform(shape), dtype)
+        # A call with training=False draws what the next training call will
+        # draw, without advancing the generator.
+        if training:
+            uniform = self._draw_uniform(shape)
+        else:
+            uniform = self._draw_uniform(shape, advance=False)
+        uniform = ops.cast(uniform, dtype)
         keep_positive = ops.cast(purity > uniform, dtype)[None, :]
         keep_negative = ops.cast(purity < uniform, dtype)[None, :]
         mask = keep_positive * ops.cast(grads > 0, dtype) + keep_negative * ops.cast(

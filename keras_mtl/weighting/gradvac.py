@@ -54,6 +54,9 @@ class GradVac(GradientAggregation):
     parameter gradients only (as in LibMTL). The cosines and targets do not
     depend on the gradients' scales, but the update, a sum of rows, does.
 
+    With `training=False` (evaluation) neither the random state nor the
+    targets change: the call draws what the next training call will draw.
+
     Missing tasks: with a `task_mask`, the rows of absent tasks are
     dropped: only pairs of present tasks are adjusted and only their
     targets phi_ij move (the targets of pairs with an absent task keep
@@ -137,7 +140,7 @@ class GradVac(GradientAggregation):
     def reset_state(self):
         self.targets.assign(ops.zeros_like(self.targets))
 
-    def _task_orders(self, num_tasks, task_mask=None):
+    def _task_orders(self, num_tasks, task_mask=None, advance=True):
         """Returns `(T, T)` int indices: row i is the order of visits for i.
 
         Each row is an independent uniform permutation of all tasks; task i
@@ -151,9 +154,13 @@ class GradVac(GradientAggregation):
         to the present tasks, the orders are that K-task GradVac's.
         """
         if task_mask is None:
-            noise = portable_uniform((num_tasks, num_tasks), self.seed_generator)
+            noise = portable_uniform(
+                (num_tasks, num_tasks), self.seed_generator, advance=advance
+            )
             return ops.argsort(noise, axis=1)
-        flat = portable_uniform((num_tasks * num_tasks,), self.seed_generator)
+        flat = portable_uniform(
+            (num_tasks * num_tasks,), self.seed_generator, advance=advance
+        )
         present = ops.cast(ops.convert_to_tensor(task_mask) > 0, "int32")
         rank = ops.cumsum(present) - present
         count = ops.sum(present)
@@ -177,10 +184,13 @@ class GradVac(GradientAggregation):
             # No pair to adjust and no random draw.
             return grads[0], weights
         norms = ops.sqrt(ops.sum(ops.square(grads), axis=1))
-        if task_mask is None:
-            orders = self._task_orders(num_tasks)
+        # A call with training=False draws the orders of the next training
+        # call without advancing the generator.
+        args = (num_tasks,) if task_mask is None else (num_tasks, task_mask)
+        if training:
+            orders = self._task_orders(*args)
         else:
-            orders = self._task_orders(num_tasks, task_mask)
+            orders = self._task_orders(*args, advance=False)
         beta = self.beta
 
         def visit_task(i, carry):

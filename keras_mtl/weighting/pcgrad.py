@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_mtl.weighting._portable_random_ops import next_seed
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -122,6 +123,9 @@ class PCGrad(GradientAggregation):
     g_2^pc . g_1 >= 0; non-conflicting gradients pass unchanged. Not scale
     invariant.
 
+    With `training=False` (evaluation) the random state does not advance:
+    the call draws what the next training call will draw.
+
     Missing tasks: with a `task_mask`, the rows of absent tasks are
     dropped (their Gramian rows and columns are zeroed, so nothing is
     projected onto or from them) and they get weight 0. The visit orders
@@ -177,12 +181,23 @@ class PCGrad(GradientAggregation):
         config["seed"] = self.seed
         return config
 
-    def _task_orders(self, num_tasks, task_mask=None):
+    def _task_orders(self, num_tasks, task_mask=None, advance=True):
         """`(T, T)` int32: row i is a random permutation of the tasks (with
-        `task_mask`: of the present tasks as `random_orders` says)."""
+        `task_mask`: of the present tasks as `random_orders` says). The
+        seed generator advances only when `advance` (in training)."""
+        seed = next_seed(self.seed_generator, advance)
         if task_mask is None:
-            return random_orders(self.seed_generator.next(), num_tasks)
-        return random_orders(self.seed_generator.next(), num_tasks, task_mask)
+            return random_orders(seed, num_tasks)
+        return random_orders(seed, num_tasks, task_mask)
+
+    def _orders_for_call(self, num_tasks, task_mask, training):
+        """`_task_orders`, without advancing the generator unless training
+        (a call with `training=False` draws the orders the next training
+        call will draw)."""
+        args = (num_tasks,) if task_mask is None else (num_tasks, task_mask)
+        if training:
+            return self._task_orders(*args)
+        return self._task_orders(*args, advance=False)
 
     def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
         num = gramian.shape[0]
@@ -194,14 +209,14 @@ class PCGrad(GradientAggregation):
             return weights
         gramian = ops.cast(gramian, "float64")
         if task_mask is None:
-            orders = self._task_orders(num)
+            orders = self._orders_for_call(num, None, training)
         else:
             # Drop the absent rows: with a zero row and column no dot
             # product with an absent task is negative, so nothing is
             # projected onto or from it.
             present = ops.cast(ops.convert_to_tensor(task_mask) > 0, "float64")
             gramian = gramian * present[:, None] * present[None, :]
-            orders = self._task_orders(num, task_mask)
+            orders = self._orders_for_call(num, task_mask, training)
         weights = pcgrad_weights(gramian, orders)
         if task_mask is not None:
             weights = weights * present

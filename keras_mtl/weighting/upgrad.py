@@ -43,11 +43,31 @@ class UPGrad(DualConeAggregation):
     Pass `pref_vector=[1.0] * T` for the scale of a sum (the update is
     linear in the preference vector).
 
+    Regularisation scale (`eps_mode`). `reg_eps` is added to the Gramian
+    after its normalisation to unit trace, so it is already relative to
+    trace(A); what is absolute in TorchJD is `norm_eps`: below a trace of
+    1e-4 (every gradient of norm below about 1e-2 / sqrt(T)) the Gramian is
+    replaced by zeros, A' = reg_eps * I, and the weights fall back to the
+    preference p. The update is then the plain preference-weighted mean and
+    may conflict with a task (measured: cosine -0.27 with a task at T = 20
+    for gradients of norm 1e-5). With `eps_mode="relative"` there is no
+    absolute threshold: A' = A / trace(A) + reg_eps * I whenever trace(A) > 0
+    (the Gramian regularised by `reg_eps * trace(A)`), so the update is
+    non-conflicting (up to the `reg_eps` bound below) and positively
+    homogeneous at every scale, as long as the float32 Gramian does not
+    underflow (gradient norms above about 1e-18); `norm_eps` is then unused.
+    The default stays "absolute": it is TorchJD 0.18's and LibMTL's
+    behaviour, which this class reproduces on every input, degenerate ones
+    included; choose "relative" when gradients may be tiny (small losses
+    or gradients near convergence).
+
     Properties: stateless; non-conflicting (g_t . update >= 0 for all t, up to
-    the `reg_eps` regularisation: g_t . update >= -reg_eps * trace(A) * v_t);
+    the `reg_eps` regularisation: g_t . update >= -reg_eps * trace(A) * v_t,
+    and while trace(A) >= norm_eps unless `eps_mode="relative"`);
     equal to the preference-weighted mean when no gradients conflict;
     positively homogeneous (scaling all gradients by c > 0 scales the update
-    by c, while trace(A) >= norm_eps); permutation equivariant; needs only
+    by c, while trace(A) >= norm_eps, or at every scale with
+    `eps_mode="relative"`); permutation equivariant; needs only
     the Gramian (`requires = "gramian"`).
 
     Missing tasks: with a `task_mask`, the rows of absent tasks are dropped:
@@ -67,6 +87,9 @@ class UPGrad(DualConeAggregation):
             gradients fall back to the preference-weighted mean.
         reg_eps: added to the diagonal of the normalised Gramian so that it
             is positive definite.
+        eps_mode: "absolute" (default, TorchJD: the Gramian is zeroed when
+            its trace is below `norm_eps`) or "relative" (zeroed only when
+            its trace is 0; see "Regularisation scale" above).
         **kwargs: passed to `GradientAggregation` (`name`, `dtype`).
 
     Example:

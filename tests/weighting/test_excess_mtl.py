@@ -317,3 +317,21 @@ def test_masked_eager_equals_xla():
     cases = [(g * m[:, None], m) for g, m in zip(grads, masks)]
     make = functools.partial(ExcessMTL, robust_step_size=0.5)
     checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=1e-7)
+
+
+# --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
+# matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
+# 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
+import aggregator_properties as degenerate_checks  # noqa: E402
+import degenerate_inputs  # noqa: E402
+import pytest as _pytest  # noqa: E402
+
+from keras_mtl.weighting.excess_mtl import ExcessMTL as _Method  # noqa: E402
+
+
+# Stateful: every call is on a fresh strategy (its first step).
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        _Method, degenerate_inputs.degenerate_cases(shapes=[shape])
+    )

@@ -333,3 +333,33 @@ def test_missing_tasks_eager_equals_xla():
     ]
     make = functools.partial(GradVac, seed=5)
     checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=1e-6)
+
+
+# --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
+# matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
+# 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
+import aggregator_properties as degenerate_checks  # noqa: E402
+import degenerate_inputs  # noqa: E402
+
+from keras_mtl.weighting.gradvac import GradVac as _Method  # noqa: E402
+
+
+# Random task orders: no permutation check. Eager calls cost O(T^2)
+# dispatches (about 3 s at T = 20), so the family runs up to T = 3 here,
+# plus exactly opposed rows at T = 20 (the kind that broke CAGrad).
+def test_degenerate_inputs():
+    cases = degenerate_inputs.degenerate_cases(
+        shapes=((1, 7), (2, 7), (3, 50))
+    ) + degenerate_inputs.degenerate_cases(kinds=("opposed",), shapes=((20, 11),))
+    degenerate_checks.check_cases(
+        lambda: _Method(seed=0), cases, lambda case: {"permutation": False}
+    )
+
+
+def test_evaluation_call_keeps_the_random_state():
+    """training=False draws what the next training call draws and leaves
+    the seed generator's state (and the targets) unchanged."""
+    grads = np.random.default_rng(0).normal(size=(3, 9))
+    degenerate_checks.assert_evaluation_keeps_random_state(
+        lambda: _Method(seed=1), grads
+    )

@@ -470,3 +470,24 @@ def test_missing_tasks_loss_scales_are_per_task_state():
         strategy.transform_losses(losses, task_mask=mask).numpy(),
         rtol=1e-6,
     )
+
+
+# --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
+# matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
+# 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
+import aggregator_properties as degenerate_checks  # noqa: E402
+import degenerate_inputs  # noqa: E402
+import pytest as _pytest  # noqa: E402
+
+from keras_mtl.weighting.imtl_g import IMTLG as _Method  # noqa: E402
+
+
+# The equal-projection system is asymmetric in task 1: with a zero row the
+# (near-zero) update depends on which task comes first.
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        _Method,
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {"permutation": case.kind != "one_zero_row"},
+    )

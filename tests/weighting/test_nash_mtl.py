@@ -590,3 +590,23 @@ def test_missing_tasks_eager_matches_xla():
         np.testing.assert_allclose(u2.numpy(), u1.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(w2.numpy(), w1.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(xla.alpha.numpy(), eager.alpha.numpy(), rtol=1e-5)
+
+
+# --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
+# matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
+# 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
+import aggregator_properties as degenerate_checks  # noqa: E402
+import degenerate_inputs  # noqa: E402
+import pytest as _pytest  # noqa: E402
+
+from keras_mtl.weighting.nash_mtl import NashMTL as _Method  # noqa: E402
+
+
+# Stateful (warm start): every call is on a fresh strategy.
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        _Method,
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {"rtol": 1e-4},
+    )

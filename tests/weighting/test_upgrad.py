@@ -367,3 +367,84 @@ def test_missing_tasks_eager_matches_xla():
         for absent in [(0,), (2,), (1, 3)]
     ]
     checks.assert_xla_matches_eager(UPGrad, cases, rtol=1e-5, atol=(1e-6, 1e-7))
+
+
+# --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
+# matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
+# 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
+import aggregator_properties as degenerate_checks  # noqa: E402
+import degenerate_inputs  # noqa: E402
+import pytest as _pytest  # noqa: E402
+
+from keras_mtl.weighting.upgrad import UPGrad as _Method  # noqa: E402
+
+# Non-conflicting up to the regulariser's bound; with the default (TorchJD's
+# absolute norm_eps) only while trace(G G^T) >= norm_eps, so not for the tiny
+# kinds; positively homogeneous while the scaled trace stays above norm_eps.
+_SMALL_KINDS = ("tiny", "small", "mixed_scales")
+
+
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    slack = degenerate_checks.regularised_gramian_slack(1e-4)
+    degenerate_checks.check_cases(
+        _Method,
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {
+            "rtol": 1e-4,
+            "homogeneous": case.kind not in _SMALL_KINDS,
+            "factors": (2.0**10,),
+            "non_conflicting": case.kind not in ("tiny", "small"),
+            "conflict_slack": slack,
+        },
+    )
+
+
+@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs_relative_eps(shape):
+    """With eps_mode="relative" the update is non-conflicting and
+    positively homogeneous at every scale, gradients of norm 1e-15 and
+    1e-5 included (scaled by 2^-3 and 2^10: at 2^-10 the float32 Gramian
+    of the 1e-15 rows is subnormal)."""
+    slack = degenerate_checks.regularised_gramian_slack(1e-4)
+    cases = degenerate_inputs.degenerate_cases(
+        kinds=("zeros", "rank_one_signed", "opposed", "tiny", "small", "mixed_scales"),
+        shapes=[shape],
+    )
+    degenerate_checks.check_cases(
+        lambda: _Method(eps_mode="relative"),
+        cases,
+        lambda case: {
+            "rtol": 1e-4,
+            "permutation": False,
+            "homogeneous": True,
+            "factors": (2.0**-3, 2.0**10),
+            "non_conflicting": True,
+            "conflict_slack": slack,
+        },
+    )
+
+
+def test_eps_mode_is_validated_and_round_trips():
+    with _pytest.raises(ValueError, match="eps_mode"):
+        _Method(eps_mode="trace")
+    strategy = _Method(eps_mode="relative")
+    assert strategy.get_config()["eps_mode"] == "relative"
+    assert _Method.from_config(strategy.get_config()).eps_mode == "relative"
+
+
+def test_relative_eps_keeps_small_gradients_non_conflicting():
+    """Gradients of norm 1e-5: TorchJD's absolute norm_eps zeroes the
+    Gramian and returns the mean, which conflicts with a task; the relative
+    mode returns the update of the same gradients scaled by 1e5, scaled
+    back (exactly: the scalings are powers of two)."""
+    rows = np.array([[1.0, 0.0, 0.1], [-0.9, 0.2, 0.0]], np.float32)
+    small = rows * np.float32(2.0**-17)
+    absolute = degenerate_checks.aggregate(_Method, small)[0]
+    relative = degenerate_checks.aggregate(lambda: _Method(eps_mode="relative"), small)[
+        0
+    ]
+    unit = degenerate_checks.aggregate(_Method, rows)[0]
+    assert np.min(small.astype(np.float64) @ absolute) < 0.0
+    np.testing.assert_allclose(absolute, small.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(relative, unit * 2.0**-17, rtol=1e-6)
