@@ -1,6 +1,8 @@
 """Tests of `CRMOGM`, the moving average of a Gramian weighting's weights
 (Zhou et al., NeurIPS 2022)."""
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import keras
 import missing_task_checks as checks
 import numpy as np
@@ -207,3 +209,36 @@ def test_gramian_path_gives_the_matrix_path_training():
         results[path] = [w.numpy() for w in model.weights + strategy.weights]
     for a, b in zip(results["matrix"], results["gramian"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# --- Degenerate inputs (issue 15; tests/weighting/degenerate_inputs.py) ---
+# From its initial state CR-MOGM gives the wrapped method's weights mixed
+# with the uniform start, so it inherits the wrapped method's properties:
+# MGDA's min-norm weights are not unique on a singular Gramian (the update
+# only is compared) and its Frank-Wolfe update depends on the task order on
+# duplicated rows and mixed scales (tests/weighting/test_mgda.py); UPGrad's
+# update is permutation-equivariant (its dual weights are not unique on a
+# singular Gramian) and positively homogeneous where its absolute trace
+# threshold does not cut in (scaled up, as in tests/weighting/test_upgrad.py).
+
+
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    cases = degenerate_inputs.degenerate_cases(shapes=[shape])
+    degenerate_checks.check_cases(
+        CRMOGM,
+        cases,
+        lambda case: {
+            "permutation": case.kind not in ("duplicated", "mixed_scales"),
+            "permute_weights": False,
+        },
+    )
+    degenerate_checks.check_cases(
+        lambda: CRMOGM(weighting="upgrad"),
+        cases,
+        lambda case: {
+            "permute_weights": False,
+            "homogeneous": case.kind not in ("tiny", "small"),
+            "factors": (2.0**10,),
+        },
+    )

@@ -3,6 +3,8 @@
 import os
 import warnings
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import keras
 import numpy as np
 import pytest
@@ -154,4 +156,28 @@ def test_contract_on_three_tasks(tmp_path):
             loss="mse",
             loss_weighting=Krum(n_byzantine=0),
             missing_labels={"t0": float("nan")},
+        )
+
+
+# --- Degenerate inputs (issue 15; tests/weighting/degenerate_inputs.py) ---
+# Krum selects by ranked distances: with ties (duplicated, opposed or
+# rank-one rows, few tasks) the lowest task index wins, so the update is
+# not permutation-equivariant there, by design (TorchJD's top-k picks an
+# arbitrary one of the tied rows).
+
+
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    num_tasks = shape[0]
+    if num_tasks < 3:
+        # Krum needs n_byzantine + 3 tasks: a clear error when built, which
+        # the model does in compile.
+        with pytest.raises(ValueError, match="needs at least"):
+            Krum(n_byzantine=0).build((num_tasks, shape[1]))
+        return
+    for n_byzantine in sorted({0, min(1, num_tasks - 3)}):
+        degenerate_checks.check_cases(
+            lambda f=n_byzantine: Krum(n_byzantine=f),
+            degenerate_inputs.degenerate_cases(shapes=[shape]),
+            lambda case: {"permutation": False},
         )

@@ -1,5 +1,7 @@
 """Tests of `RandomGradientWeighting`, RGW (Lin et al., TMLR 2022)."""
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import keras
 import missing_task_checks as checks
 import numpy as np
@@ -127,3 +129,17 @@ def test_same_shared_update_as_rlw_and_heads_unscaled():
             np.testing.assert_allclose(
                 rlw[path], weights[task] * delta, rtol=1e-5, atol=1e-7
             )
+
+
+# --- Degenerate inputs (issue 15; tests/weighting/degenerate_inputs.py) ---
+# Random weights: no permutation check; a fixed draw scales with the
+# gradients (the same seed draws the same weights).
+
+
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    degenerate_checks.check_cases(
+        lambda: RandomGradientWeighting(seed=0),
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {"permutation": False, "homogeneous": True},
+    )

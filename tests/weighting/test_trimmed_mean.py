@@ -1,6 +1,8 @@
 """Tests of `TrimmedMean`, the coordinate-wise trimmed mean (Yin et al., ICML
 2018)."""
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -67,3 +69,23 @@ def test_validation():
         TrimmedMean(1.5)
     with pytest.raises(ValueError, match="trim_number <= 1"):
         TrimmedMean(2).build((4, 3))
+
+
+# --- Degenerate inputs (issue 15; tests/weighting/degenerate_inputs.py) ---
+# The coordinate-wise trimmed mean is permutation-equivariant in its update;
+# which of two tied values is trimmed (and so the logged weights) depends on
+# the task order. It is positively homogeneous.
+
+
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs(shape):
+    num_tasks = shape[0]
+    if num_tasks < 3:
+        with pytest.raises(ValueError, match="trim_number"):
+            TrimmedMean(trim_number=1).build((num_tasks, shape[1]))
+        return
+    degenerate_checks.check_cases(
+        TrimmedMean,
+        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        lambda case: {"permute_weights": False, "homogeneous": True},
+    )
