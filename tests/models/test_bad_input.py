@@ -50,11 +50,19 @@ def _assert_unchanged(before, model):
         np.testing.assert_array_equal(b, a, err_msg=path)
 
 
+@pytest.fixture(scope="module")
+def validating_model():
+    """One compiled two-task model for the tests that only check that bad
+    input is refused (built once: they neither train it nor read its
+    state)."""
+    return _compile()
+
+
 # --- Task names -------------------------------------------------------------
 
 
-def test_evaluate_targets_must_name_the_model_tasks():
-    model = _compile()
+def test_evaluate_targets_must_name_the_model_tasks(validating_model):
+    model = validating_model
     x, y = two_task_data(n=8)
     with pytest.raises(ValueError, match=r"unknown tasks \['extra'\]"):
         model.evaluate(x, {**y, "extra": y["reg"]}, verbose=0)
@@ -63,16 +71,16 @@ def test_evaluate_targets_must_name_the_model_tasks():
 
 
 @pytest.mark.parametrize("kind", ["array", "list"])
-def test_targets_must_be_a_dict_naming_the_tasks(kind):
-    model = _compile()
+def test_targets_must_be_a_dict_naming_the_tasks(kind, validating_model):
+    model = validating_model
     x, y = two_task_data(n=8)
     targets = y["reg"] if kind == "array" else [y["cls"], y["reg"]]
     with pytest.raises(ValueError, match=r"dict \{task: y\}.*\['cls', 'reg'\]"):
         model.fit(x, targets, verbose=0)
 
 
-def test_sample_weight_dicts_must_name_the_model_tasks():
-    model = _compile()
+def test_sample_weight_dicts_must_name_the_model_tasks(validating_model):
+    model = validating_model
     x, y = two_task_data(n=8)
     weights = {"typo": np.ones(8, "float32")}
     # Keras' own check of the numpy structures names the stray key.
@@ -125,8 +133,8 @@ def test_non_integer_labels_for_a_sparse_loss_name_the_task():
 
 
 @pytest.mark.parametrize("source", ["numpy", "tf.data"])
-def test_string_targets_name_the_task(source):
-    model = _compile()
+def test_string_targets_name_the_task(source, validating_model):
+    model = validating_model
     x, y = two_task_data(n=8)
     y = dict(y, cls=y["cls"].astype(str))
     with pytest.raises(ValueError, match=r"'cls'"):
@@ -137,16 +145,16 @@ def test_string_targets_name_the_task(source):
             model.fit(data, shuffle=False, verbose=0)
 
 
-def test_one_hot_targets_for_a_sparse_loss_name_the_task():
-    model = _compile()
+def test_one_hot_targets_for_a_sparse_loss_name_the_task(validating_model):
+    model = validating_model
     x, y = two_task_data(n=8)
     one_hot = np.eye(3, dtype="float32")[y["cls"]]
     with pytest.raises(ValueError, match=r"'cls'"):
         model.fit(x, dict(y, cls=one_hot), verbose=0)
 
 
-def test_out_of_range_labels_name_the_task():
-    model = _compile()
+def test_out_of_range_labels_name_the_task(validating_model):
+    model = validating_model
     x, y = two_task_data(n=8)
     with pytest.raises(tf.errors.InvalidArgumentError, match="cls"):
         model.fit(x, dict(y, cls=y["cls"] + 5), verbose=0)
@@ -170,8 +178,8 @@ def test_any_python_function_is_accepted_as_a_task_loss(loss):
     assert np.isfinite(history.history["reg_loss"][0])
 
 
-def test_targets_with_another_number_of_samples_are_refused():
-    model = _compile()
+def test_targets_with_another_number_of_samples_are_refused(validating_model):
+    model = validating_model
     x, y = two_task_data(n=8)
     with pytest.raises(ValueError, match=r"(?s)cardinality.*'y' sizes: 8, 5"):
         model.fit(x, dict(y, reg=y["reg"][:5]), verbose=0)
@@ -191,8 +199,8 @@ def _generator_dataset(batches):
     )
 
 
-def test_a_target_batch_of_another_size_names_the_task():
-    model = _compile()
+def test_a_target_batch_of_another_size_names_the_task(validating_model):
+    model = validating_model
     x, y = two_task_data(n=8)
     data = _generator_dataset([(x, dict(y, reg=y["reg"][:1]))])
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="reg"):

@@ -10,6 +10,11 @@ new strategy cannot skip these checks. Each entry is exercised in a real
 - the same model and strategy state after training with and without XLA;
 - identical strategy state (and predictions) after `save` / `load_model`;
 - `reset_state` restores the state of a freshly built strategy.
+
+The graph-mode training of each strategy runs once (`graph_run`, a
+module-scoped fixture over the table's names) and serves both the XLA
+comparison and the save/load checks; `scope="module"` on their `name`
+parameter makes pytest run each strategy's checks one after the other.
 """
 
 import os
@@ -111,27 +116,33 @@ def test_config_and_name_round_trip(name):
     assert type(rebuilt) is cls and rebuilt.get_config() == config
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGY_TABLE))
-def test_training_is_finite_and_xla_matches_graph_mode(name):
+@pytest.fixture(scope="module")
+def graph_run(name):
+    """`_train(name, jit_compile=False)` once per strategy: the model, its
+    history and the values of its and its strategy's variables right after
+    training (later checks may change the live variables)."""
     if name in NEEDS_MORE_TASKS:
         pytest.skip("needs more than two tasks (tested in its own file)")
-    graph_model, history = _train(name, jit_compile=False)
+    model, history = _train(name, jit_compile=False)
+    state = model.weights + model.loss_weighting.weights
+    return model, history, [(v.path, v.numpy()) for v in state]
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_TABLE), scope="module")
+def test_training_is_finite_and_xla_matches_graph_mode(name, graph_run):
+    _, history, graph_state = graph_run
     xla_model, _ = _train(name, jit_compile=True)
     for key in ["loss", "cls_weight", "reg_weight", "cls_loss", "reg_loss"]:
         assert np.all(np.isfinite(history.history[key])), (key, history.history)
-    graph_state = graph_model.weights + graph_model.loss_weighting.weights
     xla_state = xla_model.weights + xla_model.loss_weighting.weights
-    for a, b in zip(graph_state, xla_state):
-        np.testing.assert_allclose(
-            a.numpy(), b.numpy(), rtol=2e-4, atol=2e-5, err_msg=a.path
-        )
+    assert len(xla_state) == len(graph_state)
+    for (path, a), b in zip(graph_state, xla_state):
+        np.testing.assert_allclose(a, b.numpy(), rtol=2e-4, atol=2e-5, err_msg=path)
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGY_TABLE))
-def test_save_load_restores_strategy_state_and_reset_state(name, tmp_path):
-    if name in NEEDS_MORE_TASKS:
-        pytest.skip("needs more than two tasks (tested in its own file)")
-    model, _ = _train(name, jit_compile=False)
+@pytest.mark.parametrize("name", sorted(STRATEGY_TABLE), scope="module")
+def test_save_load_restores_strategy_state_and_reset_state(name, graph_run, tmp_path):
+    model, _, _ = graph_run
     path = os.path.join(tmp_path, "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
