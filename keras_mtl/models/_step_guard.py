@@ -17,16 +17,22 @@ commit-or-skip logic, in three parts:
 - `end`: puts the snapshot back where the step was not finite, and the
   absent tasks' strategy state back in any case.
 
-How the optimizer step is skipped depends on where it runs (measured in
-`benchmarks/step_overhead.py`, see BUILD.md):
+How the optimizer step is skipped (`StepGuard.mechanism`):
 
-- graph mode (no XLA): `tf.cond` around `optimizer.apply`. Nothing is
-  copied: the untaken branch costs nothing.
-- XLA: a conditional is slow on XLA:CPU (it keeps the update out of the
-  fused computation), so the optimizer applies gradients zeroed where the
-  step is skipped, and every variable it writes (the updated variables and
-  the optimizer's state) is put back by `where(ok, new, old)`. That needs
-  the old values: a copy of exactly those variables.
+- `"cond"` (the default): `tf.cond` around `optimizer.apply`. Nothing is
+  copied, and the untaken branch costs nothing.
+- `"select"`: the optimizer applies gradients zeroed where the step is
+  skipped, and every variable it writes (the updated variables and the
+  optimizer's state) is put back by `where(ok, new, old)`, which needs a
+  copy of exactly those variables. An earlier stack (TensorFlow 2.16-era
+  XLA:CPU) ran the conditional 8x slower on a small CNN, so this was the
+  mechanism under XLA. Measured again on TensorFlow 2.21, 2 CPU cores
+  (`benchmarks/step_overhead.py --mechanisms`, BUILD.md), the conditional is
+  as fast under XLA (LeNet, batch 32: 1.002x plain Keras against 1.026x;
+  batch 256: 0.953x against 0.962x; a 3-block CNN with BatchNorm: 21.8 ms
+  against 21.5 ms, within the noise) and faster in graph mode, so `"cond"`
+  is the default everywhere and `"select"` stays for a platform where a
+  measurement says otherwise.
 - under a distribution strategy whose optimizer synchronises through
   `merge_call` (MirroredStrategy): `tf.cond` in cross-replica context.
 """
@@ -68,7 +74,7 @@ class StepGuard:
         self.bad_step = scalar("bad_step", -1)
         self.bad_task = scalar("bad_task", -1)
         self.skipped = scalar("skipped", 0)
-        #: None: chosen per step ("select" under XLA, else "cond").
+        #: None (`"cond"`) or one of `MECHANISMS`; see the module docstring.
         self.mechanism = None
 
     def clear(self):
@@ -96,7 +102,7 @@ class StepGuard:
         # An empty batch (possible inside a data set) trains nothing.
         return ops.logical_and(finite, batch_size > 0)
 
-    def apply(self, optimizer, ok, grads, variables, jit_compile):
+    def apply(self, optimizer, ok, grads, variables):
         """Applies `grads` only where `ok` holds and they are finite;
         returns whether they were applied.
 
@@ -111,7 +117,7 @@ class StepGuard:
             ok = ops.logical_and(ok, grads_finite)
         if distribution.needs_merge_call():
             distribution.apply_in_cross_replica_context(optimizer, ok, grads, variables)
-        elif self._mechanism(jit_compile) == "cond":
+        elif self._mechanism() == "cond":
             _apply_by_cond(optimizer, ok, grads, variables)
         else:
             _apply_by_select(optimizer, ok, grads, variables)
@@ -126,15 +132,15 @@ class StepGuard:
             # An absent task's state stays as it was (Strategy docs).
             strategy.restore_absent_tasks(task_mask, snapshot.task_state)
 
-    def _mechanism(self, jit_compile):
-        if self.mechanism is not None:
-            if self.mechanism not in MECHANISMS:
-                raise ValueError(
-                    f"StepGuard.mechanism must be None or one of {MECHANISMS}, "
-                    f"got {self.mechanism!r}."
-                )
-            return self.mechanism
-        return "select" if jit_compile else "cond"
+    def _mechanism(self):
+        if self.mechanism is None:
+            return "cond"
+        if self.mechanism not in MECHANISMS:
+            raise ValueError(
+                f"StepGuard.mechanism must be None or one of {MECHANISMS}, "
+                f"got {self.mechanism!r}."
+            )
+        return self.mechanism
 
     def _record(self, losses):
         finite_per_task = tf.math.is_finite(losses)

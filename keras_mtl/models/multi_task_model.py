@@ -432,9 +432,7 @@ class MultiTaskModel(keras.Model):
         masked = self._options.task_losses.missing_labels is not None
         snapshot = guard.begin(self, strategy, masked)
         step = self._gradient_path(x, y, sample_weights)
-        applied = guard.apply(
-            self.optimizer, step.finite, step.grads, step.variables, self.jit_compile
-        )
+        applied = guard.apply(self.optimizer, step.finite, step.grads, step.variables)
         step = step._replace(finite=applied)
         mask = task_mask(step.counts)
         if strategy.uses_post_step_losses:

@@ -86,7 +86,7 @@ def _handle(variable):
 
 
 def test_the_conditional_step_holds_no_copy_of_the_optimizer_slots():
-    """Graph mode skips by `tf.cond` (the default there, None): the traced
+    """The default (None) skips by `tf.cond`: the graph-mode traced
     step reads no optimizer slot outside the conditional (no snapshot of
     them); the select mechanism reads every one of them to copy it."""
     reads = {}
