@@ -2,6 +2,8 @@
 
 import functools
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import missing_task_checks as checks
 import numpy as np
 import pytest
@@ -242,11 +244,6 @@ def test_missing_tasks_eager_equals_xla():
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
 # matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
-import aggregator_properties as degenerate_checks  # noqa: E402
-import degenerate_inputs  # noqa: E402
-import pytest as _pytest  # noqa: E402
-
-from keras_mtl.weighting.aligned_mtl import AlignedMTL as _Method  # noqa: E402
 
 
 # Deterministic: permutation equivariant, except for exactly opposed rows
@@ -254,10 +251,10 @@ from keras_mtl.weighting.aligned_mtl import AlignedMTL as _Method  # noqa: E402
 # TorchJD 0.18's AlignedMTL gives the same updates, divided by T). The
 # update scales with the gradients (scalings 2^-3 and 2^10: at 2^-10 the
 # float32 Gramian of the 1e-15 rows is subnormal).
-@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        _Method,
+        AlignedMTL,
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {
             "permutation": case.kind != "opposed",

@@ -1,5 +1,7 @@
 """Tests of CAGrad."""
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -490,20 +492,15 @@ def test_missing_tasks_eager_matches_xla():
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
 # matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
-import aggregator_properties as degenerate_checks  # noqa: E402
-import degenerate_inputs  # noqa: E402
-import pytest as _pytest  # noqa: E402
-
-from keras_mtl.weighting.cagrad import CAGrad as _Method  # noqa: E402
 
 
 # The inner solver once raised "Input matrix is not invertible" on
 # exactly opposed rows at T = 20 and 40. Permutation equivariant up to the
 # solver's accuracy on duplicated rows (non-unique w*).
-@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        _Method,
+        CAGrad,
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {"rtol": 1e-4},
     )

@@ -2,6 +2,8 @@
 
 import functools
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import keras
 import missing_task_checks as checks
 import numpy as np
@@ -308,19 +310,14 @@ def test_missing_tasks_eager_matches_xla():
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
 # matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
-import aggregator_properties as degenerate_checks  # noqa: E402
-import degenerate_inputs  # noqa: E402
-import pytest as _pytest  # noqa: E402
-
-from keras_mtl.weighting.con_fig import ConFIG as _Method  # noqa: E402
 
 
 # Where the exact update is 0 (opposed rows) it is rounding noise, whose
 # direction depends on the task order (see the class Note).
-@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        _Method,
+        ConFIG,
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {
             "permutation": case.kind not in ("opposed", "rank_one_signed"),

@@ -2,6 +2,8 @@
 
 import functools
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import missing_task_checks as checks
 import numpy as np
 import pytest
@@ -322,16 +324,11 @@ def test_masked_eager_equals_xla():
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
 # matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
-import aggregator_properties as degenerate_checks  # noqa: E402
-import degenerate_inputs  # noqa: E402
-import pytest as _pytest  # noqa: E402
-
-from keras_mtl.weighting.excess_mtl import ExcessMTL as _Method  # noqa: E402
 
 
 # Stateful: every call is on a fresh strategy (its first step).
-@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        _Method, degenerate_inputs.degenerate_cases(shapes=[shape])
+        ExcessMTL, degenerate_inputs.degenerate_cases(shapes=[shape])
     )

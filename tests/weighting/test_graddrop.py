@@ -2,6 +2,8 @@
 
 import functools
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import missing_task_checks as checks
 import numpy as np
 import pytest
@@ -256,19 +258,14 @@ def test_missing_tasks_eager_equals_xla():
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
 # matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
-import aggregator_properties as degenerate_checks  # noqa: E402
-import degenerate_inputs  # noqa: E402
-import pytest as _pytest  # noqa: E402
-
-from keras_mtl.weighting.graddrop import GradDrop as _Method  # noqa: E402
 
 
 # With one seed the draws are per coordinate, not per task: permuting the
 # tasks leaves the update unchanged.
-@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        lambda: _Method(seed=0), degenerate_inputs.degenerate_cases(shapes=[shape])
+        lambda: GradDrop(seed=0), degenerate_inputs.degenerate_cases(shapes=[shape])
     )
 
 
@@ -277,5 +274,5 @@ def test_evaluation_call_keeps_the_random_state():
     the seed generator's state unchanged (the strategy contract)."""
     grads = np.random.default_rng(0).normal(size=(3, 9))
     degenerate_checks.assert_evaluation_keeps_random_state(
-        lambda: _Method(seed=1), grads
+        lambda: GradDrop(seed=1), grads
     )

@@ -2,6 +2,8 @@
 
 import functools
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import missing_task_checks as checks
 import numpy as np
 import pytest
@@ -338,10 +340,6 @@ def test_missing_tasks_eager_equals_xla():
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
 # matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
-import aggregator_properties as degenerate_checks  # noqa: E402
-import degenerate_inputs  # noqa: E402
-
-from keras_mtl.weighting.gradvac import GradVac as _Method  # noqa: E402
 
 
 # Random task orders: no permutation check. Eager calls cost O(T^2)
@@ -352,7 +350,7 @@ def test_degenerate_inputs():
         shapes=((1, 7), (2, 7), (3, 50))
     ) + degenerate_inputs.degenerate_cases(kinds=("opposed",), shapes=((20, 11),))
     degenerate_checks.check_cases(
-        lambda: _Method(seed=0), cases, lambda case: {"permutation": False}
+        lambda: GradVac(seed=0), cases, lambda case: {"permutation": False}
     )
 
 
@@ -361,5 +359,5 @@ def test_evaluation_call_keeps_the_random_state():
     the seed generator's state (and the targets) unchanged."""
     grads = np.random.default_rng(0).normal(size=(3, 9))
     degenerate_checks.assert_evaluation_keeps_random_state(
-        lambda: _Method(seed=1), grads
+        lambda: GradVac(seed=1), grads
     )

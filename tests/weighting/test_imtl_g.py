@@ -1,5 +1,7 @@
 """Tests of IMTL-G."""
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -475,19 +477,14 @@ def test_missing_tasks_loss_scales_are_per_task_state():
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
 # matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
-import aggregator_properties as degenerate_checks  # noqa: E402
-import degenerate_inputs  # noqa: E402
-import pytest as _pytest  # noqa: E402
-
-from keras_mtl.weighting.imtl_g import IMTLG as _Method  # noqa: E402
 
 
 # The equal-projection system is asymmetric in task 1: with a zero row the
 # (near-zero) update depends on which task comes first.
-@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        _Method,
+        IMTLG,
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {"permutation": case.kind != "one_zero_row"},
     )

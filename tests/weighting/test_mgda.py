@@ -1,5 +1,7 @@
 """Tests of MGDA / MGDA-UB."""
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -525,21 +527,16 @@ def test_missing_tasks_eager_matches_xla():
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
 # matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
-import aggregator_properties as degenerate_checks  # noqa: E402
-import degenerate_inputs  # noqa: E402
-import pytest as _pytest  # noqa: E402
-
-from keras_mtl.weighting.mgda import MGDA as _Method  # noqa: E402
 
 
 # The min-norm weights are not unique on a singular Gramian (only the
 # update is), so only the update is compared under a permutation. Known
 # gaps (not fixed here): with duplicated rows (T = 3, 20) and mixed scales
 # (T = 20) the Frank-Wolfe solver's update depends on the task order.
-@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        _Method,
+        MGDA,
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {
             "permutation": case.kind not in ("duplicated", "mixed_scales"),

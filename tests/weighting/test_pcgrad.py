@@ -3,6 +3,8 @@
 import functools
 import itertools
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import missing_task_checks as checks
 import numpy as np
 import pytest
@@ -269,18 +271,13 @@ def test_missing_tasks_eager_equals_xla():
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
 # matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
-import aggregator_properties as degenerate_checks  # noqa: E402
-import degenerate_inputs  # noqa: E402
-import pytest as _pytest  # noqa: E402
-
-from keras_mtl.weighting.pcgrad import PCGrad as _Method  # noqa: E402
 
 
 # Random visit orders: no permutation check.
-@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        lambda: _Method(seed=0),
+        lambda: PCGrad(seed=0),
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {"permutation": False},
     )
@@ -291,5 +288,5 @@ def test_evaluation_call_keeps_the_random_state():
     leaves the seed generator's state unchanged (the strategy contract)."""
     grads = np.random.default_rng(0).normal(size=(4, 9))
     degenerate_checks.assert_evaluation_keeps_random_state(
-        lambda: _Method(seed=1), grads
+        lambda: PCGrad(seed=1), grads
     )

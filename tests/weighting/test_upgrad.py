@@ -3,6 +3,8 @@
 import functools
 import itertools
 
+import aggregator_properties as degenerate_checks
+import degenerate_inputs
 import keras
 import missing_task_checks as checks
 import numpy as np
@@ -372,11 +374,7 @@ def test_missing_tasks_eager_matches_xla():
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
 # matrices, duplicated and opposed rows, a zero row, scales from 1e-15 to
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
-import aggregator_properties as degenerate_checks  # noqa: E402
-import degenerate_inputs  # noqa: E402
-import pytest as _pytest  # noqa: E402
 
-from keras_mtl.weighting.upgrad import UPGrad as _Method  # noqa: E402
 
 # Non-conflicting up to the regulariser's bound; with the default (TorchJD's
 # absolute norm_eps) only while trace(G G^T) >= norm_eps, so not for the tiny
@@ -384,11 +382,11 @@ from keras_mtl.weighting.upgrad import UPGrad as _Method  # noqa: E402
 _SMALL_KINDS = ("tiny", "small", "mixed_scales")
 
 
-@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     slack = degenerate_checks.regularised_gramian_slack(1e-4)
     degenerate_checks.check_cases(
-        _Method,
+        UPGrad,
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {
             "rtol": 1e-4,
@@ -400,7 +398,7 @@ def test_degenerate_inputs(shape):
     )
 
 
-@_pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs_relative_eps(shape):
     """With eps_mode="relative" the update is non-conflicting and
     positively homogeneous at every scale, gradients of norm 1e-15 and
@@ -412,7 +410,7 @@ def test_degenerate_inputs_relative_eps(shape):
         shapes=[shape],
     )
     degenerate_checks.check_cases(
-        lambda: _Method(eps_mode="relative"),
+        lambda: UPGrad(eps_mode="relative"),
         cases,
         lambda case: {
             "rtol": 1e-4,
@@ -426,11 +424,11 @@ def test_degenerate_inputs_relative_eps(shape):
 
 
 def test_eps_mode_is_validated_and_round_trips():
-    with _pytest.raises(ValueError, match="eps_mode"):
-        _Method(eps_mode="trace")
-    strategy = _Method(eps_mode="relative")
+    with pytest.raises(ValueError, match="eps_mode"):
+        UPGrad(eps_mode="trace")
+    strategy = UPGrad(eps_mode="relative")
     assert strategy.get_config()["eps_mode"] == "relative"
-    assert _Method.from_config(strategy.get_config()).eps_mode == "relative"
+    assert UPGrad.from_config(strategy.get_config()).eps_mode == "relative"
 
 
 def test_relative_eps_keeps_small_gradients_non_conflicting():
@@ -440,11 +438,11 @@ def test_relative_eps_keeps_small_gradients_non_conflicting():
     back (exactly: the scalings are powers of two)."""
     rows = np.array([[1.0, 0.0, 0.1], [-0.9, 0.2, 0.0]], np.float32)
     small = rows * np.float32(2.0**-17)
-    absolute = degenerate_checks.aggregate(_Method, small)[0]
-    relative = degenerate_checks.aggregate(lambda: _Method(eps_mode="relative"), small)[
+    absolute = degenerate_checks.aggregate(UPGrad, small)[0]
+    relative = degenerate_checks.aggregate(lambda: UPGrad(eps_mode="relative"), small)[
         0
     ]
-    unit = degenerate_checks.aggregate(_Method, rows)[0]
+    unit = degenerate_checks.aggregate(UPGrad, rows)[0]
     assert np.min(small.astype(np.float64) @ absolute) < 0.0
     np.testing.assert_allclose(absolute, small.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(relative, unit * 2.0**-17, rtol=1e-6)
