@@ -7,6 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import keras_mtl
+
 
 def to_numpy(value):
     """Converts a tensor, or a list/dict of tensors, to numpy."""
@@ -89,3 +91,34 @@ def gradients(model, x, task, variables):
         out = model(x, training=False)[task]
         total = tf.reduce_sum(out)
     return tape.gradient(total, variables)
+
+
+def tower_losses(num_tasks=2):
+    """The losses of `tower_model`'s tasks: "a" classifies (3 classes,
+    logits), "b" and "c" regress."""
+    losses = {"a": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+    losses.update({task: "mse" for task in "bc"[: num_tasks - 1]})
+    return losses
+
+
+def tower_data(num_tasks=2, n=8, dim=5, seed=0):
+    """Inputs `(n, dim)` and targets of `tower_losses(num_tasks)`."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype("float32")
+    y = {"a": rng.integers(0, 3, size=(n,)).astype("int32")}
+    for task in "bc"[: num_tasks - 1]:
+        y[task] = rng.normal(size=(n, 1)).astype("float32")
+    return x, y
+
+
+def tower_model(layer, num_tasks=2, dim=5):
+    """A `MultiTaskModel` with one dense head on each of `layer`'s towers."""
+    inputs = keras.Input((dim,))
+    towers = layer(inputs)
+    outputs = {
+        task: keras.layers.Dense(units, name=f"head_{task}")(tower)
+        for (task, units), tower in zip(
+            [("a", 3), ("b", 1), ("c", 1)][:num_tasks], towers
+        )
+    }
+    return keras_mtl.MultiTaskModel(inputs, outputs)

@@ -1,6 +1,5 @@
 """Tests of CustomizedGateControl (CGC, the one-level PLE)."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,32 +9,22 @@ from soft_sharing_checks import (
     assert_one_fit_step_trains,
     assert_save_load_equal,
     gradients,
+    tower_data,
+    tower_losses,
+    tower_model,
 )
 
-import keras_mtl
 from keras_mtl.layers import CustomizedGateControl, ProgressiveLayeredExtraction
 
-LOSSES = {"a": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "b": "mse"}
+LOSSES = tower_losses(2)
 
 
 def _data(n=8, dim=5, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, dim)).astype("float32")
-    y = {
-        "a": rng.integers(0, 3, size=(n,)).astype("int32"),
-        "b": rng.normal(size=(n, 1)).astype("float32"),
-    }
-    return x, y
+    return tower_data(2, n, dim, seed)
 
 
 def _model(layer, dim=5):
-    inputs = keras.Input((dim,))
-    towers = layer(inputs)
-    outputs = {
-        "a": keras.layers.Dense(3, name="head_a")(towers[0]),
-        "b": keras.layers.Dense(1, name="head_b")(towers[1]),
-    }
-    return keras_mtl.MultiTaskModel(inputs, outputs)
+    return tower_model(layer, 2, dim)
 
 
 def _np_experts(bank, x):

@@ -10,23 +10,19 @@ from soft_sharing_checks import (
     assert_one_fit_step_trains,
     assert_save_load_equal,
     gradients,
+    tower_data,
+    tower_losses,
 )
 
 import keras_mtl
 from keras_mtl.layers.cross_stitch import CrossStitch
 from keras_mtl.models.cross_stitch_network import cross_stitch_network
 
-LOSSES = {"a": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "b": "mse"}
+LOSSES = tower_losses(2)
 
 
 def _data(n=8, dim=6, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, dim)).astype("float32")
-    y = {
-        "a": rng.integers(0, 3, size=(n,)).astype("int32"),
-        "b": rng.normal(size=(n, 1)).astype("float32"),
-    }
-    return x, y
+    return tower_data(2, n, dim, seed)
 
 
 def _block(task, index):
