@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import keras
+import numpy as np
 
 
 class TrainingHooks(keras.callbacks.Callback):
@@ -31,6 +32,25 @@ class TrainingHooks(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._guard.clear()
+        self._check_strategy_state()
+
+    def _check_strategy_state(self):
+        """Refuses to train from a strategy state that is not finite (a
+        damaged file or checkpoint loads without complaint when its numbers
+        are NaN): every step would be skipped, or the state would spread
+        NaN into the weights."""
+        strategy = self._mtl_model.loss_weighting
+        for variable in strategy.variables:
+            if not keras.backend.is_float_dtype(variable.dtype):
+                continue
+            if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable.value))):
+                raise ValueError(
+                    f"The state of strategy {type(strategy).__name__} is not "
+                    f"finite: variable {variable.path!r} holds NaN or infinite "
+                    "values (was it loaded from a damaged file?). Nothing was "
+                    "trained. Call `model.loss_weighting.reset_state()` to start "
+                    "the strategy afresh, or load an intact checkpoint."
+                )
 
     def on_train_batch_end(self, batch, logs=None):
         if self._on_nonfinite == "raise":

@@ -670,3 +670,23 @@ def test_a_saved_strategy_with_a_bad_hyperparameter_names_it(
     )
     with pytest.raises(TypeError, match="`temperature` must be a finite number > 0"):
         keras.models.load_model(path)
+
+
+def test_a_strategy_state_that_is_not_finite_is_refused_before_training(tmp_path):
+    """A file whose numbers are NaN loads without complaint; fit refuses to
+    train from it, names the variable and what to do, and changes nothing."""
+    model = _compile(loss_weighting="uw")
+    x, y = two_task_data(n=8)
+    model.fit(x, y, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    log_vars = loaded.loss_weighting.trainable_variables[0]
+    log_vars.assign(np.array([np.nan, 0.0], "float32"))
+    before = _state(loaded)
+    with pytest.raises(ValueError, match=re.escape(log_vars.path) + ".*reset_state"):
+        loaded.fit(x, y, verbose=0)
+    _assert_unchanged(before, loaded)
+    loaded.loss_weighting.reset_state()
+    loaded.fit(x, y, verbose=0)
+    assert all(np.all(np.isfinite(v.numpy())) for v in loaded.weights)
