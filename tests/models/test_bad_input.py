@@ -690,3 +690,74 @@ def test_a_strategy_state_that_is_not_finite_is_refused_before_training(tmp_path
     loaded.loss_weighting.reset_state()
     loaded.fit(x, y, verbose=0)
     assert all(np.all(np.isfinite(v.numpy())) for v in loaded.weights)
+
+
+def test_batches_that_change_size_mid_epoch_train_like_the_same_batches_one_by_one():
+    """A data set whose batches are 8, 5, 8 and 3 samples long (not only a
+    short last batch) trains every sample once: the same weights as
+    `train_on_batch` on the same batches, and each epoch log weighs a
+    batch by its size."""
+    x, y = two_task_data(n=24)
+    sizes, bounds = [8, 5, 8, 3], np.cumsum([0, 8, 5, 8, 3])
+    batches = [
+        (x[a:b], {k: v[a:b] for k, v in y.items()})
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(batches),
+        output_signature=(
+            tf.TensorSpec((None, 8), tf.float32),
+            {
+                "cls": tf.TensorSpec((None,), tf.int32),
+                "reg": tf.TensorSpec((None, 1), tf.float32),
+            },
+        ),
+    )
+    model = _compile(loss_weighting="dwa")
+    reference = _compile(loss_weighting="dwa")
+    reference.set_weights(model.get_weights())
+    history = model.fit(dataset, verbose=0)
+    losses = [reference.train_on_batch(*batch, return_dict=True) for batch in batches]
+    # (fit also ends the epoch, which moves DWA's state; the layers' weights
+    # and the optimizer see the same four steps.)
+    for a, b in zip(
+        model.trainable_variables + model.optimizer.variables,
+        reference.trainable_variables + reference.optimizer.variables,
+    ):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    assert int(model.optimizer.iterations.numpy()) == len(sizes)
+    # fit's epoch log is the mean of the batches' losses weighted by their
+    # sizes (train_on_batch logs each batch's own).
+    for key in ("loss", "cls_loss", "reg_loss"):
+        expected = np.average([log[key] for log in losses], weights=sizes)
+        np.testing.assert_allclose(history.history[key][0], expected, rtol=1e-5)
+
+
+def test_a_task_without_labels_for_a_whole_epoch_keeps_its_state():
+    """With missing labels, an epoch in which one task has no labelled
+    sample trains the other task, leaves the absent task's head (SGD) and
+    its epoch-level strategy state (DWA's loss history) as they were, and
+    logs it as documented: loss 0 and weight 0, not counted in `loss`."""
+    model = _compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss_weighting="dwa",
+        missing_labels={"reg": float("nan")},
+    )
+    x, y = two_task_data(n=16)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    strategy = model.loss_weighting
+    history_before = [strategy.previous.numpy()[1], strategy.latest.numpy()[1]]
+    head_before = [v.numpy() for v in model.task_variables["reg"]]
+    cls_head_before = [v.numpy() for v in model.task_variables["cls"]]
+    y["reg"][:] = np.nan
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert history.history["reg_loss"] == [0.0, 0.0]
+    assert history.history["reg_weight"] == [0.0, 0.0]
+    np.testing.assert_allclose(history.history["loss"], history.history["cls_loss"])
+    assert [strategy.previous.numpy()[1], strategy.latest.numpy()[1]] == history_before
+    for before, variable in zip(head_before, model.task_variables["reg"]):
+        np.testing.assert_array_equal(variable.numpy(), before)
+    assert not all(
+        np.array_equal(before, variable.numpy())
+        for before, variable in zip(cls_head_before, model.task_variables["cls"])
+    )
