@@ -3,8 +3,8 @@
 import functools
 import itertools
 
-import aggregator_properties as degenerate_checks
 import degenerate_inputs
+import dual_cone_checks
 import keras
 import missing_task_checks as checks
 import numpy as np
@@ -315,73 +315,19 @@ def test_missing_tasks_eager_matches_xla():
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
 
 
-# Non-conflicting up to the regulariser's bound; with the default (TorchJD's
-# absolute norm_eps) only while trace(G G^T) >= norm_eps, so not for the tiny
-# kinds; positively homogeneous while the scaled trace stays above norm_eps.
-_SMALL_KINDS = ("tiny", "small", "mixed_scales")
-
-
 @pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
-    slack = degenerate_checks.regularised_gramian_slack(1e-4)
-    degenerate_checks.check_cases(
-        DualProj,
-        degenerate_inputs.degenerate_cases(shapes=[shape]),
-        lambda case: {
-            "rtol": 1e-4,
-            "homogeneous": case.kind not in _SMALL_KINDS,
-            "factors": (2.0**10,),
-            "non_conflicting": case.kind not in ("tiny", "small"),
-            "conflict_slack": slack,
-        },
-    )
+    dual_cone_checks.check_degenerate_inputs(DualProj, shape)
 
 
 @pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs_relative_eps(shape):
-    """With eps_mode="relative" the update is non-conflicting and
-    positively homogeneous at every scale, gradients of norm 1e-15 and
-    1e-5 included (scaled by 2^-3 and 2^10: at 2^-10 the float32 Gramian
-    of the 1e-15 rows is subnormal)."""
-    slack = degenerate_checks.regularised_gramian_slack(1e-4)
-    cases = degenerate_inputs.degenerate_cases(
-        kinds=("zeros", "rank_one_signed", "opposed", "tiny", "small", "mixed_scales"),
-        shapes=[shape],
-    )
-    degenerate_checks.check_cases(
-        lambda: DualProj(eps_mode="relative"),
-        cases,
-        lambda case: {
-            "rtol": 1e-4,
-            "permutation": False,
-            "homogeneous": True,
-            "factors": (2.0**-3, 2.0**10),
-            "non_conflicting": True,
-            "conflict_slack": slack,
-        },
-    )
+    dual_cone_checks.check_degenerate_inputs_relative_eps(DualProj, shape)
 
 
 def test_eps_mode_is_validated_and_round_trips():
-    with pytest.raises(ValueError, match="eps_mode"):
-        DualProj(eps_mode="trace")
-    strategy = DualProj(eps_mode="relative")
-    assert strategy.get_config()["eps_mode"] == "relative"
-    assert DualProj.from_config(strategy.get_config()).eps_mode == "relative"
+    dual_cone_checks.check_eps_mode_is_validated_and_round_trips(DualProj)
 
 
 def test_relative_eps_keeps_small_gradients_non_conflicting():
-    """Gradients of norm 1e-5: TorchJD's absolute norm_eps zeroes the
-    Gramian and returns the mean, which conflicts with a task; the relative
-    mode returns the update of the same gradients scaled by 1e5, scaled
-    back (exactly: the scalings are powers of two)."""
-    rows = np.array([[1.0, 0.0, 0.1], [-0.9, 0.2, 0.0]], np.float32)
-    small = rows * np.float32(2.0**-17)
-    absolute = degenerate_checks.aggregate(DualProj, small)[0]
-    relative = degenerate_checks.aggregate(
-        lambda: DualProj(eps_mode="relative"), small
-    )[0]
-    unit = degenerate_checks.aggregate(DualProj, rows)[0]
-    assert np.min(small.astype(np.float64) @ absolute) < 0.0
-    np.testing.assert_allclose(absolute, small.mean(axis=0), rtol=1e-6)
-    np.testing.assert_allclose(relative, unit * 2.0**-17, rtol=1e-6)
+    dual_cone_checks.check_relative_eps_keeps_small_gradients_non_conflicting(DualProj)
