@@ -1,4 +1,11 @@
-"""Shared pytest set-up: quiet TensorFlow, CPU only, fresh Keras state."""
+"""Shared pytest set-up: quiet TensorFlow, CPU only, fresh Keras state, and
+the backend split.
+
+The suite runs on `KERAS_BACKEND` (TensorFlow by default). On any other
+backend only the tests marked `both_backends` (a module's `pytestmark` or
+one test's decorator) are collected: the rest need TensorFlow or check
+TensorFlow-only features (`tf.distribute`, `tf.data`).
+"""
 
 import gc
 import itertools
@@ -16,6 +23,17 @@ import pytest  # noqa: E402
 # bounds the memory of the released models.
 _COLLECT_EVERY = 10
 _tests_run = itertools.count(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    if keras.backend.backend() == "tensorflow":
+        return
+    kept, dropped = [], []
+    for item in items:
+        (kept if item.get_closest_marker("both_backends") else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(autouse=True)
