@@ -19,6 +19,7 @@ from keras import ops
 from keras_mtl import weighting
 from keras_mtl.models import _compile_options as options
 from keras_mtl.models import _distribution as distribution
+from keras_mtl.models import _stateless_step as stateless_step
 from keras_mtl.models import _targets as targets
 from keras_mtl.models._model_outputs import arrange_outputs, heads_on_trunk
 from keras_mtl.models._step_guard import StepGuard
@@ -280,7 +281,9 @@ class MultiTaskModel(keras.Model):
         strategy = options.resolve_strategy(names, loss_weighting, loss_weights)
         path = select_gradient_path(self, strategy, per_task_gradients)
         options.build_strategy(strategy, path.strategy_input_shape())
-        distribution.check_jit_compile(jit_compile, self.distribute_strategy)
+        distribution.check_jit_compile(
+            jit_compile, getattr(self, "distribute_strategy", None)
+        )
         super().compile(
             optimizer=optimizer,
             loss=None,
@@ -412,7 +415,13 @@ class MultiTaskModel(keras.Model):
                 "fit() or evaluate()."
             )
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        # On JAX, Keras passes (state, data) and wants (logs, new state).
+        if keras.backend.backend() == "jax":
+            state, data = args
+            groups = stateless_step.train_groups(self)
+            return stateless_step.run(groups, state, lambda: self._train_step(data))
+        (data,) = args
         # Under XLA the step takes the batch as its arguments, so it cannot
         # start early; there the dependency would also stop TensorFlow from
         # lifting the metrics' variable creation out of the first trace.
@@ -463,7 +472,14 @@ class MultiTaskModel(keras.Model):
             if id(variable) not in strategy_ids:
                 yield variable
 
-    def test_step(self, data):
+    def test_step(self, *args):
+        if keras.backend.backend() == "jax":
+            state, data = args
+            groups = stateless_step.test_groups(self)
+            return stateless_step.run(groups, state, lambda: self._test_step(data))
+        return self._test_step(*args)
+
+    def _test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y, sample_weights = targets.standardize_targets(
             self.task_names, y, sample_weight
@@ -492,6 +508,8 @@ class MultiTaskModel(keras.Model):
         metrics = list(self._step_logs.trackers)
         if self._compile_metrics is not None:
             metrics.append(self._compile_metrics)
+        if keras.backend.backend() == "jax":
+            metrics.append(self._guard.record)
         return metrics
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
