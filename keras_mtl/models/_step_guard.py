@@ -148,7 +148,9 @@ class StepGuard:
         first_bad = ops.cast(ops.argmin(ops.cast(finite_per_task, "int32")), dtype)
         new_bad = ops.logical_and(ops.logical_not(finite), _read(self.bad_step) < 0)
         self.bad_task.assign(ops.where(new_bad, first_bad, _read(self.bad_task)))
-        self.bad_step.assign(ops.where(new_bad, _read(self.steps), _read(self.bad_step)))
+        self.bad_step.assign(
+            ops.where(new_bad, _read(self.steps), _read(self.bad_step))
+        )
         self.skipped.assign_add(ops.cast(ops.logical_not(finite), dtype))
         self.steps.assign_add(ops.ones((), dtype))
         return finite

@@ -15,7 +15,7 @@ scope, `differentiate`, and pulling cotangents back with `jax.vjp`:
   the K cotangents (the T task objectives, then the extra objective and the
   strategy's own, where there are any) pulled back together, by `jax.vmap`
   of the pullback (`batched_pullback="vmap"`) or one pullback per row
-  (`"loop"`); see `benchmarks/jax_pullback.py` for the choice.
+  (`"loop"`), by platform (`BATCHED_PULLBACK`).
 
 What a path assigns inside the differentiated function (BatchNorm
 statistics, metrics, strategy state) comes out of the vjp as auxiliary
@@ -36,10 +36,13 @@ from keras_mtl.models.gradient_paths.loss_path import (
 from keras_mtl.models.gradient_paths.matrix_path import MatrixGradientPath
 from keras_mtl.models.gradient_paths.parameter_path import ParameterGradientPath
 
-#: How the K cotangents of a per-task path are pulled back: "vmap" (one
-#: batched backward pass) or "loop" (K backward passes). Measured on XLA:CPU
-#: (2 cores, LeNet, T = 8; `benchmarks/jax_pullback.py`) the loop was faster.
+#: How the K cotangents of a per-task path are pulled back, by platform:
+#: "vmap" (one batched backward pass) or "loop" (K backward passes). See
+#: `benchmarks/backend_step_time.py --pullbacks=vmap,loop`.
 BATCHED_PULLBACK = {"cpu": "loop", "default": "vmap"}
+#: Set (to "vmap" or "loop") to override `BATCHED_PULLBACK` in steps traced
+#: from then on (benchmarks).
+PULLBACK_OVERRIDE = None
 
 
 def step_variables(model):
@@ -96,6 +99,7 @@ def pull_rows(pullback, outputs, how=None):
     K = len(outputs): one list entry per variable, each `(K, *shape)`."""
     num = outputs.shape[0]
     eye = ops.eye(num, dtype=outputs.dtype)
+    how = how or PULLBACK_OVERRIDE
     if how is None:
         platform = jax.devices()[0].platform
         how = BATCHED_PULLBACK.get(platform, BATCHED_PULLBACK["default"])
