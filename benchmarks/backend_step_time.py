@@ -149,13 +149,19 @@ def measure(batch_size, num_tasks):
     kinds = list(FLAGS.kinds)
     if keras.backend.backend() == "jax":
         kinds += [f"grads ({how})" for how in FLAGS.pullbacks]
-    models, timers = {}, {}
+    models, timers, failed = {}, {}, {}
     for kind in kinds:
         _set_pullback(kind)  # read when the step is traced, in this fit
-        models[kind] = build(kind.split()[0], tasks)
-        models[kind].fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
-        timers[kind] = EpochTimer()
+        try:
+            model = build(kind.split()[0], tasks)
+            model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+        except Exception as error:  # noqa: BLE001 - reported, others go on
+            failed[kind] = f"{type(error).__name__}: {str(error)[:200]}"
+            print(f"{kind} failed: {failed[kind]}", flush=True)
+            continue
+        models[kind], timers[kind] = model, EpochTimer()
     _set_pullback("")
+    kinds = list(models)
     for _ in range(FLAGS.rounds):
         for kind in kinds:
             models[kind].fit(
@@ -170,7 +176,7 @@ def measure(batch_size, num_tasks):
     ms = {
         kind: 1e3 * float(np.median(timers[kind].times)) / FLAGS.steps for kind in kinds
     }
-    return ms, peak_memory()
+    return ms, peak_memory(), failed
 
 
 def _set_pullback(kind):
@@ -193,7 +199,7 @@ def main(_):
     results = []
     for batch_size in map(int, FLAGS.batch_sizes):
         for num_tasks in map(int, FLAGS.tasks):
-            ms, peak = measure(batch_size, num_tasks)
+            ms, peak, failed = measure(batch_size, num_tasks)
             for kind, value in ms.items():
                 base = "plain" if kind == "ew" else "grads"
                 ratio = ""
@@ -211,11 +217,12 @@ def main(_):
                     "tasks": num_tasks,
                     "ms_per_step": ms,
                     "peak_bytes": peak,
+                    "failed": failed,
                 }
             )
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(results, f, indent=1)
+            if FLAGS.json:  # after every cell: a time limit keeps what ran
+                with open(FLAGS.json, "w") as f:
+                    json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
