@@ -30,8 +30,18 @@ def initial():
 
 
 @pytest.fixture(scope="module")
-def jax_results(initial, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cross_backend")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("cross_backend")
+
+
+@pytest.fixture(scope="module")
+def tf_results(initial, folder):
+    """This process's runs, each model saved for the JAX process to load."""
+    return {name: cross_backend.run(name, initial[name], folder) for name in initial}
+
+
+@pytest.fixture(scope="module")
+def jax_results(initial, folder, tf_results):
     source, target = folder / "initial.pkl", folder / "jax.pkl"
     with open(source, "wb") as f:
         pickle.dump(initial, f)
@@ -40,7 +50,14 @@ def jax_results(initial, tmp_path_factory):
         [TESTS, os.path.join(TESTS, "weighting"), env.get("PYTHONPATH", "")]
     )
     done = subprocess.run(
-        [sys.executable, os.path.join(TESTS, "cross_backend.py"), source, target],
+        [
+            sys.executable,
+            os.path.join(TESTS, "cross_backend.py"),
+            source,
+            target,
+            folder,
+            "tensorflow",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -52,10 +69,12 @@ def jax_results(initial, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", cross_backend.names())
-def test_same_training_and_aggregates_on_tensorflow_and_jax(name, initial, jax_results):
+def test_same_training_and_aggregates_on_tensorflow_and_jax(
+    name, tf_results, jax_results
+):
     got = jax_results[name]
     assert "error" not in got, f"{name} failed on JAX:\n{got.get('error')}"
-    expected = cross_backend.run(name, initial[name])
+    expected = tf_results[name]
     assert len(got["weights"]) == len(expected["weights"])
     for (path, a), (_, b) in zip(expected["weights"], got["weights"]):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=path)
@@ -71,4 +90,28 @@ def test_same_training_and_aggregates_on_tensorflow_and_jax(name, initial, jax_r
             scale = max(np.max(np.abs(a)), 1e-30)
             np.testing.assert_allclose(
                 b, a, rtol=1e-5, atol=1e-5 * scale, err_msg=f"{key}, call {call}"
+            )
+
+
+@pytest.mark.parametrize("name", cross_backend.names())
+def test_a_file_saved_on_one_backend_loads_on_the_other(
+    name, folder, tf_results, jax_results
+):
+    """Each backend loads the other's `.keras` file: the strategy state is
+    the saved one exactly, and the predictions are the saving backend's."""
+    got = jax_results[name]
+    assert "error" not in got, f"{name} failed on JAX:\n{got.get('error')}"
+    on_tf = cross_backend.load(name, folder, "jax")
+    for loaded, saver in ((got["loaded"], tf_results), (on_tf, {name: got})):
+        saved_state = [
+            (path, value)
+            for path, value in saver[name]["weights"]
+            if any(path == p for p, _ in loaded["strategy"])
+        ]
+        assert len(saved_state) == len(loaded["strategy"])
+        for (path, a), (_, b) in zip(saved_state, loaded["strategy"]):
+            np.testing.assert_array_equal(b, a, err_msg=path)
+        for task, value in saver[name]["predictions"].items():
+            np.testing.assert_allclose(
+                loaded["predictions"][task], value, rtol=1e-5, atol=1e-6, err_msg=task
             )
