@@ -203,13 +203,6 @@ class TaskLosses:
         weight = mask
         if sample_weight is not None:
             sample_weight = ops.cast(sample_weight, "float32")
-            if (
-                per_element
-                and len(sample_weight.shape) == len(values.shape)
-                and sample_weight.shape[-1] == 1
-            ):
-                # (B, 1) weights of a (B, D) target: one weight a sample.
-                sample_weight = ops.squeeze(sample_weight, -1)
             sample_weight = targets.with_rank(sample_weight, len(values.shape))
             weight = mask * sample_weight
         total = ops.sum(values * weight)

@@ -63,6 +63,7 @@ def _values(task_losses, target=TARGET, pred=PRED, weights=None):
         # Weights 1 (sample 0) and 3 (sample 2): (1 + 4) + 3 (1 + 4), over
         # the 4 labelled elements (Keras' sum_over_batch_size rule).
         ("mse", WEIGHTS, 20.0 / 4),
+        ("mse", WEIGHTS[:, None], 20.0 / 4),  # (B, 1) weights: the same
         (keras.losses.MeanSquaredError(reduction="sum"), None, 10.0 / 3),
         (
             keras.losses.MeanSquaredError(reduction="mean_with_sample_weight"),
