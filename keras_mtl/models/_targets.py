@@ -184,6 +184,16 @@ def sentinel_of(rule):
     return rule.value if isinstance(rule, PerElement) else rule
 
 
+def to_rank(tensor, rank):
+    """`tensor` with trailing axes of size 1 removed, or added, to reach
+    `rank`: `(B, 1)` sample weights of `(B,)` loss values become `(B,)` (as
+    in Keras' losses) instead of broadcasting to `(B, B)`."""
+    tensor = ops.convert_to_tensor(tensor)
+    while len(tensor.shape) > rank and tensor.shape[-1] == 1:
+        tensor = ops.squeeze(tensor, -1)
+    return with_rank(tensor, rank)
+
+
 def label_mask(rule, task, target, pred, sample_weight):
     """The target with absent labels filled, and the labelled mask.
 
@@ -201,8 +211,8 @@ def label_mask(rule, task, target, pred, sample_weight):
     if rule == "sample_weight":
         if sample_weight is None:
             return target, None
-        labelled = ops.convert_to_tensor(sample_weight) > 0
-        return target, with_rank(labelled, pred_rank - 1)
+        labelled = to_rank(sample_weight, pred_rank - 1) > 0
+        return target, labelled
     target = ops.convert_to_tensor(target)
     per_element = isinstance(rule, PerElement)
     if per_element and len(target.shape) != pred_rank:
@@ -291,10 +301,7 @@ def masked_for_metrics(rules, task_names, y, y_pred, sample_weights, finite=None
 def _per_element_weights(weight, shape):
     """Sample weights repeated over the elements of targets of `shape`,
     flattened as the folded targets are."""
-    weight = ops.convert_to_tensor(weight)
-    if len(weight.shape) == len(shape) + 1 and weight.shape[-1] == 1:
-        weight = ops.squeeze(weight, -1)
-    weight = ops.broadcast_to(with_rank(weight, len(shape)), shape)
+    weight = ops.broadcast_to(to_rank(weight, len(shape)), shape)
     return ops.reshape(weight, (-1,))
 
 

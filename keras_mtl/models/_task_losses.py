@@ -203,7 +203,7 @@ class TaskLosses:
         weight = mask
         if sample_weight is not None:
             sample_weight = ops.cast(sample_weight, "float32")
-            sample_weight = targets.with_rank(sample_weight, len(values.shape))
+            sample_weight = targets.to_rank(sample_weight, len(values.shape))
             weight = mask * sample_weight
         total = ops.sum(values * weight)
         count = ops.sum(mask)

@@ -97,6 +97,26 @@ def test_a_plain_sentinel_still_drops_the_whole_sample():
 
 
 @both_backends
+@pytest.mark.parametrize("rule", [NAN, "sample_weight"])
+def test_column_sample_weights_of_a_one_unit_head_weigh_samples(rule):
+    """Weights of shape (B, 1) for (B, 1) targets weigh each sample, as
+    (B,) weights do (they once broadcast against the (B,) loss values to
+    (B, B)). Sentinel: sample 1 is NaN; weights 1, 2, 3; squared errors
+    1 and 9 of samples 0 and 2: (1 + 27) / 2. "sample_weight": weight 0
+    drops sample 1; (1 * 1 + 3 * 9) / 2 again."""
+    target = np.array([[1.0], [NAN], [0.0]], "float32")
+    weights = WEIGHTS[:, None]
+    if rule == "sample_weight":
+        target = np.nan_to_num(target)
+        weights = weights * np.array([[1.0], [0.0], [1.0]], "float32")
+    pred = np.array([[2.0], [1.0], [3.0]], "float32")
+    for weight in (weights, weights[:, 0]):
+        got, count = _values(_task_losses("mse", rule), target, pred, weight)
+        np.testing.assert_allclose(got, 28.0 / 2, rtol=1e-6)
+        assert count == 2.0
+
+
+@both_backends
 def test_with_every_element_labelled_it_is_the_keras_loss():
     rng = np.random.default_rng(0)
     target = rng.normal(size=(5, 4)).astype("float32")
