@@ -43,14 +43,23 @@ With one metric per task, as in every problem here but dense digits, one
 is the negative of the other. See `keras_mtl.compare.report`.
 """
 
-from keras_mtl.compare.comparison import (
+from keras_mtl.utils.backend import require_tensorflow
+
+# Checked first, so that a missing TensorFlow is named before anything else.
+require_tensorflow("keras_mtl.compare (its data pipelines are tf.data)")
+
+from keras_mtl.compare.comparison import (  # noqa: E402
     DEFAULT_STRATEGIES,
     ComparisonConfig,
     run_comparison,
 )
-from keras_mtl.compare.problems import PROBLEMS, Problem
-from keras_mtl.compare.report import delta_m_drop, delta_m_improvement
-from keras_mtl.compare.runner import RunResult, train_single_task, train_strategy
+from keras_mtl.compare.problems import PROBLEMS, Problem  # noqa: E402
+from keras_mtl.compare.report import delta_m_drop, delta_m_improvement  # noqa: E402
+from keras_mtl.compare.runner import (  # noqa: E402
+    RunResult,
+    train_single_task,
+    train_strategy,
+)
 
 __all__ = [
     "DEFAULT_STRATEGIES",

@@ -23,10 +23,13 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_mtl import weighting
 from keras_mtl.compare.report import STL
+from keras_mtl.utils.backend import require_tensorflow
+
+# The comparison feeds tf.data pipelines (and the data sets' `load`).
+tf = require_tensorflow("keras_mtl.compare")
 
 
 @dataclasses.dataclass

@@ -58,6 +58,7 @@ compare methods with each other, not with published results.
 import numpy as np
 
 from keras_mtl.datasets import _image_sources
+from keras_mtl.utils.backend import require_tensorflow
 
 TASKS = ("segmentation", "edges", "depth")
 NUM_CLASSES = {"segmentation": 11}
@@ -307,7 +308,10 @@ def load(
     cross-entropy) and a `depth` head of one value per pixel (L1 or MSE).
     `shuffle` (default: True for "train") reshuffles every epoch from `seed`.
     """
-    import tensorflow as tf
+    tf = require_tensorflow(
+        "keras_mtl.datasets.dense_digits.load (a tf.data.Dataset; load_arrays needs "
+        "only numpy)"
+    )
 
     images, targets = load_arrays(
         split,

@@ -67,6 +67,7 @@ References:
 import numpy as np
 
 from keras_mtl.datasets import _image_sources
+from keras_mtl.utils.backend import require_tensorflow
 
 TASKS = ("left", "right")
 NUM_CLASSES = {"left": 10, "right": 10}
@@ -258,7 +259,10 @@ def load(
         train = keras_mtl.datasets.multi_mnist.load("multi_fashion", "train")
         model.fit(train, epochs=2)  # a MultiTaskModel with heads left/right
     """
-    import tensorflow as tf
+    tf = require_tensorflow(
+        "keras_mtl.datasets.multi_mnist.load (a tf.data.Dataset; load_arrays needs "
+        "only numpy)"
+    )
 
     images, targets = load_arrays(
         name,

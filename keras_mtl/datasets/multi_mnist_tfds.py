@@ -34,9 +34,18 @@ Example (with the files fetched into ./data):
     )
 """
 
-import tensorflow_datasets as tfds
-
 from keras_mtl.datasets import multi_mnist
+from keras_mtl.utils.backend import require_tensorflow
+
+require_tensorflow("keras_mtl.datasets.multi_mnist_tfds")
+try:
+    import tensorflow_datasets as tfds
+except ImportError as error:
+    raise ImportError(
+        "keras_mtl.datasets.multi_mnist_tfds needs TensorFlow Datasets, which is "
+        "not installed: pip install 'keras-mtl[tensorflow]' (or pip install "
+        "'tensorflow-datasets>=4.9.4' importlib_resources)."
+    ) from error
 
 _SIZES = (28, 36)
 

@@ -15,11 +15,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import tensorflow as tf
-
+from keras_mtl.utils.backend import require_tensorflow
 from keras_mtl.utils.serialization import register_serializable
 
 SAMPLING_METHODS = ("uniform", "proportional", "annealed")
+
+
+def _tensorflow():
+    # The pipeline is tf.data: TensorFlow is imported at first use, so that
+    # `keras_mtl.datasets` (its numpy loaders) imports without it.
+    return require_tensorflow("keras_mtl.datasets.TaskSampler (a tf.data pipeline)")
 
 
 @register_serializable
@@ -84,6 +89,7 @@ class TaskSampler:
         epochs=None,
         seed=None,
     ):
+        _tensorflow()
         if not isinstance(sizes, Mapping) or not sizes:
             raise ValueError(
                 f"sizes must be a non-empty dict {{task: number of examples}}, "
@@ -128,6 +134,7 @@ class TaskSampler:
 
     def probabilities(self, step):
         """The `(T,)` task probabilities of training step `step` (from 0)."""
+        tf = _tensorflow()
         sizes = tf.constant(list(self.sizes.values()), dtype=tf.float32)
         if self.method == "uniform":
             return tf.fill(tf.shape(sizes), 1.0 / len(self.sizes))
@@ -162,6 +169,7 @@ class TaskSampler:
         Returns:
             A dataset without end: pass `steps_per_epoch` to `fit`.
         """
+        tf = _tensorflow()
         datasets = self._check_datasets(datasets)
         sentinels = self.missing_labels(datasets)
         target_specs = {t: ds.element_spec[1] for t, ds in datasets.items()}
@@ -182,6 +190,7 @@ class TaskSampler:
         ).prefetch(tf.data.AUTOTUNE)
 
     def _check_datasets(self, datasets):
+        tf = _tensorflow()
         if not isinstance(datasets, Mapping):
             raise ValueError(
                 f"datasets must be a dict {{task: tf.data.Dataset}}, got "
@@ -225,6 +234,7 @@ def _with_other_targets_missing(task, target_specs, sentinels):
     """A map function `(x, y) -> (x, {task: y, other: sentinel...})`."""
 
     def fill(x, y):
+        tf = _tensorflow()
         batch = tf.shape(y)[0]
         targets = {}
         for other, spec in target_specs.items():
@@ -239,6 +249,7 @@ def _with_other_targets_missing(task, target_specs, sentinels):
 
 
 def _static_dims(task, spec):
+    tf = _tensorflow()
     dims = spec.shape[1:]
     if not dims.is_fully_defined():
         raise ValueError(

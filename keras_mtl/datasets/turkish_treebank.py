@@ -65,6 +65,7 @@ import pathlib
 import numpy as np
 
 from keras_mtl.datasets import paths
+from keras_mtl.utils.backend import require_tensorflow
 
 TASKS = ("upos", "xpos", "case", "deprel")
 SPLITS = ("train", "dev", "test")
@@ -416,7 +417,10 @@ def load(
         )
         model.fit(train, epochs=4)
     """
-    import tensorflow as tf
+    tf = require_tensorflow(
+        "keras_mtl.datasets.turkish_treebank.load (a tf.data.Dataset; "
+        "load_arrays needs only numpy)"
+    )
 
     split = _canonical_split(split)
     tokens, targets, weights = load_arrays(

@@ -37,6 +37,7 @@ import pathlib
 import numpy as np
 
 from keras_mtl.datasets import paths
+from keras_mtl.utils.backend import require_tensorflow
 
 NUM_FEATURES = 103
 NUM_TASKS = 14
@@ -148,7 +149,10 @@ def load(
     in {0, 1}, for one-unit sigmoid heads. `shuffle` (default: True for
     "train") reshuffles every epoch from `seed`.
     """
-    import tensorflow as tf
+    tf = require_tensorflow(
+        "keras_mtl.datasets.yeast.load (a tf.data.Dataset; load_arrays needs "
+        "only numpy)"
+    )
 
     x, y = load_arrays(
         split,

@@ -11,7 +11,10 @@ run inside one `tf.while_loop`, compiled with XLA, so that 100k steps take
 seconds.
 """
 
-import tensorflow as tf
+from keras_mtl.utils.backend import require_tensorflow
+
+# The toy's steps run in a tf.while_loop under tf.function.
+tf = require_tensorflow("keras_mtl.testing")
 
 #: The centre of the Pareto segment.
 PARETO_CENTRE = (0.0, -8.3552)
