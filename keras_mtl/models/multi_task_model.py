@@ -32,6 +32,7 @@ from keras_mtl.models.gradient_paths import (
 from keras_mtl.models.gradient_paths.base import task_mask
 from keras_mtl.models.task_graph import analyze_task_graph
 from keras_mtl.models.training_hooks import TrainingHooks
+from keras_mtl.utils.backend import check_supported_backend
 from keras_mtl.utils.serialization import register_serializable
 
 
@@ -271,6 +272,7 @@ class MultiTaskModel(keras.Model):
                 as for `keras.Model.compile`. `jit_compile=True` compiles
                 the whole step, strategy included, with XLA.
         """
+        check_supported_backend()
         options.check_on_nonfinite(on_nonfinite)
         names = self.task_names
         loss_fns = resolve_losses(names, loss)
