@@ -243,18 +243,25 @@ class MultiTaskModel(keras.Model):
                 logged `<task>_weight` is then how often the task was drawn.
             missing_labels: None (every sample has every label), or how an
                 absent label is marked: a number (for example -1) or NaN,
-                the value the whole target of an unlabelled sample holds (a
-                target counts as missing when any of its entries equals it;
-                for integer labels of dense outputs, per position), or
+                the value the target of an unlabelled sample holds (a target
+                counts as missing when any of its entries equals it; for
+                integer labels of dense outputs, per position);
                 `"sample_weight"` (the task's sample weights are the mask:
-                weight 0 means unlabelled). One value for every task, or a
-                dict `{task: value}` (tasks it does not name are always
-                labelled). A task's loss and metrics then average over its
-                labelled samples only; a step in which a task has no
-                labelled sample gives it loss 0, weight 0, no gradient, and
-                leaves the strategy's state for it untouched (gradient
-                methods drop its row). Only strategies with
-                `supports_missing_tasks` accept it.
+                weight 0 means unlabelled); or, per task, `{"value": v,
+                "per_element": True}`: each element of the target equal to v
+                is unlabelled on its own and the sample's other elements keep
+                their labels (vector regression, multi-label binary targets;
+                class labels and losses over the whole vector, such as
+                categorical cross-entropy, are refused naming the task).
+                Per element is opt-in: whether a target is a vector of values
+                or one label cannot be told from its shape. One value for
+                every task, or a dict `{task: value}` (tasks it does not name
+                are always labelled). A task's loss and metrics then average
+                over its labelled samples (per element: its labelled
+                elements); a step in which a task has no labelled sample
+                gives it loss 0, weight 0, no gradient, and leaves the
+                strategy's state for it untouched (gradient methods drop its
+                row). Only strategies with `supports_missing_tasks` accept it.
             per_task_gradients: how a gradient method's per-task gradients
                 of the shared variables are combined. `"matrix"` (default):
                 the model forms the `(T, P)` matrix G of per-task gradients
