@@ -229,12 +229,12 @@ def _compiled(missing=None, loss_weighting="ew", jit=False, **kw):
     return model
 
 
-@pytest.mark.parametrize("jit", [False, True])
-def test_one_sgd_step_equals_the_step_on_the_labelled_elements_only(jit):
+def test_one_sgd_step_equals_the_step_on_the_labelled_elements_only():
+    """Under XLA (the other model tests here run in a plain graph)."""
     import tensorflow as tf
 
     x, y = _vector_data()
-    model = _compiled(jit=jit)
+    model = _compiled(jit=True)
     reference = _vector_model()
     reference.set_weights(model.get_weights())
     labelled = ~np.isnan(y["vec"])
