@@ -4,8 +4,9 @@ What a step does with `y` and `sample_weight` before any loss is taken:
 checks them against the task names, the heads' shapes and the losses,
 aligns labels with one-unit heads, and turns the `missing_labels` rule of a
 task into the target with absent labels filled and a mask of the labelled
-elements. The compiled metrics see the labelled samples alone through a
-Keras mask on the predictions (`masked_for_metrics`).
+samples (or, for a `PerElement` rule, of the labelled elements). The
+compiled metrics see the labelled samples (elements) alone through a Keras
+mask on the predictions (`masked_for_metrics`).
 """
 
 from __future__ import annotations
