@@ -14,6 +14,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+if os.environ["KERAS_BACKEND"] == "jax":
+    # Two host devices for keras.distribution (test_jax_distribution.py);
+    # everything else runs on the first, as with one.
+    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

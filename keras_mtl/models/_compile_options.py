@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from keras_mtl import weighting
-from keras_mtl.models._targets import check_task_names
+from keras_mtl.models._targets import PerElement, check_task_names
 from keras_mtl.models._task_losses import TaskLosses
 from keras_mtl.weighting.registry import registered_strategies
 
@@ -112,16 +112,28 @@ def check_task_sampling(task_sampling, strategy):
 
 
 def resolve_missing_labels(task_names, missing_labels, strategy):
-    """`{task: sentinel | "sample_weight"}` for masked tasks, or None."""
+    """`{task: sentinel | "sample_weight" | PerElement(sentinel)}` for the
+    masked tasks, or None.
+
+    A task's entry is a sentinel (a number, NaN or "nan"),
+    `"sample_weight"`, None (always labelled), or a dict
+    `{"value": sentinel, "per_element": bool}`: with `per_element` True
+    each element of the target equal to the sentinel is unlabelled on its
+    own (`PerElement`); with False it is the plain sentinel.
+    """
     if missing_labels is None:
         return None
     if isinstance(missing_labels, Mapping):
+        _check_not_a_bare_rule(task_names, missing_labels)
         check_task_names(task_names, missing_labels.keys(), "missing_labels")
         rules = {t: missing_labels[t] for t in task_names if t in missing_labels}
     else:
         rules = {t: missing_labels for t in task_names}
     resolved = {}
     for task, rule in rules.items():
+        per_element = False
+        if isinstance(rule, Mapping):
+            rule, per_element = _per_element_rule(task, rule)
         if isinstance(rule, str) and rule.lower() == "nan":
             rule = float("nan")
         if rule is None:
@@ -132,8 +144,18 @@ def resolve_missing_labels(task_names, missing_labels, strategy):
             raise ValueError(
                 f"missing_labels for task {task!r} must be a number (the "
                 "sentinel of an absent label, for example -1 or NaN), "
-                f"'sample_weight' or None, got {rule!r}."
+                "'sample_weight', None or a dict {'value': sentinel, "
+                f"'per_element': bool}}, got {rule!r}."
             )
+        if per_element:
+            if rule == "sample_weight":
+                raise ValueError(
+                    f"missing_labels for task {task!r}: per_element needs a "
+                    "sentinel value (a number or NaN) that marks each absent "
+                    "element of the target; 'sample_weight' masks whole "
+                    "samples."
+                )
+            rule = PerElement(rule)
         resolved[task] = rule
     if not resolved:
         return None
@@ -177,3 +199,43 @@ def check_per_task_gradients(per_task_gradients, strategy):
             f"with requires='gramian': {names}."
         )
     return per_task_gradients
+
+
+_RULE_KEYS = ("value", "per_element")
+
+
+def _per_element_rule(task, rule):
+    """`(sentinel, per_element)` of a task's dict rule, checked."""
+    unknown = sorted(str(k) for k in rule if k not in _RULE_KEYS)
+    if unknown or "value" not in rule:
+        problem = f"unknown keys {unknown}" if unknown else "no 'value'"
+        raise ValueError(
+            f"missing_labels for task {task!r}: a dict rule takes the keys "
+            f"{list(_RULE_KEYS)} ({{'value': sentinel, 'per_element': True}}), "
+            f"got {dict(rule)!r} ({problem})."
+        )
+    per_element = rule.get("per_element", False)
+    if not isinstance(per_element, bool):
+        raise ValueError(
+            f"missing_labels for task {task!r}: 'per_element' must be True "
+            f"or False, got {per_element!r}."
+        )
+    value = rule["value"]
+    if isinstance(value, Mapping):
+        raise ValueError(
+            f"missing_labels for task {task!r}: 'value' must be a sentinel "
+            f"(a number or NaN), got {value!r}."
+        )
+    return value, per_element
+
+
+def _check_not_a_bare_rule(task_names, missing_labels):
+    """Refuses a dict rule given for every task at once, which reads as
+    tasks named 'value' and 'per_element'."""
+    keys = set(missing_labels)
+    if "value" in keys and keys <= set(_RULE_KEYS) and not keys & set(task_names):
+        raise ValueError(
+            "missing_labels: a {'value': ..., 'per_element': ...} rule is "
+            "given per task: missing_labels={task: {'value': sentinel, "
+            f"'per_element': True}} for the tasks {list(task_names)}."
+        )

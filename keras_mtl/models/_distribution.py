@@ -4,21 +4,34 @@ Every helper is a no-op on one device, so that the step reads the same with
 or without a distribution strategy. The gradient paths and the losses use
 them to make values those of the global batch (sums over replicas) while
 gradients stay each replica's share, which the optimizer sums.
+
+On JAX every helper is a no-op: the compiled step sees global arrays
+(`keras.distribution` shards them and XLA inserts the collectives), so
+there is nothing to sum by hand.
 """
 
 from __future__ import annotations
 
-import tensorflow as tf
+import keras
+
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+else:
+    tf = None
 
 
 def num_replicas():
     """The number of replicas in sync (1 outside a replica context)."""
+    if tf is None:
+        return 1
     replica = tf.distribute.get_replica_context()
     return 1 if replica is None else replica.num_replicas_in_sync
 
 
 def in_sync_replicas():
     """The replica context when several replicas run in sync, else None."""
+    if tf is None:
+        return None
     replica = tf.distribute.get_replica_context()
     if replica is None or replica.num_replicas_in_sync == 1:
         return None
@@ -128,6 +141,8 @@ def rank_one_across_workers(logs):
     on every replica (the metric variables are synchronised): as (1,)
     tensors they reduce to the same scalars. A no-op otherwise.
     """
+    if tf is None:
+        return logs
     distribution = tf.distribute.get_strategy()
     if not (
         isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy)
@@ -143,7 +158,10 @@ def after_batch(data, step, *args):
     At the end of a data set of unknown length Keras runs the step once
     more and the batch read fails; without the dependency, the optimizer's
     iteration count and strategy counters would already have moved.
+    (JAX has no such step: the batch is read before the step is called.)
     """
+    if tf is None:
+        return step(data, *args)
     inputs = [t for t in tf.nest.flatten(data) if tf.is_tensor(t)]
     with tf.control_dependencies(inputs):
         return step(data, *args)
@@ -158,6 +176,8 @@ def check_jit_compile(jit_compile, distribution):
     holds collectives, which XLA compiles only for GPUs (NCCL). `"auto"`
     is already off under any distribution strategy (Keras' resolution).
     """
+    if tf is None or distribution is None:
+        return
     if jit_compile is not True or distribution.num_replicas_in_sync == 1:
         return
     if not isinstance(

@@ -35,12 +35,14 @@ How the optimizer step is skipped (`StepGuard.mechanism`):
   measurement says otherwise.
 - under a distribution strategy whose optimizer synchronises through
   `merge_call` (MirroredStrategy): `tf.cond` in cross-replica context.
+- on JAX, always `"select"`: the step is a pure function of the state
+  values (Keras' JAX trainer), so a variable assigned inside a `lax.cond`
+  branch would leak a tracer, and the copies are values XLA already holds.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_mtl.models import _distribution as distribution
@@ -52,28 +54,23 @@ MECHANISMS = ("cond", "select")
 class StepGuard:
     """The non-finite record of a model and its step transaction.
 
-    Holds four scalar TensorFlow variables, deliberately not Keras weights
-    (they are bookkeeping, not model state, and are not saved): the number
-    of steps attempted, the first bad step (-1 if none), the index of the
-    first loss that was not finite there (-2: the gradient, with every
-    loss finite), and the number of skipped steps.
+    Holds four integer scalars, deliberately not Keras weights (they are
+    bookkeeping, not model state, and are not saved): the number of steps
+    attempted, the first bad step (-1 if none), the index of the first
+    loss that was not finite there (-2: the gradient, with every loss
+    finite), and the number of skipped steps. On TensorFlow they are
+    `tf.Variable`s written by the first replica; on JAX they are the
+    variables of `record`, a metric the model lists among its metrics so
+    that Keras' JAX trainer threads them through the step with the other
+    metric state.
     """
 
     def __init__(self):
-        def scalar(name, value):
-            return tf.Variable(
-                value,
-                dtype=tf.int64,
-                trainable=False,
-                name=name,
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-                synchronization=tf.VariableSynchronization.ON_WRITE,
-            )
-
-        self.steps = scalar("steps", 0)
-        self.bad_step = scalar("bad_step", -1)
-        self.bad_task = scalar("bad_task", -1)
-        self.skipped = scalar("skipped", 0)
+        self.record = GuardRecord()
+        self.steps = self.record.steps
+        self.bad_step = self.record.bad_step
+        self.bad_task = self.record.bad_task
+        self.skipped = self.record.skipped
         #: None (`"cond"`) or one of `MECHANISMS`; see the module docstring.
         self.mechanism = None
 
@@ -98,7 +95,7 @@ class StepGuard:
         `"raise"`, a non-empty batch)."""
         finite = distribution.on_all_replicas(self._record(losses))
         if on_nonfinite == "raise":
-            finite = ops.logical_and(finite, self.bad_step < 0)
+            finite = ops.logical_and(finite, _read(self.bad_step) < 0)
         # An empty batch (possible inside a data set) trains nothing.
         return ops.logical_and(finite, batch_size > 0)
 
@@ -127,12 +124,14 @@ class StepGuard:
         """Puts back what a skipped step changed, and what absent tasks'
         strategy state the step changed."""
         for variable, value in zip(snapshot.variables, snapshot.values):
-            variable.assign(ops.where(finite, variable, value))
+            variable.assign(ops.where(finite, variable.value, value))
         if task_mask is not None:
             # An absent task's state stays as it was (Strategy docs).
             strategy.restore_absent_tasks(task_mask, snapshot.task_state)
 
     def _mechanism(self):
+        if keras.backend.backend() != "tensorflow":
+            return "select"
         if self.mechanism is None:
             return "cond"
         if self.mechanism not in MECHANISMS:
@@ -143,26 +142,84 @@ class StepGuard:
         return self.mechanism
 
     def _record(self, losses):
-        finite_per_task = tf.math.is_finite(losses)
-        finite = tf.reduce_all(finite_per_task)
-        first_bad = tf.cast(tf.argmin(tf.cast(finite_per_task, tf.int32)), tf.int64)
-        new_bad = tf.logical_and(tf.logical_not(finite), self.bad_step < 0)
-        self.bad_task.assign(tf.where(new_bad, first_bad, self.bad_task))
-        self.bad_step.assign(tf.where(new_bad, self.steps, self.bad_step))
-        self.skipped.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
-        self.steps.assign_add(1)
+        dtype = self.steps.dtype
+        finite_per_task = ops.isfinite(losses)
+        finite = ops.all(finite_per_task)
+        first_bad = ops.cast(ops.argmin(ops.cast(finite_per_task, "int32")), dtype)
+        new_bad = ops.logical_and(ops.logical_not(finite), _read(self.bad_step) < 0)
+        self.bad_task.assign(ops.where(new_bad, first_bad, _read(self.bad_task)))
+        self.bad_step.assign(
+            ops.where(new_bad, _read(self.steps), _read(self.bad_step))
+        )
+        self.skipped.assign_add(ops.cast(ops.logical_not(finite), dtype))
+        self.steps.assign_add(ops.ones((), dtype))
         return finite
 
     def _record_gradients(self, losses_ok, gradients_finite):
         """Records a step whose losses were finite but whose gradients were
         not (task index -2: no single task is to blame)."""
-        failed = tf.logical_and(losses_ok, tf.logical_not(gradients_finite))
-        new_bad = tf.logical_and(failed, self.bad_step < 0)
+        dtype = self.steps.dtype
+        failed = ops.logical_and(losses_ok, ops.logical_not(gradients_finite))
+        new_bad = ops.logical_and(failed, _read(self.bad_step) < 0)
         self.bad_task.assign(
-            tf.where(new_bad, tf.constant(-2, tf.int64), self.bad_task)
+            ops.where(new_bad, ops.full((), -2, dtype), _read(self.bad_task))
         )
-        self.bad_step.assign(tf.where(new_bad, self.steps - 1, self.bad_step))
-        self.skipped.assign_add(tf.cast(failed, tf.int64))
+        self.bad_step.assign(
+            ops.where(new_bad, _read(self.steps) - 1, _read(self.bad_step))
+        )
+        self.skipped.assign_add(ops.cast(failed, dtype))
+
+
+class GuardRecord(keras.metrics.Metric):
+    """The guard's four counters (see `StepGuard`).
+
+    A metric on JAX only so that Keras' JAX trainer carries its variables
+    through the compiled step (`MultiTaskModel.metrics` lists it there); it
+    reports nothing, and `reset_state` keeps the record, which
+    `StepGuard.clear` alone forgets, at the start of every `fit`.
+    """
+
+    def __init__(self):
+        super().__init__(name="step_guard")
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            def scalar(name, value):
+                return tf.Variable(
+                    value,
+                    dtype=tf.int64,
+                    trainable=False,
+                    name=name,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                    synchronization=tf.VariableSynchronization.ON_WRITE,
+                )
+        else:
+
+            def scalar(name, value):
+                return self.add_variable((), "zeros", "int32", name=name)
+
+        self.steps = scalar("steps", 0)
+        self.bad_step = scalar("bad_step", -1)
+        self.bad_task = scalar("bad_task", -1)
+        self.skipped = scalar("skipped", 0)
+        if keras.backend.backend() != "tensorflow":
+            self.bad_step.assign(-1)
+            self.bad_task.assign(-1)
+
+    def update_state(self, *args, **kwargs):
+        raise NotImplementedError("the step guard updates its record itself")
+
+    def result(self):
+        return {}
+
+    def reset_state(self):
+        pass
+
+
+def _read(variable):
+    """A counter's value (a `tf.Variable` on TensorFlow, a Keras variable,
+    read as its value, on JAX)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 class _Snapshot:
@@ -175,6 +232,8 @@ class _Snapshot:
 
 
 def _apply_by_cond(optimizer, ok, grads, variables):
+    import tensorflow as tf
+
     def apply():
         optimizer.apply(grads, variables)
         return tf.constant(True)
@@ -184,7 +243,7 @@ def _apply_by_cond(optimizer, ok, grads, variables):
 
 def _apply_by_select(optimizer, ok, grads, variables):
     state = [*variables, *optimizer.variables]
-    before = [tf.identity(v.value) for v in state]
+    before = [ops.copy(v.value) for v in state]
     optimizer.apply([ops.where(ok, g, ops.zeros_like(g)) for g in grads], variables)
     for variable, value in zip(state, before):
         variable.assign(ops.where(ok, variable.value, value))

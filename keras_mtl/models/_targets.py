@@ -4,14 +4,16 @@ What a step does with `y` and `sample_weight` before any loss is taken:
 checks them against the task names, the heads' shapes and the losses,
 aligns labels with one-unit heads, and turns the `missing_labels` rule of a
 task into the target with absent labels filled and a mask of the labelled
-elements. The compiled metrics see the labelled samples alone through a
-Keras mask on the predictions (`masked_for_metrics`).
+samples (or, for a `PerElement` rule, of the labelled elements). The
+compiled metrics see the labelled samples (elements) alone through a Keras
+mask on the predictions (`masked_for_metrics`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import keras
 from keras import ops
@@ -167,13 +169,42 @@ def with_rank(tensor, rank):
     return tensor
 
 
+class PerElement(NamedTuple):
+    """The `missing_labels` rule of a task masked element by element.
+
+    `value`: the sentinel (a number or NaN). Each element of the task's
+    target that equals it is unlabelled on its own; the other elements of
+    the same sample keep their labels (`compile(missing_labels={task:
+    {"value": v, "per_element": True}})`)."""
+
+    value: float
+
+
+def sentinel_of(rule):
+    """The sentinel of a rule (a number, NaN or `PerElement`)."""
+    return rule.value if isinstance(rule, PerElement) else rule
+
+
+def to_rank(tensor, rank):
+    """`tensor` with trailing axes of size 1 removed, or added, to reach
+    `rank`: `(B, 1)` sample weights of `(B,)` loss values become `(B,)` (as
+    in Keras' losses) instead of broadcasting to `(B, B)`."""
+    tensor = ops.convert_to_tensor(tensor)
+    while len(tensor.shape) > rank and tensor.shape[-1] == 1:
+        tensor = ops.squeeze(tensor, -1)
+    return with_rank(tensor, rank)
+
+
 def label_mask(rule, task, target, pred, sample_weight):
     """The target with absent labels filled, and the labelled mask.
 
     `rule`: the task's `missing_labels` entry (None: not masked). Returns
     `(target, labelled)`: `labelled` is None when the task is not masked,
-    else a boolean tensor of the shape of the loss values (the prediction's
-    shape without its last axis).
+    else a boolean tensor of the shape of the loss values: the
+    prediction's shape without its last axis (a sample, or a position of a
+    dense output, is labelled unless an entry of its target is the
+    sentinel), or for a `PerElement` rule the target's own shape (each
+    element labelled unless it is the sentinel).
     """
     if rule is None:
         return target, None
@@ -181,10 +212,21 @@ def label_mask(rule, task, target, pred, sample_weight):
     if rule == "sample_weight":
         if sample_weight is None:
             return target, None
-        labelled = ops.convert_to_tensor(sample_weight) > 0
-        return target, with_rank(labelled, pred_rank - 1)
+        labelled = to_rank(sample_weight, pred_rank - 1) > 0
+        return target, labelled
     target = ops.convert_to_tensor(target)
-    if math.isnan(rule):
+    per_element = isinstance(rule, PerElement)
+    if per_element and len(target.shape) != pred_rank:
+        raise ValueError(
+            f"missing_labels for task {task!r} is per element, but its "
+            f"targets of shape {tuple(target.shape)} are class labels of the "
+            f"head's output {tuple(pred.shape)}: per-element masks need targets "
+            "of the output's shape (regression values, binary labels). Mark "
+            "absent class labels with a plain sentinel (missing_labels="
+            f"{{{task!r}: -1}})."
+        )
+    sentinel = sentinel_of(rule)
+    if math.isnan(sentinel):
         if not keras.backend.is_float_dtype(target.dtype):
             raise ValueError(
                 f"missing_labels for task {task!r} is NaN, but its targets "
@@ -193,9 +235,9 @@ def label_mask(rule, task, target, pred, sample_weight):
             )
         missing = ops.isnan(target)
     else:
-        missing = ops.equal(target, ops.cast(rule, target.dtype))
+        missing = ops.equal(target, ops.cast(sentinel, target.dtype))
     target = ops.where(missing, ops.zeros_like(target), target)
-    if len(target.shape) == pred_rank:
+    if not per_element and len(target.shape) == pred_rank:
         missing = ops.any(missing, axis=-1)
     return target, ops.logical_not(missing)
 
@@ -206,14 +248,22 @@ def masked_for_metrics(rules, task_names, y, y_pred, sample_weights, finite=None
     samples (and every sample of a non-finite step), so that weighted and
     unweighted metrics average over the labelled samples alone.
 
+    A task masked per element (`PerElement`) has its last axis folded into
+    the batch: its metrics see each element as a sample of one value,
+    `(N, 1)` targets and predictions with N = the number of elements, the
+    unlabelled ones masked, so that they average over the labelled
+    elements as its loss does.
+
     `rules`: `{task: missing_labels rule}`. Returns `(y, y_pred,
     sample_weights)`, the weights a full dict or None."""
     y, y_pred = dict(y), dict(y_pred)
+    folded = {}
     for task in task_names:
         target, pred = y[task], y_pred[task]
         aligned = aligned_target(target, pred)
+        rule = rules.get(task)
         filled, labelled = label_mask(
-            rules.get(task), task, aligned, pred, sample_weights.get(task)
+            rule, task, aligned, pred, sample_weights.get(task)
         )
         if labelled is None and finite is None:
             continue
@@ -221,23 +271,39 @@ def masked_for_metrics(rules, task_names, y, y_pred, sample_weights, finite=None
             target = filled
             if len(target.shape) != len(y[task].shape):
                 target = ops.squeeze(target, -1)
+        if isinstance(rule, PerElement):
+            folded[task] = ops.shape(target)
+            target = ops.reshape(target, (-1, 1))
+            pred = ops.reshape(pred, (-1, 1))
+            labelled = ops.reshape(labelled, (-1,))
         if labelled is None:
             labelled = ops.ones(ops.shape(pred)[:-1], dtype="bool")
         if finite is not None:
             labelled = ops.logical_and(labelled, finite)
             target = ops.where(finite, target, ops.zeros_like(target))
             pred = ops.where(finite, pred, ops.zeros_like(pred))
-        else:
+        elif task not in folded:
             pred = ops.copy(pred)  # a new tensor to carry the mask
         _set_keras_mask(pred, labelled)
         y[task], y_pred[task] = target, pred
     weights = None
     if sample_weights:
-        weights = {
-            t: sample_weights.get(t, ops.ones((ops.shape(y[t])[0],)))
-            for t in task_names
-        }
+        weights = {}
+        for t in task_names:
+            weight = sample_weights.get(t)
+            if weight is None:
+                weight = ops.ones((ops.shape(y[t])[0],))
+            elif t in folded:
+                weight = _per_element_weights(weight, folded[t])
+            weights[t] = weight
     return y, y_pred, weights
+
+
+def _per_element_weights(weight, shape):
+    """Sample weights repeated over the elements of targets of `shape`,
+    flattened as the folded targets are."""
+    weight = ops.broadcast_to(to_rank(weight, len(shape)), shape)
+    return ops.reshape(weight, (-1,))
 
 
 def _set_keras_mask(tensor, mask):
@@ -253,18 +319,32 @@ def _set_keras_mask(tensor, mask):
 def same_batch_size(task, target, pred):
     """`target`, checked at run time to have the predictions' batch size
     when the shapes leave it open (a loss would silently broadcast a 1-row
-    target). Under XLA the check is compiled out."""
+    target). Under XLA the check is compiled out.
+
+    Only TensorFlow traces a step with batch sizes unknown until it runs;
+    other backends (JAX) trace with every shape known, and a known batch
+    size that differs is refused by `check_target_shapes`. Keras has no
+    backend-neutral run-time assertion, so the unknown case stays in
+    TensorFlow."""
+    if all(_known_batch_size(t) for t in (target, pred)):
+        return target
     if keras.backend.backend() != "tensorflow":
         return target
     import tensorflow as tf
 
-    known = [tf.TensorShape(t.shape)[:1].is_fully_defined() for t in (target, pred)]
-    if all(known):
-        return target
     check = tf.debugging.assert_equal(
-        tf.shape(target)[0],
-        tf.shape(pred)[0],
+        ops.shape(target)[0],
+        ops.shape(pred)[0],
         message=f"Task {task!r}: the targets' batch size differs from the inputs'",
     )
     with tf.control_dependencies([check]):
         return tf.identity(target)
+
+
+def _known_batch_size(tensor):
+    """Whether the first axis of `tensor` (if any) has a size known now."""
+    try:
+        rank = len(tensor.shape)
+    except ValueError:  # a TensorFlow shape of unknown rank
+        return False
+    return rank == 0 or tensor.shape[0] is not None

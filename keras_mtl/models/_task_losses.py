@@ -27,7 +27,12 @@ class LossValues(NamedTuple):
     Attributes:
         losses: `(T,)` float32, the task losses of the global batch.
         counts: None without `missing_labels`; else `(T,)` floats, the
-            number of labelled elements of each task in the global batch.
+            number of labelled loss terms of each task in the global batch:
+            its labelled samples (positions of a dense output), or for a
+            task masked per element its labelled elements. A task is
+            present in a step when its count is positive (a sample with
+            one labelled element makes its task present); the epoch mean
+            of a task's loss weighs each step by its count.
         stacked: this replica's task losses (or weighted loss sums), `(T,)`.
         raw: the same as T scalars: loss t depends on the model through
             `raw[t]` alone (the gradient paths differentiate it).
@@ -45,8 +50,9 @@ class TaskLosses:
     Args:
         task_names: the tasks, in output order.
         loss_fns: dict `{task: keras.losses.Loss}`.
-        missing_labels: None, or `{task: sentinel | "sample_weight"}` for
-            the tasks whose labels may be absent.
+        missing_labels: None, or `{task: sentinel | "sample_weight" |
+            PerElement(sentinel)}` for the tasks whose labels may be absent
+            (`_compile_options.resolve_missing_labels`).
         auxiliary_tasks: the tasks with an auxiliary output (scored with
             the task's own loss and targets).
         aux_weight: the weight of the auxiliary losses in every step.
@@ -58,6 +64,9 @@ class TaskLosses:
         self.task_names = tuple(task_names)
         self.loss_fns = loss_fns
         self.missing_labels = missing_labels
+        for task, rule in (missing_labels or {}).items():
+            if isinstance(rule, targets.PerElement):
+                check_element_wise(task, loss_fns[task])
         self.auxiliary_tasks = tuple(auxiliary_tasks)
         self.aux_weight = aux_weight
 
@@ -131,8 +140,10 @@ class TaskLosses:
 
     def log_weights(self, finite, keep, counts):
         """How much each task's loss weighs in its epoch mean: the batch
-        size, or with `missing_labels` the number of labelled elements of
-        masked tasks (so the mean is over labelled samples)."""
+        size, or with `missing_labels` the count of masked tasks (the
+        labelled samples, or elements of a task masked per element), so
+        that the epoch mean is over the epoch's labelled samples (or
+        elements)."""
         if counts is None:
             return [keep] * len(self.task_names)
         labelled = ops.cast(finite, "float32") * counts / distribution.num_replicas()
@@ -147,13 +158,36 @@ class TaskLosses:
         return targets.same_batch_size(task, target, pred), pred
 
     def _masked_terms(self, task, target, pred, sample_weight):
-        """This replica's weighted loss sum, divisor and labelled count."""
+        """This replica's weighted loss sum, divisor and labelled count.
+
+        Per sample (a sentinel, "sample_weight"): with l_i the loss of
+        sample i, m_i its mask and w_i its weight, the sum is
+        S = sum_i m_i w_i l_i, the count N = sum_i m_i and the divisor N
+        (the task loss S / N is the mean over the labelled samples), as
+        Keras' `sum_over_batch_size` with every label present.
+
+        Per element (`PerElement`): with e_id the loss of element d of
+        sample i alone and m_id its mask, S = sum_id m_id w_i e_id,
+        N = sum_id m_id and the divisor N: the mean over the labelled
+        elements. With every element labelled it is the Keras value
+        (1/B) sum_i w_i (1/D) sum_d e_id, since l_i = (1/D) sum_d e_id for
+        the element-wise losses it accepts (`check_element_wise`).
+
+        The other reductions keep Keras' rule on the labelled terms:
+        `"sum"` divides by 1 (per element by D, so that sum_i l_i is
+        kept), `"mean_with_sample_weight"` by the sum of the weights of
+        the labelled terms.
+        """
         fn = self.loss_fns[task]
+        rule = (self.missing_labels or {}).get(task)
         target, labelled = self.label_mask(task, target, pred, sample_weight)
-        values = fn.call(
-            ops.convert_to_tensor(target, dtype=fn.dtype),
-            ops.convert_to_tensor(pred, dtype=fn.dtype),
-        )
+        target = ops.convert_to_tensor(target, dtype=fn.dtype)
+        pred = ops.convert_to_tensor(pred, dtype=fn.dtype)
+        per_element = isinstance(rule, targets.PerElement)
+        if per_element:
+            values = element_values(task, fn, target, pred)
+        else:
+            values = fn.call(target, pred)
         values = ops.cast(values, "float32")
         if labelled is None:
             labelled = ops.ones(ops.shape(values), dtype="bool")
@@ -168,9 +202,8 @@ class TaskLosses:
         mask = ops.cast(labelled, "float32")
         weight = mask
         if sample_weight is not None:
-            sample_weight = targets.with_rank(
-                ops.cast(sample_weight, "float32"), len(values.shape)
-            )
+            sample_weight = ops.cast(sample_weight, "float32")
+            sample_weight = targets.to_rank(sample_weight, len(values.shape))
             weight = mask * sample_weight
         total = ops.sum(values * weight)
         count = ops.sum(mask)
@@ -182,11 +215,65 @@ class TaskLosses:
             )
         if reduction == "sum":
             divisor = ops.convert_to_tensor(1.0 / distribution.num_replicas())
+            if per_element:
+                elements = ops.cast(ops.shape(values)[-1], "float32")
+                divisor = divisor * elements
         elif reduction == "mean_with_sample_weight":
             divisor = ops.sum(weight)
         else:
             divisor = count
         return total, divisor, count
+
+
+# Losses of a whole vector (a distribution over the last axis, a direction,
+# a sequence or a region): an element alone has no loss of its own.
+_WHOLE_VECTOR_LOSSES = (
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy",
+    "categorical_focal_crossentropy",
+    "categorical_generalized_cross_entropy",
+    "categorical_hinge",
+    "kl_divergence",
+    "cosine_similarity",
+    "ctc",
+    "dice",
+    "tversky",
+    "circle",
+)
+
+
+def check_element_wise(task, fn):
+    """Refuses, naming the task, a loss that cannot score elements one by
+    one (a `PerElement` rule needs one)."""
+    inner = getattr(fn, "fn", None)
+    name = getattr(inner, "__name__", "") if inner is not None else ""
+    if name in _WHOLE_VECTOR_LOSSES:
+        raise ValueError(
+            f"missing_labels for task {task!r} is per element, but its loss "
+            f"{name!r} scores the whole vector of a sample (class labels, a "
+            "distribution or a direction), not each element alone. Use a "
+            "plain sentinel for it (the sample is then unlabelled when any "
+            "entry is the sentinel), or an element-wise loss (mse, mae, "
+            "huber, log_cosh, binary_crossentropy, ...)."
+        )
+
+
+def element_values(task, fn, target, pred):
+    """The loss of each element alone: `fn` on targets and predictions of
+    shape `(..., D)` seen as `(..., D, 1)`, giving values of shape
+    `(..., D)`. For a loss that is the mean over the last axis of a term
+    of each element (mse, mae, huber, log_cosh, binary_crossentropy, ...)
+    the mean of the values over D is the loss of the sample."""
+    values = fn.call(ops.expand_dims(target, -1), ops.expand_dims(pred, -1))
+    if tuple(values.shape) != tuple(target.shape):
+        raise ValueError(
+            f"missing_labels for task {task!r} is per element, but its loss "
+            f"called on each element alone (shape {tuple(target.shape) + (1,)}) "
+            f"gives values of shape {tuple(values.shape)}, not "
+            f"{tuple(target.shape)}: it does not reduce over the last axis "
+            "only. Use an element-wise loss (a mean over the last axis)."
+        )
+    return values
 
 
 def resolve_losses(task_names, loss):

@@ -19,6 +19,7 @@ from keras import ops
 from keras_mtl import weighting
 from keras_mtl.models import _compile_options as options
 from keras_mtl.models import _distribution as distribution
+from keras_mtl.models import _stateless_step as stateless_step
 from keras_mtl.models import _targets as targets
 from keras_mtl.models._model_outputs import arrange_outputs, heads_on_trunk
 from keras_mtl.models._step_guard import StepGuard
@@ -31,6 +32,7 @@ from keras_mtl.models.gradient_paths import (
 from keras_mtl.models.gradient_paths.base import task_mask
 from keras_mtl.models.task_graph import analyze_task_graph
 from keras_mtl.models.training_hooks import TrainingHooks
+from keras_mtl.utils.backend import check_supported_backend
 from keras_mtl.utils.serialization import register_serializable
 
 
@@ -241,18 +243,25 @@ class MultiTaskModel(keras.Model):
                 logged `<task>_weight` is then how often the task was drawn.
             missing_labels: None (every sample has every label), or how an
                 absent label is marked: a number (for example -1) or NaN,
-                the value the whole target of an unlabelled sample holds (a
-                target counts as missing when any of its entries equals it;
-                for integer labels of dense outputs, per position), or
+                the value the target of an unlabelled sample holds (a target
+                counts as missing when any of its entries equals it; for
+                integer labels of dense outputs, per position);
                 `"sample_weight"` (the task's sample weights are the mask:
-                weight 0 means unlabelled). One value for every task, or a
-                dict `{task: value}` (tasks it does not name are always
-                labelled). A task's loss and metrics then average over its
-                labelled samples only; a step in which a task has no
-                labelled sample gives it loss 0, weight 0, no gradient, and
-                leaves the strategy's state for it untouched (gradient
-                methods drop its row). Only strategies with
-                `supports_missing_tasks` accept it.
+                weight 0 means unlabelled); or, per task, `{"value": v,
+                "per_element": True}`: each element of the target equal to v
+                is unlabelled on its own and the sample's other elements keep
+                their labels (vector regression, multi-label binary targets;
+                class labels and losses over the whole vector, such as
+                categorical cross-entropy, are refused naming the task).
+                Per element is opt-in: whether a target is a vector of values
+                or one label cannot be told from its shape. One value for
+                every task, or a dict `{task: value}` (tasks it does not name
+                are always labelled). A task's loss and metrics then average
+                over its labelled samples (per element: its labelled
+                elements); a step in which a task has no labelled sample
+                gives it loss 0, weight 0, no gradient, and leaves the
+                strategy's state for it untouched (gradient methods drop its
+                row). Only strategies with `supports_missing_tasks` accept it.
             per_task_gradients: how a gradient method's per-task gradients
                 of the shared variables are combined. `"matrix"` (default):
                 the model forms the `(T, P)` matrix G of per-task gradients
@@ -270,6 +279,7 @@ class MultiTaskModel(keras.Model):
                 as for `keras.Model.compile`. `jit_compile=True` compiles
                 the whole step, strategy included, with XLA.
         """
+        check_supported_backend()
         options.check_on_nonfinite(on_nonfinite)
         names = self.task_names
         loss_fns = resolve_losses(names, loss)
@@ -280,7 +290,9 @@ class MultiTaskModel(keras.Model):
         strategy = options.resolve_strategy(names, loss_weighting, loss_weights)
         path = select_gradient_path(self, strategy, per_task_gradients)
         options.build_strategy(strategy, path.strategy_input_shape())
-        distribution.check_jit_compile(jit_compile, self.distribute_strategy)
+        distribution.check_jit_compile(
+            jit_compile, getattr(self, "distribute_strategy", None)
+        )
         super().compile(
             optimizer=optimizer,
             loss=None,
@@ -412,7 +424,13 @@ class MultiTaskModel(keras.Model):
                 "fit() or evaluate()."
             )
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        # On JAX, Keras passes (state, data) and wants (logs, new state).
+        if keras.backend.backend() == "jax":
+            state, data = args
+            groups = stateless_step.train_groups(self)
+            return stateless_step.run(groups, state, lambda: self._train_step(data))
+        (data,) = args
         # Under XLA the step takes the batch as its arguments, so it cannot
         # start early; there the dependency would also stop TensorFlow from
         # lifting the metrics' variable creation out of the first trace.
@@ -463,7 +481,14 @@ class MultiTaskModel(keras.Model):
             if id(variable) not in strategy_ids:
                 yield variable
 
-    def test_step(self, data):
+    def test_step(self, *args):
+        if keras.backend.backend() == "jax":
+            state, data = args
+            groups = stateless_step.test_groups(self)
+            return stateless_step.run(groups, state, lambda: self._test_step(data))
+        return self._test_step(*args)
+
+    def _test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y, sample_weights = targets.standardize_targets(
             self.task_names, y, sample_weight
@@ -492,6 +517,8 @@ class MultiTaskModel(keras.Model):
         metrics = list(self._step_logs.trackers)
         if self._compile_metrics is not None:
             metrics.append(self._compile_metrics)
+        if keras.backend.backend() == "jax":
+            metrics.append(self._guard.record)
         return metrics
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

@@ -54,7 +54,7 @@ class TrainingHooks(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self._on_nonfinite == "raise":
-            bad_step = int(self._guard.bad_step.numpy())
+            bad_step = self._counter(self._guard.bad_step)
             if bad_step >= 0:
                 culprit = self._culprit()
                 where = f"training step {bad_step} (0-based) of this fit() call"
@@ -72,9 +72,21 @@ class TrainingHooks(keras.callbacks.Callback):
                     'on_nonfinite="skip" to skip such steps.'
                 )
 
+    def _counter(self, variable):
+        """A guard counter's value on the host. On JAX, during an epoch the
+        state lives in the trainer's values, not in the variables (Keras
+        syncs them at epoch end): read it there, without a sync."""
+        model = self._mtl_model
+        state = getattr(model, "_jax_state", None)
+        if state and not getattr(model, "_jax_state_synced", True):
+            for i, candidate in enumerate(model.metrics_variables):
+                if candidate is variable:
+                    return int(state["metrics_variables"][i])
+        return int(keras.ops.convert_to_numpy(variable))
+
     def _culprit(self):
         """What the first bad step had that was not finite, in words."""
-        index = int(self._guard.bad_task.numpy())
+        index = self._counter(self._guard.bad_task)
         if index == -2:
             return (
                 "The gradient is not finite although every task loss is "
@@ -86,13 +98,13 @@ class TrainingHooks(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._mtl_model.loss_weighting.on_epoch_end()
         if self._on_nonfinite == "skip":
-            skipped = int(self._guard.skipped.numpy())
+            skipped = self._counter(self._guard.skipped)
             if skipped:
                 warnings.warn(
                     f"{skipped} training step(s) were skipped so far because "
                     f"a task loss or the gradient was not finite (first: "
                     f"{self._culprit()} at step "
-                    f"{int(self._guard.bad_step.numpy())}).",
+                    f"{self._counter(self._guard.bad_step)}).",
                     RuntimeWarning,
                     stacklevel=2,
                 )

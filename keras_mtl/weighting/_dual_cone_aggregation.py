@@ -8,10 +8,9 @@ gradient for UPGrad, the preference-weighted mean for DualProj).
 
 import math
 
-import tensorflow as tf
 from keras import ops
 
-from keras_mtl.weighting._dual_cone_ops import normalize_and_regularize
+from keras_mtl.weighting._dual_cone_ops import normalize_and_regularize, solver_dtype
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 
 _EPS_MODES = ("absolute", "relative")
@@ -106,7 +105,8 @@ class DualConeAggregation(GradientAggregation):
         return config
 
     def _preference_and_matrix(self, gramian, task_mask=None):
-        """The float64 preference `(T,)` and prepared Gramian `(T, T)`.
+        """The preference `(T,)` and prepared Gramian `(T, T)`, in float64
+        (in float32 on JAX without x64, see `solver_dtype`).
 
         With `task_mask`, the absent tasks' rows and columns of the Gramian
         are zeroed and their preference is 0; the default preference is
@@ -119,20 +119,21 @@ class DualConeAggregation(GradientAggregation):
         """
         gramian = ops.convert_to_tensor(gramian)
         num_tasks = gramian.shape[0]
+        wide = solver_dtype()
         if task_mask is None:
             if self.pref_vector is None:
-                pref = tf.fill([num_tasks], tf.constant(1.0 / num_tasks, tf.float64))
+                pref = ops.full((num_tasks,), 1.0 / num_tasks, dtype=wide)
             else:
-                pref = tf.constant(self.pref_vector, tf.float64)
+                pref = ops.convert_to_tensor(self.pref_vector, dtype=wide)
         else:
-            present = tf.cast(tf.convert_to_tensor(task_mask) > 0, tf.float64)
+            present = ops.cast(ops.convert_to_tensor(task_mask) > 0, wide)
             if self.pref_vector is None:
-                pref = present / tf.maximum(tf.reduce_sum(present), 1.0)
+                pref = present / ops.maximum(ops.sum(present), 1.0)
             else:
-                pref = tf.constant(self.pref_vector, tf.float64) * present
-            keep = tf.cast(present, gramian.dtype)
+                pref = ops.convert_to_tensor(self.pref_vector, dtype=wide) * present
+            keep = ops.cast(present, gramian.dtype)
             gramian = gramian * keep[:, None] * keep[None, :]
         matrix = normalize_and_regularize(
             gramian, self.norm_eps, self.reg_eps, self.eps_mode
         )
-        return pref, tf.cast(matrix, tf.float64)
+        return pref, ops.cast(matrix, wide)

@@ -15,13 +15,41 @@ written for the Gramian (no factor of A needed) and batched over several
 right-hand sides. Each iteration costs a few `(T, T)` matrix-vector products
 per problem (the inverse of the free block is updated by rank-one
 corrections); the loop ends when every problem satisfies the optimality
-conditions (or after a fixed iteration budget), so it runs inside
-`tf.function`, also with XLA. The iterate is feasible (v >= u) at every
-iteration. On the same float64 matrix it agrees with quadprog (TorchJD's
-solver) to about 1e-9 relative.
+conditions (or after a fixed iteration budget), so it runs inside a
+compiled step (`tf.function`, also with XLA, or `jax.jit`): a
+`keras.ops.while_loop` whose state has static shapes. The iterate is
+feasible (v >= u) at every iteration. On the same float64 matrix it
+agrees with quadprog (TorchJD's solver) to about 1e-9 relative.
+
+The solver works in float64 where the backend has it (`solver_dtype`):
+always on TensorFlow, on JAX only with `jax_enable_x64` (JAX's default is
+float32, in which the results agree with float64 to about 1e-6 on
+well-conditioned inputs).
 """
 
-import tensorflow as tf
+import numpy as np
+from keras import backend, ops
+
+
+def solver_dtype():
+    """The solvers' wide float dtype: float64 where the backend has it.
+
+    TensorFlow always has float64; JAX only with `jax_enable_x64` (without
+    it, a float64 request is silently truncated to float32).
+    """
+    if backend.backend() == "jax":
+        import jax
+
+        return "float64" if jax.config.jax_enable_x64 else "float32"
+    return "float64"
+
+
+def _tiny(dtype):
+    """A positive floor for divisors: 1e-300 in float64, the smallest
+    normal number in float32."""
+    if dtype == "float64":
+        return 1e-300
+    return float(np.finfo(dtype).tiny)
 
 
 def normalize_and_regularize(gramian, norm_eps, reg_eps, eps_mode="absolute"):
@@ -37,15 +65,15 @@ def normalize_and_regularize(gramian, norm_eps, reg_eps, eps_mode="absolute"):
     scale of the gradients. Then `reg_eps * I` is added so that the matrix
     is positive definite. Computed in the dtype of `gramian`.
     """
-    num = tf.shape(gramian)[0]
-    trace = tf.reduce_sum(tf.linalg.diag_part(gramian))
+    num = gramian.shape[0]
+    trace = ops.sum(ops.diagonal(gramian))
     if eps_mode == "relative":
-        degenerate = tf.logical_not(tf.logical_and(trace > 0, tf.math.is_finite(trace)))
+        degenerate = ops.logical_not(ops.logical_and(trace > 0, ops.isfinite(trace)))
     else:
         degenerate = trace < norm_eps
-    safe_trace = tf.where(degenerate, tf.ones_like(trace), trace)
-    normalized = tf.where(degenerate, tf.zeros_like(gramian), gramian / safe_trace)
-    return normalized + reg_eps * tf.eye(num, dtype=gramian.dtype)
+    safe_trace = ops.where(degenerate, ops.ones_like(trace), trace)
+    normalized = ops.where(degenerate, ops.zeros_like(gramian), gramian / safe_trace)
+    return normalized + reg_eps * ops.eye(num, dtype=gramian.dtype)
 
 
 #: Relative Schur complement below which a variable is not freed.
@@ -54,7 +82,12 @@ _DEPENDENCE_TOL = 1e-7
 
 def _masked_matvec(gramian, x, mask):
     """Returns M x for M = P A P + (I - P), P = diag(mask), row-wise on x."""
-    return mask * tf.matmul(mask * x, gramian) + (1.0 - mask) * x
+    return mask * ops.matmul(mask * x, gramian) + (1.0 - mask) * x
+
+
+def _matvec(matrices, vectors):
+    """`(B, T)` products of `(B, T, T)` matrices with `(B, T)` vectors."""
+    return ops.matmul(matrices, vectors[:, :, None])[:, :, 0]
 
 
 def project_weights(u, gramian, max_iter=None, tol=1e-12):
@@ -92,57 +125,54 @@ def project_weights(u, gramian, max_iter=None, tol=1e-12):
     Returns:
         `(B, T)` tensor v of the dtype of `gramian` with v >= u.
     """
+    gramian = ops.stop_gradient(ops.convert_to_tensor(gramian))
     dtype = gramian.dtype
-    u = tf.cast(u, dtype)
+    u = ops.stop_gradient(ops.cast(u, dtype))
     num = gramian.shape[0]
-    if num is None:
-        num = tf.shape(gramian)[0]
-    batch = tf.shape(u)[0]
+    batch = u.shape[0]
     if max_iter is None:
         max_iter = 10 * num + 20
-    scale = tf.maximum(
-        tf.reduce_max(tf.abs(tf.linalg.diag_part(gramian))), tf.cast(1e-30, dtype)
-    )
-    grad_tol = tf.cast(tol, dtype) * scale
-    diag = tf.linalg.diag_part(gramian)
-    base_grad = tf.matmul(u, gramian)  # A u (A symmetric), (B, T)
-    tiny = tf.cast(1e-300, dtype)
+    diag = ops.diagonal(gramian)
+    scale = ops.maximum(ops.max(ops.abs(diag)), ops.cast(1e-30, dtype))
+    grad_tol = ops.cast(tol, dtype) * scale
+    base_grad = ops.matmul(u, gramian)  # A u (A symmetric), (B, T)
+    tiny = ops.cast(_tiny(dtype), dtype)
 
     def solve(inverse, rhs, mask):
-        sol = tf.linalg.matvec(inverse, rhs)
+        sol = _matvec(inverse, rhs)
         for _ in range(2):
-            sol += tf.linalg.matvec(inverse, rhs - _masked_matvec(gramian, sol, mask))
+            sol += _matvec(inverse, rhs - _masked_matvec(gramian, sol, mask))
         return sol * mask
 
     def cond(it, z, free, inverse, done):
-        return tf.logical_and(it < max_iter, tf.logical_not(tf.reduce_all(done)))
+        return ops.logical_and(it < max_iter, ops.logical_not(ops.all(done)))
 
     def body(it, z, free, inverse, done):
-        mask = tf.cast(free, dtype)
+        mask = ops.cast(free, dtype)
         # Minimiser of the objective over the current free set.
         s = solve(inverse, -base_grad * mask, mask)
-        feasible = tf.reduce_all(tf.logical_or(tf.logical_not(free), s > 0), axis=1)
+        feasible = ops.all(ops.logical_or(ops.logical_not(free), s > 0), axis=1)
 
         # Feasible: accept s, then free the most violated constraint.
-        neg_grad = -(base_grad + tf.matmul(s, gramian))
-        candidates = tf.logical_and(tf.logical_not(free), neg_grad > grad_tol)
-        has_candidate = tf.reduce_any(candidates, axis=1)
-        best = tf.argmax(
-            tf.where(candidates, neg_grad, -tf.ones_like(neg_grad)),
-            axis=1,
-            output_type=tf.int32,
+        neg_grad = -(base_grad + ops.matmul(s, gramian))
+        candidates = ops.logical_and(ops.logical_not(free), neg_grad > grad_tol)
+        has_candidate = ops.any(candidates, axis=1)
+        best = ops.argmax(
+            ops.where(candidates, neg_grad, -ops.ones_like(neg_grad)), axis=1
         )
-        e_add = tf.one_hot(best, num, dtype=dtype)
-        free_a = tf.logical_or(free, tf.logical_and(e_add > 0, has_candidate[:, None]))
-        column = tf.gather(gramian, best) * mask  # A[F, j]
-        bordered = tf.linalg.matvec(inverse, column)
-        diag_best = tf.gather(diag, best)
-        schur = diag_best - tf.reduce_sum(column * bordered, axis=1)
+        e_add = ops.one_hot(best, num, dtype=dtype)
+        free_a = ops.logical_or(
+            free, ops.logical_and(e_add > 0, has_candidate[:, None])
+        )
+        column = ops.take(gramian, best, axis=0) * mask  # A[F, j]
+        bordered = _matvec(inverse, column)
+        diag_best = ops.take(diag, best, axis=0)
+        schur = diag_best - ops.sum(column * bordered, axis=1)
         # A candidate whose Schur complement vanishes is (numerically) a
         # combination of the free variables' rows: in exact arithmetic its
         # gradient would be zero, so the current point is optimal.
         dependent = schur <= _DEPENDENCE_TOL * diag_best
-        schur = tf.maximum(schur, tiny)
+        schur = ops.maximum(schur, tiny)
         y = bordered - e_add
         inverse_a = (
             inverse
@@ -152,21 +182,25 @@ def project_weights(u, gramian, max_iter=None, tol=1e-12):
 
         # Infeasible: move towards s until a free variable reaches zero, and
         # take that variable out of the free set.
-        blocking = tf.logical_and(free, s <= 0)
+        blocking = ops.logical_and(free, s <= 0)
         gap = z - s
-        safe_gap = tf.where(gap > 0, gap, tf.ones_like(gap))
-        ratio = tf.where(
+        safe_gap = ops.where(gap > 0, gap, ops.ones_like(gap))
+        ratio = ops.where(
             blocking,
-            tf.where(gap > 0, z / safe_gap, tf.zeros_like(z)),
-            2.0 * tf.ones_like(z),
+            ops.where(gap > 0, z / safe_gap, ops.zeros_like(z)),
+            2.0 * ops.ones_like(z),
         )
-        worst = tf.argmin(ratio, axis=1, output_type=tf.int32)
-        step = tf.minimum(tf.reduce_min(ratio, axis=1, keepdims=True), 1.0)
-        e_rem = tf.one_hot(worst, num, dtype=dtype)
-        z_b = tf.maximum(z + step * (s - z), 0.0) * (1.0 - e_rem)
-        free_b = tf.logical_and(free, tf.logical_not(e_rem > 0))
-        q = tf.gather(inverse, worst, axis=2, batch_dims=1)  # column of M^-1
-        pivot = tf.maximum(tf.reduce_sum(q * e_rem, axis=1), tiny)
+        # -0.0 as +0.0: `ops.argmin` ranks -0.0 below +0.0, the first of
+        # several zeros is the one to take.
+        worst = ops.argmin(ops.where(ratio == 0, ops.zeros_like(ratio), ratio), axis=1)
+        step = ops.minimum(ops.min(ratio, axis=1, keepdims=True), 1.0)
+        e_rem = ops.one_hot(worst, num, dtype=dtype)
+        z_b = ops.maximum(z + step * (s - z), 0.0) * (1.0 - e_rem)
+        free_b = ops.logical_and(free, ops.logical_not(e_rem > 0))
+        # Column `worst` of each M^-1.
+        index = ops.broadcast_to(ops.reshape(worst, (batch, 1, 1)), (batch, num, 1))
+        q = ops.take_along_axis(inverse, index, axis=2)[:, :, 0]
+        pivot = ops.maximum(ops.sum(q * e_rem, axis=1), tiny)
         inverse_b = (
             inverse
             - q[:, :, None] * q[:, None, :] / pivot[:, None, None]
@@ -175,27 +209,26 @@ def project_weights(u, gramian, max_iter=None, tol=1e-12):
 
         keep = done[:, None]
         feas = feasible[:, None]
-        grow = tf.logical_and(
-            feasible, tf.logical_and(has_candidate, tf.logical_not(dependent))
+        grow = ops.logical_and(
+            feasible, ops.logical_and(has_candidate, ops.logical_not(dependent))
         )
-        free_a = tf.where(grow[:, None], free_a, free)
+        free_a = ops.where(grow[:, None], free_a, free)
         grow = grow[:, None, None]
-        new_z = tf.where(keep, z, tf.where(feas, s, z_b))
-        new_free = tf.where(keep, free, tf.where(feas, free_a, free_b))
-        new_inverse = tf.where(
+        new_z = ops.where(keep, z, ops.where(feas, s, z_b))
+        new_free = ops.where(keep, free, ops.where(feas, free_a, free_b))
+        new_inverse = ops.where(
             keep[:, :, None],
             inverse,
-            tf.where(grow, inverse_a, tf.where(feas[:, :, None], inverse, inverse_b)),
+            ops.where(grow, inverse_a, ops.where(feas[:, :, None], inverse, inverse_b)),
         )
-        stop = tf.logical_or(tf.logical_not(has_candidate), dependent)
-        new_done = tf.logical_or(done, tf.logical_and(feasible, stop))
+        stop = ops.logical_or(ops.logical_not(has_candidate), dependent)
+        new_done = ops.logical_or(done, ops.logical_and(feasible, stop))
         return it + 1, new_z, new_free, new_inverse, new_done
 
-    z0 = tf.zeros_like(u)
-    free0 = tf.zeros(tf.shape(u), dtype=tf.bool)
-    inverse0 = tf.eye(num, batch_shape=[batch], dtype=dtype)
-    done0 = tf.zeros([batch], dtype=tf.bool)
-    _, z, _, _, _ = tf.while_loop(
-        cond, body, (tf.constant(0), z0, free0, inverse0, done0)
-    )
+    z0 = ops.zeros_like(u)
+    free0 = ops.zeros((batch, num), dtype="bool")
+    inverse0 = ops.broadcast_to(ops.eye(num, dtype=dtype), (batch, num, num))
+    done0 = ops.zeros((batch,), dtype="bool")
+    it0 = ops.convert_to_tensor(0, dtype="int32")
+    _, z, _, _, _ = ops.while_loop(cond, body, (it0, z0, free0, inverse0, done0))
     return u + z

@@ -3,10 +3,11 @@
 The problems are tiny (T x T), so a backtracking line search is done in one
 shot: the objective is evaluated at all trial step sizes at once and the
 largest step that satisfies the Armijo condition is kept. Everything is
-plain TensorFlow, fine inside `tf.function` with XLA.
+`keras.ops` without data-dependent Python branching, fine inside a compiled
+step (`tf.function` with XLA, `jax.jit`).
 """
 
-import tensorflow as tf
+from keras import ops
 
 #: Trial steps are max_step * 2^-k for k = 0 .. _NUM_TRIALS - 1.
 _NUM_TRIALS = 40
@@ -38,21 +39,22 @@ def armijo_step(
         The step size, 0 when no trial step decreases the objective.
     """
     dtype = x.dtype
-    steps = max_step * tf.pow(
-        tf.constant(0.5, dtype), tf.range(_NUM_TRIALS, dtype=dtype)
+    trials = ops.arange(_NUM_TRIALS, dtype="int32")
+    steps = max_step * ops.power(
+        ops.cast(0.5, dtype), ops.arange(_NUM_TRIALS, dtype=dtype)
     )
     points = x[None, :] + steps[:, None] * direction[None, :]
     values = batched_objective(points)
     ok = values <= value + _ARMIJO * steps * slope
-    ok = tf.logical_and(ok, tf.math.is_finite(values))
+    ok = ops.logical_and(ok, ops.isfinite(values))
     if full_step_ok is not None:
-        full = tf.logical_and(full_step_ok, tf.math.is_finite(values[0]))
-        ok = tf.logical_or(ok, tf.logical_and(full, tf.range(_NUM_TRIALS) == 0))
-    first = tf.reduce_min(tf.where(ok, tf.range(_NUM_TRIALS), _NUM_TRIALS))
-    return tf.where(
+        full = ops.logical_and(full_step_ok, ops.isfinite(values[0]))
+        ok = ops.logical_or(ok, ops.logical_and(full, trials == 0))
+    first = ops.min(ops.where(ok, trials, _NUM_TRIALS))
+    return ops.where(
         first < _NUM_TRIALS,
-        tf.gather(steps, tf.minimum(first, _NUM_TRIALS - 1)),
-        tf.zeros([], dtype),
+        ops.take(steps, ops.minimum(first, _NUM_TRIALS - 1)),
+        ops.zeros([], dtype),
     )
 
 
@@ -60,6 +62,6 @@ def max_step_to_boundary(x, direction, fraction=0.99):
     """Largest step in (0, 1] keeping `x + step * direction` positive."""
     dtype = x.dtype
     neg = direction < 0
-    safe = tf.where(neg, direction, -tf.ones_like(direction))
-    ratios = tf.where(neg, -x / safe, tf.constant(float("inf"), dtype))
-    return tf.minimum(tf.ones([], dtype), fraction * tf.reduce_min(ratios))
+    safe = ops.where(neg, direction, -ops.ones_like(direction))
+    ratios = ops.where(neg, -x / safe, ops.full_like(x, float("inf")))
+    return ops.minimum(ops.ones([], dtype), fraction * ops.min(ratios))

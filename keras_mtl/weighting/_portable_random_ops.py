@@ -1,33 +1,60 @@
-"""Uniform draws that are identical eagerly, in graphs and under XLA.
+"""Uniform draws that are identical eagerly, in graphs, under XLA and on
+every Keras backend.
 
 TensorFlow's stateless random ops (behind `keras.random.*`) pick a
-different bit generator under XLA than in eager or graph mode, so a seeded
-strategy would mask or order tasks differently in a compiled training step
-than in `aggregate()`. The draws here are a counter-based hash of the seed
-generator's state and the element index, written in 32-bit unsigned
-integer arithmetic, which every mode evaluates bit for bit the same way.
-The seed generator advances exactly as with `keras.random`.
+different bit generator under XLA than in eager or graph mode, and each
+Keras backend has its own generator, so a seeded strategy would mask or
+order tasks differently in a compiled training step than in `aggregate()`,
+and differently on JAX than on TensorFlow. The draws here are a
+counter-based hash of the seed generator's state and the element index,
+written in 32-bit unsigned integer arithmetic (`keras.ops` on uint32, which
+wraps modulo 2^32 on every backend), which every mode evaluates bit for bit
+the same way. The seed generator advances exactly as with `keras.random`.
+
+The seed generator's state is int64 on TensorFlow and uint32 on JAX; both
+are reduced modulo 2^32 first, so a state gives the same draws on both.
 """
 
-import tensorflow as tf
+from keras import ops
 
-_MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
+
+
+def uint32(value):
+    """A Python int (reduced modulo 2^32) as a uint32 scalar tensor."""
+    return ops.convert_to_tensor(int(value) % (1 << 32), dtype="uint32")
 
 
 def _mix32(x):
     """A bijective 32-bit integer hash with good avalanche (lowbias32)."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
-    x = x * tf.constant(0x7FEB352D, tf.uint32)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(15, tf.uint32)))
-    x = x * tf.constant(0x846CA68B, tf.uint32)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+    x = ops.bitwise_xor(x, ops.right_shift(x, uint32(16)))
+    x = ops.multiply(x, uint32(0x7FEB352D))
+    x = ops.bitwise_xor(x, ops.right_shift(x, uint32(15)))
+    x = ops.multiply(x, uint32(0x846CA68B))
+    x = ops.bitwise_xor(x, ops.right_shift(x, uint32(16)))
     return x
 
 
+def mix32(x):
+    """`lowbias32` of a uint32 tensor: a bijective hash of each element."""
+    return _mix32(x)
+
+
 def _to_uint32(value):
-    value = tf.math.floormod(tf.cast(value, tf.int64), tf.constant(2**32, tf.int64))
-    return tf.cast(value, tf.uint32)
+    """An integer tensor reduced modulo 2^32, as uint32.
+
+    The seed state is uint32 on JAX (kept as is) and int64 on TensorFlow
+    (reduced with a floored modulo, exact for negative values too)."""
+    value = ops.convert_to_tensor(value)
+    if ops.dtype(value) == "uint32":
+        return value
+    value = ops.mod(ops.cast(value, "int64"), ops.convert_to_tensor(1 << 32, "int64"))
+    return ops.cast(value, "uint32")
+
+
+def to_uint32(value):
+    """An integer tensor (a seed) reduced modulo 2^32, as uint32."""
+    return _to_uint32(value)
 
 
 def next_seed(seed_generator, advance=True):
@@ -50,7 +77,7 @@ def uniform(shape, seed_generator, dtype="float32", advance=True):
 
     Args:
         shape: a tuple of Python ints, or a 1-D integer tensor (for shapes
-            only known when the graph runs).
+            only known when a TensorFlow graph runs).
         seed_generator: a `keras.random.SeedGenerator`; its state is
             advanced once, as by one `keras.random.uniform` call.
         dtype: the float dtype of the result.
@@ -61,18 +88,17 @@ def uniform(shape, seed_generator, dtype="float32", advance=True):
         count = 1
         for d in shape:
             count *= d
+        # int32 then uint32: TensorFlow's XLA has no uint32 range.
+        index = ops.cast(ops.arange(count, dtype="int32"), "uint32")
     else:
-        shape = tf.cast(shape, tf.int64)
-        count = tf.reduce_prod(shape)
-    seed = next_seed(seed_generator, advance)
-    key_0 = _mix32(_to_uint32(seed[0]) + tf.constant(_GOLDEN, tf.uint32))
-    key_1 = _mix32(tf.bitwise.bitwise_xor(_to_uint32(seed[1]), key_0))
-    index = tf.cast(tf.range(count, dtype=tf.int64), tf.uint32)
-    bits = _mix32(
-        tf.bitwise.bitwise_xor(index * tf.constant(_GOLDEN, tf.uint32), key_1)
-    )
-    bits = _mix32(bits + key_0)
+        shape = ops.cast(shape, "int32")
+        index = ops.cast(ops.arange(ops.prod(shape), dtype="int32"), "uint32")
+    seed = _to_uint32(next_seed(seed_generator, advance))
+    key_0 = _mix32(ops.add(seed[0], uint32(_GOLDEN)))
+    key_1 = _mix32(ops.bitwise_xor(seed[1], key_0))
+    bits = _mix32(ops.bitwise_xor(ops.multiply(index, uint32(_GOLDEN)), key_1))
+    bits = _mix32(ops.add(bits, key_0))
     # The top 24 bits give an exactly representable float32 in [0, 1).
-    top = tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.int32)
-    values = tf.cast(top, tf.float32) * (1.0 / (1 << 24))
-    return tf.cast(tf.reshape(values, shape), dtype)
+    top = ops.cast(ops.right_shift(bits, uint32(8)), "int32")
+    values = ops.cast(top, "float32") * (1.0 / (1 << 24))
+    return ops.cast(ops.reshape(values, shape), dtype)

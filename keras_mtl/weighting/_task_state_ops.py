@@ -24,8 +24,20 @@ def add_task_vector(strategy, name, initializer="zeros", dtype=None):
 
 def assign_zeros(*variables):
     """Sets every variable to zeros."""
+    assign_full(0, *variables)
+
+
+def assign_ones(*variables):
+    """Sets every variable to ones."""
+    assign_full(1, *variables)
+
+
+def assign_full(value, *variables):
+    """Sets every variable to `value` (from its shape and dtype: a
+    variable is not an array on every backend, `zeros_like` of one fails
+    on JAX)."""
     for variable in variables:
-        variable.assign(ops.zeros_like(variable))
+        variable.assign(ops.full(variable.shape, value, dtype=variable.dtype))
 
 
 def present_or_all(task_mask, num_tasks):

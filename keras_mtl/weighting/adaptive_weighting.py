@@ -10,7 +10,11 @@ from keras_mtl.weighting._present_task_ops import (
     present_count,
     present_softmax,
 )
-from keras_mtl.weighting._task_state_ops import add_task_vector, present_or_all
+from keras_mtl.weighting._task_state_ops import (
+    add_task_vector,
+    assign_zeros,
+    present_or_all,
+)
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -155,7 +159,7 @@ class AdaptiveWeighting(LossWeighting):
         recorded = ops.logical_or(self.epochs >= 1.0, ops.logical_not(present))
         weights = ops.where(
             ops.all(recorded),
-            self._normalized(self.previous_mean, present),
+            self._normalized(self.previous_mean.value, present),
             ops.ones_like(values),
         )
         if training:
@@ -163,7 +167,7 @@ class AdaptiveWeighting(LossWeighting):
             mean = self.current_mean + (values - self.current_mean) / ops.maximum(
                 steps, 1.0
             )
-            self.current_mean.assign(ops.where(present, mean, self.current_mean))
+            self.current_mean.assign(ops.where(present, mean, self.current_mean.value))
             self.current_steps.assign(steps)
         return weights
 
@@ -172,23 +176,18 @@ class AdaptiveWeighting(LossWeighting):
             return
         seen = self.current_steps > 0.0  # per task
         self.previous_mean.assign(
-            ops.where(seen, self.current_mean, self.previous_mean)
+            ops.where(seen, self.current_mean.value, self.previous_mean.value)
         )
         self.epochs.assign(
-            ops.where(seen, ops.minimum(self.epochs + 1.0, 1.0), self.epochs)
+            ops.where(seen, ops.minimum(self.epochs + 1.0, 1.0), self.epochs.value)
         )
-        self.current_mean.assign(ops.zeros_like(self.current_mean))
-        self.current_steps.assign(ops.zeros_like(self.current_steps))
+        assign_zeros(self.current_mean, self.current_steps)
 
     def reset_state(self):
         if self.built and self.mode == "epoch":
-            for variable in (
-                self.current_mean,
-                self.current_steps,
-                self.previous_mean,
-                self.epochs,
-            ):
-                variable.assign(ops.zeros_like(variable))
+            assign_zeros(
+                self.current_mean, self.current_steps, self.previous_mean, self.epochs
+            )
 
     def get_config(self):
         config = super().get_config()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import tensorflow as tf
+import keras
 from keras import ops
 
+from keras_mtl.weighting._solver_ops import solver_dtype, solver_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -31,34 +32,35 @@ def aligned_mtl_matrix(gramian, scale_mode="min", task_mask=None):
     of the present block, so B restricted to the present tasks is the
     K-task B, and its absent rows and columns are zeroed.
     """
+    gramian = ops.convert_to_tensor(gramian)
     num = gramian.shape[0]
     dtype = gramian.dtype
     count = num
     if task_mask is not None:
-        present = tf.cast(tf.convert_to_tensor(task_mask) > 0, dtype)
+        present = ops.cast(ops.convert_to_tensor(task_mask) > 0, dtype)
         gramian = gramian * present[:, None] * present[None, :]
-        count = tf.reduce_sum(present)
-    eigenvalues, eigenvectors = tf.linalg.eigh(gramian)
-    largest = tf.reduce_max(eigenvalues)
+        count = ops.sum(present)
+    eigenvalues, eigenvectors = ops.eigh(gramian)
+    largest = ops.max(eigenvalues)
     tol = largest * count * _FLOAT32_EPS
     keep = eigenvalues > tol
-    rank = tf.reduce_sum(tf.cast(keep, tf.int32))
-    safe = tf.where(keep, eigenvalues, tf.ones_like(eigenvalues))
+    rank = ops.sum(ops.cast(keep, "int32"))
+    safe = ops.where(keep, eigenvalues, ops.ones_like(eigenvalues))
     if scale_mode == "min":
-        inf = tf.constant(float("inf"), dtype)
-        sigma_sq = tf.reduce_min(tf.where(keep, eigenvalues, inf))
+        inf = ops.full_like(eigenvalues, float("inf"))
+        sigma_sq = ops.min(ops.where(keep, eigenvalues, inf))
     elif scale_mode == "median":
         # Kept eigenvalues are the last `rank` of the ascending list; torch's
         # median of n values is the lower one, sorted[(n - 1) // 2].
-        index = num - rank + (rank - 1) // 2
-        sigma_sq = tf.gather(eigenvalues, tf.clip_by_value(index, 0, num - 1))
+        index = num - rank + ops.floor_divide(rank - 1, 2)
+        sigma_sq = ops.take(eigenvalues, ops.clip(index, 0, num - 1))
     else:
-        kept = tf.where(keep, eigenvalues, tf.zeros_like(eigenvalues))
-        sigma_sq = tf.reduce_sum(kept) / tf.cast(tf.maximum(rank, 1), dtype)
-    sigma_sq = tf.where(rank > 0, sigma_sq, tf.zeros([], dtype))
-    inv_sqrt = tf.where(keep, 1.0 / tf.sqrt(safe), tf.zeros_like(safe))
-    matrix = tf.sqrt(sigma_sq) * tf.matmul(
-        eigenvectors * inv_sqrt[None, :], eigenvectors, transpose_b=True
+        kept = ops.where(keep, eigenvalues, ops.zeros_like(eigenvalues))
+        sigma_sq = ops.sum(kept) / ops.cast(ops.maximum(rank, 1), dtype)
+    sigma_sq = ops.where(rank > 0, sigma_sq, ops.zeros_like(sigma_sq))
+    inv_sqrt = ops.where(keep, 1.0 / ops.sqrt(safe), ops.zeros_like(safe))
+    matrix = ops.sqrt(sigma_sq) * ops.matmul(
+        eigenvectors * inv_sqrt[None, :], ops.transpose(eigenvectors)
     )
     if task_mask is not None:
         # Exact zeros where the kept eigenvectors carry rounding noise.
@@ -68,10 +70,15 @@ def aligned_mtl_matrix(gramian, scale_mode="min", task_mask=None):
 
 def aligned_mtl_weights(gramian, scale_mode="min", task_mask=None):
     """Aligned-MTL's task weights alpha = B 1 (`aligned_mtl_matrix`)."""
-    return tf.reduce_sum(aligned_mtl_matrix(gramian, scale_mode, task_mask), axis=0)
+    return ops.sum(aligned_mtl_matrix(gramian, scale_mode, task_mask), axis=0)
 
 
-_compiled_aligned_mtl_weights = tf.function(aligned_mtl_weights, autograph=False)
+# On JAX, in float64 whether or not `jax_enable_x64` is set (see
+# `solver_function`); on TensorFlow, as written (the same results as ever).
+_jax_float64 = keras.backend.backend() == "jax"
+_aligned_mtl_weights = (
+    solver_function(aligned_mtl_weights) if _jax_float64 else aligned_mtl_weights
+)
 
 
 @register_strategy("aligned_mtl", "amtl")
@@ -161,14 +168,10 @@ class AlignedMTL(GradientAggregation):
         return config
 
     def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
+        gramian = ops.cast(gramian, solver_dtype())
         if task_mask is None:
-            weights = _compiled_aligned_mtl_weights(
-                ops.cast(gramian, "float64"), self.scale_mode
-            )
+            weights = _aligned_mtl_weights(gramian, self.scale_mode)
         else:
-            weights = _compiled_aligned_mtl_weights(
-                ops.cast(gramian, "float64"),
-                self.scale_mode,
-                ops.cast(task_mask, "float64"),
-            )
+            task_mask = ops.cast(task_mask, gramian.dtype)
+            weights = _aligned_mtl_weights(gramian, self.scale_mode, task_mask)
         return ops.cast(weights, self.compute_dtype)

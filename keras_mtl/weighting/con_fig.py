@@ -1,11 +1,18 @@
 """ConFIG: conflict-free update with equal cosine to every task gradient."""
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_mtl.weighting._dual_cone_aggregation import _check_pref_vector
+from keras_mtl.weighting._dual_cone_ops import solver_dtype
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
+
+
+def _matvec(matrix, vector):
+    """The `(T,)` product of a `(T, T)` matrix with a `(T,)` vector."""
+    return ops.matmul(matrix, vector[:, None])[:, 0]
+
 
 #: Upper bound on the relative cut-off of the pseudo-inverse (see the Note).
 _MAX_RCOND = 1e-4
@@ -115,50 +122,45 @@ class ConFIG(GradientAggregation):
 
     def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")
-        grads = tf.convert_to_tensor(grads)
+        grads = ops.convert_to_tensor(grads)
         num_tasks = grads.shape[0]
         num_params = grads.shape[1]
-        if num_params is None:
-            num_params = tf.shape(grads)[1]
-        f64 = tf.float64
+        f64 = solver_dtype()
         if self.pref_vector is None:
-            pref = tf.ones([num_tasks], f64)
+            pref = ops.ones((num_tasks,), f64)
         else:
-            pref = tf.constant(self.pref_vector, f64)
-
-        wide = tf.cast(grads, f64)
-        num_rows = num_tasks
+            pref = ops.convert_to_tensor(self.pref_vector, dtype=f64)
+        wide = ops.cast(grads, f64)
+        num_rows = float(num_tasks)
         if task_mask is not None:
             # Drop the absent rows: zero preference and zero rows (u_t = 0),
             # whose zero singular values the cut-off removes; the cut-off
             # counts the K present rows.
-            present = tf.cast(tf.convert_to_tensor(task_mask) > 0, f64)
+            present = ops.cast(ops.convert_to_tensor(task_mask) > 0, f64)
             pref = pref * present
             wide = wide * present[:, None]
-            num_rows = tf.cast(tf.reduce_sum(present), tf.int32)
-        gramian = tf.matmul(wide, wide, transpose_b=True)
-        norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
-        inv_norms = tf.where(norms > 0, 1.0 / tf.where(norms > 0, norms, 1.0), 0.0)
+            num_rows = ops.sum(present)
+        gramian = ops.matmul(wide, ops.transpose(wide))
+        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+        inv_norms = ops.where(norms > 0, 1.0 / ops.where(norms > 0, norms, 1.0), 0.0)
         cosines = inv_norms[:, None] * gramian * inv_norms[None, :]
-
         # C^+ p with the singular values of U (square roots of the
         # eigenvalues of C) below rcond * max cut off.
-        eigvals, eigvecs = tf.linalg.eigh(cosines)
-        sing = tf.sqrt(tf.maximum(eigvals, 0.0))
+        eigvals, eigvecs = ops.eigh(cosines)
+        sing = ops.sqrt(ops.maximum(eigvals, 0.0))
         eps32 = float(np.finfo(np.float32).eps)
-        size = tf.cast(tf.maximum(num_rows, num_params), f64)
-        rcond = tf.minimum(eps32 * size, _MAX_RCOND)
-        keep = sing > rcond * tf.reduce_max(sing)
-        inv_eig = tf.where(keep, 1.0 / tf.where(keep, eigvals, 1.0), 0.0)
-        along = tf.linalg.matvec(eigvecs, pref, transpose_a=True)
-        coeffs = tf.linalg.matvec(eigvecs, inv_eig * along)
-
+        size = ops.cast(ops.maximum(num_rows, float(num_params)), f64)
+        rcond = ops.minimum(eps32 * size, _MAX_RCOND)
+        keep = sing > rcond * ops.max(sing)
+        inv_eig = ops.where(keep, 1.0 / ops.where(keep, eigvals, 1.0), 0.0)
+        along = _matvec(ops.transpose(eigvecs), pref)
+        coeffs = _matvec(eigvecs, inv_eig * along)
         # d = G^T (coeffs / norms); ||d||^2 = coeffs^T C coeffs.
         direction = coeffs * inv_norms
-        sq_norm = tf.reduce_sum(coeffs * tf.linalg.matvec(cosines, coeffs))
-        denom = tf.maximum(tf.sqrt(tf.maximum(sq_norm, 0.0)), 1e-12)
-        length = tf.reduce_sum(tf.linalg.matvec(gramian, direction)) / denom
+        sq_norm = ops.sum(coeffs * _matvec(cosines, coeffs))
+        denom = ops.maximum(ops.sqrt(ops.maximum(sq_norm, 0.0)), 1e-12)
+        length = ops.sum(_matvec(gramian, direction)) / denom
         weights64 = length * direction / denom
-        weights = tf.cast(weights64, grads.dtype)
-        update = tf.matmul(weights[None, :], grads)[0]
+        weights = ops.cast(weights64, grads.dtype)
+        update = ops.matmul(weights[None, :], grads)[0]
         return update, weights

@@ -66,7 +66,7 @@ class CRMOGM(GradientAggregation):
     >>> _ = strategy.aggregate(np.array([[1.0, 0.0], [0.0, 1.0]], "float32"))
     >>> _ = strategy.aggregate(np.array([[1.0, 0.0], [0.0, 2.0]], "float32"))
     >>> # MGDA: [0.5, 0.5], then [0.8, 0.2]; averaged: [0.65, 0.35]
-    >>> [round(float(v), 4) for v in strategy.average.numpy()]
+    >>> [round(float(v), 4) for v in keras.ops.convert_to_numpy(strategy.average)]
     [0.65, 0.35]
 
     References:

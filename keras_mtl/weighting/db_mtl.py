@@ -85,7 +85,7 @@ class DBMTL(TaskStepCounts, GradientAggregation):
     >>> strategy = DBMTL()
     >>> grads = np.array([[3.0, 0.0], [0.0, 1.0]], "float32")
     >>> update = strategy.aggregate(grads, losses=[1.0, 2.0])
-    >>> np.round(update.numpy().astype("float64"), 3).tolist()
+    >>> np.round(keras.ops.convert_to_numpy(update).astype("float64"), 3).tolist()
     [0.3, 0.3]
 
     References:

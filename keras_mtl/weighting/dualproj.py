@@ -1,6 +1,5 @@
 """DualProj: projection of the averaged gradient onto the dual cone."""
 
-import tensorflow as tf
 from keras import ops
 
 from keras_mtl.weighting._dual_cone_aggregation import DualConeAggregation
@@ -121,4 +120,4 @@ class DualProj(DualConeAggregation):
         gramian = ops.convert_to_tensor(gramian)
         pref, matrix = self._preference_and_matrix(gramian, task_mask)
         weights = project_weights(pref[None, :], matrix)[0]
-        return tf.cast(weights, gramian.dtype)
+        return ops.cast(weights, gramian.dtype)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from keras import ops
 
 from keras_mtl.weighting._argument_ops import as_float
-from keras_mtl.weighting._task_state_ops import add_task_vector
+from keras_mtl.weighting._task_state_ops import add_task_vector, assign_zeros
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -200,19 +200,21 @@ class DynamicTaskPrioritization(LossWeighting):
         kpis = ops.convert_to_tensor(kpis)
         self._check_num_tasks(kpis, what="kpis")
         kpis = ops.cast(ops.stop_gradient(kpis), "float32")
+        kpi_average = self.kpi_average.value
+        prior_steps = self.steps.value
         if task_mask is not None:
             present = ops.convert_to_tensor(task_mask) > 0
             # An absent task's KPI (a metric without new samples, possibly
             # NaN) is never read: its average stays as it was.
-            kpis = ops.where(present, kpis, self.kpi_average)
-        first = self.steps < 1.0
+            kpis = ops.where(present, kpis, kpi_average)
+        first = prior_steps < 1.0
         average = ops.where(
-            first, kpis, self.alpha * kpis + (1.0 - self.alpha) * self.kpi_average
+            first, kpis, self.alpha * kpis + (1.0 - self.alpha) * kpi_average
         )
-        steps = self.steps + 1.0
+        steps = prior_steps + 1.0
         if task_mask is not None:
-            average = ops.where(present, average, self.kpi_average)
-            steps = ops.where(present, steps, self.steps)
+            average = ops.where(present, average, kpi_average)
+            steps = ops.where(present, steps, prior_steps)
         if training:
             self.kpi_average.assign(average)
             # Capped: only "first step" and "still warming up" are read.
@@ -231,8 +233,7 @@ class DynamicTaskPrioritization(LossWeighting):
 
     def reset_state(self):
         if self.built:
-            self.kpi_average.assign(ops.zeros_like(self.kpi_average))
-            self.steps.assign(ops.zeros_like(self.steps))
+            assign_zeros(self.kpi_average, self.steps)
 
     def get_config(self):
         config = super().get_config()

@@ -164,8 +164,8 @@ class DynamicWeightAverage(LossWeighting):
         the tasks without a mask, when `task_count` is `count` for each)."""
         if self.num_tasks == 1:
             return ops.ones((1,), dtype=dtype)
-        recorded = self.task_count >= 2.0
-        ratio = self.latest / ops.maximum(self.previous, 1e-12)
+        recorded = self.task_count.value >= 2.0
+        ratio = self.latest.value / ops.maximum(self.previous.value, 1e-12)
         ratio = ops.cast(ops.where(recorded, ratio, 1.0), dtype)
         soft = present_softmax(ratio / self.temperature, present)
         weights = present_count(present, dtype) * soft
@@ -180,23 +180,25 @@ class DynamicWeightAverage(LossWeighting):
             return weights
         losses = ops.cast(losses, "float32")
         if self.mode == "epoch":
-            steps = self.current_steps + ops.cast(present, "float32")
-            mean = self.current_mean + (losses - self.current_mean) / ops.maximum(
-                steps, 1.0
-            )
-            self.current_mean.assign(ops.where(present, mean, self.current_mean))
+            steps = self.current_steps.value + ops.cast(present, "float32")
+            mean = self.current_mean.value + (
+                losses - self.current_mean.value
+            ) / ops.maximum(steps, 1.0)
+            self.current_mean.assign(ops.where(present, mean, self.current_mean.value))
             self.current_steps.assign(steps)
         else:
-            first = self.task_count < 1.0
-            ema = self.ema_decay * self.latest + (1.0 - self.ema_decay) * losses
-            previous = ops.where(first, losses, self.latest)
+            first = self.task_count.value < 1.0
+            ema = self.ema_decay * self.latest.value + (1.0 - self.ema_decay) * losses
+            previous = ops.where(first, losses, self.latest.value)
             latest = ops.where(first, losses, ema)
-            self.previous.assign(ops.where(present, previous, self.previous))
-            self.latest.assign(ops.where(present, latest, self.latest))
-            self.count.assign(ops.minimum(self.count + 1.0, 2.0))
+            self.previous.assign(ops.where(present, previous, self.previous.value))
+            self.latest.assign(ops.where(present, latest, self.latest.value))
+            self.count.assign(ops.minimum(self.count.value + 1.0, 2.0))
             self.task_count.assign(
                 ops.where(
-                    present, ops.minimum(self.task_count + 1.0, 2.0), self.task_count
+                    present,
+                    ops.minimum(self.task_count.value + 1.0, 2.0),
+                    self.task_count.value,
                 )
             )
         return weights
@@ -204,17 +206,24 @@ class DynamicWeightAverage(LossWeighting):
     def on_epoch_end(self):
         if not self.built or self.mode != "epoch":
             return
-        seen = self.current_steps > 0.0  # per task
-        self.previous.assign(ops.where(seen, self.latest, self.previous))
-        self.latest.assign(ops.where(seen, self.current_mean, self.latest))
+        seen = self.current_steps.value > 0.0  # per task
+        self.previous.assign(ops.where(seen, self.latest.value, self.previous.value))
+        self.latest.assign(ops.where(seen, self.current_mean.value, self.latest.value))
         self.task_count.assign(
-            ops.where(seen, ops.minimum(self.task_count + 1.0, 2.0), self.task_count)
+            ops.where(
+                seen,
+                ops.minimum(self.task_count.value + 1.0, 2.0),
+                self.task_count.value,
+            )
         )
         self.count.assign(
-            ops.where(ops.any(seen), ops.minimum(self.count + 1.0, 2.0), self.count)
+            ops.where(
+                ops.any(seen),
+                ops.minimum(self.count.value + 1.0, 2.0),
+                self.count.value,
+            )
         )
-        self.current_mean.assign(ops.zeros_like(self.current_mean))
-        self.current_steps.assign(ops.zeros_like(self.current_steps))
+        assign_zeros(self.current_mean, self.current_steps)
 
     def reset_state(self):
         if self.built:

@@ -90,10 +90,11 @@ class ExcessMTL(TaskStepCounts, GradientAggregation):
     >>> from keras_mtl.weighting.excess_mtl import ExcessMTL
     >>> strategy = ExcessMTL(robust_step_size=1.0)
     >>> grads = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
-    >>> strategy.aggregate(grads).numpy().tolist()
+    >>> keras.ops.convert_to_numpy(strategy.aggregate(grads)).tolist()
     [1.0, 1.0]
     >>> grads = np.array([[2.0, 0.0], [0.0, 1.0]], "float32")
-    >>> np.round(strategy.aggregate(grads).numpy().astype("float64"), 3).tolist()
+    >>> update = strategy.aggregate(grads)
+    >>> np.round(keras.ops.convert_to_numpy(update).astype("float64"), 3).tolist()
     [2.987, 0.506]
 
     References:

@@ -8,7 +8,11 @@ from collections.abc import Sequence
 from keras import ops
 
 from keras_mtl.weighting._present_task_ops import masked_softmax
-from keras_mtl.weighting._task_state_ops import add_task_vector, present_or_all
+from keras_mtl.weighting._task_state_ops import (
+    add_task_vector,
+    assign_zeros,
+    present_or_all,
+)
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -158,7 +162,7 @@ class FAMO(LossWeighting):
     def adam_step(self):
         """The number of logit updates so far: the largest entry of
         `adam_steps` (every entry when no task was ever absent)."""
-        return ops.max(self.adam_steps)
+        return ops.max(self.adam_steps.value)
 
     # --- Math -----------------------------------------------------------
 
@@ -172,7 +176,7 @@ class FAMO(LossWeighting):
     def call(self, losses, training=True, task_mask=None):
         self._check_num_tasks(losses)
         present = present_or_all(task_mask, self.num_tasks)
-        z = masked_softmax(ops.convert_to_tensor(self.logits), present)
+        z = masked_softmax(ops.convert_to_tensor(self.logits.value), present)
         # An absent task's loss (0) never reaches a logarithm.
         safe = ops.where(present, losses, ops.ones_like(losses))
         log_gap = ops.where(present, self._log_gap(safe), 0.0)
@@ -195,7 +199,7 @@ class FAMO(LossWeighting):
             )
         self._check_num_tasks(losses)
         self._check_num_tasks(new_losses, what="new_losses")
-        xi = ops.convert_to_tensor(self.logits)
+        xi = ops.convert_to_tensor(self.logits.value)
         present = present_or_all(task_mask, self.num_tasks)
         old = ops.where(present, losses, ops.ones_like(losses))
         new = ops.where(present, new_losses, ops.ones_like(new_losses))
@@ -203,11 +207,11 @@ class FAMO(LossWeighting):
         z = masked_softmax(xi, present)
         delta = ops.stop_gradient(delta)
         grad = z * (delta - ops.sum(z * delta)) + self.weight_decay * xi
-        step = self.adam_steps + ops.cast(present, "int32")
+        step = self.adam_steps.value + ops.cast(present, "int32")
         # At least 1: an absent task's (unused) bias correction stays finite.
         t = ops.cast(ops.maximum(step, 1), xi.dtype)
-        m = _BETA_1 * self.adam_m + (1.0 - _BETA_1) * grad
-        v = _BETA_2 * self.adam_v + (1.0 - _BETA_2) * ops.square(grad)
+        m = _BETA_1 * self.adam_m.value + (1.0 - _BETA_1) * grad
+        v = _BETA_2 * self.adam_v.value + (1.0 - _BETA_2) * ops.square(grad)
         # 1 - beta^t as -expm1(t log beta): exact to float32 precision even
         # for beta_2 = 0.999 (1 - 0.999 in float32 is off by 1e-5).
         m_hat = m / -ops.expm1(t * math.log(_BETA_1))
@@ -215,15 +219,13 @@ class FAMO(LossWeighting):
         new_xi = xi - self.learning_rate * m_hat / (ops.sqrt(v_hat) + _ADAM_EPSILON)
         # An absent task's logit and moments stay as they were.
         self.logits.assign(ops.where(present, new_xi, xi))
-        self.adam_m.assign(ops.where(present, m, self.adam_m))
-        self.adam_v.assign(ops.where(present, v, self.adam_v))
+        self.adam_m.assign(ops.where(present, m, self.adam_m.value))
+        self.adam_v.assign(ops.where(present, v, self.adam_v.value))
         self.adam_steps.assign(step)
 
     def reset_state(self):
         if self.built:
-            for variable in (self.logits, self.adam_m, self.adam_v):
-                variable.assign(ops.zeros_like(variable))
-            self.adam_steps.assign(ops.zeros_like(self.adam_steps))
+            assign_zeros(self.logits, self.adam_m, self.adam_v, self.adam_steps)
 
     def get_config(self):
         config = super().get_config()

@@ -7,7 +7,12 @@ import math
 from keras import ops
 
 from keras_mtl.weighting._argument_ops import as_float
-from keras_mtl.weighting._task_state_ops import add_task_vector, present_or_all
+from keras_mtl.weighting._task_state_ops import (
+    add_task_vector,
+    assign_ones,
+    assign_zeros,
+    present_or_all,
+)
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -208,7 +213,7 @@ class GradNorm(LossWeighting):
     @property
     def active(self):
         """1.0 once every task's L(0) is known (GradNorm runs on all)."""
-        return ops.min(self.recorded)
+        return ops.min(self.recorded.value)
 
     def weight_gradient(self, losses, grad_norms, initial_losses, task_mask=None):
         """dL_grad/dw at the current weights (Target held constant).
@@ -223,7 +228,7 @@ class GradNorm(LossWeighting):
         Returns:
             The `(T,)` gradient sign(w_t n_t - Target_t) * n_t.
         """
-        weights = ops.convert_to_tensor(self.loss_weights)
+        weights = ops.convert_to_tensor(self.loss_weights.value)
         norms = weights * grad_norms
         ratio = ops.where(
             initial_losses > 0.0,
@@ -244,14 +249,14 @@ class GradNorm(LossWeighting):
     def _step(self, gradient, taking_part):
         """New weights (and optimiser state) after one step on `gradient`,
         for the tasks `taking_part` (a `(T,)` boolean tensor)."""
-        weights = ops.convert_to_tensor(self.loss_weights)
+        weights = ops.convert_to_tensor(self.loss_weights.value)
         if self.weight_optimizer == "sgd":
             new = weights - self.weight_learning_rate * gradient
             state = ()
         else:
-            steps = self.adam_steps + ops.cast(taking_part, "float32")
-            m = _BETA_1 * self.adam_m + (1.0 - _BETA_1) * gradient
-            v = _BETA_2 * self.adam_v + (1.0 - _BETA_2) * ops.square(gradient)
+            steps = self.adam_steps.value + ops.cast(taking_part, "float32")
+            m = _BETA_1 * self.adam_m.value + (1.0 - _BETA_1) * gradient
+            v = _BETA_2 * self.adam_v.value + (1.0 - _BETA_2) * ops.square(gradient)
             # 1 - beta^t written as -expm1(t log beta), exact in float32; t
             # at least 1 so that a task not taking part stays finite.
             t = ops.maximum(steps, 1.0)
@@ -286,7 +291,7 @@ class GradNorm(LossWeighting):
         self._check_num_tasks(losses)
         # A copy: in eager mode a read of the variable may share its buffer,
         # which the assign below would overwrite.
-        weights = self.loss_weights * 1.0
+        weights = self.loss_weights.value * 1.0
         present = present_or_all(task_mask, self.num_tasks)
         used = ops.where(present, weights, 0.0)
         objective = ops.sum(ops.stop_gradient(ops.cast(used, losses.dtype)) * losses)
@@ -303,25 +308,25 @@ class GradNorm(LossWeighting):
         grad_norms = ops.sqrt(ops.sum(ops.square(grads), axis=1))
         absent = ops.logical_not(present)
         finite_losses = ops.all(ops.logical_or(ops.isfinite(values), absent))
-        waiting = ops.logical_and(self.recorded < 0.5, present)
+        waiting = ops.logical_and(self.recorded.value < 0.5, present)
 
         if self.initial_loss == "first_step":
             # L(0) of each task: its losses at its first (finite) present step.
             record = ops.logical_and(waiting, finite_losses)
-            initial = ops.where(record, values, self.initial_losses)
-            recorded = ops.logical_or(self.recorded > 0.5, record)
+            initial = ops.where(record, values, self.initial_losses.value)
+            recorded = ops.logical_or(self.recorded.value > 0.5, record)
             self.initial_losses.assign(initial)
             self.recorded.assign(ops.cast(recorded, "float32"))
         else:
             warming = ops.logical_and(waiting, finite_losses)
-            steps = self.epoch_steps + ops.cast(warming, "float32")
-            mean = self.epoch_mean + ops.where(
-                warming, (values - self.epoch_mean) / ops.maximum(steps, 1.0), 0.0
+            steps = self.epoch_steps.value + ops.cast(warming, "float32")
+            mean = self.epoch_mean.value + ops.where(
+                warming, (values - self.epoch_mean.value) / ops.maximum(steps, 1.0), 0.0
             )
             self.epoch_mean.assign(mean)
             self.epoch_steps.assign(steps)
-            initial = ops.convert_to_tensor(self.initial_losses)
-            recorded = self.recorded > 0.5
+            initial = ops.convert_to_tensor(self.initial_losses.value)
+            recorded = self.recorded.value > 0.5
 
         # GradNorm runs over the present tasks whose L(0) is known (without
         # a mask, all the tasks or none: they start together).
@@ -343,7 +348,7 @@ class GradNorm(LossWeighting):
             for variable, value in zip(
                 (self.adam_m, self.adam_v, self.adam_steps), state
             ):
-                variable.assign(ops.where(update, value, variable))
+                variable.assign(ops.where(update, value, variable.value))
         return objective, ops.cast(used, losses.dtype)
 
     def on_epoch_end(self):
@@ -352,19 +357,19 @@ class GradNorm(LossWeighting):
         on for them."""
         if not self.built or self.initial_loss != "first_epoch":
             return
-        start = ops.logical_and(self.recorded < 0.5, self.epoch_steps > 0.0)
+        start = ops.logical_and(self.recorded.value < 0.5, self.epoch_steps.value > 0.0)
         self.initial_losses.assign(
-            ops.where(start, self.epoch_mean, self.initial_losses)
+            ops.where(start, self.epoch_mean.value, self.initial_losses.value)
         )
-        self.recorded.assign(ops.where(start, 1.0, self.recorded))
+        self.recorded.assign(ops.where(start, 1.0, self.recorded.value))
 
     def reset_state(self):
         if not self.built:
             return
-        self.loss_weights.assign(ops.ones_like(self.loss_weights))
+        assign_ones(self.loss_weights)
         for variable in self.non_trainable_weights:
             if variable is not self.loss_weights:
-                variable.assign(ops.zeros_like(variable))
+                assign_zeros(variable)
 
     def get_config(self):
         config = super().get_config()

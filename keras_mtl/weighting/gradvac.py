@@ -83,7 +83,7 @@ class GradVac(GradientAggregation):
     >>> strategy = GradVac(seed=0)
     >>> grads = np.array([[1.0, 0.0], [-1.0, 1.0]], "float32")
     >>> update = strategy.aggregate(grads)
-    >>> np.round(update.numpy().astype("float64"), 3).tolist()
+    >>> np.round(keras.ops.convert_to_numpy(update).astype("float64"), 3).tolist()
     [0.5, 1.5]
 
     References:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import tensorflow as tf
+import keras
 from keras import ops
 
 from keras_mtl.weighting._present_task_ops import (
@@ -13,6 +13,7 @@ from keras_mtl.weighting._present_task_ops import (
     present_block,
     present_tasks,
 )
+from keras_mtl.weighting._solver_ops import solver_dtype, solver_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -24,11 +25,12 @@ _RCOND = 1e-6
 
 def _min_norm_solve(matrix, rhs):
     """Minimum-norm least-squares solution of `matrix x = rhs` by SVD."""
-    s, u, v = tf.linalg.svd(matrix)
-    cutoff = _RCOND * tf.reduce_max(s)
+    u, s, vh = ops.svd(matrix)
+    cutoff = _RCOND * ops.max(s)
     keep = s > cutoff
-    s_inv = tf.where(keep, 1.0 / tf.where(keep, s, tf.ones_like(s)), 0.0)
-    return tf.linalg.matvec(v, s_inv * tf.linalg.matvec(u, rhs, adjoint_a=True))
+    s_inv = ops.where(keep, 1.0 / ops.where(keep, s, ops.ones_like(s)), 0.0)
+    # rhs^T U, i.e. U^T rhs.
+    return ops.matmul(ops.transpose(vh), s_inv * ops.matmul(rhs, u))
 
 
 def imtl_g_weights(gramian):
@@ -51,17 +53,19 @@ def imtl_g_weights(gramian):
     num = gramian.shape[0]
     dtype = gramian.dtype
     if num == 1:
-        return tf.ones([1], dtype)
-    norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
+        return ops.ones([1], dtype)
+    norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
     positive = norms > 0
-    safe_norms = tf.where(positive, norms, tf.ones_like(norms))
-    inv = tf.where(positive, 1.0 / safe_norms, tf.zeros_like(norms))
+    safe_norms = ops.where(positive, norms, ops.ones_like(norms))
+    inv = ops.where(positive, 1.0 / safe_norms, ops.zeros_like(norms))
     cosines = gramian * inv[:, None] * inv[None, :]
     differences = cosines[:1] - cosines[1:]
     last = 1.0 / safe_norms
-    last_norm = tf.norm(last)
-    system = tf.concat([differences, (last / last_norm)[None, :]], axis=0)
-    rhs = tf.concat([tf.zeros([num - 1], dtype), [1.0 / last_norm]], axis=0)
+    last_norm = ops.norm(last)
+    system = ops.concatenate([differences, (last / last_norm)[None, :]], axis=0)
+    rhs = ops.concatenate(
+        [ops.zeros([num - 1], dtype), ops.reshape(1.0 / last_norm, [1])], axis=0
+    )
     beta = _min_norm_solve(system, rhs)
     return beta / safe_norms
 
@@ -81,31 +85,36 @@ def present_imtl_g_weights(gramian, present):
         present: `(T,)` booleans, True for the present tasks.
     """
     dtype = gramian.dtype
-    keep = tf.cast(present, dtype)
-    count = tf.reduce_sum(tf.cast(present, tf.int32))
+    keep = ops.cast(present, dtype)
+    count = ops.sum(ops.cast(present, "int32"))
     gramian = present_block(gramian, present)
-    norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
+    norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
     positive = norms > 0
-    safe_norms = tf.where(positive, norms, tf.ones_like(norms))
-    inv = tf.where(positive, 1.0 / safe_norms, tf.zeros_like(norms))
+    safe_norms = ops.where(positive, norms, ops.ones_like(norms))
+    inv = ops.where(positive, 1.0 / safe_norms, ops.zeros_like(norms))
     cosines = gramian * inv[:, None] * inv[None, :]
     # Row of the first present task: the sum-to-one equation; rows of the
     # other present tasks: u_first - u_t; rows of absent tasks: 0.
     first = first_present(present, dtype)
-    reference = tf.linalg.matvec(cosines, first, transpose_a=True)
+    reference = ops.matmul(first, cosines)
     differences = (reference[None, :] - cosines) * (keep - first)[:, None]
     last = keep / safe_norms
-    last_norm = tf.norm(last)
-    safe_last_norm = tf.where(last_norm > 0, last_norm, tf.ones_like(last_norm))
+    last_norm = ops.norm(last)
+    safe_last_norm = ops.where(last_norm > 0, last_norm, ops.ones_like(last_norm))
     system = differences + first[:, None] * (last / safe_last_norm)[None, :]
     rhs = first / safe_last_norm
     beta = _min_norm_solve(system, rhs)
-    alpha = tf.where(present, beta / safe_norms, tf.zeros_like(beta))
-    return tf.where(count == 1, keep, alpha)
+    alpha = ops.where(present, beta / safe_norms, ops.zeros_like(beta))
+    return ops.where(count == 1, keep, alpha)
 
 
-_compiled_imtl_g_weights = tf.function(imtl_g_weights, autograph=False)
-_compiled_present_imtl_g_weights = tf.function(present_imtl_g_weights, autograph=False)
+# On JAX, in float64 whether or not `jax_enable_x64` is set (see
+# `solver_function`); on TensorFlow, as written (the same results as ever).
+if keras.backend.backend() == "jax":
+    _imtl_g_weights = solver_function(imtl_g_weights)
+    _present_imtl_g_weights = solver_function(present_imtl_g_weights)
+else:
+    _imtl_g_weights, _present_imtl_g_weights = imtl_g_weights, present_imtl_g_weights
 
 
 @register_strategy("imtl", "imtl_g")
@@ -260,11 +269,9 @@ class IMTLG(GradientAggregation):
             self.loss_scales.assign(ops.zeros_like(self.loss_scales))
 
     def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
-        gramian = ops.cast(gramian, "float64")
+        gramian = ops.cast(gramian, solver_dtype())
         if task_mask is None:
-            weights = _compiled_imtl_g_weights(gramian)
+            weights = _imtl_g_weights(gramian)
         else:
-            weights = _compiled_present_imtl_g_weights(
-                gramian, present_tasks(task_mask)
-            )
+            weights = _present_imtl_g_weights(gramian, present_tasks(task_mask))
         return ops.cast(weights, self.compute_dtype)

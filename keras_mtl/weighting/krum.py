@@ -68,11 +68,13 @@ class Krum(GradientAggregation):
 
     >>> from keras_mtl.weighting.krum import Krum
     >>> grads = np.array([[5.0], [6.0], [14.0], [19.0], [25.0]], "float32")
-    >>> Krum(n_byzantine=1).aggregate(grads).numpy().tolist()
+    >>> keras.ops.convert_to_numpy(Krum(n_byzantine=1).aggregate(grads)).tolist()
     [6.0]
-    >>> Krum(n_byzantine=1, squared=True).aggregate(grads).numpy().tolist()
+    >>> update = Krum(n_byzantine=1, squared=True).aggregate(grads)
+    >>> keras.ops.convert_to_numpy(update).tolist()
     [19.0]
-    >>> Krum(n_byzantine=1, n_selected=2).aggregate(grads).numpy().tolist()
+    >>> update = Krum(n_byzantine=1, n_selected=2).aggregate(grads)
+    >>> keras.ops.convert_to_numpy(update).tolist()
     [5.5]
 
     References:

@@ -88,7 +88,7 @@ class MoCo(GradientAggregation):
     >>> strategy = MoCo()
     >>> grads = np.array([[2.0, 0.0], [0.0, 1.0]], "float32")
     >>> update = strategy.aggregate(grads, losses=[1.0, 1.0])
-    >>> np.round(update.numpy().astype("float64"), 3).tolist()
+    >>> np.round(keras.ops.convert_to_numpy(update).astype("float64"), 3).tolist()
     [0.25, 0.25]
 
     References:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from keras_mtl.weighting._dual_cone_ops import solver_dtype
 from keras_mtl.weighting._portable_random_ops import next_seed
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
@@ -16,15 +16,30 @@ from keras_mtl.weighting.registry import register_strategy
 _EPS = 1e-8
 
 
+def _u32(value):
+    return ops.convert_to_tensor(value, dtype="uint32")
+
+
+def _xor_shift(x, bits):
+    return ops.bitwise_xor(x, ops.right_shift(x, _u32(bits)))
+
+
 def _mix32(x):
     """MurmurHash3's 32-bit finaliser (a bijective integer hash)."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
-    x = x * tf.constant(0x85EBCA6B, tf.uint32)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(13, tf.uint32)))
-    x = x * tf.constant(0xC2B2AE35, tf.uint32)
-    return tf.bitwise.bitwise_xor(
-        x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32))
-    )
+    x = _xor_shift(x, 16)
+    x = x * _u32(0x85EBCA6B)
+    x = _xor_shift(x, 13)
+    x = x * _u32(0xC2B2AE35)
+    return _xor_shift(x, 16)
+
+
+def _seed_to_uint32(seed):
+    """A seed generator's `(2,)` state as uint32 (its value modulo 2^32):
+    int64 on TensorFlow, uint32 already on JAX."""
+    seed = ops.convert_to_tensor(seed)
+    if keras.backend.standardize_dtype(seed.dtype) == "uint32":
+        return seed
+    return ops.cast(ops.mod(ops.cast(seed, "int64"), 2**32), "uint32")
 
 
 def random_orders(seed, num_tasks, task_mask=None):
@@ -32,7 +47,8 @@ def random_orders(seed, num_tasks, task_mask=None):
 
     The permutations are the argsorts of hashed integer keys derived from a
     `(2,)` integer seed, so they are bit-identical in eager mode and under
-    XLA (TensorFlow's stateless random kernels differ between the two).
+    XLA (TensorFlow's stateless random kernels differ between the two), and
+    on TensorFlow and JAX (32-bit unsigned arithmetic wraps alike).
 
     With `task_mask` (`(T,)`, nonzero for the present tasks), the key of
     the pair (i, j) of present tasks is the key that pair (r_i, r_j) gets
@@ -41,24 +57,22 @@ def random_orders(seed, num_tasks, task_mask=None):
     row i is then exactly row r_i of `random_orders(seed, K)`. Where the
     absent tasks land in the orders is left unspecified.
     """
-    seed = tf.cast(tf.math.floormod(tf.cast(seed, tf.int64), 2**32), tf.uint32)
-    base = _mix32(
-        tf.bitwise.bitwise_xor(
-            seed[0], _mix32(seed[1] + tf.constant(0x7F4A7C15, tf.uint32))
-        )
-    )
+    seed = _seed_to_uint32(seed)
+    base = _mix32(ops.bitwise_xor(seed[0], _mix32(seed[1] + _u32(0x7F4A7C15))))
     if task_mask is None:
-        index = tf.cast(tf.range(num_tasks * num_tasks), tf.uint32)
+        index = ops.cast(ops.arange(num_tasks * num_tasks), "uint32")
     else:
-        present = tf.cast(tf.convert_to_tensor(task_mask) > 0, tf.int32)
-        rank = tf.cumsum(present, exclusive=True)
-        count = tf.reduce_sum(present)
-        index = tf.reshape(rank[:, None] * count + rank[None, :], [-1])
-        index = tf.cast(index, tf.uint32)
-    keys = _mix32(index * tf.constant(0x9E3779B9, tf.uint32) + base)
-    keys = tf.cast(tf.bitwise.right_shift(keys, tf.constant(1, tf.uint32)), tf.int32)
-    keys = tf.reshape(keys, (num_tasks, num_tasks))
-    return tf.cast(tf.argsort(keys, axis=1, stable=True), tf.int32)
+        present = ops.cast(ops.convert_to_tensor(task_mask) > 0, "int32")
+        rank = ops.cumsum(present) - present
+        count = ops.sum(present)
+        index = ops.reshape(rank[:, None] * count + rank[None, :], (-1,))
+        index = ops.cast(index, "uint32")
+    keys = _mix32(index * _u32(0x9E3779B9) + base)
+    keys = ops.cast(ops.right_shift(keys, _u32(1)), "int32")
+    keys = ops.reshape(keys, (num_tasks, num_tasks))
+    # A stable sort on both backends (TensorFlow's sorts by `top_k`, which
+    # keeps equal keys in index order).
+    return ops.cast(ops.argsort(keys, axis=1), "int32")
 
 
 def pcgrad_weights(gramian, orders):
@@ -81,16 +95,16 @@ def pcgrad_weights(gramian, orders):
     """
     num = gramian.shape[0]
     dtype = gramian.dtype
-    sq_norms = tf.linalg.diag_part(gramian)
-    coeffs = tf.eye(num, dtype=dtype)
+    sq_norms = ops.diagonal(gramian)
+    coeffs = ops.eye(num, dtype=dtype)
     for k in range(num):
         j = orders[:, k]
-        columns = tf.gather(gramian, j, axis=1)  # [m, i] = A[m, j_i]
-        dots = tf.reduce_sum(coeffs * tf.transpose(columns), axis=1)
-        denom = tf.gather(sq_norms, j) + _EPS
-        shift = tf.where(dots < 0, -dots / denom, tf.zeros_like(dots))
-        coeffs = coeffs + tf.one_hot(j, num, dtype=dtype) * shift[:, None]
-    return tf.reduce_sum(coeffs, axis=0)
+        columns = ops.take(gramian, j, axis=1)  # [m, i] = A[m, j_i]
+        dots = ops.sum(coeffs * ops.transpose(columns), axis=1)
+        denom = ops.take(sq_norms, j, axis=0) + _EPS
+        shift = ops.where(dots < 0, -dots / denom, ops.zeros_like(dots))
+        coeffs = coeffs + ops.one_hot(j, num, dtype=dtype) * shift[:, None]
+    return ops.sum(coeffs, axis=0)
 
 
 @register_strategy("pcgrad", "pc_grad")
@@ -143,7 +157,7 @@ class PCGrad(GradientAggregation):
     >>> from keras_mtl.weighting.pcgrad import PCGrad
     >>> grads = np.array([[1.0, 0.0], [-1.0, 1.0]], "float32")
     >>> update = PCGrad(seed=0).aggregate(grads)
-    >>> np.round(update.numpy().astype("float64"), 3).tolist()
+    >>> np.round(keras.ops.convert_to_numpy(update).astype("float64"), 3).tolist()
     [0.5, 1.5]
 
     References:
@@ -207,14 +221,15 @@ class PCGrad(GradientAggregation):
             if task_mask is not None:
                 weights = weights * ops.cast(task_mask, self.compute_dtype)
             return weights
-        gramian = ops.cast(gramian, "float64")
+        wide = solver_dtype()
+        gramian = ops.cast(gramian, wide)
         if task_mask is None:
             orders = self._orders_for_call(num, None, training)
         else:
             # Drop the absent rows: with a zero row and column no dot
             # product with an absent task is negative, so nothing is
             # projected onto or from it.
-            present = ops.cast(ops.convert_to_tensor(task_mask) > 0, "float64")
+            present = ops.cast(ops.convert_to_tensor(task_mask) > 0, wide)
             gramian = gramian * present[:, None] * present[None, :]
             orders = self._orders_for_call(num, task_mask, training)
         weights = pcgrad_weights(gramian, orders)

@@ -151,23 +151,25 @@ class SLAW(LossWeighting):
         present = present_or_all(task_mask, self.num_tasks)
         if not training:
             return self._weights_from(
-                self.steps, self.loss_variance, losses.dtype, present
+                self.steps.value, self.loss_variance.value, losses.dtype, present
             )
         values = ops.cast(ops.stop_gradient(losses), "float32")
-        steps = self.steps + 1.0
+        steps = self.steps.value + 1.0
         if self.warmup == "arithmetic":
             decay = ops.where(
                 steps <= float(self.warmup_steps), (steps - 1.0) / steps, self.beta
             )
         else:
             decay = ops.convert_to_tensor(self.beta, dtype="float32")
-        delta = values - self.loss_mean
-        mean = self.loss_mean + (1.0 - decay) * delta
-        variance = decay * (self.loss_variance + (1.0 - decay) * ops.square(delta))
+        delta = values - self.loss_mean.value
+        mean = self.loss_mean.value + (1.0 - decay) * delta
+        variance = decay * (
+            self.loss_variance.value + (1.0 - decay) * ops.square(delta)
+        )
         # An absent task's statistics and count stay as they were.
-        mean = ops.where(present, mean, self.loss_mean)
-        variance = ops.where(present, variance, self.loss_variance)
-        steps = ops.where(present, steps, self.steps)
+        mean = ops.where(present, mean, self.loss_mean.value)
+        variance = ops.where(present, variance, self.loss_variance.value)
+        steps = ops.where(present, steps, self.steps.value)
         self.loss_mean.assign(mean)
         self.loss_variance.assign(variance)
         # Only "first step" and "still warming up" are read: cap the count.

@@ -13,7 +13,12 @@ from keras_mtl.weighting._present_task_ops import (
     masked_softmax,
     present_count,
 )
-from keras_mtl.weighting._task_state_ops import add_task_vector, present_or_all
+from keras_mtl.weighting._task_state_ops import (
+    add_task_vector,
+    assign_ones,
+    assign_zeros,
+    present_or_all,
+)
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -218,7 +223,7 @@ class SmoothTchebycheff(LossWeighting):
 
         if training:
             accumulate = ops.cast(
-                ops.equal(self.epoch, self.warmup_epochs), losses.dtype
+                ops.equal(self.epoch.value, self.warmup_epochs), losses.dtype
             )
             counted = accumulate * ops.cast(present, losses.dtype)
             self.loss_sum.assign_add(
@@ -227,7 +232,7 @@ class SmoothTchebycheff(LossWeighting):
             self.task_loss_count.assign_add(counted)
             self.loss_count.assign_add(accumulate)
 
-        normalizers = ops.convert_to_tensor(self.normalizers)
+        normalizers = ops.convert_to_tensor(self.normalizers.value)
         # The normalised objective over the present tasks alone: an absent
         # task's (zero) loss is replaced by a value whose log is finite; its
         # terms are then left out.
@@ -248,22 +253,22 @@ class SmoothTchebycheff(LossWeighting):
         # A cond (not a where) so that the branch not taken contributes no
         # gradient at all, not even 0 * inf.
         objective, weights = ops.cond(
-            self.epoch <= self.warmup_epochs, warm_up, tchebycheff
+            self.epoch.value <= self.warmup_epochs, warm_up, tchebycheff
         )
         return objective, ops.stop_gradient(weights)
 
     def on_epoch_end(self):
         if not self.built or not self.normalize:
             return
-        count = ops.convert_to_tensor(self.task_loss_count)  # per task
-        mean = self.loss_sum / ops.maximum(count, 1.0)
+        count = ops.convert_to_tensor(self.task_loss_count.value)  # per task
+        mean = self.loss_sum.value / ops.maximum(count, 1.0)
         mean = ops.where(count > 0, mean, ops.ones_like(mean))
-        is_last_warmup_epoch = ops.equal(self.epoch, self.warmup_epochs)
+        is_last_warmup_epoch = ops.equal(self.epoch.value, self.warmup_epochs)
         self.normalizers.assign(
             ops.where(
                 is_last_warmup_epoch,
                 ops.maximum(mean, _MIN_NORMALIZER),
-                self.normalizers,
+                self.normalizers.value,
             )
         )
         self.epoch.assign_add(1)
@@ -271,10 +276,9 @@ class SmoothTchebycheff(LossWeighting):
     def reset_state(self):
         if self.built:
             self.epoch.assign(0)
-            self.loss_sum.assign(ops.zeros_like(self.loss_sum))
             self.loss_count.assign(0.0)
-            self.task_loss_count.assign(ops.zeros_like(self.task_loss_count))
-            self.normalizers.assign(ops.ones_like(self.normalizers))
+            assign_zeros(self.loss_sum, self.task_loss_count)
+            assign_ones(self.normalizers)
 
     def get_config(self):
         config = super().get_config()

@@ -12,7 +12,12 @@ from keras_mtl.weighting._present_task_ops import (
     masked_softmax,
     present_count,
 )
-from keras_mtl.weighting._task_state_ops import add_task_vector, present_or_all
+from keras_mtl.weighting._task_state_ops import (
+    add_task_vector,
+    assign_ones,
+    assign_zeros,
+    present_or_all,
+)
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
@@ -224,7 +229,7 @@ class SoftAdapt(LossWeighting):
 
     def _held_weights(self, present):
         """The stored weights of the present tasks, rescaled to sum to K."""
-        held = ops.where(present, ops.convert_to_tensor(self.task_weights), 0.0)
+        held = ops.where(present, ops.convert_to_tensor(self.task_weights.value), 0.0)
         total = ops.sum(held)
         count = present_count(present, held.dtype)
         return ops.where(
@@ -236,18 +241,22 @@ class SoftAdapt(LossWeighting):
         if task_mask is None:
             # Kept as they are: they sum to T up to rounding, and the
             # rescaling of `_held_weights` would change their last bits.
-            held = ops.convert_to_tensor(self.task_weights)
+            held = ops.convert_to_tensor(self.task_weights.value)
         else:
             held = self._held_weights(present)
         if not training:
             return held
         losses = ops.stop_gradient(ops.cast(losses, self.compute_dtype))
-        shifted = ops.concatenate([self.loss_history[1:], losses[None, :]], axis=0)
-        history = ops.where(present[None, :], shifted, self.loss_history)
-        step = self.step_count + 1
+        shifted = ops.concatenate(
+            [self.loss_history.value[1:], losses[None, :]], axis=0
+        )
+        history = ops.where(present[None, :], shifted, self.loss_history.value)
+        step = self.step_count.value + 1
         window = self.accuracy_order + 1
         task_steps = ops.where(
-            present, ops.minimum(self.task_steps + 1, window), self.task_steps
+            present,
+            ops.minimum(self.task_steps.value + 1, window),
+            self.task_steps.value,
         )
         full = ops.all(ops.logical_or(task_steps >= window, ops.logical_not(present)))
         due = ops.logical_and(
@@ -258,16 +267,15 @@ class SoftAdapt(LossWeighting):
         weights = ops.where(due, fresh, held)
         self.loss_history.assign(history)
         self.step_count.assign(step)
-        self.task_weights.assign(ops.where(present, weights, self.task_weights))
+        self.task_weights.assign(ops.where(present, weights, self.task_weights.value))
         self.task_steps.assign(task_steps)
         return weights
 
     def reset_state(self):
         if self.built:
-            self.loss_history.assign(ops.zeros_like(self.loss_history))
             self.step_count.assign(0)
-            self.task_weights.assign(ops.ones_like(self.task_weights))
-            self.task_steps.assign(ops.zeros_like(self.task_steps))
+            assign_zeros(self.loss_history, self.task_steps)
+            assign_ones(self.task_weights)
 
     def get_config(self):
         config = super().get_config()

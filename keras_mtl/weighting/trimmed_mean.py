@@ -50,7 +50,7 @@ class TrimmedMean(GradientAggregation):
     >>> from keras_mtl.weighting.trimmed_mean import TrimmedMean
     >>> grads = np.array(
     ...     [[1, -5, 3], [2, 0, 100], [-50, 1, 2], [4, 2, -1], [3, 3, 0]], "float32")
-    >>> TrimmedMean(trim_number=2).aggregate(grads).numpy().tolist()
+    >>> keras.ops.convert_to_numpy(TrimmedMean(trim_number=2).aggregate(grads)).tolist()
     [2.0, 1.0, 2.0]
 
     References:

@@ -1,6 +1,5 @@
 """UPGrad: unconflicting projection of gradients (Jacobian descent)."""
 
-import tensorflow as tf
 from keras import ops
 
 from keras_mtl.weighting._dual_cone_aggregation import DualConeAggregation
@@ -124,5 +123,5 @@ class UPGrad(DualConeAggregation):
     def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
         gramian = ops.convert_to_tensor(gramian)
         pref, matrix = self._preference_and_matrix(gramian, task_mask)
-        projected = project_weights(tf.linalg.diag(pref), matrix)
-        return tf.cast(tf.reduce_sum(projected, axis=0), gramian.dtype)
+        projected = project_weights(ops.diag(pref), matrix)
+        return ops.cast(ops.sum(projected, axis=0), gramian.dtype)

@@ -160,6 +160,41 @@ def test_out_of_range_labels_name_the_task(validating_model):
         model.fit(x, dict(y, cls=y["cls"] + 5), verbose=0)
 
 
+def _sparse_ce(y_true, y_pred):
+    return keras.losses.sparse_categorical_crossentropy(
+        y_true, y_pred, from_logits=True
+    )
+
+
+def _total_mse(y_true, y_pred):  # one value for the whole batch
+    return ops.mean(ops.square(y_true - y_pred))
+
+
+@pytest.mark.parametrize(
+    ("task", "loss", "message"),
+    [
+        ("cls", _sparse_ce, r"task 'cls'.*class labels"),
+        ("reg", _total_mse, r"task 'reg'.*does not reduce over the last axis"),
+    ],
+)
+def test_per_element_masks_that_cannot_split_the_targets_name_the_task(
+    task, loss, message
+):
+    """Class labels (a function loss the compile-time check cannot know),
+    or a loss that does not score elements one by one: refused at the
+    first step, nothing trained."""
+    model = _compile(
+        loss=dict(TWO_TASK_LOSSES, **{task: loss}),
+        missing_labels={task: {"value": -1, "per_element": True}},
+    )
+    before = [v.numpy() for v in model.weights]
+    x, y = two_task_data(n=8)
+    with pytest.raises(ValueError, match=message):
+        model.fit(x, y, verbose=0)
+    for a, variable in zip(before, model.weights):
+        np.testing.assert_array_equal(variable.numpy(), a)
+
+
 def _private_mse(y_true, y_pred):
     return ops.mean(ops.square(y_true - y_pred), axis=-1)
 

@@ -19,8 +19,8 @@ freshly built strategy, with unit losses.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 
 def aggregate(make, matrix, losses=None, training=True):
@@ -30,7 +30,9 @@ def aggregate(make, matrix, losses=None, training=True):
         losses = np.ones(matrix.shape[0], np.float32)
     strategy = make()
     update, weights = strategy(
-        tf.constant(matrix), tf.constant(losses, tf.float32), training=training
+        keras.ops.convert_to_tensor(matrix),
+        keras.ops.convert_to_tensor(np.asarray(losses, np.float32)),
+        training=training,
     )
     return (
         np.asarray(update, np.float64),
@@ -161,21 +163,27 @@ def assert_evaluation_keeps_random_state(make, matrix, steps=2):
     """A call with `training=False` leaves every variable (the random
     generator's state included) unchanged, and draws what the next
     training call draws."""
-    matrix = tf.constant(np.asarray(matrix, np.float32))
-    losses = tf.ones([matrix.shape[0]])
+    matrix = keras.ops.convert_to_tensor(np.asarray(matrix, np.float32))
+    losses = keras.ops.ones([matrix.shape[0]])
     strategy = make()
     strategy(matrix, losses, training=True)  # built, state advanced once
     for _ in range(steps):
-        before = [np.array(v.numpy()) for v in strategy.variables]
+        before = [np.array(keras.ops.convert_to_numpy(v)) for v in strategy.variables]
         eval_update, eval_weights = strategy(matrix, losses, training=False)
-        after = [np.array(v.numpy()) for v in strategy.variables]
+        after = [np.array(keras.ops.convert_to_numpy(v)) for v in strategy.variables]
         for b, a, v in zip(before, after, strategy.variables):
             np.testing.assert_array_equal(
                 a, b, err_msg=f"{v.path} changed in a call with training=False"
             )
         train_update, train_weights = strategy(matrix, losses, training=True)
-        np.testing.assert_array_equal(eval_update.numpy(), train_update.numpy())
-        np.testing.assert_array_equal(eval_weights.numpy(), train_weights.numpy())
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(eval_update),
+            keras.ops.convert_to_numpy(train_update),
+        )
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(eval_weights),
+            keras.ops.convert_to_numpy(train_weights),
+        )
 
 
 def regularised_gramian_slack(reg_eps):

@@ -28,7 +28,7 @@ function of the expected value. With `rtol = atol = 0` values must be equal.
 
 import keras
 import numpy as np
-import tensorflow as tf
+from backends import BACKEND, compiled
 
 #: In a list of steps: call `on_epoch_end()` on every strategy of the check.
 END_OF_EPOCH = "end of epoch"
@@ -70,14 +70,44 @@ def default_call(strategy, *args, task_mask=None, **kwargs):
 def loss_call(strategy, losses, task_mask=None, *, wrt=(), training=True):
     """A `call` for loss-weighting strategies: the objective, the weights,
     the gradient of the objective with respect to the losses and then with
-    respect to each of the strategy's variables named in `wrt`."""
-    losses = tf.convert_to_tensor(losses, tf.float32)
+    respect to each of the strategy's variables named in `wrt`.
+
+    The strategy's state moves as in a plain call (on JAX its variables'
+    new values are assigned back after the differentiated call)."""
+    losses = keras.ops.convert_to_tensor(losses, "float32")
     kwargs = {} if task_mask is None else {"task_mask": task_mask}
-    with tf.GradientTape(persistent=bool(wrt)) as tape:
-        tape.watch(losses)
-        total, weights = strategy(losses, training=training, **kwargs)
+    if wrt and not strategy.built:
+        strategy.build(tuple(losses.shape))
     variables = [getattr(strategy, name) for name in wrt]
-    return (total, weights, *tape.gradient(total, [losses, *variables]))
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape(persistent=bool(wrt)) as tape:
+            tape.watch(losses)
+            total, weights = strategy(losses, training=training, **kwargs)
+        return (total, weights, *tape.gradient(total, [losses, *variables]))
+    if BACKEND != "jax":
+        raise NotImplementedError(f"no loss_call for backend {BACKEND!r}")
+    import jax
+
+    if not strategy.built:
+        strategy.build(tuple(losses.shape))
+    state = list(strategy.variables)
+
+    def objective(loss_values, wrt_values):
+        values = {id(v): v.value for v in state}
+        values.update({id(v): x for v, x in zip(variables, wrt_values)})
+        mapping = [(v, values[id(v)]) for v in state]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            total, weights = strategy(loss_values, training=training, **kwargs)
+        return total, (weights, [scope.get_current_value(v) for v in state])
+
+    (total, (weights, new_values)), grads = jax.value_and_grad(
+        objective, argnums=(0, 1), has_aux=True
+    )(losses, [v.value for v in variables])
+    for v, value in zip(state, new_values):
+        v.assign(value)
+    return (total, weights, grads[0], *grads[1])
 
 
 # --- Private helpers ----------------------------------------------------------
@@ -164,7 +194,7 @@ def _per_task_values(strategy):
 
 
 def _to_mask(mask):
-    return tf.constant(np.asarray(mask, np.float32))
+    return keras.ops.convert_to_tensor(np.asarray(mask, np.float32))
 
 
 def _present_slice(arg, present, num_tasks):
@@ -478,7 +508,8 @@ def assert_xla_matches_eager(
     """Asserts that a compiled step with XLA gives the eager results.
 
     Two strategies from `make()` are built for the first step's shape; one
-    runs `call` eagerly, the other inside `tf.function(jit_compile=True)`.
+    runs `call` eagerly, the other inside `backends.compiled` (XLA: a
+    `tf.function(jit_compile=True)` on TensorFlow, `jax.jit` on JAX).
     `cases` is a list of `(step, mask)` (mask None for an unmasked call) or
     `END_OF_EPOCH`. After every step the outputs must agree and be finite,
     and so must all the variables of the two strategies (tolerances
@@ -488,27 +519,28 @@ def assert_xla_matches_eager(
     Returns:
         `(eager, compiled)`, the two strategies.
     """
-    eager, compiled = make(), make()
+    eager, jitted = make(), make()
     state_rtol = _state_tolerance(state_rtol, rtol)
     state_atol = _state_tolerance(state_atol, atol)
 
     # Functions, not lambdas: AutoGraph caches a converted lambda with the
     # `call` of the first one it met.
-    @tf.function(jit_compile=True)
     def plain_step(*args):
-        return call(compiled, *args)
+        return call(jitted, *args)
 
-    @tf.function(jit_compile=True)
     def masked_step(*args):
-        return call(compiled, *args[:-1], task_mask=args[-1])
+        return call(jitted, *args[:-1], task_mask=args[-1])
+
+    plain_step = compiled(plain_step, layers=[jitted])
+    masked_step = compiled(masked_step, layers=[jitted])
 
     for case in cases:
         if case is END_OF_EPOCH:
-            _end_epoch(eager, compiled)
+            _end_epoch(eager, jitted)
             continue
         step, mask = case
         args = _args(step)
-        for strategy in (eager, compiled):
+        for strategy in (eager, jitted):
             if not strategy.built:
                 strategy.build(tuple(np.shape(args[0])))
         if mask is None:
@@ -520,8 +552,8 @@ def assert_xla_matches_eager(
         for i, value in enumerate(got):
             assert np.all(np.isfinite(value)), f"XLA output {i} is not finite"
         _assert_outputs_close(got, expected, rtol, atol, "XLA")
-        _assert_variables_close((eager, compiled), state_rtol, state_atol, "XLA")
-    return eager, compiled
+        _assert_variables_close((eager, jitted), state_rtol, state_atol, "XLA")
+    return eager, jitted
 
 
 def assert_state_round_trip(strategy, steps, *, call=default_call, shape=None):

@@ -3,19 +3,19 @@
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_grads import tf_only, value_and_grad
 
 import keras_mtl
 from keras_mtl.weighting.cosmos import COSMOS
 
+pytestmark = pytest.mark.both_backends
+
 
 def _value_and_gradient(strategy, losses, **kwargs):
-    losses = tf.constant(losses, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(losses)
-        value, weights = strategy(losses, **kwargs)
-    gradient = tape.gradient(value, losses)
-    return float(value), gradient.numpy(), weights.numpy()
+    (value, weights), (gradient,) = value_and_grad(
+        lambda x: strategy(x, **kwargs), losses
+    )
+    return float(value), gradient, weights
 
 
 def test_registry_name_resolves():
@@ -74,6 +74,7 @@ def test_zero_losses_give_finite_gradients():
     assert np.all(np.isfinite(gradient)) and np.all(np.isfinite(weights))
 
 
+@tf_only
 @pytest.mark.parametrize("preference", [None, [0.2, 0.5, 0.3]])
 def test_absent_task_is_dropped(preference):
     assert COSMOS.supports_missing_tasks  # compile(missing_labels=...) accepts it

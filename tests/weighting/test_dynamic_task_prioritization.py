@@ -5,16 +5,19 @@ import functools
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_grads import tf_only, value_and_grad
+from keras import ops
 
 import keras_mtl
 from keras_mtl.weighting.dynamic_task_prioritization import (
     DynamicTaskPrioritization,
 )
 
+pytestmark = pytest.mark.both_backends
+
 
 def _t(values):
-    return tf.constant(values, dtype=tf.float32)
+    return ops.convert_to_tensor(np.asarray(values, dtype="float32"))
 
 
 def _focal(kappa, gamma=1.0, lo=1e-3, hi=0.99):
@@ -84,12 +87,12 @@ def test_closed_form_weights_and_objective():
     losses = _t([2.0, 1.0, 3.0])
     total, weights = strategy(losses, kpis=_t(kappa))
     expected = _focal(kappa, gamma=np.array([1.0, 2.0, 0.5]))
-    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(weights), expected, rtol=1e-5)
     np.testing.assert_allclose(float(total), expected @ [2.0, 1.0, 3.0], rtol=1e-5)
-    with tf.GradientTape() as tape:
-        tape.watch(losses)
-        total, weights = strategy(losses, kpis=_t(kappa))
-    np.testing.assert_allclose(tape.gradient(total, losses).numpy(), weights.numpy())
+    (_, weights), (grad,) = value_and_grad(
+        lambda x: strategy(x, kpis=_t(kappa)), losses, layers=[strategy]
+    )
+    np.testing.assert_allclose(grad, weights)
 
 
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
@@ -97,14 +100,16 @@ def test_weight_decreases_with_kpi_and_vanishes_at_one(gamma):
     kappa = np.linspace(0.0, 1.0, 41)
     strategy = DynamicTaskPrioritization(alpha=1.0, gamma=gamma, max_kpi=1.0)
     _, weights = strategy(_t(np.ones(41)), kpis=_t(kappa))
-    w = weights.numpy()
+    w = np.asarray(weights)
     assert np.all(np.diff(w) < 0)
     assert w[-1] == 0.0
     assert w[-2] < w[0] * 0.05
     clipped = DynamicTaskPrioritization(alpha=1.0, gamma=gamma)
     _, weights = clipped(_t([1.0, 1.0]), kpis=_t([0.0, 1.0]))
-    np.testing.assert_allclose(weights.numpy(), _focal([0.0, 1.0], gamma), rtol=1e-5)
-    assert 0 < weights.numpy()[1] < 2e-3 and np.isfinite(weights.numpy()[0])
+    np.testing.assert_allclose(
+        np.asarray(weights), _focal([0.0, 1.0], gamma), rtol=1e-5
+    )
+    assert 0 < np.asarray(weights)[1] < 2e-3 and np.isfinite(np.asarray(weights)[0])
 
 
 def test_kpi_ema_matches_numpy():
@@ -116,29 +121,30 @@ def test_kpi_ema_matches_numpy():
     for kappa in kpis:
         average = kappa if average is None else alpha * kappa + (1 - alpha) * average
         _, weights = strategy(_t([1.0, 1.0, 1.0]), kpis=_t(kappa))
-        np.testing.assert_allclose(weights.numpy(), _focal(average, 2.0), rtol=1e-5)
-    np.testing.assert_allclose(strategy.kpi_average.numpy(), average, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(weights), _focal(average, 2.0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(strategy.kpi_average), average, rtol=1e-6)
 
 
 def test_warmup_and_training_flag():
     strategy = DynamicTaskPrioritization(alpha=0.5, warmup_steps=2)
     for _ in range(2):
         _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.2, 0.8]))
-        np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0])
+        np.testing.assert_array_equal(np.asarray(weights), [1.0, 1.0])
     _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.2, 0.8]))
-    np.testing.assert_allclose(weights.numpy(), _focal([0.2, 0.8]), rtol=1e-5)
-    before = [v.numpy().copy() for v in strategy.weights]
+    np.testing.assert_allclose(np.asarray(weights), _focal([0.2, 0.8]), rtol=1e-5)
+    before = [np.asarray(v).copy() for v in strategy.weights]
     _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.9, 0.1]), training=False)
     # Evaluation sees the would-be average but does not store it.
-    np.testing.assert_allclose(weights.numpy(), _focal([0.55, 0.45]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(weights), _focal([0.55, 0.45]), rtol=1e-5)
     for b, v in zip(before, strategy.weights):
-        np.testing.assert_array_equal(b, v.numpy())
+        np.testing.assert_array_equal(b, np.asarray(v))
 
 
 def _call(strategy, losses, kpis, task_mask=None):
     return checks.default_call(strategy, losses, kpis=kpis, task_mask=task_mask)
 
 
+@tf_only
 def test_eager_equals_xla():
     make = functools.partial(
         DynamicTaskPrioritization, alpha=0.4, warmup_steps=1, gamma=[1.0, 2.0, 1.5]
@@ -151,6 +157,7 @@ def test_eager_equals_xla():
     checks.assert_xla_matches_eager(make, cases, call=_call)
 
 
+@tf_only
 def test_state_round_trip_and_reset():
     strategy = DynamicTaskPrioritization(alpha=0.2)
     for kappa in ([0.1, 0.5], [0.3, 0.6], [0.5, 0.7]):
@@ -158,10 +165,10 @@ def test_state_round_trip_and_reset():
     steps = [(_t([1.0, 2.0]), _t(kappa)) for kappa in ([0.6, 0.7], [0.65, 0.9])]
     checks.assert_state_round_trip(strategy, steps, call=_call)
     strategy.reset_state()
-    assert all(not np.any(v.numpy()) for v in strategy.weights)
+    assert all(not np.any(np.asarray(v)) for v in strategy.weights)
     # After a reset the first KPI initialises the average again.
     _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.9, 0.9]))
-    np.testing.assert_allclose(weights.numpy(), _focal([0.9, 0.9]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(weights), _focal([0.9, 0.9]), rtol=1e-5)
 
 
 def test_permutation_equivariance_and_degenerate_inputs():
@@ -171,24 +178,26 @@ def test_permutation_equivariance_and_degenerate_inputs():
     perm = [1, 2, 0]
     _, w = strategy(_t(losses), kpis=_t(kappa))
     _, w_p = strategy(_t(losses[perm]), kpis=_t(kappa[perm]))
-    np.testing.assert_allclose(w.numpy()[perm], w_p.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(w)[perm], np.asarray(w_p), rtol=1e-6)
     single = DynamicTaskPrioritization(alpha=1.0)
     _, w = single(_t([5.0]), kpis=_t([0.5]))
-    np.testing.assert_allclose(w.numpy(), _focal([0.5]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(w), _focal([0.5]), rtol=1e-5)
     for scale in (0.0, 1e-10, 1e10):
         total, w = strategy(_t(losses * scale), kpis=_t([0.0, 1.0, 0.5]))
-        assert np.isfinite(total.numpy()) and np.all(np.isfinite(w.numpy()))
+        assert np.isfinite(np.asarray(total)) and np.all(np.isfinite(np.asarray(w)))
 
 
 # --- Missing tasks ---------------------------------------------------------
 
 
+@tf_only
 def test_supports_missing_tasks_and_marks_per_task_state():
     strategy = DynamicTaskPrioritization()
     strategy.build((3,))
     checks.assert_all_state_is_per_task(strategy, 2)
 
 
+@tf_only
 def test_all_ones_mask_equals_the_unmasked_call():
     rng = np.random.default_rng(10)
     make = functools.partial(
@@ -201,6 +210,7 @@ def test_all_ones_mask_equals_the_unmasked_call():
     checks.assert_all_ones_mask_is_no_mask(make, steps, call=_call)
 
 
+@tf_only
 def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
     rng = np.random.default_rng(11)
     gamma = [1.0, 2.0, 1.5]
@@ -220,7 +230,7 @@ def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
     checks.assert_absent_task_is_dropped(
         full, alone, [1, 0, 1], steps, call=_call, rtol=(1e-6, 0.0), state_rtol=0.0
     )
-    assert np.all(np.isfinite(full.kpi_average.numpy()))
+    assert np.all(np.isfinite(np.asarray(full.kpi_average)))
 
 
 def test_first_present_step_initialises_the_average_and_starts_the_warmup():
@@ -228,15 +238,16 @@ def test_first_present_step_initialises_the_average_and_starts_the_warmup():
     mask_0 = _t([1.0, 0.0])
     strategy(_t([1.0, 0.0]), kpis=_t([0.2, 0.0]), task_mask=mask_0)
     _, weights = strategy(_t([1.0, 0.0]), kpis=_t([0.4, 0.0]), task_mask=mask_0)
-    np.testing.assert_allclose(weights.numpy(), [_focal(0.3), 0.0], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(weights), [_focal(0.3), 0.0], rtol=1e-5)
     # Task 1 arrives: its average starts at its KPI and it is warming up.
     _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.6, 0.8]))
-    np.testing.assert_allclose(weights.numpy(), [_focal(0.45), 1.0], rtol=1e-5)
-    np.testing.assert_allclose(strategy.kpi_average.numpy(), [0.45, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(weights), [_focal(0.45), 1.0], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(strategy.kpi_average), [0.45, 0.8], rtol=1e-6)
     _, weights = strategy(_t([1.0, 1.0]), kpis=_t([0.6, 0.6]))
-    np.testing.assert_allclose(weights.numpy(), _focal([0.525, 0.7]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(weights), _focal([0.525, 0.7]), rtol=1e-5)
 
 
+@tf_only
 def test_restore_absent_tasks_keeps_the_absent_state():
     strategy = DynamicTaskPrioritization(alpha=0.5, warmup_steps=3)
     strategy(_t([1.0, 1.0, 1.0]), kpis=_t([0.2, 0.3, 0.4]))
@@ -248,6 +259,7 @@ def test_restore_absent_tasks_keeps_the_absent_state():
     )
 
 
+@tf_only
 def test_masked_results_are_finite():
     step = (_t([0.0, 1e10, 1e-10]), _t([np.nan, 0.0, 1.0]))
     checks.assert_masked_outputs_finite(
@@ -258,6 +270,7 @@ def test_masked_results_are_finite():
     )
 
 
+@tf_only
 def test_masked_eager_equals_xla():
     make = functools.partial(
         DynamicTaskPrioritization, alpha=0.4, warmup_steps=1, gamma=[1.0, 2.0, 1.5]

@@ -5,14 +5,17 @@ import functools
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_grads import tf_only, value_and_grad
+from keras import ops
 
 import keras_mtl
 from keras_mtl.weighting.dynamic_weight_average import DynamicWeightAverage
 
+pytestmark = pytest.mark.both_backends
+
 
 def _t(values):
-    return tf.constant(values, dtype=tf.float32)
+    return ops.convert_to_tensor(np.asarray(values, dtype="float32"))
 
 
 def _reference_epoch_weights(epoch_means, temperature, num_tasks):
@@ -32,7 +35,7 @@ def _run_epochs(strategy, epochs):
     for epoch in epochs:
         for losses in epoch:
             _, weights = strategy(_t(losses))
-            out.append(weights.numpy())
+            out.append(np.asarray(weights))
         strategy.on_epoch_end()
     return out
 
@@ -87,14 +90,14 @@ def test_first_two_epochs_use_unit_weights():
     got = _run_epochs(strategy, [[[5.0, 0.1]], [[1.0, 0.1]]])
     np.testing.assert_array_equal(got, np.ones((2, 2)))
     _, weights = strategy(_t([1.0, 1.0]))
-    assert not np.allclose(weights.numpy(), 1.0)
+    assert not np.allclose(np.asarray(weights), 1.0)
 
 
 def test_equal_descent_rates_give_unit_weights():
     strategy = DynamicWeightAverage()
     _run_epochs(strategy, [[[2.0, 40.0, 0.3]], [[1.0, 20.0, 0.15]]])
     _, weights = strategy(_t([1.0, 1.0, 1.0]))
-    np.testing.assert_allclose(weights.numpy(), [1.0, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(weights), [1.0, 1.0, 1.0], rtol=1e-6)
 
 
 def test_slower_task_gets_larger_weight_and_sum_is_t():
@@ -102,7 +105,7 @@ def test_slower_task_gets_larger_weight_and_sum_is_t():
     # Task 0 halves, task 1 barely moves, task 2 increases.
     _run_epochs(strategy, [[[2.0, 2.0, 2.0]], [[1.0, 1.9, 2.2]]])
     _, weights = strategy(_t([1.0, 1.0, 1.0]))
-    w = weights.numpy()
+    w = np.asarray(weights)
     assert w[0] < w[1] < w[2]
     np.testing.assert_allclose(w.sum(), 3.0, rtol=1e-6)
 
@@ -111,10 +114,14 @@ def test_temperature_limits():
     history = [[[2.0, 2.0]], [[0.2, 2.0]]]
     hot = DynamicWeightAverage(temperature=1e6)
     _run_epochs(hot, history)
-    np.testing.assert_allclose(hot(_t([1.0, 1.0]))[1].numpy(), [1.0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(hot(_t([1.0, 1.0]))[1]), [1.0, 1.0], atol=1e-5
+    )
     cold = DynamicWeightAverage(temperature=1e-3)
     _run_epochs(cold, history)
-    np.testing.assert_allclose(cold(_t([1.0, 1.0]))[1].numpy(), [0.0, 2.0], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(cold(_t([1.0, 1.0]))[1]), [0.0, 2.0], atol=1e-5
+    )
 
 
 def test_epoch_mean_uses_all_steps_and_empty_epochs_are_skipped():
@@ -124,13 +131,15 @@ def test_epoch_mean_uses_all_steps_and_empty_epochs_are_skipped():
         strategy(_t(losses))
     strategy.on_epoch_end()
     strategy.on_epoch_end()  # no steps: nothing recorded
-    np.testing.assert_allclose(strategy.latest.numpy(), [2.0, 3.0])
-    assert float(strategy.count.numpy()) == 1.0
+    np.testing.assert_allclose(np.asarray(strategy.latest), [2.0, 3.0])
+    assert float(np.asarray(strategy.count)) == 1.0
     strategy(_t([1.0, 1.5]))
     strategy.on_epoch_end()
     _, weights = strategy(_t([1.0, 1.0]))
     np.testing.assert_allclose(
-        weights.numpy(), _reference_epoch_weights([[2, 3], [1, 1.5]], 1.0, 2), rtol=1e-6
+        np.asarray(weights),
+        _reference_epoch_weights([[2, 3], [1, 1.5]], 1.0, 2),
+        rtol=1e-6,
     )
 
 
@@ -139,7 +148,7 @@ def test_training_false_changes_nothing():
     strategy.build((2,))
     strategy(_t([1.0, 2.0]), training=False)
     strategy.on_epoch_end()
-    assert all(not np.any(v.numpy()) for v in strategy.weights)
+    assert all(not np.any(np.asarray(v)) for v in strategy.weights)
 
 
 def test_step_mode_matches_meta_ema_variant():
@@ -154,7 +163,7 @@ def test_step_mode_matches_meta_ema_variant():
     expected = np.ones(3)
     for losses in sequence:
         _, weights = strategy(_t(losses))
-        np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(weights), expected, rtol=1e-5)
         if ema is None:
             ema, prev = losses.copy(), losses.copy()
         else:
@@ -163,10 +172,11 @@ def test_step_mode_matches_meta_ema_variant():
         expected = 3 * e / e.sum()
     strategy.on_epoch_end()  # a no-op in step mode
     np.testing.assert_allclose(
-        strategy(_t(sequence[0]))[1].numpy(), expected, rtol=1e-5
+        np.asarray(strategy(_t(sequence[0]))[1]), expected, rtol=1e-5
     )
 
 
+@tf_only
 @pytest.mark.parametrize("mode", ["epoch", "step"])
 def test_eager_equals_xla(mode):
     rng = np.random.default_rng(2)
@@ -177,31 +187,29 @@ def test_eager_equals_xla(mode):
     checks.assert_xla_matches_eager(make, checks.with_epoch_ends(epochs))
 
 
+@tf_only
 @pytest.mark.parametrize("mode", ["epoch", "step"])
 def test_state_round_trip_and_reset(mode):
     strategy = DynamicWeightAverage(mode=mode)
     _run_epochs(strategy, [[[1.0, 2.0], [1.5, 2.5]], [[0.5, 2.4]], [[0.4, 2.3]]])
     steps = checks.with_epoch_ends([[_t([0.3, 2.0])], [_t([0.2, 1.9])]])
     checks.assert_state_round_trip(strategy, steps)
-    assert not np.allclose(strategy(_t([1.0, 1.0]))[1].numpy(), 1.0)
+    assert not np.allclose(np.asarray(strategy(_t([1.0, 1.0]))[1]), 1.0)
     strategy.reset_state()
-    assert all(not np.any(v.numpy()) for v in strategy.weights)
-    np.testing.assert_array_equal(strategy(_t([1.0, 1.0]))[1].numpy(), [1.0, 1.0])
+    assert all(not np.any(np.asarray(v)) for v in strategy.weights)
+    np.testing.assert_array_equal(np.asarray(strategy(_t([1.0, 1.0]))[1]), [1.0, 1.0])
 
 
 def test_weights_are_constants_and_degenerate_inputs_are_finite():
     strategy = DynamicWeightAverage()
     _run_epochs(strategy, [[[1.0, 0.0]], [[0.5, 0.0]]])
-    losses = _t([1.0, 2.0])
-    with tf.GradientTape() as tape:
-        tape.watch(losses)
-        total, weights = strategy(losses)
-    np.testing.assert_allclose(tape.gradient(total, losses).numpy(), weights.numpy())
+    (_, weights), (grad,) = value_and_grad(strategy, [1.0, 2.0], layers=[strategy])
+    np.testing.assert_allclose(grad, weights)
     for scale in (1e-10, 1e10):
         s = DynamicWeightAverage()
         got = _run_epochs(s, [[[scale, 1.0]], [[scale * 1e-3, 1.0]], [[scale, 2.0]]])
         assert np.all(np.isfinite(got))
-        assert np.all(np.isfinite(s(_t([1.0, 1.0]))[1].numpy()))
+        assert np.all(np.isfinite(np.asarray(s(_t([1.0, 1.0]))[1])))
     single = DynamicWeightAverage()
     got = _run_epochs(single, [[[2.0]], [[1.0]], [[0.5]]])
     np.testing.assert_allclose(got, [[1.0]] * 3)
@@ -216,11 +224,12 @@ def _masked_epochs(strategy, epochs):
     for epoch in epochs:
         for losses, mask in epoch:
             _, weights = strategy(_t(losses), task_mask=_t(mask))
-            out.append(weights.numpy())
+            out.append(np.asarray(weights))
         strategy.on_epoch_end()
     return out
 
 
+@tf_only
 @pytest.mark.parametrize("mode", ["epoch", "step"])
 def test_missing_tasks_all_present_mask_changes_nothing(mode):
     rng = np.random.default_rng(4)
@@ -257,23 +266,24 @@ def test_epoch_mode_absent_task_as_if_only_present_tasks_existed():
             _, expected = present_only(_t(losses[[0, 2]]))
             if mask[1] == 0:
                 np.testing.assert_allclose(
-                    weights.numpy()[[0, 2]], expected.numpy(), rtol=1e-6
+                    np.asarray(weights)[[0, 2]], np.asarray(expected), rtol=1e-6
                 )
-                assert weights.numpy()[1] == 0.0
-                np.testing.assert_allclose(weights.numpy().sum(), 2.0, rtol=1e-6)
-        latest_1 = full.latest.numpy()[1]
+                assert np.asarray(weights)[1] == 0.0
+                np.testing.assert_allclose(np.asarray(weights).sum(), 2.0, rtol=1e-6)
+        latest_1 = np.asarray(full.latest)[1]
         full.on_epoch_end()
         present_only.on_epoch_end()
         np.testing.assert_allclose(
-            full.latest.numpy()[[0, 2]], present_only.latest.numpy(), rtol=1e-6
+            np.asarray(full.latest)[[0, 2]], np.asarray(present_only.latest), rtol=1e-6
         )
     # Task 1's epoch-2 mean is its only labelled loss; epoch 3 (no label) is
     # not recorded for it, so its history still ends with epoch 2.
     np.testing.assert_allclose(latest_1, epoch_2[0, 1], rtol=1e-6)
-    np.testing.assert_allclose(full.latest.numpy()[1], epoch_2[0, 1], rtol=1e-6)
-    np.testing.assert_array_equal(full.task_count.numpy(), [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(np.asarray(full.latest)[1], epoch_2[0, 1], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(full.task_count), [2.0, 2.0, 2.0])
 
 
+@tf_only
 def test_step_mode_absent_task_as_if_only_present_tasks_existed():
     rng = np.random.default_rng(6)
     full = DynamicWeightAverage(mode="step")
@@ -298,17 +308,18 @@ def test_task_without_two_recorded_epochs_enters_with_ratio_one():
             [([1.0, 0.0, 1.5], [1, 0, 1])],
         ],
     )
-    np.testing.assert_array_equal(strategy.task_count.numpy(), [2.0, 0.0, 2.0])
+    np.testing.assert_array_equal(np.asarray(strategy.task_count), [2.0, 0.0, 2.0])
     _, weights = strategy(_t([1.0, 1.0, 1.0]), task_mask=_t([1.0, 1.0, 1.0]))
     np.testing.assert_allclose(
-        weights.numpy(),
+        np.asarray(weights),
         _reference_epoch_weights([[2.0, 1.0, 1.0], [1.0, 1.0, 1.5]], 2.0, 3),
         rtol=1e-6,
     )
     _, weights = strategy(_t([0.0, 1.0, 0.0]), task_mask=_t([0.0, 1.0, 0.0]))
-    np.testing.assert_array_equal(weights.numpy(), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(weights), [0.0, 1.0, 0.0])
 
 
+@tf_only
 @pytest.mark.parametrize("mode", ["epoch", "step"])
 def test_absent_task_state_is_unchanged_and_restorable(mode):
     strategy = DynamicWeightAverage(mode=mode)
@@ -319,7 +330,7 @@ def test_absent_task_state_is_unchanged_and_restorable(mode):
 
     def step():
         _, weights = strategy(_t([0.5, 0.0, 1.0]), task_mask=mask)
-        assert np.all(np.isfinite(weights.numpy()))
+        assert np.all(np.isfinite(np.asarray(weights)))
 
     # The strategy itself leaves the absent task's state alone; the model's
     # restore (run here as the model does) is then a no-op for it.
@@ -327,11 +338,12 @@ def test_absent_task_state_is_unchanged_and_restorable(mode):
     # No task present: zero weights, nothing per task moves.
     snapshot = strategy.task_state_snapshot()
     _, weights = strategy(_t([0.0, 0.0, 0.0]), task_mask=_t([0.0, 0.0, 0.0]))
-    np.testing.assert_array_equal(weights.numpy(), 0.0)
+    np.testing.assert_array_equal(np.asarray(weights), 0.0)
     for (variable, _), before in zip(strategy.per_task_state(), snapshot):
-        np.testing.assert_array_equal(variable.numpy(), before.numpy())
+        np.testing.assert_array_equal(np.asarray(variable), np.asarray(before))
 
 
+@tf_only
 @pytest.mark.parametrize("mode", ["epoch", "step"])
 def test_masked_eager_equals_xla(mode):
     rng = np.random.default_rng(7)

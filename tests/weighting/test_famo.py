@@ -7,13 +7,17 @@ import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
+from backend_grads import tf_only, value_and_grad
+from keras import ops
 
 import keras_mtl
 from keras_mtl.weighting.famo import FAMO
 
+pytestmark = pytest.mark.both_backends
+
 
 def _t(values):
-    return tf.constant(values, dtype=tf.float32)
+    return ops.convert_to_tensor(np.asarray(values, dtype="float32"))
 
 
 def _built(num_tasks=2, logits=None, **kwargs):
@@ -85,16 +89,11 @@ def test_objective_and_weights_closed_form():
     gap = losses - np.array([0.1, 0.0, 0.2]) + 1e-8
     c = np.sum(z / gap)
     np.testing.assert_allclose(float(total), np.sum(z / c * np.log(gap)), rtol=1e-5)
-    np.testing.assert_allclose(weights.numpy(), z / (c * gap), rtol=1e-5)
-    np.testing.assert_allclose(np.sum(weights.numpy()), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(weights), z / (c * gap), rtol=1e-5)
+    np.testing.assert_allclose(np.sum(np.asarray(weights)), 1.0, rtol=1e-6)
     # The weights are the derivative of the objective (c held constant).
-    loss_tensor = _t(losses)
-    with tf.GradientTape() as tape:
-        tape.watch(loss_tensor)
-        total, weights = strategy(loss_tensor)
-    np.testing.assert_allclose(
-        tape.gradient(total, loss_tensor).numpy(), weights.numpy(), rtol=1e-5
-    )
+    (_, weights), (grad,) = value_and_grad(strategy, losses, layers=[strategy])
+    np.testing.assert_allclose(grad, weights, rtol=1e-5)
 
 
 def test_logit_updates_match_the_hand_derivation():
@@ -106,15 +105,15 @@ def test_logit_updates_match_the_hand_derivation():
     # g = (+0.1605, -0.1605); Adam's first step moves each logit by lr *
     # g / |g| = 0.025 against the sign of g. Task 1 improved more, so its
     # logit goes down.
-    np.testing.assert_allclose(strategy.logits.numpy(), [-0.025, 0.025], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(strategy.logits), [-0.025, 0.025], rtol=1e-6)
     strategy.update_after_step(_t(new), _t([0.45, 1.0]))
     # Step 2 by hand (see _reference_update): g = (-0.13406, 0.13406),
     # m = (0.0010353, -0.0010353), v = 4.3696e-5, bias-corrected step
     # 0.025 * 0.0054487 / 0.14785 = 0.000921.
     np.testing.assert_allclose(
-        strategy.logits.numpy(), [-0.0259213, 0.0259213], rtol=1e-5
+        np.asarray(strategy.logits), [-0.0259213, 0.0259213], rtol=1e-5
     )
-    assert int(strategy.adam_step.numpy()) == 2
+    assert int(np.asarray(strategy.adam_step)) == 2
 
 
 def test_many_updates_match_the_reference_adam():
@@ -130,19 +129,19 @@ def test_many_updates_match_the_reference_adam():
             xi, m, v, step, losses, new, lr=0.05, wd=0.01
         )
         losses = new
-    np.testing.assert_allclose(strategy.logits.numpy(), xi, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(strategy.adam_m.numpy(), m, rtol=1e-4, atol=1e-9)
-    np.testing.assert_allclose(strategy.adam_v.numpy(), v, rtol=1e-4, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(strategy.logits), xi, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(strategy.adam_m), m, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(strategy.adam_v), v, rtol=1e-4, atol=1e-12)
 
 
 def test_lagging_task_gains_weight():
     strategy = _built(3)
     losses = _t([1.0, 1.0, 1.0])
-    before = strategy(losses)[1].numpy()
+    before = np.asarray(strategy(losses)[1])
     for _ in range(5):
         # Task 0 halves, task 1 barely moves, task 2 in between.
         strategy.update_after_step(losses, _t([0.5, 0.99, 0.8]))
-    after = strategy(losses)[1].numpy()
+    after = np.asarray(strategy(losses)[1])
     assert after[1] > before[1] and after[0] < before[0]
     assert after[1] > after[2] > after[0]
 
@@ -150,9 +149,9 @@ def test_lagging_task_gains_weight():
 def _tiny_problem():
     """A 2-task model: shared dense trunk, one linear head per task."""
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(16, 3)), tf.float32)
-    y1 = tf.constant(rng.normal(size=(16, 1)), tf.float32)
-    y2 = tf.constant(rng.normal(size=(16, 1)), tf.float32)
+    x = _t(rng.normal(size=(16, 3)))
+    y1 = _t(rng.normal(size=(16, 1)))
+    y2 = _t(rng.normal(size=(16, 1)))
     trunk = keras.layers.Dense(4, activation="tanh")
     head1, head2 = keras.layers.Dense(1), keras.layers.Dense(1)
     for layer, shape in ((trunk, (None, 3)), (head1, (None, 4)), (head2, (None, 4))):
@@ -162,9 +161,9 @@ def _tiny_problem():
 
     def task_losses(scale):
         z = trunk(x)
-        l1 = tf.reduce_mean((head1(z) - y1) ** 2)
-        l2 = tf.reduce_mean((head2(z) - y2) ** 2)
-        return tf.stack([l1, scale * l2])
+        l1 = ops.mean((head1(z) - y1) ** 2)
+        l2 = ops.mean((head2(z) - y2) ** 2)
+        return ops.stack([l1, scale * l2])
 
     return task_losses, variables
 
@@ -174,10 +173,10 @@ def test_scaling_one_loss_keeps_the_update_direction_and_the_logit_step():
     strategy = _built(2, logits=[0.4, -0.3])
 
     def flat_gradient(scale):
-        with tf.GradientTape() as tape:
-            total, _ = strategy(task_losses(scale))
-        grads = tape.gradient(total, variables)
-        return np.concatenate([g.numpy().ravel() for g in grads])
+        _, grads = value_and_grad(
+            lambda: strategy(task_losses(scale))[0], variables=variables
+        )
+        return np.concatenate([g.ravel() for g in grads])
 
     base, scaled = flat_gradient(1.0), flat_gradient(100.0)
     cosine = base @ scaled / np.linalg.norm(base) / np.linalg.norm(scaled)
@@ -185,9 +184,8 @@ def test_scaling_one_loss_keeps_the_update_direction_and_the_logit_step():
     # The length changes through c, so this is not a trivial identity.
     assert not np.allclose(np.linalg.norm(base), np.linalg.norm(scaled), rtol=1e-2)
     # Equal weighting turns when a loss is rescaled (the check can fail).
-    with tf.GradientTape() as tape:
-        ew = tf.reduce_sum(task_losses(100.0))
-    ew_grad = np.concatenate([g.numpy().ravel() for g in tape.gradient(ew, variables)])
+    _, grads = value_and_grad(lambda: ops.sum(task_losses(100.0)), variables=variables)
+    ew_grad = np.concatenate([g.ravel() for g in grads])
     assert base @ ew_grad / np.linalg.norm(base) / np.linalg.norm(ew_grad) < 0.999
 
     # The logit update only sees log-ratios: the same with L_2 scaled by 100.
@@ -195,7 +193,7 @@ def test_scaling_one_loss_keeps_the_update_direction_and_the_logit_step():
     a, b = _built(2, logits=[0.4, -0.3]), _built(2, logits=[0.4, -0.3])
     a.update_after_step(_t(old), _t(new))
     b.update_after_step(_t(old * [1, 100]), _t(new * [1, 100]))
-    np.testing.assert_allclose(a.logits.numpy(), b.logits.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(a.logits), np.asarray(b.logits), rtol=1e-5)
 
 
 def _protocol_step(strategy, variables, task_losses, lr=0.05):
@@ -209,13 +207,14 @@ def _protocol_step(strategy, variables, task_losses, lr=0.05):
     return total, weights
 
 
+@tf_only
 def test_eager_and_xla_agree_on_a_full_step():
     task_losses, variables = _tiny_problem()
     strategy = _built(2, logits=[0.2, -0.1])
-    start = [v.numpy() for v in variables]
+    start = [np.asarray(v) for v in variables]
     eager = _protocol_step(strategy, variables, task_losses)
-    eager_state = [w.numpy() for w in strategy.weights]
-    eager_vars = [v.numpy() for v in variables]
+    eager_state = [np.asarray(w) for w in strategy.weights]
+    eager_vars = [np.asarray(v) for v in variables]
 
     strategy.reset_state()
     strategy.logits.assign([0.2, -0.1])
@@ -225,11 +224,11 @@ def test_eager_and_xla_agree_on_a_full_step():
         lambda: _protocol_step(strategy, variables, task_losses), jit_compile=True
     )()
     for a, b in zip(eager, compiled):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
     for a, b in zip(eager_state, strategy.weights):
-        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-8)
     for a, b in zip(eager_vars, variables):
-        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
 def test_state_round_trip():
@@ -241,12 +240,12 @@ def test_state_round_trip():
     clone.build((3,))
     clone.set_weights(strategy.get_weights())
     for a, b in zip(strategy(losses), clone(losses)):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     new = _t([0.8, 1.0, 2.5])
     strategy.update_after_step(losses, new)
     clone.update_after_step(losses, new)
     for a, b in zip(strategy.weights, clone.weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(strategy.weights) == 4
     assert strategy.trainable_weights == []
 
@@ -254,16 +253,16 @@ def test_state_round_trip():
 def test_reset_state():
     strategy = _built(2)
     losses = _t([1.0, 2.0])
-    fresh = [w.numpy() for w in strategy.weights]
+    fresh = [np.asarray(w) for w in strategy.weights]
     strategy.update_after_step(losses, _t([0.5, 1.9]))
     strategy.update_after_step(losses, _t([0.7, 1.0]))
-    assert not np.allclose(strategy.logits.numpy(), 0.0)
+    assert not np.allclose(np.asarray(strategy.logits), 0.0)
     strategy.reset_state()
     for a, b in zip(fresh, strategy.weights):
-        np.testing.assert_array_equal(a, b.numpy())
+        np.testing.assert_array_equal(a, np.asarray(b))
     # After a reset the next update is again a first Adam step (+-lr).
     strategy.update_after_step(losses, _t([0.5, 1.9]))
-    np.testing.assert_allclose(strategy.logits.numpy(), [-0.025, 0.025], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(strategy.logits), [-0.025, 0.025], rtol=1e-6)
 
 
 def test_degenerate_inputs_give_finite_results():
@@ -274,17 +273,17 @@ def test_degenerate_inputs_give_finite_results():
         ([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]),  # every loss went up
     ]:
         total, weights = strategy(_t(losses))
-        assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
-        np.testing.assert_allclose(np.sum(weights.numpy()), 1.0, rtol=1e-5)
+        assert np.isfinite(float(total)) and np.all(np.isfinite(np.asarray(weights)))
+        np.testing.assert_allclose(np.sum(np.asarray(weights)), 1.0, rtol=1e-5)
         strategy.update_after_step(_t(losses), _t(new))
-        assert np.all(np.isfinite(strategy.logits.numpy()))
+        assert np.all(np.isfinite(np.asarray(strategy.logits)))
     # A loss below its declared minimum is clipped, not NaN.
     below = _built(2, min_losses=[1.0, 0.0])
     total, weights = below(_t([0.5, 2.0]))
-    assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
+    assert np.isfinite(float(total)) and np.all(np.isfinite(np.asarray(weights)))
     # One task: its weight is 1.
     single = _built(1)
-    np.testing.assert_allclose(single(_t([3.0]))[1].numpy(), [1.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(single(_t([3.0]))[1]), [1.0], rtol=1e-6)
 
 
 def test_permutation_equivariance():
@@ -295,7 +294,9 @@ def test_permutation_equivariance():
     total_a, weights_a = a(_t(losses))
     total_b, weights_b = b(_t(losses[perm]))
     np.testing.assert_allclose(float(total_a), float(total_b), rtol=1e-6)
-    np.testing.assert_allclose(weights_a.numpy()[perm], weights_b.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(weights_a)[perm], np.asarray(weights_b), rtol=1e-6
+    )
 
 
 def test_update_before_build_raises():
@@ -325,10 +326,12 @@ def _full_step(strategy, old, new, task_mask=None):
     return total, weights, gradient
 
 
+@tf_only
 def test_supports_missing_tasks_and_marks_per_task_state():
     checks.assert_all_state_is_per_task(_built(3), 4)
 
 
+@tf_only
 def test_all_ones_mask_equals_the_unmasked_call():
     rng = np.random.default_rng(10)
     steps = []
@@ -340,6 +343,7 @@ def test_all_ones_mask_equals_the_unmasked_call():
     )
 
 
+@tf_only
 def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
     rng = np.random.default_rng(11)
     full = _built(3, weight_decay=0.01, min_losses=[0.1, 0.2, 0.0])
@@ -366,8 +370,8 @@ def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
         np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
         # The weights are the gradient of the objective.
         np.testing.assert_allclose(gradient, weights, rtol=1e-5)
-    np.testing.assert_array_equal(full.adam_steps.numpy(), [6, 3, 6])
-    assert int(full.adam_step.numpy()) == 6
+    np.testing.assert_array_equal(np.asarray(full.adam_steps), [6, 3, 6])
+    assert int(np.asarray(full.adam_step)) == 6
 
 
 def test_a_returning_task_resumes_its_own_adam_bias_correction():
@@ -377,15 +381,16 @@ def test_a_returning_task_resumes_its_own_adam_bias_correction():
     mask = _t([1.0, 0.0])
     for _ in range(2):
         strategy.update_after_step(_t([1.0, 0.0]), _t([0.5, 0.0]), task_mask=mask)
-    np.testing.assert_array_equal(strategy.logits.numpy()[1], 0.0)
-    np.testing.assert_array_equal(strategy.adam_steps.numpy(), [2, 0])
-    xi0 = strategy.logits.numpy()[0]
+    np.testing.assert_array_equal(np.asarray(strategy.logits)[1], 0.0)
+    np.testing.assert_array_equal(np.asarray(strategy.adam_steps), [2, 0])
+    xi0 = np.asarray(strategy.logits)[0]
     strategy.update_after_step(_t([1.0, 1.0]), _t([0.9, 0.5]))
     # z = softmax(xi0, 0); task 1 improved more: g_1 > 0, its logit -lr.
-    np.testing.assert_allclose(strategy.logits.numpy()[1], -0.025, rtol=1e-5)
-    assert strategy.logits.numpy()[0] != xi0
+    np.testing.assert_allclose(np.asarray(strategy.logits)[1], -0.025, rtol=1e-5)
+    assert np.asarray(strategy.logits)[0] != xi0
 
 
+@tf_only
 def test_restore_absent_tasks_keeps_the_absent_state():
     rng = np.random.default_rng(12)
     strategy = _built(3)
@@ -398,6 +403,7 @@ def test_restore_absent_tasks_keeps_the_absent_state():
     )
 
 
+@tf_only
 def test_masked_results_are_finite():
     step = (_t([0.0, 1e-10, 1e10]), _t([0.0, 1e-12, 1e9]))
     for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]):
@@ -405,9 +411,10 @@ def test_masked_results_are_finite():
         checks.assert_masked_outputs_finite(
             strategy, [(step, mask)], call=_full_step, per_task=(False, True, True)
         )
-        assert np.all(strategy.logits.numpy()[np.array(mask) == 0.0] == 0.0)
+        assert np.all(np.asarray(strategy.logits)[np.array(mask) == 0.0] == 0.0)
 
 
+@tf_only
 def test_masked_eager_and_xla_agree_on_a_full_step():
     rng = np.random.default_rng(13)
     cases = []

@@ -5,19 +5,19 @@ import math
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_grads import tf_only, value_and_grad
 
 import keras_mtl
 from keras_mtl.weighting.pbi import PBI
 
+pytestmark = pytest.mark.both_backends
+
 
 def _value_and_gradient(strategy, losses, **kwargs):
-    losses = tf.constant(losses, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(losses)
-        value, weights = strategy(losses, **kwargs)
-    gradient = tape.gradient(value, losses)
-    return float(value), gradient.numpy(), weights.numpy()
+    (value, weights), (gradient,) = value_and_grad(
+        lambda x: strategy(x, **kwargs), losses
+    )
+    return float(value), gradient, weights
 
 
 def test_registry_names_resolve():
@@ -68,6 +68,7 @@ def test_closed_form_and_default_direction():
     np.testing.assert_allclose(weights, gradient, rtol=1e-5, atol=1e-6)
 
 
+@tf_only
 @pytest.mark.parametrize("preference", [None, [0.2, 0.5, 0.3]])
 def test_absent_task_is_dropped(preference):
     assert PBI.supports_missing_tasks  # compile(missing_labels=...) accepts it

@@ -4,35 +4,50 @@ import functools
 import itertools
 import math
 
+import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_grads import tf_only, value_and_grad
+from backends import compiled
+from keras import ops
 
 import keras_mtl
 from keras_mtl.weighting.random_loss_weighting import RandomLossWeighting
+
+pytestmark = pytest.mark.both_backends
 
 SOFTMAX_DISTRIBUTIONS = ["normal", "uniform", "dirichlet"]
 ALL_DISTRIBUTIONS = [*SOFTMAX_DISTRIBUTIONS, "bernoulli", "constrained_bernoulli"]
 
 
 def _t(values):
-    return tf.constant(values, dtype=tf.float32)
+    return ops.convert_to_tensor(np.asarray(values, dtype="float32"))
 
 
-def _draw(strategy, num_tasks, num_draws, jit_compile=False):
-    """`num_draws` training-mode weight vectors, drawn in one tf.function."""
-    losses = tf.ones((num_tasks,))
-    strategy(losses, training=False)  # builds the strategy eagerly
+def _draw(strategy, num_tasks, num_draws, jit_compile=False, task_mask=None):
+    """`num_draws` training-mode weight vectors, drawn in one tf.function
+    (TensorFlow) or by `num_draws` calls of a jitted step (JAX)."""
+    losses = ops.ones((num_tasks,)) if task_mask is None else task_mask
+    kwargs = {} if task_mask is None else {"task_mask": task_mask}
+    strategy(losses, training=False, **kwargs)  # builds the strategy eagerly
+    if keras.backend.backend() != "tensorflow":
+        step = compiled(
+            lambda: strategy(losses, training=True, **kwargs)[1],
+            jit_compile=jit_compile,
+            layers=[strategy],
+        )
+        return np.stack([np.asarray(step()) for _ in range(num_draws)])
+    import tensorflow as tf
 
     def run():
         out = tf.TensorArray(tf.float32, size=num_draws)
         for i in tf.range(num_draws):
-            _, weights = strategy(losses, training=True)
+            _, weights = strategy(losses, training=True, **kwargs)
             out = out.write(i, weights)
         return out.stack()
 
-    return tf.function(run, jit_compile=jit_compile)().numpy()
+    return np.asarray(compiled(run, jit_compile=jit_compile)())
 
 
 def _softmax(z):
@@ -160,31 +175,27 @@ def test_evaluation_uses_expected_weights_and_keeps_the_state():
     losses = _t([1.0, 2.0, 3.0])
     for distribution in ALL_DISTRIBUTIONS:
         strategy = RandomLossWeighting(distribution, seed=1)
-        state = strategy.seed_generator.state.numpy().copy()
+        state = np.asarray(strategy.seed_generator.state).copy()
         total, weights = strategy(losses, training=False)
         expected = 4 / 7 if distribution == "bernoulli" else 1 / 3
-        np.testing.assert_allclose(weights.numpy(), [expected] * 3, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(weights), [expected] * 3, rtol=1e-6)
         np.testing.assert_allclose(float(total), 6.0 * expected, rtol=1e-6)
-        np.testing.assert_array_equal(strategy.seed_generator.state.numpy(), state)
+        np.testing.assert_array_equal(np.asarray(strategy.seed_generator.state), state)
         strategy(losses, training=True)
-        assert not np.array_equal(strategy.seed_generator.state.numpy(), state)
+        assert not np.array_equal(np.asarray(strategy.seed_generator.state), state)
 
 
 def test_objective_is_the_weighted_sum_with_constant_weights():
     strategy = RandomLossWeighting(seed=0)
-    losses = _t([0.5, 2.0, 4.0])
-    with tf.GradientTape() as tape:
-        tape.watch(losses)
-        total, weights = strategy(losses)
-    np.testing.assert_allclose(
-        float(total), float(tf.reduce_sum(weights * losses)), rtol=1e-6
-    )
-    np.testing.assert_allclose(tape.gradient(total, losses).numpy(), weights.numpy())
+    losses = [0.5, 2.0, 4.0]
+    (total, weights), (grad,) = value_and_grad(strategy, losses, layers=[strategy])
+    np.testing.assert_allclose(float(total), np.dot(weights, losses), rtol=1e-6)
+    np.testing.assert_allclose(grad, weights)
 
 
 def _eager_draws(strategy, num_draws, num_tasks=3):
-    losses = tf.ones((num_tasks,))
-    return np.stack([strategy(losses)[1].numpy() for _ in range(num_draws)])
+    losses = ops.ones((num_tasks,))
+    return np.stack([np.asarray(strategy(losses)[1]) for _ in range(num_draws)])
 
 
 def test_same_seed_gives_the_same_sequence():
@@ -208,11 +219,9 @@ def test_eager_and_xla_agree():
     for distribution in ["normal", "bernoulli"]:
         strategy = RandomLossWeighting(distribution, seed=0)
         eager = strategy(losses, training=False)
-        compiled = tf.function(
-            lambda x, s=strategy: s(x, training=False), jit_compile=True
-        )(losses)
-        for a, b in zip(eager, compiled):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+        in_xla = compiled(lambda x, s=strategy: s(x, training=False))(losses)
+        for a, b in zip(eager, in_xla):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
     # Training draws: the same sequence eagerly and under XLA, and the seed
     # state advances alike.
     for distribution in ALL_DISTRIBUTIONS:
@@ -222,10 +231,11 @@ def test_eager_and_xla_agree():
         eager_draws = _eager_draws(b, 8)
         np.testing.assert_allclose(xla, eager_draws, rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(
-            a.seed_generator.state.numpy(), b.seed_generator.state.numpy()
+            np.asarray(a.seed_generator.state), np.asarray(b.seed_generator.state)
         )
 
 
+@tf_only
 def test_state_round_trip_continues_the_sequence():
     strategy = RandomLossWeighting(distribution="uniform", seed=21)
     losses = _t([1.0, 2.0])
@@ -239,9 +249,9 @@ def test_state_round_trip_continues_the_sequence():
 def test_reset_state_restarts_the_sequence():
     strategy = RandomLossWeighting(seed=None)
     losses = _t([1.0, 2.0, 3.0])
-    first = [strategy(losses)[1].numpy() for _ in range(3)]
+    first = [np.asarray(strategy(losses)[1]) for _ in range(3)]
     strategy.reset_state()
-    again = [strategy(losses)[1].numpy() for _ in range(3)]
+    again = [np.asarray(strategy(losses)[1]) for _ in range(3)]
     np.testing.assert_array_equal(np.stack(first), np.stack(again))
     assert RandomLossWeighting.stateful
 
@@ -251,7 +261,7 @@ def test_single_task_gets_weight_one():
         strategy = RandomLossWeighting(distribution, seed=0)
         for _ in range(3):
             total, weights = strategy(_t([2.5]))
-            np.testing.assert_allclose(weights.numpy(), [1.0], rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(weights), [1.0], rtol=1e-6)
             np.testing.assert_allclose(float(total), 2.5, rtol=1e-6)
 
 
@@ -259,7 +269,7 @@ def test_extreme_losses_give_finite_results():
     strategy = RandomLossWeighting(seed=0)
     total, weights = strategy(_t([0.0, 1e-10, 1e10]))
     assert np.isfinite(float(total))
-    assert np.all(np.isfinite(weights.numpy()))
+    assert np.all(np.isfinite(np.asarray(weights)))
 
 
 # --- Missing tasks ------------------------------------------------------
@@ -277,6 +287,7 @@ def _call(strategy, losses, training, task_mask=None):
     return checks.default_call(strategy, losses, training=training, task_mask=task_mask)
 
 
+@tf_only
 def test_missing_tasks_all_present_mask_changes_nothing():
     losses = _t([1.0, 2.0, 3.0])
     steps = [(losses, training) for training in (True, True, False, True)]
@@ -301,34 +312,29 @@ def test_present_tasks_get_the_draws_of_a_strategy_built_for_them():
             reference.build((int(present.sum()),))
             reference.seed_generator.state.assign(strategy.seed_generator.state)
             _, weights = strategy(losses * mask, task_mask=_t(mask))
-            _, expected = reference(tf.ones((int(present.sum()),)))
-            weights = weights.numpy()
-            np.testing.assert_allclose(weights[present], expected.numpy(), rtol=1e-6)
+            _, expected = reference(ops.ones((int(present.sum()),)))
+            weights = np.asarray(weights)
+            np.testing.assert_allclose(
+                weights[present], np.asarray(expected), rtol=1e-6
+            )
             np.testing.assert_array_equal(weights[~present], 0.0)
             np.testing.assert_array_equal(
-                strategy.seed_generator.state.numpy(),
-                reference.seed_generator.state.numpy(),
+                np.asarray(strategy.seed_generator.state),
+                np.asarray(reference.seed_generator.state),
             )
         # Evaluation: the expected weights of K tasks.
         _, weights = strategy(losses, training=False, task_mask=_t(_MASKS[0]))
         expected = 4 / 7 if distribution == "bernoulli" else 1 / 3
-        np.testing.assert_allclose(weights.numpy(), [expected, 0, expected, expected])
+        np.testing.assert_allclose(
+            np.asarray(weights), [expected, 0, expected, expected]
+        )
 
 
 def test_masked_draws_stay_on_the_present_simplex():
     mask = _t([1.0, 0.0, 1.0, 1.0])
     for distribution in ALL_DISTRIBUTIONS:
         strategy = RandomLossWeighting(distribution, seed=11)
-        strategy.build((4,))
-
-        @tf.function
-        def run(s=strategy):
-            out = tf.TensorArray(tf.float32, size=300)
-            for i in tf.range(300):
-                out = out.write(i, s(mask, task_mask=mask)[1])
-            return out.stack()
-
-        draws = run().numpy()
+        draws = _draw(strategy, 4, 300, jit_compile=False, task_mask=mask)
         np.testing.assert_array_equal(draws[:, 1], 0.0)
         assert np.all(draws >= 0) and np.all(np.isfinite(draws))
         sums = draws.sum(axis=1)
@@ -349,19 +355,21 @@ def test_no_task_present_gives_zero_weights():
                 _t([0.0, 0.0, 0.0]), training=training, task_mask=_t([0.0, 0.0, 0.0])
             )
             assert float(total) == 0.0
-            np.testing.assert_array_equal(weights.numpy(), 0.0)
+            np.testing.assert_array_equal(np.asarray(weights), 0.0)
 
 
+@tf_only
 def test_missing_tasks_no_per_task_state():
     # The only state is the shared random generator, which advances.
     strategy = RandomLossWeighting(seed=0)
     strategy.build((3,))
-    before = strategy.seed_generator.state.numpy().copy()
+    before = np.asarray(strategy.seed_generator.state).copy()
     strategy(_t([1.0, 0.0, 1.0]), task_mask=_t([1.0, 0.0, 1.0]))
     checks.assert_no_per_task_state(strategy, [1.0, 0.0, 1.0])
-    assert not np.array_equal(strategy.seed_generator.state.numpy(), before)
+    assert not np.array_equal(np.asarray(strategy.seed_generator.state), before)
 
 
+@tf_only
 def test_masked_eager_equals_xla():
     cases = []
     for mask in _MASKS + [[0.0] * 4]:

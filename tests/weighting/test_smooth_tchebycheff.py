@@ -5,14 +5,17 @@ import functools
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_grads import tf_only, value_and_grad
+from keras import ops
 
 import keras_mtl
 from keras_mtl.weighting.smooth_tchebycheff import SmoothTchebycheff
 
+pytestmark = pytest.mark.both_backends
+
 
 def _t(values):
-    return tf.constant(values, dtype=tf.float32)
+    return ops.convert_to_tensor(np.asarray(values, dtype="float32"))
 
 
 def _built(num_tasks=2, **kwargs):
@@ -22,11 +25,10 @@ def _built(num_tasks=2, **kwargs):
 
 
 def _value_and_grad(strategy, losses, training=True):
-    losses = _t(losses)
-    with tf.GradientTape() as tape:
-        tape.watch(losses)
-        total, weights = strategy(losses, training=training)
-    return float(total), weights.numpy(), tape.gradient(total, losses).numpy()
+    (total, weights), (grad,) = value_and_grad(
+        lambda x: strategy(x, training=training), losses, layers=[strategy]
+    )
+    return float(total), weights, grad
 
 
 def _libmtl_objective(losses, nadir, mu, shift=None):
@@ -162,8 +164,8 @@ def test_libmtl_warm_up_and_normalization_schedule():
             np.testing.assert_allclose(grad, weights, rtol=1e-6)
         strategy.on_epoch_end()
     nadir = np.mean(epochs[1], axis=0)  # mean of epoch W = 1 only
-    np.testing.assert_allclose(strategy.normalizers.numpy(), nadir, rtol=1e-6)
-    np.testing.assert_allclose(strategy.loss_count.numpy(), 2.0)
+    np.testing.assert_allclose(np.asarray(strategy.normalizers), nadir, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(strategy.loss_count), 2.0)
 
     # Epoch 2: the STCH objective on log-normalised losses. Same gradient as
     # LibMTL's formula, value larger by the detached shift T * max(l).
@@ -177,9 +179,9 @@ def test_libmtl_warm_up_and_normalization_schedule():
     np.testing.assert_allclose(weights, libmtl_grad, rtol=1e-4)
     np.testing.assert_allclose(grad, weights, rtol=1e-5)
     # No more accumulation after epoch W.
-    np.testing.assert_allclose(strategy.loss_count.numpy(), 2.0)
+    np.testing.assert_allclose(np.asarray(strategy.loss_count), 2.0)
     strategy.on_epoch_end()
-    np.testing.assert_allclose(strategy.normalizers.numpy(), nadir, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(strategy.normalizers), nadir, rtol=1e-6)
 
 
 def test_normalized_mode_is_invariant_to_loss_scales():
@@ -198,12 +200,13 @@ def test_normalized_mode_is_invariant_to_loss_scales():
 def test_evaluation_does_not_accumulate():
     strategy = _built(2, warmup_epochs=0)
     strategy(_t([1.0, 2.0]), training=False)
-    np.testing.assert_array_equal(strategy.loss_sum.numpy(), 0.0)
-    assert float(strategy.loss_count.numpy()) == 0.0
+    np.testing.assert_array_equal(np.asarray(strategy.loss_sum), 0.0)
+    assert float(np.asarray(strategy.loss_count)) == 0.0
     strategy(_t([1.0, 2.0]), training=True)
-    np.testing.assert_array_equal(strategy.loss_sum.numpy(), [1.0, 2.0])
+    np.testing.assert_array_equal(np.asarray(strategy.loss_sum), [1.0, 2.0])
 
 
+@tf_only
 def test_eager_and_xla_agree_in_every_phase():
     losses = _t([0.7, 2.5, 1.1])
     for kwargs in (
@@ -219,18 +222,19 @@ def test_eager_and_xla_agree_in_every_phase():
         )
 
 
+@tf_only
 def test_state_round_trip_and_reset():
     strategy = _built(2, warmup_epochs=1, mu=0.5)
     for losses in ([2.0, 3.0], [1.0, 2.0]):
         strategy(_t(losses))
         strategy.on_epoch_end()
     checks.assert_state_round_trip(strategy, [_t([0.8, 1.5])])
-    assert int(strategy.epoch.numpy()) == 2
+    assert int(np.asarray(strategy.epoch)) == 2
     strategy.reset_state()
-    assert int(strategy.epoch.numpy()) == 0
-    np.testing.assert_array_equal(strategy.normalizers.numpy(), 1.0)
-    np.testing.assert_array_equal(strategy.loss_sum.numpy(), 0.0)
-    assert float(strategy.loss_count.numpy()) == 0.0
+    assert int(np.asarray(strategy.epoch)) == 0
+    np.testing.assert_array_equal(np.asarray(strategy.normalizers), 1.0)
+    np.testing.assert_array_equal(np.asarray(strategy.loss_sum), 0.0)
+    assert float(np.asarray(strategy.loss_count)) == 0.0
     total, _ = strategy(_t([1.0, 2.0]))
     np.testing.assert_allclose(float(total), np.log(2.0), rtol=1e-6)  # warm-up again
 
@@ -239,7 +243,7 @@ def test_degenerate_inputs_give_finite_results():
     strategy = _built(3, warmup_epochs=0, mu=0.1)
     strategy(_t([0.0, 1.0, 2.0]))  # a zero loss during the normalisation epoch
     strategy.on_epoch_end()
-    assert np.all(strategy.normalizers.numpy() >= 1e-12)
+    assert np.all(np.asarray(strategy.normalizers) >= 1e-12)
     for losses in ([0.0, 1.0, 2.0], [1e-10, 1e10, 1.0], [1.0, 1.0, 1.0]):
         total, weights, grad = _value_and_grad(strategy, losses)
         assert np.isfinite(total)
@@ -271,7 +275,7 @@ def _masked(strategy, losses, task_mask=None, training=True):
     """Objective, weights, gradient with respect to the losses."""
     mask = None if task_mask is None else _t(task_mask)
     total, weights, grad = checks.loss_call(strategy, losses, mask, training=training)
-    return float(total), weights.numpy(), grad.numpy()
+    return float(total), np.asarray(weights), np.asarray(grad)
 
 
 _RAW = {
@@ -282,6 +286,7 @@ _RAW = {
 }
 
 
+@tf_only
 def test_missing_tasks_all_present_mask_changes_nothing():
     # Warm-up, normalisation epoch, STCH.
     steps = checks.with_epoch_ends([[[0.7, 2.5, 1.1], [0.5, 2.0, 1.3]]] * 3)
@@ -292,6 +297,7 @@ def test_missing_tasks_all_present_mask_changes_nothing():
         )
 
 
+@tf_only
 def test_raw_absent_task_as_if_only_present_tasks_existed():
     strategy = _built(3, **_RAW)
     present_only = _built(
@@ -314,6 +320,7 @@ def test_raw_absent_task_as_if_only_present_tasks_existed():
     np.testing.assert_allclose(total, 2 * 0.3 * np.log(np.exp(u).sum()), rtol=1e-6)
 
 
+@tf_only
 def test_normalized_absent_task_as_if_only_present_tasks_existed():
     rng = np.random.default_rng(12)
     full = _built(3, warmup_epochs=1, mu=0.5)
@@ -340,12 +347,12 @@ def test_normalized_absent_task_as_if_only_present_tasks_existed():
         present_only.on_epoch_end()
     # Task 1's normaliser: the mean over its single labelled step.
     np.testing.assert_allclose(
-        full.normalizers.numpy(),
+        np.asarray(full.normalizers),
         [epoch_1[:, 0].mean(), epoch_1[1, 1], epoch_1[:, 2].mean()],
         rtol=1e-6,
     )
-    np.testing.assert_array_equal(full.task_loss_count.numpy(), [3.0, 1.0, 3.0])
-    assert float(full.loss_count.numpy()) == 3.0
+    np.testing.assert_array_equal(np.asarray(full.task_loss_count), [3.0, 1.0, 3.0])
+    assert float(np.asarray(full.loss_count)) == 3.0
     # Epoch 2: the STCH objective over the present tasks alone.
     for losses in rng.uniform(0.2, 3.0, size=(2, 3)):
         got = _masked(full, losses * mask, mask)
@@ -356,13 +363,15 @@ def test_normalized_absent_task_as_if_only_present_tasks_existed():
         assert got[1][1] == 0.0 and got[2][1] == 0.0
 
 
+@tf_only
 def test_task_absent_during_the_normalisation_epoch_keeps_normaliser_one():
     strategy = _built(2, warmup_epochs=0)
     _masked(strategy, [2.0, 0.0], [1.0, 0.0])
     strategy.on_epoch_end()
-    np.testing.assert_allclose(strategy.normalizers.numpy(), [2.0, 1.0])
+    np.testing.assert_allclose(np.asarray(strategy.normalizers), [2.0, 1.0])
 
 
+@tf_only
 def test_absent_task_state_is_unchanged_and_restorable():
     strategy = _built(3, warmup_epochs=1)
     strategy(_t([1.0, 2.0, 3.0]))
@@ -374,14 +383,15 @@ def test_absent_task_state_is_unchanged_and_restorable():
 
     def step():
         total, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
-        assert np.isfinite(float(total)) and np.all(np.isfinite(weights.numpy()))
+        assert np.isfinite(float(total)) and np.all(np.isfinite(np.asarray(weights)))
 
     checks.assert_restore_keeps_absent_state(strategy, mask, step, moved="any")
-    np.testing.assert_allclose(strategy.loss_sum.numpy(), [1.5, 2.0, 5.0])
-    np.testing.assert_allclose(strategy.task_loss_count.numpy(), [2.0, 1.0, 2.0])
-    assert float(strategy.loss_count.numpy()) == 2.0  # shared, advances
+    np.testing.assert_allclose(np.asarray(strategy.loss_sum), [1.5, 2.0, 5.0])
+    np.testing.assert_allclose(np.asarray(strategy.task_loss_count), [2.0, 1.0, 2.0])
+    assert float(np.asarray(strategy.loss_count)) == 2.0  # shared, advances
 
 
+@tf_only
 def test_masked_degenerate_inputs_are_finite():
     epoch = [
         ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
@@ -400,6 +410,7 @@ def test_masked_degenerate_inputs_are_finite():
                 assert total == 0.0
 
 
+@tf_only
 def test_masked_eager_equals_xla():
     masks = [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
     losses = np.array([0.7, 2.5, 1.1], np.float32)

@@ -7,16 +7,19 @@ from fractions import Fraction
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backend_grads import tf_only, value_and_grad
+from keras import ops
 
 import keras_mtl
 from keras_mtl.weighting.soft_adapt import SoftAdapt, forward_difference_coefficients
+
+pytestmark = pytest.mark.both_backends
 
 VARIANTS = ["plain", "normalized", "loss_weighted"]
 
 
 def _t(values):
-    return tf.constant(values, dtype=tf.float32)
+    return ops.convert_to_tensor(np.asarray(values, dtype="float32"))
 
 
 def _reference_weights(history, beta, variant, order):
@@ -47,7 +50,7 @@ def _reference_weights(history, beta, variant, order):
 
 def _run(strategy, sequence, training=True):
     return np.stack(
-        [strategy(_t(row), training=training)[1].numpy() for row in sequence]
+        [np.asarray(strategy(_t(row), training=training)[1]) for row in sequence]
     )
 
 
@@ -121,7 +124,7 @@ def test_weights_match_the_official_algorithm():
         strategy = SoftAdapt(beta=beta, variant=variant, accuracy_order=order)
         strategy.build((3,))
         np.testing.assert_allclose(
-            strategy.weights_from_history(_t(history)).numpy(),
+            np.asarray(strategy.weights_from_history(_t(history))),
             _reference_weights(history, beta, variant, order),
             rtol=1e-5,
         )
@@ -185,20 +188,21 @@ def test_schedule_warm_up_and_update_every():
         if index + 2 < len(sequence):
             np.testing.assert_array_equal(weights[index + 1], weights[index])
             np.testing.assert_array_equal(weights[index + 2], weights[index])
-    assert int(strategy.step_count.numpy()) == 12
+    assert int(np.asarray(strategy.step_count)) == 12
 
 
 def test_evaluation_returns_the_current_weights_without_recording():
     strategy = SoftAdapt(beta=1.0)
     _run(strategy, [[1.0, 1.0], [0.5, 1.0]])
-    state = [w.numpy().copy() for w in strategy.weights]
+    state = [np.asarray(w).copy() for w in strategy.weights]
     total, weights = strategy(_t([10.0, 0.1]), training=False)
-    np.testing.assert_array_equal(weights.numpy(), state[2])
+    np.testing.assert_array_equal(np.asarray(weights), state[2])
     np.testing.assert_allclose(float(total), float(np.dot(state[2], [10.0, 0.1])))
     for before, after in zip(state, strategy.weights):
-        np.testing.assert_array_equal(before, after.numpy())
+        np.testing.assert_array_equal(before, np.asarray(after))
 
 
+@tf_only
 def test_eager_and_xla_agree():
     rng = np.random.default_rng(1)
     cases = [(x, None) for x in _t(rng.uniform(0.5, 2.0, size=(6, 3)))]
@@ -207,6 +211,7 @@ def test_eager_and_xla_agree():
         checks.assert_xla_matches_eager(make, cases, rtol=1e-5, state_rtol=1e-6)
 
 
+@tf_only
 def test_state_round_trip_and_reset():
     strategy = SoftAdapt(beta=1.0, variant="loss_weighted", accuracy_order=2)
     sequence = [[1.0, 2.0], [0.8, 2.0], [0.7, 1.5], [0.6, 1.4]]
@@ -215,9 +220,9 @@ def test_state_round_trip_and_reset():
         strategy, [_t(row) for row in ([0.5, 1.3], [0.45, 1.3])]
     )
     strategy.reset_state()
-    np.testing.assert_array_equal(strategy.loss_history.numpy(), 0.0)
-    np.testing.assert_array_equal(strategy.task_weights.numpy(), 1.0)
-    assert int(strategy.step_count.numpy()) == 0
+    np.testing.assert_array_equal(np.asarray(strategy.loss_history), 0.0)
+    np.testing.assert_array_equal(np.asarray(strategy.task_weights), 1.0)
+    assert int(np.asarray(strategy.step_count)) == 0
     # After the reset the warm-up starts again.
     np.testing.assert_array_equal(_run(strategy, sequence[:2]), 1.0)
 
@@ -235,11 +240,8 @@ def test_degenerate_inputs_give_finite_results():
 def test_objective_uses_constant_weights():
     strategy = SoftAdapt(beta=1.0)
     _run(strategy, [[1.0, 1.0]])
-    losses = _t([0.5, 1.0])
-    with tf.GradientTape() as tape:
-        tape.watch(losses)
-        total, weights = strategy(losses)
-    np.testing.assert_allclose(tape.gradient(total, losses).numpy(), weights.numpy())
+    (_, weights), (grad,) = value_and_grad(strategy, [0.5, 1.0], layers=[strategy])
+    np.testing.assert_allclose(grad, weights)
 
 
 # --- Missing tasks ------------------------------------------------------
@@ -248,14 +250,17 @@ def test_objective_uses_constant_weights():
 def _run_masked(strategy, sequence, masks, training=True):
     return np.stack(
         [
-            strategy(_t(np.asarray(row) * mask), training=training, task_mask=_t(mask))[
-                1
-            ].numpy()
+            np.asarray(
+                strategy(
+                    _t(np.asarray(row) * mask), training=training, task_mask=_t(mask)
+                )[1]
+            )
             for row, mask in zip(sequence, masks)
         ]
     )
 
 
+@tf_only
 @pytest.mark.parametrize("update_every", [1, 2])
 def test_missing_tasks_all_present_mask_changes_nothing(update_every):
     rng = np.random.default_rng(8)
@@ -274,12 +279,13 @@ def test_missing_tasks_all_present_mask_changes_nothing(update_every):
         )
         assert not np.allclose(outputs[-1][1], 1.0)
         np.testing.assert_allclose(
-            masked(ones, training=False, task_mask=ones)[1].numpy(),
-            plain(ones, training=False)[1].numpy(),
+            np.asarray(masked(ones, training=False, task_mask=ones)[1]),
+            np.asarray(plain(ones, training=False)[1]),
             rtol=1e-6,
         )
 
 
+@tf_only
 @pytest.mark.parametrize(
     "variant, update_every",
     [
@@ -303,11 +309,13 @@ def test_absent_task_as_if_only_present_tasks_existed(variant, update_every):
     steps = [_t(x * mask) for x in rng.uniform(0.5, 2.0, size=(5, 3))]
     checks.assert_absent_task_is_dropped(full, present_only, mask, steps, rtol=1e-5)
     np.testing.assert_allclose(
-        full.loss_history.numpy()[:, [0, 2]], present_only.loss_history.numpy()
+        np.asarray(full.loss_history)[:, [0, 2]], np.asarray(present_only.loss_history)
     )
     _, weights = full(_t(mask), training=False, task_mask=_t(mask))
     _, expected = present_only(_t([1.0, 1.0]), training=False)
-    np.testing.assert_allclose(weights.numpy()[[0, 2]], expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(weights)[[0, 2]], np.asarray(expected), rtol=1e-5
+    )
 
 
 def test_a_task_history_records_only_its_labelled_steps():
@@ -335,7 +343,7 @@ def test_a_task_history_records_only_its_labelled_steps():
     np.testing.assert_allclose(
         got[4], _reference_weights(history, 1.0, "plain", 1), rtol=1e-5
     )
-    np.testing.assert_array_equal(strategy.task_steps.numpy(), [2, 2, 2])
+    np.testing.assert_array_equal(np.asarray(strategy.task_steps), [2, 2, 2])
 
 
 def test_present_task_without_full_history_holds_the_weights():
@@ -360,6 +368,7 @@ def test_present_task_without_full_history_holds_the_weights():
     )
 
 
+@tf_only
 def test_absent_task_state_is_unchanged_and_restorable():
     strategy = SoftAdapt(beta=1.0, accuracy_order=2)
     _run(strategy, [[1.0, 2.0, 3.0], [0.9, 1.9, 2.5], [0.8, 1.7, 2.4]])
@@ -369,14 +378,15 @@ def test_absent_task_state_is_unchanged_and_restorable():
 
     def step():
         _, weights = strategy(_t([0.5, 0.0, 2.0]), task_mask=mask)
-        assert np.all(np.isfinite(weights.numpy()))
+        assert np.all(np.isfinite(np.asarray(weights)))
 
     checks.assert_restore_keeps_absent_state(strategy, mask, step, moved="any")
-    history = strategy.loss_history.numpy()
+    history = np.asarray(strategy.loss_history)
     np.testing.assert_allclose(history[-1], [0.5, 1.7, 2.0], rtol=1e-6)
-    assert int(strategy.step_count.numpy()) == 4  # the shared counter advances
+    assert int(np.asarray(strategy.step_count)) == 4  # the shared counter advances
 
 
+@tf_only
 def test_masked_degenerate_inputs_are_finite():
     sequence = [[0.0, 0.0], [0.0, 0.0], [1e10, 1e-10], [1e-10, 1e10], [1.0, 1.0]]
     masks = [[1, 1], [0, 0], [1, 1], [1, 0], [0, 0]]
@@ -386,6 +396,7 @@ def test_masked_degenerate_inputs_are_finite():
         )
 
 
+@tf_only
 def test_masked_eager_equals_xla():
     rng = np.random.default_rng(10)
     sequence = rng.uniform(0.5, 2.0, size=(8, 3)).astype(np.float32)

@@ -15,6 +15,10 @@ The graph-mode training of each strategy runs once (`graph_run`, a
 module-scoped fixture over the table's names) and serves both the XLA
 comparison and the save/load checks; `scope="module"` on their `name`
 parameter makes pytest run each strategy's checks one after the other.
+
+The module runs on both backends. On JAX, which has no graph mode, the
+one training is XLA's, and `tests/models/test_cross_backend.py` holds it
+to TensorFlow's instead.
 """
 
 import os
@@ -23,63 +27,12 @@ import keras
 import numpy as np
 import pytest
 from model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp
+from strategy_table import NEEDS_MORE_TASKS, STRATEGY_TABLE, make_strategy
 
 import keras_mtl
 
-# name -> (constructor kwargs, extra compile kwargs)
-_KPI_METRICS = {"metrics": {"cls": ["accuracy"], "reg": ["accuracy"]}}
 
-STRATEGY_TABLE = {
-    "adaptive": ({"mode": "epoch", "normalize": "softmax"}, {}),
-    "aligned_mtl": ({}, {}),
-    "cagrad": ({}, {}),
-    "config": ({}, {}),
-    "cosmos": ({}, {}),
-    "crmogm": ({}, {}),
-    "db_mtl": ({}, {}),
-    "dualproj": ({}, {}),
-    "dtp": ({"kpi": "accuracy"}, _KPI_METRICS),
-    "dwa": ({}, {}),
-    "ew": ({}, {}),
-    "excess_mtl": ({}, {}),
-    "fairgrad": ({"alpha": 1.0}, {}),
-    "famo": ({}, {}),
-    "gls": ({}, {}),
-    "imtl": ({}, {}),
-    "imtl_l": ({}, {}),
-    "krum": ({"n_byzantine": 0}, {}),
-    "mgda": ({"normalization": "l2"}, {}),
-    "pbi": ({}, {}),
-    "rgw": ({"seed": 0}, {}),
-    "rlw": ({"seed": 0}, {}),
-    "slw": ({}, {}),
-    "softadapt": ({}, {}),
-    "stch": ({"warmup_epochs": 0}, {}),
-    "graddrop": ({"seed": 0}, {}),
-    "gradnorm": ({}, {}),
-    "gradvac": ({"seed": 0}, {}),
-    "logse": ({}, {}),
-    "moco": ({}, {}),
-    "nash_mtl": ({}, {}),
-    "orthogonal": ({}, {}),
-    "pcgrad": ({"seed": 0}, {}),
-    "slaw": ({}, {}),
-    "static": ({"weights": [1.0, 0.5]}, {}),
-    "trimmed_mean": ({"trim_number": 0}, {}),
-    "upgrad": ({}, {}),
-    "uw": ({"task_types": ["classification", "regression"]}, {}),
-}
-
-# Strategies that need more than the two tasks of the table's model (Krum:
-# at least n_byzantine + 3); tests/weighting/test_<module>.py trains them
-# on three tasks instead.
-NEEDS_MORE_TASKS = {"krum"}
-
-
-def _strategy(name):
-    kwargs, _ = STRATEGY_TABLE[name]
-    cls = keras_mtl.weighting.registry.lookup(name)
-    return cls(**kwargs)
+pytestmark = pytest.mark.both_backends
 
 
 def _train(name, jit_compile, steps=3, epochs=2):
@@ -89,7 +42,7 @@ def _train(name, jit_compile, steps=3, epochs=2):
     model.compile(
         optimizer=keras.optimizers.SGD(0.05),
         loss=TWO_TASK_LOSSES,
-        loss_weighting=_strategy(name),
+        loss_weighting=make_strategy(name),
         jit_compile=jit_compile,
         **compile_kwargs,
     )
@@ -105,7 +58,7 @@ def test_every_registered_strategy_is_in_the_table():
 
 @pytest.mark.parametrize("name", sorted(STRATEGY_TABLE))
 def test_config_and_name_round_trip(name):
-    strategy = _strategy(name)
+    strategy = make_strategy(name)
     cls = type(strategy)
     assert cls.registry_name == name
     if not STRATEGY_TABLE[name][0]:
@@ -123,7 +76,10 @@ def graph_run(name):
     training (later checks may change the live variables)."""
     if name in NEEDS_MORE_TASKS:
         pytest.skip("needs more than two tasks (tested in its own file)")
-    model, history = _train(name, jit_compile=False)
+    # JAX has no graph mode; there the run is XLA's (eager JAX would take
+    # a minute per strategy), and test_cross_backend.py compares it with
+    # TensorFlow's.
+    model, history = _train(name, jit_compile=keras.backend.backend() == "jax")
     state = model.weights + model.loss_weighting.weights
     return model, history, [(v.path, v.numpy()) for v in state]
 
@@ -131,9 +87,11 @@ def graph_run(name):
 @pytest.mark.parametrize("name", sorted(STRATEGY_TABLE), scope="module")
 def test_training_is_finite_and_xla_matches_graph_mode(name, graph_run):
     _, history, graph_state = graph_run
-    xla_model, _ = _train(name, jit_compile=True)
     for key in ["loss", "cls_weight", "reg_weight", "cls_loss", "reg_loss"]:
         assert np.all(np.isfinite(history.history[key])), (key, history.history)
+    if keras.backend.backend() == "jax":
+        return  # graph_run was XLA's
+    xla_model, _ = _train(name, jit_compile=True)
     xla_state = xla_model.weights + xla_model.loss_weighting.weights
     assert len(xla_state) == len(graph_state)
     for (path, a), b in zip(graph_state, xla_state):
@@ -158,7 +116,7 @@ def test_save_load_restores_strategy_state_and_reset_state(name, graph_run, tmp_
     ):
         np.testing.assert_array_equal(a, b)
 
-    fresh = _strategy(name)
+    fresh = make_strategy(name)
     fresh.set_task_names(model.task_names)
     fresh.build(strategy._build_shapes_dict["input_shape"])
     strategy.reset_state()
@@ -177,7 +135,7 @@ def test_missing_tasks_keep_their_state_or_the_strategy_is_refused(name):
         pytest.skip("needs more than two tasks (tested in its own file)")
     _, compile_kwargs = STRATEGY_TABLE[name]
     model = two_task_mlp()
-    strategy = _strategy(name)
+    strategy = make_strategy(name)
     kwargs = dict(
         optimizer=keras.optimizers.Adam(0.01),
         loss=TWO_TASK_LOSSES,

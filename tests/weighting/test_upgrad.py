@@ -9,7 +9,6 @@ import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_mtl
 from keras_mtl.weighting._dual_cone_ops import (
@@ -17,6 +16,12 @@ from keras_mtl.weighting._dual_cone_ops import (
     project_weights,
 )
 from keras_mtl.weighting.upgrad import UPGrad
+
+
+def _t(value, dtype=None):
+    """A tensor of `value` on the current backend."""
+    return keras.ops.convert_to_tensor(value, dtype)
+
 
 # TorchJD's golden input (tests/unit/aggregation/test_values.py, docs).
 J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], np.float32)
@@ -28,8 +33,10 @@ J_CONFLICT = np.array(
 
 
 def _run(strategy, grads):
-    update, weights = strategy(tf.constant(grads, tf.float32))
-    return update.numpy().astype(np.float64), weights.numpy().astype(np.float64)
+    update, weights = strategy(_t(grads, "float32"))
+    return keras.ops.convert_to_numpy(update).astype(
+        np.float64
+    ), keras.ops.convert_to_numpy(weights).astype(np.float64)
 
 
 def _qp_exhaustive(matrix, u):
@@ -136,7 +143,7 @@ def test_solver_exact_on_larger_problems_and_feasible_when_stopped():
         gram = grads @ grads.T
         matrix = gram / np.trace(gram) + 1e-4 * np.eye(num)
         lower = np.diag(rng.uniform(0.05, 1.0, num))
-        got = project_weights(tf.constant(lower), tf.constant(matrix)).numpy()
+        got = keras.ops.convert_to_numpy(project_weights(_t(lower), _t(matrix)))
         for row, bound in zip(got, lower):
             np.testing.assert_allclose(
                 row, _qp_exhaustive(matrix, bound), rtol=1e-8, atol=1e-12
@@ -145,20 +152,21 @@ def test_solver_exact_on_larger_problems_and_feasible_when_stopped():
     matrix = grads @ grads.T / np.trace(grads @ grads.T) + 1e-4 * np.eye(8)
     lower = np.eye(8) / 8
     for budget in (1, 3, 5):
-        got = project_weights(tf.constant(lower), tf.constant(matrix), budget)
-        assert np.all(got.numpy() >= lower - 1e-15)
+        got = project_weights(_t(lower), _t(matrix), budget)
+        assert np.all(keras.ops.convert_to_numpy(got) >= lower - 1e-15)
 
 
 def test_normalize_and_regularize_follows_torchjd():
-    gram = tf.constant([[4.0, 1.0], [1.0, 2.0]])
+    gram = _t([[4.0, 1.0], [1.0, 2.0]])
     np.testing.assert_allclose(
-        normalize_and_regularize(gram, 1e-4, 0.5).numpy(),
+        keras.ops.convert_to_numpy(normalize_and_regularize(gram, 1e-4, 0.5)),
         [[4 / 6 + 0.5, 1 / 6], [1 / 6, 2 / 6 + 0.5]],
         rtol=1e-6,
     )
-    tiny = tf.constant([[4e-5, 1e-5], [1e-5, 2e-5]])
+    tiny = _t([[4e-5, 1e-5], [1e-5, 2e-5]])
     np.testing.assert_allclose(
-        normalize_and_regularize(tiny, 1e-4, 0.5).numpy(), 0.5 * np.eye(2)
+        keras.ops.convert_to_numpy(normalize_and_regularize(tiny, 1e-4, 0.5)),
+        0.5 * np.eye(2),
     )
 
 
@@ -263,7 +271,7 @@ def test_eager_matches_xla():
     ]
     checks.assert_xla_matches_eager(
         UPGrad,
-        [(tf.constant(grads, tf.float32), None) for grads in cases],
+        [(_t(grads, "float32"), None) for grads in cases],
         rtol=1e-5,
         atol=(checks.scaled_atol(1e-6), 1e-7),
     )
@@ -333,13 +341,14 @@ def test_missing_tasks_compute_weights_drops_nonzero_rows():
     mask = np.array([1.0, 0.0, 1.0, 1.0], "float32")
     strategy = UPGrad()
     weights = strategy.compute_weights(
-        tf.constant(grads @ grads.T, tf.float32), task_mask=tf.constant(mask)
-    ).numpy()
-    present = [0, 2, 3]
-    ref = UPGrad().compute_weights(
-        tf.constant(grads[present] @ grads[present].T, tf.float32)
+        _t(grads @ grads.T, "float32"), task_mask=_t(mask)
     )
-    np.testing.assert_allclose(weights[present], ref.numpy(), rtol=1e-6)
+    weights = keras.ops.convert_to_numpy(weights)
+    present = [0, 2, 3]
+    ref = UPGrad().compute_weights(_t(grads[present] @ grads[present].T, "float32"))
+    np.testing.assert_allclose(
+        weights[present], keras.ops.convert_to_numpy(ref), rtol=1e-6
+    )
     assert weights[1] == 0.0
 
 
@@ -357,8 +366,10 @@ def test_missing_tasks_finite_and_stateless():
     )
     # One present task: the mean of one row is that row.
     update, weights = strategy(g * [[0.0], [0.0], [1.0]], task_mask=[0.0, 0.0, 1.0])
-    np.testing.assert_allclose(weights.numpy(), [0.0, 0.0, 1.0], rtol=1e-6)
-    np.testing.assert_allclose(update.numpy(), g[2], rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(weights), [0.0, 0.0, 1.0], rtol=1e-6
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(update), g[2], rtol=1e-6)
     assert strategy.per_task_state() == []
 
 

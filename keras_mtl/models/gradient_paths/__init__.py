@@ -7,6 +7,8 @@
 - `RepresentationGradientPath`: strategies with `rep_grad=True`.
 """
 
+import keras
+
 from keras_mtl.models.gradient_paths.base import GradientPath, StepResult
 from keras_mtl.models.gradient_paths.gramian_path import GramianGradientPath
 from keras_mtl.models.gradient_paths.loss_path import LossGradientPath
@@ -22,6 +24,8 @@ from keras_mtl.models.gradient_paths.staged_gramian_path import (
 def select_gradient_path(model, strategy, per_task_gradients):
     """The gradient path for `strategy` on `model`, validated (it raises
     when the model cannot give the strategy what it needs)."""
+    if keras.backend.backend() == "jax":
+        return _select_jax_path(model, strategy, per_task_gradients)
     if strategy.requires == "losses":
         return LossGradientPath(model)
     if getattr(strategy, "rep_grad", False):
@@ -29,6 +33,22 @@ def select_gradient_path(model, strategy, per_task_gradients):
     if per_task_gradients == "gramian":
         return StagedGramianGradientPath(model)
     return MatrixGradientPath(model)
+
+
+def _select_jax_path(model, strategy, per_task_gradients):
+    from keras_mtl.models.gradient_paths import jax_paths
+
+    if strategy.requires == "losses":
+        return jax_paths.JaxLossGradientPath(model)
+    if getattr(strategy, "rep_grad", False):
+        raise NotImplementedError(
+            f"{type(strategy).__name__}(rep_grad=True) runs on the TensorFlow "
+            "backend only for now; on JAX use rep_grad=False (per-task "
+            "gradients of the shared parameters)."
+        )
+    if per_task_gradients == "gramian":
+        return jax_paths.JaxGramianGradientPath(model)
+    return jax_paths.JaxMatrixGradientPath(model)
 
 
 __all__ = [

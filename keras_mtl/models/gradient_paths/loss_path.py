@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_mtl.models import _distribution as distribution
@@ -31,6 +30,8 @@ class LossGradientPath(GradientPath):
         return (self.model.num_tasks,)
 
     def __call__(self, x, y, sample_weights):
+        import tensorflow as tf
+
         model, strategy = self.model, self.strategy
         variables = model.trainable_variables
         grad_variables = _shared_gradient_variables(model)

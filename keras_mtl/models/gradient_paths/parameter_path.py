@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
 from keras import ops
 
 from keras_mtl.models import _distribution as distribution
@@ -41,6 +40,8 @@ class ParameterGradientPath(GradientPath):
         raise NotImplementedError
 
     def __call__(self, x, y, sample_weights):
+        import tensorflow as tf
+
         graph = self.model._task_graph
         shared, own = graph.shared_variables, graph.task_variables
         with tf.GradientTape(persistent=True) as tape:

@@ -4,7 +4,6 @@ representation instead of the shared parameters (TensorFlow)."""
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_mtl.models.gradient_paths import _tape_ops as tape_ops
@@ -34,6 +33,8 @@ class RepresentationGradientPath(ParameterGradientPath):
         return (self.model.num_tasks, None)
 
     def __call__(self, x, y, sample_weights):
+        import tensorflow as tf
+
         strategy = self.strategy
         graph = self.model._task_graph
         shared, own = graph.shared_variables, graph.task_variables

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import tensorflow as tf
 from keras import ops
 
 from keras_mtl.models import _targets as targets
@@ -50,6 +49,8 @@ class StagedGramianGradientPath(GramianGradientPath):
         return found[batch_size]
 
     def __call__(self, x, y, sample_weights):
+        import tensorflow as tf
+
         stages = self.stages(targets.static_batch_size(x))
         if stages is None:
             return super().__call__(x, y, sample_weights)
@@ -121,6 +122,8 @@ def _staged_gramian(runs, rep_cotangents, shared):
     shared representation tensor i (None: it does not depend on it). A stage
     below starts only once the stage above has summed its Gramian term.
     """
+    import tensorflow as tf
+
     gramian, cotangents = None, [None] * len(rep_cotangents)
     for run in reversed(runs):
         variables = [shared[i] for i in run.stage.variables]

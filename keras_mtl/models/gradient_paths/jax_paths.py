@@ -1,0 +1,268 @@
+"""The gradient paths on JAX: `jax.vjp` of the step's forward pass.
+
+Keras' JAX trainer runs the model's step as a pure function of the state
+values; `MultiTaskModel` runs its orchestration inside a
+`keras.StatelessScope` over them (`_stateless_step.py`), so that every
+variable read and assignment of the step is a value. A path here takes its
+gradients by running the forward pass (and whatever must be differentiated
+with it) as a function of the trainable variables' values under a nested
+scope, `differentiate`, and pulling cotangents back with `jax.vjp`:
+
+- `JaxLossGradientPath`: one pullback of the strategy's objective (with the
+  per-task gradients of GradNorm-like strategies taken by a nested vjp, so
+  that the objective may be differentiated through them).
+- `JaxMatrixGradientPath` / `JaxGramianGradientPath`: one forward pass, and
+  the K cotangents (the T task objectives, then the extra objective and the
+  strategy's own, where there are any) pulled back together, by `jax.vmap`
+  of the pullback (`batched_pullback="vmap"`) or one pullback per row
+  (`"loop"`), by platform (`BATCHED_PULLBACK`).
+
+What a path assigns inside the differentiated function (BatchNorm
+statistics, metrics, strategy state) comes out of the vjp as auxiliary
+values and is assigned again in the step's scope, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import jax
+import keras
+from keras import ops
+
+from keras_mtl.models.gradient_paths.gramian_path import GramianGradientPath
+from keras_mtl.models.gradient_paths.loss_path import (
+    LossGradientPath,
+    _shared_gradient_variables,
+)
+from keras_mtl.models.gradient_paths.matrix_path import MatrixGradientPath
+from keras_mtl.models.gradient_paths.parameter_path import ParameterGradientPath
+
+#: How the K cotangents of a per-task path are pulled back, by platform:
+#: "vmap" (one batched backward pass) or "loop" (K backward passes). See
+#: `benchmarks/backend_step_time.py --pullbacks=vmap,loop`.
+BATCHED_PULLBACK = {"cpu": "loop", "default": "vmap"}
+#: Set (to "vmap" or "loop") to override `BATCHED_PULLBACK` in steps traced
+#: from then on (benchmarks).
+PULLBACK_OVERRIDE = None
+
+
+def step_variables(model):
+    """Every variable the step's scope maps: the model's (the strategy's
+    included), the optimizer's and the metrics'."""
+    seen, found = set(), []
+    optimizer = [] if model.optimizer is None else model.optimizer.variables
+    for variable in [*model.variables, *optimizer, *model.metrics_variables]:
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            found.append(variable)
+    return found
+
+
+def differentiate(model, fn, variables):
+    """`jax.vjp` of `fn` with respect to the values of `variables`.
+
+    `fn()` returns `(outputs, aux)`: `outputs` an array to differentiate,
+    `aux` anything else (a pytree of arrays). It runs under a nested
+    `StatelessScope` in which `variables` hold the differentiated values
+    and every other variable its current value; what it assigns to the
+    other variables is assigned again after the vjp.
+
+    Returns:
+        `(outputs, pullback, aux)`, `pullback(cotangent)` being the list of
+        gradients, one per variable.
+    """
+    watched = {id(v) for v in variables}
+    others = [v for v in step_variables(model) if id(v) not in watched]
+    other_values = [v.value for v in others]
+
+    def pure(values):
+        mapping = [*zip(variables, values), *zip(others, other_values)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            before = [scope.get_current_value(v) for v in others]
+            outputs, aux = fn()
+        changed = {}
+        for i, variable in enumerate(others):
+            value = scope.get_current_value(variable)
+            if value is not before[i]:
+                changed[i] = value
+        return outputs, (aux, changed)
+
+    outputs, pullback, (aux, changed) = jax.vjp(
+        pure, [v.value for v in variables], has_aux=True
+    )
+    for i, value in changed.items():
+        others[i].assign(value)
+    return outputs, (lambda cotangent: pullback(cotangent)[0]), aux
+
+
+def pull_rows(pullback, outputs, how=None):
+    """The pullbacks of the K rows of the identity through `pullback`, for
+    K = len(outputs): one list entry per variable, each `(K, *shape)`."""
+    num = outputs.shape[0]
+    eye = ops.eye(num, dtype=outputs.dtype)
+    how = how or PULLBACK_OVERRIDE
+    if how is None:
+        platform = jax.devices()[0].platform
+        how = BATCHED_PULLBACK.get(platform, BATCHED_PULLBACK["default"])
+    if how == "vmap":
+        return jax.vmap(pullback)(eye)
+    rows = [pullback(eye[k]) for k in range(num)]
+    return [ops.stack([row[i] for row in rows]) for i in range(len(rows[0]))]
+
+
+class JaxLossGradientPath(LossGradientPath):
+    """`LossGradientPath` on JAX: the gradient of the strategy's objective
+    with respect to every trainable variable, the strategy's own included."""
+
+    def __call__(self, x, y, sample_weights):
+        model, strategy = self.model, self.strategy
+        variables = model.trainable_variables
+        grad_variables = _shared_gradient_variables(model)
+
+        def objective():
+            if grad_variables:
+                step, matrix = self._forward_with_gradients(
+                    x, y, sample_weights, grad_variables
+                )
+            else:
+                step, matrix = self.forward(x, y, sample_weights), None
+            safe_losses, kwargs = self.strategy_inputs(step, y, sample_weights)
+            if matrix is not None:
+                if not strategy.differentiable_gradients:
+                    matrix = ops.stop_gradient(matrix)
+                kwargs["shared_grads"] = ops.where(
+                    step.finite, matrix, ops.zeros_like(matrix)
+                )
+            sampled = self._sampled_task_mask()
+            if sampled is not None:
+                total, weights = strategy(
+                    safe_losses * sampled, training=True, **kwargs
+                )
+                weights = weights * sampled
+            else:
+                total, weights = strategy(safe_losses, training=True, **kwargs)
+            extra = self.extra_objective(step.aux_losses)
+            if extra is not None:
+                total = total + extra
+            return model.optimizer.scale_loss(total), (step, weights)
+
+        _, pullback, (step, weights) = differentiate(model, objective, variables)
+        grads = pullback(ops.ones((), dtype="float32"))
+        return step.result(weights, grads, variables)
+
+    def _forward_with_gradients(self, x, y, sample_weights, grad_variables):
+        """The forward pass and the `(T, P')` per-task gradients of
+        `grad_variables`, differentiable (a nested vjp)."""
+
+        def losses():
+            step = self.forward(x, y, sample_weights)
+            return step.losses, step
+
+        task_losses, pullback, step = differentiate(self.model, losses, grad_variables)
+        rows = pull_rows(pullback, task_losses, how="vmap")
+        num = task_losses.shape[0]
+        matrix = ops.concatenate(
+            [ops.reshape(ops.cast(r, "float32"), (num, -1)) for r in rows], axis=1
+        )
+        return step, matrix
+
+
+class _JaxParameterPath(ParameterGradientPath):
+    """The per-task paths on JAX: one forward pass, K pullbacks."""
+
+    def __call__(self, x, y, sample_weights):
+        model = self.model
+        graph = model._task_graph
+        shared, own = graph.shared_variables, graph.task_variables
+        variables = model.trainable_variables
+        index = {id(v): i for i, v in enumerate(variables)}
+        num_tasks = model.num_tasks
+        rows_of = {}
+
+        def objectives():
+            step = self.forward(x, y, sample_weights)
+            task_objectives, strategy_objective = self.task_objectives(step)
+            extra = self.extra_objective(step.aux_losses)
+            outputs = [ops.cast(o, "float32") for o in task_objectives]
+            if extra is not None:
+                rows_of["extra"] = len(outputs)
+                outputs.append(ops.cast(model.optimizer.scale_loss(extra), "float32"))
+            if strategy_objective is not None:
+                rows_of["strategy"] = len(outputs)
+                outputs.append(ops.cast(strategy_objective, "float32"))
+            return ops.stack(outputs), step
+
+        outputs, pullback, step = differentiate(model, objectives, variables)
+        rows = pull_rows(pullback, outputs)
+        grad_rows = {id(v): rows[index[id(v)]] for v in variables}
+        blocks = [
+            ops.reshape(
+                ops.cast(grad_rows[id(v)][:num_tasks], "float32"), (num_tasks, -1)
+            )
+            for v in shared
+        ]
+        own_grads = [
+            [grad_rows[id(v)][t] for v in own[task]]
+            for t, task in enumerate(model.task_names)
+        ]
+        safe_losses, kwargs = self.strategy_inputs(step, y, sample_weights)
+        update_grads, weights = self.combine(
+            grad_rows, blocks, outputs[:num_tasks], step.finite, safe_losses, kwargs
+        )
+        return self._finish(step, weights, update_grads, own_grads, grad_rows, rows_of)
+
+    def _finish(self, step, weights, update_grads, own_grads, grad_rows, rows_of):
+        """As `ParameterGradientPath.finish`, from the pulled-back rows."""
+        model, strategy = self.model, self.strategy
+        graph = model._task_graph
+        safe_losses = ops.where(step.finite, step.losses, ops.zeros_like(step.losses))
+        head_scales = strategy.head_gradient_scales(safe_losses, weights)
+        grads, variables = list(update_grads), list(graph.shared_variables)
+        for t, task in enumerate(model.task_names):
+            for grad, variable in zip(own_grads[t], graph.task_variables[task]):
+                grads.append(grad * ops.cast(head_scales[t], grad.dtype))
+                variables.append(variable)
+        if "extra" in rows_of:
+            known = {id(v) for v in variables}
+            known.update(id(v) for v in strategy.trainable_variables)
+            others = [v for v in model.trainable_variables if id(v) not in known]
+            grads += [ops.zeros_like(v) for v in others]
+            variables += others
+            row = rows_of["extra"]
+            grads = [
+                g + ops.cast(grad_rows[id(v)][row], g.dtype)
+                for g, v in zip(grads, variables)
+            ]
+        if "strategy" in rows_of:
+            row = rows_of["strategy"]
+            own = list(strategy.trainable_variables)
+            grads += [grad_rows[id(v)][row] for v in own]
+            variables += own
+        return step.result(weights, grads, variables)
+
+
+class JaxMatrixGradientPath(_JaxParameterPath, MatrixGradientPath):
+    """`MatrixGradientPath` on JAX."""
+
+
+class JaxGramianGradientPath(_JaxParameterPath, GramianGradientPath):
+    """`GramianGradientPath` on JAX (also for `per_task_gradients="gramian"`
+    on a trunk with cuts: the staged path is TensorFlow's). The update
+    sum_t w_t g_t is taken from the pulled-back rows, variable by
+    variable, so the `(T, P)` matrix is never formed."""
+
+    def combine(self, grad_rows, blocks, objectives, finite, losses, kwargs):
+        gramian = None
+        for block in blocks:
+            term = ops.matmul(block, ops.transpose(block))
+            gramian = term if gramian is None else gramian + term
+        weights = self.weights_from_gramian(gramian, finite, losses, kwargs)
+        num = weights.shape[0]
+        grads = []
+        for variable in self.model._task_graph.shared_variables:
+            rows = grad_rows[id(variable)][:num]
+            combined = ops.tensordot(ops.cast(weights, rows.dtype), rows, axes=1)
+            grads.append(ops.cast(combined, variable.dtype))
+        return grads, weights
+
+    def stages(self, batch_size=None):
+        return None
