@@ -303,6 +303,7 @@ def test_import_works_on_an_unsupported_backend(unsupported):
 
 
 def test_compile_refuses_an_unsupported_backend(unsupported):
+    assert "compile" in unsupported, "compile raised nothing"
     message = unsupported["compile"]
     assert message.startswith("MultiTaskModel.compile does not support"), message
     assert "'tensorflow'" in message and "'jax'" in message
