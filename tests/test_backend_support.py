@@ -91,7 +91,7 @@ def _run(code, backend="jax", blocked=_TENSORFLOW_PACKAGES, timeout=180):
 
 
 def test_layers_datasets_and_utils_import_without_tensorflow():
-    # keras_mtl/__init__ (which imports models and weighting) is bypassed
+    # keras_mtl/__init__ (which imports weighting) is bypassed
     # by a bare package object, so that this checks these subpackages on
     # their own: none imports TensorFlow, a layer runs, and what needs
     # TensorFlow says so by name.
@@ -141,8 +141,8 @@ def test_layers_datasets_and_utils_import_without_tensorflow():
 
 @pytest.mark.xfail(
     strict=False,
-    reason="keras_mtl.models and keras_mtl.weighting still import tensorflow at "
-    "import time (issue 16: being ported to keras.ops); see "
+    reason="some keras_mtl.weighting modules still import tensorflow at import "
+    "time (issue 16: being ported to keras.ops); see "
     "test_no_module_imports_tensorflow_at_import for the chains",
 )
 def test_import_keras_mtl_without_tensorflow():
@@ -231,19 +231,19 @@ def test_import_keras_mtl_leaves_the_optional_subpackages_unimported(
     assert tensorflow_imports["lazy"] == dict.fromkeys(_OPTIONAL, False)
 
 
-def test_only_models_and_weighting_import_tensorflow_at_import(tensorflow_imports):
+def test_only_weighting_imports_tensorflow_at_import(tensorflow_imports):
     others = {
         module: chain
         for module, chain in tensorflow_imports["found"].items()
-        if not module.startswith(("keras_mtl.models", "keras_mtl.weighting"))
+        if not module.startswith("keras_mtl.weighting")
     }
     assert not others, others
 
 
 @pytest.mark.xfail(
     strict=False,
-    reason="keras_mtl.models and keras_mtl.weighting are being ported to "
-    "keras.ops (issue 16)",
+    reason="some keras_mtl.weighting modules are still being ported to keras.ops "
+    "(issue 16)",
 )
 def test_no_module_imports_tensorflow_at_import(tensorflow_imports):
     found = tensorflow_imports["found"]
@@ -290,7 +290,7 @@ def _unsupported_backends():
 
 @pytest.fixture(scope="module", params=_unsupported_backends())
 def unsupported(request):
-    # TensorFlow stays importable: models/ still needs it at import.
+    # TensorFlow stays importable: parts of weighting/ still import it.
     return _run(_UNSUPPORTED, backend=request.param, blocked=())
 
 
@@ -302,12 +302,8 @@ def test_import_works_on_an_unsupported_backend(unsupported):
     assert "KERAS_BACKEND" in message
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="MultiTaskModel.compile does not call check_supported_backend yet "
-    "(keras_mtl/models/ is the lead's, issue 16)",
-)
 def test_compile_refuses_an_unsupported_backend(unsupported):
+    assert "compile" in unsupported, "compile raised nothing"
     message = unsupported["compile"]
     assert message.startswith("MultiTaskModel.compile does not support"), message
     assert "'tensorflow'" in message and "'jax'" in message

@@ -16,6 +16,12 @@ of `(inputs, {task: target})`, or `(inputs, targets, sample_weights)`) and
 task's data set, drawn uniformly, in proportion to the sizes or annealed,
 and the other tasks' targets are marked missing.
 
+`load_arrays` needs only numpy (and scikit-learn for the digits of
+`dense_digits`), on every Keras backend. `load` and
+`TaskSampler` build `tf.data` pipelines and need TensorFlow (an ImportError
+says what to install where it is missing); Keras feeds `tf.data` to the
+JAX backend too.
+
 `paths` finds the files (argument, `KERAS_MTL_DATA_DIR`, per-data-set
 variables, the packages' install places) and says how to fetch them;
 `scripts/fetch_data.sh` fetches all of them.

@@ -1,11 +1,12 @@
 """Small checks shared by the tests of the soft-sharing and fusion layers
-(MultiBackbone, CrossStitch, MTANAttention, MMoE, PLE)."""
+(MultiBackbone, CrossStitch, MTANAttention, MMoE, PLE), and the
+backend-neutral gradients and compiled runs of every layer test."""
 
 import json
 
 import keras
 import numpy as np
-import tensorflow as tf
+from backends import BACKEND, compiled
 
 import keras_mtl
 
@@ -64,8 +65,54 @@ def assert_save_load_equal(model, x, tmp_path, atol=1e-6):
 def assert_eager_equals_xla(fn, *args, atol=1e-5):
     """The function gives the same result eagerly and under XLA."""
     eager = fn(*args)
-    compiled = tf.function(fn, jit_compile=True)(*args)
-    assert_all_close(eager, compiled, atol)
+    assert_all_close(eager, compiled(fn, jit_compile=True)(*args), atol)
+
+
+def gradients(fn, variables=(), inputs=()):
+    """Gradients of the scalar `fn(*inputs)` with respect to `variables`
+    (Keras variables) and `inputs` (arrays): `(variable_grads,
+    input_grads)`, two lists.
+
+    On TensorFlow a tape gives None for what the result does not depend
+    on; on JAX the gradient is then zero (see `assert_no_gradient`).
+    """
+    variables, inputs = list(variables), list(inputs)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        inputs = [tf.convert_to_tensor(x) for x in inputs]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            total = fn(*inputs)
+        return tape.gradient(total, [variables, inputs])
+    import jax
+
+    def total(values, xs):
+        mapping = list(zip(variables, values))
+        with keras.StatelessScope(state_mapping=mapping):
+            return fn(*xs)
+
+    values = [v.value for v in variables]
+    xs = [keras.ops.convert_to_tensor(x) for x in inputs]
+    grads = jax.grad(total, argnums=(0, 1))(values, xs)
+    return [list(grads[0]), list(grads[1])]
+
+
+def is_connected(grad):
+    """Whether a result depends on a source, from their gradient: a
+    gradient at all on TensorFlow, a nonzero one on JAX."""
+    if BACKEND == "tensorflow":
+        return grad is not None
+    return bool(np.any(keras.ops.convert_to_numpy(grad) != 0))
+
+
+def assert_no_gradient(grad):
+    """The result does not depend on the source: no gradient on
+    TensorFlow (None), an exactly zero one on JAX."""
+    if BACKEND == "tensorflow":
+        assert grad is None
+    else:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(grad), 0.0)
 
 
 def assert_one_fit_step_trains(model, x, y, loss, jit_compile=True, lr=0.05):
@@ -84,13 +131,12 @@ def assert_one_fit_step_trains(model, x, y, loss, jit_compile=True, lr=0.05):
     return dict(zip([v.path for v in model.trainable_variables], changed))
 
 
-def gradients(model, x, task, variables):
+def task_gradients(model, x, task, variables):
     """Gradients of the sum of `task`'s output w.r.t. `variables`."""
-    x = tf.convert_to_tensor(x)
-    with tf.GradientTape() as tape:
-        out = model(x, training=False)[task]
-        total = tf.reduce_sum(out)
-    return tape.gradient(total, variables)
+    grads, _ = gradients(
+        lambda: keras.ops.sum(model(x, training=False)[task]), variables
+    )
+    return grads
 
 
 def tower_losses(num_tasks=2):

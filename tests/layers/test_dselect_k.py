@@ -105,6 +105,7 @@ def test_smooth_step_closed_form_and_c1(gamma):
     np.testing.assert_allclose(s[:401] + s[:401][::-1], 1.0, atol=1e-12)
 
 
+@pytest.mark.both_backends
 def test_binary_codes_are_msb_first_from_integers():
     assert binary_codes(5) == [
         [0.0, 0.0, 0.0],
@@ -123,6 +124,7 @@ def test_binary_codes_are_msb_first_from_integers():
 # --- gates -------------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 def test_closed_form_of_selectors_weights_and_outputs():
     layer = DSelectK(num_tasks=2, num_experts=4, expert_units=[6, 3], gamma=1.5)
     x, _ = _data()
@@ -142,6 +144,7 @@ def test_closed_form_of_selectors_weights_and_outputs():
         np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.both_backends
 def test_golden_values_of_the_authors_gate():
     # Expert weights and regulariser computed by the authors' DSelectKGate
     # (google-research dselect_k_moe/dselect_k_moe.py @38bbf30d, its binary
@@ -168,6 +171,7 @@ def test_golden_values_of_the_authors_gate():
     np.testing.assert_allclose(float(layer.losses[0]), 5.526310920715332, rtol=1e-6)
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("routing", ["example", "static"])
 def test_zero_logits_give_uniform_selectors(routing):
     layer = DSelectK(
@@ -183,6 +187,7 @@ def test_zero_logits_give_uniform_selectors(routing):
     np.testing.assert_allclose(selectors, 2.0**-3, atol=1e-7)  # m = 3 bits
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("num_experts, k", [(4, 2), (8, 3), (2, 1)])
 def test_gate_weights_are_on_the_simplex_for_powers_of_two(num_experts, k):
     layer = DSelectK(
@@ -197,6 +202,7 @@ def test_gate_weights_are_on_the_simplex_for_powers_of_two(num_experts, k):
         np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
 
 
+@pytest.mark.both_backends
 def test_unreachable_codes_leave_weights_summing_to_at_most_one():
     layer = DSelectK(num_tasks=2, num_experts=3, expert_units=2)
     x, _ = _data()
@@ -205,6 +211,7 @@ def test_unreachable_codes_leave_weights_summing_to_at_most_one():
     assert np.all(sums <= 1 + 1e-6) and np.any(sums < 0.99)
 
 
+@pytest.mark.both_backends
 def test_saturated_selector_picks_the_expert_of_its_code():
     # E = 4, k = 1, z = (+inf, -inf) selects code "10", expert 2.
     layer = DSelectK(
@@ -218,6 +225,7 @@ def test_saturated_selector_picks_the_expert_of_its_code():
     np.testing.assert_allclose(np.array(layer(x)[0]), expert_2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.both_backends
 def test_saturated_gates_mix_at_most_k_experts_per_example():
     layer = DSelectK(num_tasks=2, num_experts=8, expert_units=2, num_nonzeros=2)
     x, _ = _data(n=32)
@@ -230,6 +238,7 @@ def test_saturated_gates_mix_at_most_k_experts_per_example():
     assert (weights > 0).sum(-1).min() >= 1
 
 
+@pytest.mark.both_backends
 def test_higher_rank_and_static_shapes():
     x = np.random.default_rng(1).normal(size=(2, 7, 5)).astype("float32")
     layer = DSelectK(num_tasks=3, num_experts=4, expert_units=[6, 4])
@@ -255,6 +264,7 @@ def test_higher_rank_and_static_shapes():
 # --- regularisers ------------------------------------------------------------
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("num_experts", [4, 3])
 def test_regularisers_are_added_in_training_calls_only(num_experts):
     c = 0.3
@@ -276,6 +286,7 @@ def test_regularisers_are_added_in_training_calls_only(num_experts):
     np.testing.assert_allclose(float(layer.losses[0]), want, rtol=1e-5)
 
 
+@pytest.mark.both_backends
 def test_a_selector_stuck_on_an_unreachable_code_costs_a_finite_loss():
     # E = 3: code "11" selects no expert; z = (+inf, +inf) puts r there.
     layer = DSelectK(
@@ -289,6 +300,7 @@ def test_a_selector_stuck_on_an_unreachable_code_costs_a_finite_loss():
     np.testing.assert_allclose(float(layer.losses[0]), 1e6, rtol=1e-5)
 
 
+@pytest.mark.both_backends
 def test_no_loss_for_powers_of_two_without_entropy_term():
     layer = DSelectK(num_tasks=2, num_experts=4, expert_units=2)
     x, _ = _data()
@@ -296,6 +308,7 @@ def test_no_loss_for_powers_of_two_without_entropy_term():
     assert layer.losses == []
 
 
+@pytest.mark.both_backends
 def test_mixed_precision_keeps_the_regulariser_in_float32():
     # E = 3, z = (+inf, +inf): a selector on the unreachable code "11" costs
     # 1 / 1e-6, which overflows float16 (max 65504) but not float32.
@@ -392,15 +405,17 @@ def test_one_fit_step_under_xla_equals_eager():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("routing", ["example", "static"])
 def test_eager_equals_xla(routing):
     layer = DSelectK(num_tasks=2, num_experts=4, expert_units=[4, 2], routing=routing)
     x, _ = _data()
     layer(x)
     _randomize_gates(layer, 0.5)
-    assert_eager_equals_xla(lambda v: layer(v), tf.constant(x))
+    assert_eager_equals_xla(lambda v: layer(v), x)
 
 
+@pytest.mark.both_backends
 def test_save_load_and_config_round_trip(tmp_path):
     layer = DSelectK(
         num_tasks=2,
@@ -430,6 +445,7 @@ def test_save_load_and_config_round_trip(tmp_path):
     )
 
 
+@pytest.mark.both_backends
 def test_seeded_initializers_are_reproducible_and_distinct_per_gate():
     x, _ = _data()
     twins = []
@@ -457,6 +473,7 @@ def test_seeded_initializers_are_reproducible_and_distinct_per_gate():
     assert not np.allclose(w[0], w[1])
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -3,12 +3,12 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from soft_sharing_checks import (
     assert_config_round_trip,
     assert_eager_equals_xla,
     assert_one_fit_step_trains,
     assert_save_load_equal,
+    gradients,
 )
 
 import keras_mtl
@@ -20,7 +20,7 @@ def _features(shape_u=(2, 6, 6, 3), shape_p=(2, 6, 6, 5), shape_a=None, seed=0):
     values = [rng.normal(size=shape_u), rng.normal(size=shape_p)]
     if shape_a is not None:
         values.append(rng.normal(size=shape_a))
-    return [tf.constant(v.astype("float32")) for v in values]
+    return [v.astype("float32") for v in values]
 
 
 def _mtan_model():
@@ -59,6 +59,7 @@ LOSSES = {
 }
 
 
+@pytest.mark.both_backends
 def test_output_has_the_shape_of_the_shared_feature():
     layer = MTANAttention()
     u, p, a = _features(shape_a=(2, 6, 6, 7))
@@ -77,6 +78,7 @@ def test_output_has_the_shape_of_the_shared_feature():
     assert tuple(MTANAttention(4)(_features((2, 3), (2, 5))).shape) == (2, 5)
 
 
+@pytest.mark.both_backends
 def test_mask_lies_in_zero_one_so_attention_only_shrinks_features():
     layer = MTANAttention()
     inputs = _features(shape_a=(2, 6, 6, 2))
@@ -89,6 +91,7 @@ def test_mask_lies_in_zero_one_so_attention_only_shrinks_features():
     assert np.all(out * p >= 0)
 
 
+@pytest.mark.both_backends
 def test_zero_mask_logits_give_half_of_the_shared_feature():
     # Mask conv with zero weights: BN (inference, initial stats) of 0 is 0,
     # sigmoid(0) = 1/2, hence a = p / 2 whatever u and a_prev are.
@@ -101,28 +104,32 @@ def test_zero_mask_logits_give_half_of_the_shared_feature():
     )
 
 
+@pytest.mark.both_backends
 def test_gradient_to_the_shared_feature_is_scaled_by_the_mask():
     layer = MTANAttention()
     u, p = _features()
-    with tf.GradientTape() as tape:
-        tape.watch(p)
-        total = tf.reduce_sum(layer([u, p], training=False))
-    grad = tape.gradient(total, p)
+    layer([u, p], training=False)
+    _, (grad,) = gradients(
+        lambda v: keras.ops.sum(layer([u, v], training=False)), inputs=[p]
+    )
     mask = layer.attention_mask([u, p], training=False)
     np.testing.assert_allclose(np.array(grad), np.array(mask), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.both_backends
 def test_previous_attention_drives_the_mask():
     layer = MTANAttention()
     u, p, a = _features(shape_a=(2, 6, 6, 2))
-    with tf.GradientTape() as tape:
-        tape.watch(a)
-        total = tf.reduce_sum(layer([u, p, a], training=False))
-    assert np.abs(np.array(tape.gradient(total, a))).sum() > 0
+    layer([u, p, a], training=False)
+    _, (grad,) = gradients(
+        lambda v: keras.ops.sum(layer([u, p, v], training=False)), inputs=[a]
+    )
+    assert np.abs(np.array(grad)).sum() > 0
     changed = layer([u, p, a * 3.0 + 1.0], training=False)
     assert not np.allclose(np.array(changed), np.array(layer([u, p, a])))
 
 
+@pytest.mark.both_backends
 def test_attention_modules_are_task_variables_in_a_multi_task_model():
     model = _mtan_model()
     shared = {v.path for v in model.shared_variables}
@@ -145,6 +152,7 @@ def test_one_fit_step_under_xla_updates_batch_norm_statistics():
     assert not np.allclose(before, np.array(moving))
 
 
+@pytest.mark.both_backends
 def test_eager_equals_xla():
     layer = MTANAttention()
     inputs = _features(shape_a=(2, 6, 6, 2))
@@ -153,6 +161,7 @@ def test_eager_equals_xla():
     assert_eager_equals_xla(lambda *v: layer(list(v), training=True), *inputs)
 
 
+@pytest.mark.both_backends
 def test_save_load_and_config_round_trip(tmp_path):
     model = _mtan_model()
     x, _ = _mtan_data()
@@ -169,6 +178,7 @@ def test_save_load_and_config_round_trip(tmp_path):
     assert_save_load_equal(model, x, tmp_path)
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize(
     "shapes, match",
     [
@@ -183,6 +193,7 @@ def test_invalid_input_shapes_are_rejected(shapes, match):
         MTANAttention().build(shapes)
 
 
+@pytest.mark.both_backends
 def test_invalid_arguments_are_rejected():
     with pytest.raises(ValueError, match="intermediate_channels"):
         MTANAttention(intermediate_channels=0)

@@ -3,7 +3,8 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from backends import compiled
+from soft_sharing_checks import gradients
 
 import keras_mtl
 from keras_mtl.layers.task_routing_layer import TaskRoutingLayer
@@ -19,6 +20,7 @@ def _built(num_tasks=3, channels=8, **kwargs):
     return layer
 
 
+@pytest.mark.both_backends
 def test_every_mask_row_keeps_c_minus_int_sigma_c_units():
     # k = int(sigma * C) units off per row, as the reference `int(v * sigma)`.
     cases = [(0.5, 8, 4), (0.5, 7, 4), (0.3, 10, 7), (0.25, 64, 48), (0.9, 5, 1)]
@@ -29,6 +31,7 @@ def test_every_mask_row_keeps_c_minus_int_sigma_c_units():
         np.testing.assert_array_equal(masks.sum(axis=1), np.full(6, kept))
 
 
+@pytest.mark.both_backends
 def test_sigma_zero_is_no_routing():
     layer = _built(num_tasks=4, channels=5, sigma=0.0, seed=0)
     np.testing.assert_array_equal(_masks(layer), np.ones((4, 5)))
@@ -37,6 +40,7 @@ def test_sigma_zero_is_no_routing():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(output), x)
 
 
+@pytest.mark.both_backends
 def test_tasks_get_different_masks_and_layers_with_different_seeds_too():
     masks = _masks(_built(num_tasks=8, channels=32, seed=1))
     rows = {tuple(row) for row in masks}
@@ -45,6 +49,7 @@ def test_tasks_get_different_masks_and_layers_with_different_seeds_too():
     assert not np.array_equal(masks, other)
 
 
+@pytest.mark.both_backends
 def test_masks_are_reproducible_from_the_seed_and_from_the_global_seed():
     np.testing.assert_array_equal(
         _masks(_built(seed=11, channels=16)), _masks(_built(seed=11, channels=16))
@@ -55,12 +60,14 @@ def test_masks_are_reproducible_from_the_seed_and_from_the_global_seed():
     np.testing.assert_array_equal(first, _masks(_built(channels=16)))
 
 
+@pytest.mark.both_backends
 def test_masks_are_not_trainable():
     layer = _built(seed=0)
     assert layer.trainable_weights == []
     assert [w.path for w in layer.non_trainable_weights] == [layer.routing_masks.path]
 
 
+@pytest.mark.both_backends
 def test_split_mode_gives_x_times_each_mask_for_dense_and_conv_inputs():
     rng = np.random.default_rng(0)
     for shape in [(4, 8), (2, 3, 3, 8)]:
@@ -75,6 +82,7 @@ def test_split_mode_gives_x_times_each_mask_for_dense_and_conv_inputs():
             )
 
 
+@pytest.mark.both_backends
 def test_fold_mode_masks_block_t_with_task_t():
     layer = TaskRoutingLayer(3, sigma=0.5, seed=4, mode="fold")
     x = np.random.default_rng(1).normal(size=(3 * 2, 4, 4, 8)).astype("float32")
@@ -86,6 +94,7 @@ def test_fold_mode_masks_block_t_with_task_t():
         )
 
 
+@pytest.mark.both_backends
 def test_active_mode_and_task_argument():
     layer = TaskRoutingLayer(4, sigma=0.5, seed=2, mode="active", active_task=2)
     x = np.random.default_rng(2).normal(size=(5, 6)).astype("float32")
@@ -94,11 +103,11 @@ def test_active_mode_and_task_argument():
     np.testing.assert_array_equal(y, x * masks[2])
 
     # The active task is a variable: a compiled function follows it.
-    run = tf.function(lambda v: layer(v), jit_compile=True)
-    np.testing.assert_array_equal(run(x).numpy(), x * masks[2])
+    run = compiled(lambda v: layer(v), jit_compile=True, layers=[layer])
+    np.testing.assert_array_equal(np.array(run(x)), x * masks[2])
     layer.active_task = 0
     assert layer.active_task == 0
-    np.testing.assert_array_equal(run(x).numpy(), x * masks[0])
+    np.testing.assert_array_equal(np.array(run(x)), x * masks[0])
 
     # `task=` works in every mode: int, scalar tensor, one task per sample.
     split = TaskRoutingLayer(4, sigma=0.5, seed=2)
@@ -106,7 +115,8 @@ def test_active_mode_and_task_argument():
         keras.ops.convert_to_numpy(split(x, task=3)), x * masks[3]
     )
     np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(split(x, task=tf.constant(1))), x * masks[1]
+        keras.ops.convert_to_numpy(split(x, task=keras.ops.convert_to_tensor(1))),
+        x * masks[1],
     )
     per_sample = np.array([0, 1, 2, 3, 1])
     np.testing.assert_array_equal(
@@ -132,16 +142,17 @@ def _routed_mlp(sigma=0.5, seed=0, num_tasks=3):
     return keras_mtl.MultiTaskModel(inputs, outputs)
 
 
+@pytest.mark.both_backends
 def test_masked_channels_get_zero_gradient_from_their_task_loss():
     model = _routed_mlp()
     masks = _masks(model.get_layer("routing"))
     kernel = model.get_layer("shared").kernel
     x = np.random.default_rng(3).normal(size=(16, 5)).astype("float32")
-    with tf.GradientTape(persistent=True) as tape:
-        outputs = model(x)
-        losses = {t: tf.reduce_sum(outputs[t] ** 2) for t in model.task_names}
     for t, task in enumerate(model.task_names):
-        grad = tape.gradient(losses[task], kernel).numpy()
+        (grad,), _ = gradients(
+            lambda task=task: keras.ops.sum(model(x)[task] ** 2), [kernel]
+        )
+        grad = keras.ops.convert_to_numpy(grad)
         off, on = masks[t] == 0, masks[t] == 1
         assert off.any() and on.any()
         assert np.all(grad[:, off] == 0.0)
@@ -164,6 +175,7 @@ def test_one_fit_step_trains_and_leaves_masks_unchanged():
     np.testing.assert_array_equal(masks, _masks(model.get_layer("routing")))
 
 
+@pytest.mark.both_backends
 def test_masks_survive_save_and_load(tmp_path):
     model = _routed_mlp(seed=None)
     x = np.random.default_rng(4).normal(size=(6, 5)).astype("float32")
@@ -179,6 +191,7 @@ def test_masks_survive_save_and_load(tmp_path):
         np.testing.assert_array_equal(expected[task], got[task])
 
 
+@pytest.mark.both_backends
 def test_config_round_trip():
     layer = TaskRoutingLayer(5, sigma=0.25, seed=9, mode="active", active_task=3)
     config = layer.get_config()
@@ -198,14 +211,15 @@ def test_config_round_trip():
     assert restored.get_config() == config
 
 
+@pytest.mark.both_backends
 def test_eager_equals_xla():
     x = np.random.default_rng(5).normal(size=(4, 3, 3, 6)).astype("float32")
     for mode in ["split", "fold", "active"]:
         layer = TaskRoutingLayer(2, sigma=0.5, seed=1, mode=mode, active_task=1)
         eager = keras.tree.map_structure(keras.ops.convert_to_numpy, layer(x))
-        compiled = tf.function(lambda v, layer=layer: layer(v), jit_compile=True)(x)
+        xla = compiled(lambda v, layer=layer: layer(v), jit_compile=True)(x)
         assert len(keras.tree.flatten(eager)) == (2 if mode == "split" else 1)
-        for a, b in zip(keras.tree.flatten(eager), keras.tree.flatten(compiled)):
+        for a, b in zip(keras.tree.flatten(eager), keras.tree.flatten(xla)):
             np.testing.assert_array_equal(a, np.asarray(b))
 
 
@@ -219,6 +233,7 @@ def test_fit_under_xla():
     assert np.all(np.isfinite(history.history["loss"]))
 
 
+@pytest.mark.both_backends
 def test_keras_mask_is_passed_on():
     tokens = keras.Input((None,), dtype="int32")
     embedded = keras.layers.Embedding(10, 4, mask_zero=True)(tokens)
@@ -230,6 +245,7 @@ def test_keras_mask_is_passed_on():
         np.testing.assert_array_equal(mask, [[True, True, False]])
 
 
+@pytest.mark.both_backends
 def test_bad_arguments_raise():
     for kwargs, match in [
         (dict(num_tasks=0), "num_tasks"),
@@ -251,6 +267,7 @@ def test_bad_arguments_raise():
         TaskRoutingLayer(2).build((None, None))
 
 
+@pytest.mark.both_backends
 def test_task_input_routes_each_sample_in_a_functional_model(tmp_path):
     # One task id per sample (a batch mixing tasks), saved and reloaded.
     features = keras.Input((6,))
