@@ -27,6 +27,8 @@ float32, in which the results agree with float64 to about 1e-6 on
 well-conditioned inputs).
 """
 
+import functools
+
 import numpy as np
 from keras import backend, ops
 
@@ -126,12 +128,29 @@ def project_weights(u, gramian, max_iter=None, tol=1e-12):
         `(B, T)` tensor v of the dtype of `gramian` with v >= u.
     """
     gramian = ops.stop_gradient(ops.convert_to_tensor(gramian))
+    u = ops.stop_gradient(ops.cast(u, gramian.dtype))
+    if max_iter is None:
+        max_iter = 10 * gramian.shape[0] + 20
+    if backend.backend() == "jax":
+        # One compiled solver per shape: called eagerly, `ops.while_loop`
+        # would trace and compile its loop again at every call (seconds);
+        # inside a traced step the inner `jax.jit` is inlined.
+        return _jitted_solver()(u, gramian, int(max_iter), float(tol))
+    return _project(u, gramian, max_iter, tol)
+
+
+@functools.cache
+def _jitted_solver():
+    import jax
+
+    return jax.jit(_project, static_argnums=(2, 3))
+
+
+def _project(u, gramian, max_iter, tol):
+    """`project_weights` on prepared tensors (u cast to A's dtype)."""
     dtype = gramian.dtype
-    u = ops.stop_gradient(ops.cast(u, dtype))
     num = gramian.shape[0]
     batch = u.shape[0]
-    if max_iter is None:
-        max_iter = 10 * num + 20
     diag = ops.diagonal(gramian)
     scale = ops.maximum(ops.max(ops.abs(diag)), ops.cast(1e-30, dtype))
     grad_tol = ops.cast(tol, dtype) * scale

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_mtl.weighting._dual_cone_ops import solver_dtype
-from keras_mtl.weighting._portable_random_ops import next_seed
+from keras_mtl.weighting._portable_random_ops import next_seed, to_uint32, uint32
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -16,30 +16,17 @@ from keras_mtl.weighting.registry import register_strategy
 _EPS = 1e-8
 
 
-def _u32(value):
-    return ops.convert_to_tensor(value, dtype="uint32")
-
-
 def _xor_shift(x, bits):
-    return ops.bitwise_xor(x, ops.right_shift(x, _u32(bits)))
+    return ops.bitwise_xor(x, ops.right_shift(x, uint32(bits)))
 
 
 def _mix32(x):
     """MurmurHash3's 32-bit finaliser (a bijective integer hash)."""
     x = _xor_shift(x, 16)
-    x = x * _u32(0x85EBCA6B)
+    x = x * uint32(0x85EBCA6B)
     x = _xor_shift(x, 13)
-    x = x * _u32(0xC2B2AE35)
+    x = x * uint32(0xC2B2AE35)
     return _xor_shift(x, 16)
-
-
-def _seed_to_uint32(seed):
-    """A seed generator's `(2,)` state as uint32 (its value modulo 2^32):
-    int64 on TensorFlow, uint32 already on JAX."""
-    seed = ops.convert_to_tensor(seed)
-    if keras.backend.standardize_dtype(seed.dtype) == "uint32":
-        return seed
-    return ops.cast(ops.mod(ops.cast(seed, "int64"), 2**32), "uint32")
 
 
 def random_orders(seed, num_tasks, task_mask=None):
@@ -57,8 +44,8 @@ def random_orders(seed, num_tasks, task_mask=None):
     row i is then exactly row r_i of `random_orders(seed, K)`. Where the
     absent tasks land in the orders is left unspecified.
     """
-    seed = _seed_to_uint32(seed)
-    base = _mix32(ops.bitwise_xor(seed[0], _mix32(seed[1] + _u32(0x7F4A7C15))))
+    seed = to_uint32(seed)
+    base = _mix32(ops.bitwise_xor(seed[0], _mix32(seed[1] + uint32(0x7F4A7C15))))
     if task_mask is None:
         index = ops.cast(ops.arange(num_tasks * num_tasks), "uint32")
     else:
@@ -67,8 +54,8 @@ def random_orders(seed, num_tasks, task_mask=None):
         count = ops.sum(present)
         index = ops.reshape(rank[:, None] * count + rank[None, :], (-1,))
         index = ops.cast(index, "uint32")
-    keys = _mix32(index * _u32(0x9E3779B9) + base)
-    keys = ops.cast(ops.right_shift(keys, _u32(1)), "int32")
+    keys = _mix32(index * uint32(0x9E3779B9) + base)
+    keys = ops.cast(ops.right_shift(keys, uint32(1)), "int32")
     keys = ops.reshape(keys, (num_tasks, num_tasks))
     # A stable sort on both backends (TensorFlow's sorts by `top_k`, which
     # keeps equal keys in index order).
