@@ -117,7 +117,7 @@ class GradNorm(LossWeighting):
     >>> losses = keras.ops.convert_to_tensor([1.0, 4.0])
     >>> grads = keras.ops.convert_to_tensor([[3.0, 4.0], [0.0, 1.0]])
     >>> _, used = gradnorm(losses, shared_grads=grads)  # norms 5 and 1
-    >>> used.numpy().tolist()  # the weights of this step
+    >>> keras.ops.convert_to_numpy(used).tolist()  # the weights of this step
     [1.0, 1.0]
     >>> [round(float(x), 3) for x in gradnorm.loss_weights.numpy()]  # next step
     [0.975, 1.025]

@@ -64,7 +64,7 @@ class IMTLL(LearnedTaskScales, LossWeighting):
     >>> from keras_mtl.weighting.imtl_l import IMTLL
     >>> strategy = IMTLL()
     >>> total, weights = strategy(keras.ops.convert_to_tensor([0.5, 4.0]))
-    >>> float(total), weights.numpy().tolist()
+    >>> float(total), keras.ops.convert_to_numpy(weights).tolist()
     (4.5, [1.0, 1.0])
 
     References:

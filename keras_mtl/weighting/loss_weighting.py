@@ -35,7 +35,7 @@ class LossWeighting(Strategy):
     >>> import keras_mtl
     >>> strategy = keras_mtl.weighting.get("ew")
     >>> total, weights = strategy(keras.ops.convert_to_tensor([1.0, 2.0]))
-    >>> float(total), weights.numpy().tolist()
+    >>> float(total), keras.ops.convert_to_numpy(weights).tolist()
     (3.0, [1.0, 1.0])
     """
 

@@ -74,7 +74,7 @@ class OrthogonalGradientRegularizer(LossWeighting):
     >>> grads = keras.ops.convert_to_tensor([[1.0, 0.0], [1.0, 1.0]])
     >>> total, w = strategy(keras.ops.convert_to_tensor([1.0, 2.0]),
     ...                     shared_grads=grads)
-    >>> round(float(total), 4), w.numpy().tolist()  # 3 + cos(45 deg)^2
+    >>> round(float(total), 4), keras.ops.convert_to_numpy(w).tolist()  # 3 + cos^2(45)
     (3.5, [1.0, 1.0])
 
     References:

@@ -76,7 +76,7 @@ class UncertaintyWeighting(LearnedTaskScales, LossWeighting):
     ...     UncertaintyWeighting)
     >>> strategy = UncertaintyWeighting(init=0.0)
     >>> total, weights = strategy(keras.ops.convert_to_tensor([1.0, 3.0]))
-    >>> float(total), np.round(weights.numpy(), 3).tolist()
+    >>> float(total), np.round(keras.ops.convert_to_numpy(weights), 3).tolist()
     (2.0, [0.5, 0.5])
 
     References:

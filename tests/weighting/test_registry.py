@@ -8,6 +8,8 @@ from keras_mtl.weighting import EqualWeighting, StaticWeighting
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
+pytestmark = pytest.mark.both_backends
+
 
 def test_get_accepts_none_name_class_instance_and_config():
     assert isinstance(keras_mtl.weighting.get(None), EqualWeighting)

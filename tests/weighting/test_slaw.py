@@ -7,13 +7,17 @@ import missing_task_checks as checks
 import numpy as np
 import pytest
 import tensorflow as tf
+from backend_grads import tf_only
+from keras import ops
 
 import keras_mtl
 from keras_mtl.weighting.slaw import SLAW
 
+pytestmark = pytest.mark.both_backends
+
 
 def _t(values):
-    return tf.constant(values, dtype=tf.float32)
+    return ops.convert_to_tensor(np.asarray(values, dtype="float32"))
 
 
 def _reference_weights(sequence, beta=0.99, eps=1e-5, warmup="arithmetic"):
@@ -45,7 +49,7 @@ def _reference_weights(sequence, beta=0.99, eps=1e-5, warmup="arithmetic"):
 
 
 def _feed(strategy, sequence):
-    return np.array([strategy(_t(losses))[1].numpy() for losses in sequence])
+    return np.array([np.asarray(strategy(_t(losses))[1]) for losses in sequence])
 
 
 def test_registry_names_resolve():
@@ -120,11 +124,11 @@ def test_first_step_constant_and_non_finite_losses_give_unit_weights():
     # Constant losses: every std is floored at eps, so the weights stay 1.
     np.testing.assert_allclose(_feed(strategy, [[1.0, 50.0]] * 3), 1.0)
     _, weights = strategy(_t([np.nan, 1.0]))
-    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(np.asarray(weights), [1.0, 1.0])
     strategy = SLAW()
     _feed(strategy, [[1.0, 2.0], [2.0, 1.0]])
     _, weights = strategy(_t([np.inf, 1.0]))
-    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(np.asarray(weights), [1.0, 1.0])
 
 
 def test_large_mean_small_fluctuation_is_accurate_in_float32():
@@ -163,18 +167,19 @@ def test_permutation_equivariance():
 def test_training_false_uses_stored_statistics_without_updating():
     strategy = SLAW()
     _feed(strategy, [[1.0, 2.0], [3.0, 2.5]])
-    before = [v.numpy().copy() for v in strategy.weights]
+    before = [np.asarray(v).copy() for v in strategy.weights]
     _, weights = strategy(_t([100.0, 0.0]), training=False)
     for b, v in zip(before, strategy.weights):
-        np.testing.assert_array_equal(b, v.numpy())
+        np.testing.assert_array_equal(b, np.asarray(v))
     np.testing.assert_allclose(
-        weights.numpy(), _reference_weights([[1.0, 2.0], [3.0, 2.5]])[-1], rtol=1e-5
+        np.asarray(weights), _reference_weights([[1.0, 2.0], [3.0, 2.5]])[-1], rtol=1e-5
     )
     fresh = SLAW()
     fresh.build((2,))
     np.testing.assert_array_equal(fresh(_t([1.0, 2.0]), training=False)[1], [1, 1])
 
 
+@tf_only
 @pytest.mark.parametrize("warmup", ["arithmetic", "none"])
 def test_eager_equals_xla(warmup):
     make = functools.partial(SLAW, beta=0.8, warmup=warmup)  # warm-up of 5 steps
@@ -183,6 +188,7 @@ def test_eager_equals_xla(warmup):
     checks.assert_xla_matches_eager(make, cases, rtol=1e-5)
 
 
+@tf_only
 def test_state_round_trip_and_reset():
     rng = np.random.default_rng(5)
     strategy = SLAW(beta=0.9)
@@ -191,7 +197,7 @@ def test_state_round_trip_and_reset():
         strategy, [_t(x) for x in rng.uniform(0.5, 2.0, (3, 2))]
     )
     strategy.reset_state()
-    assert all(not np.any(v.numpy()) for v in strategy.weights)
+    assert all(not np.any(np.asarray(v)) for v in strategy.weights)
     np.testing.assert_array_equal(strategy(_t([4.0, 1.0]))[1], [1.0, 1.0])
 
 
@@ -244,9 +250,10 @@ def _mtregression_weights(sigmas, steps=800, average_over=200):
                 weight_sum += weights
         return weight_sum / average_over
 
-    return train().numpy()
+    return np.asarray(train())
 
 
+@tf_only
 def test_weights_approach_inverse_squared_output_scales_on_mtregression():
     sigmas = np.array([1.0, 3.0, 10.0])
     ideal = 1.0 / sigmas**2
@@ -264,18 +271,20 @@ def test_weights_approach_inverse_squared_output_scales_on_mtregression():
 def _masked_feed(strategy, sequence, masks):
     return np.array(
         [
-            strategy(_t(losses), task_mask=_t(mask))[1].numpy()
+            np.asarray(strategy(_t(losses), task_mask=_t(mask))[1])
             for losses, mask in zip(sequence, masks)
         ]
     )
 
 
+@tf_only
 def test_supports_missing_tasks_and_marks_per_task_state():
     strategy = SLAW()
     strategy.build((3,))
     checks.assert_all_state_is_per_task(strategy, 3)  # the count is per task too
 
 
+@tf_only
 def test_all_ones_mask_equals_the_unmasked_call():
     rng = np.random.default_rng(10)
     sequence = rng.uniform(0.1, 3.0, (8, 3))
@@ -283,6 +292,7 @@ def test_all_ones_mask_equals_the_unmasked_call():
     checks.assert_all_ones_mask_is_no_mask(make, [_t(losses) for losses in sequence])
 
 
+@tf_only
 def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
     rng = np.random.default_rng(11)
     full = SLAW(beta=0.9)
@@ -312,14 +322,17 @@ def test_counts_are_per_task():
     got = _masked_feed(strategy, sequence, masks)
     np.testing.assert_array_equal(got[:3], [[1.0, 0.0]] * 3)
     np.testing.assert_array_equal(got[3], [1.0, 1.0])  # task 1 seen once
-    np.testing.assert_array_equal(strategy.steps.numpy(), [6.0, 3.0])
-    np.testing.assert_allclose(strategy.loss_mean.numpy(), [13 / 6, 20.0], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(strategy.steps), [6.0, 3.0])
+    np.testing.assert_allclose(
+        np.asarray(strategy.loss_mean), [13 / 6, 20.0], rtol=1e-6
+    )
     variances = [np.var(sequence[:, 0]), np.var([10.0, 30.0, 20.0])]
-    np.testing.assert_allclose(strategy.loss_variance.numpy(), variances, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(strategy.loss_variance), variances, rtol=1e-5)
     inv = 1.0 / np.sqrt(variances)
     np.testing.assert_allclose(got[-1], 2 * inv / inv.sum(), rtol=1e-5)
 
 
+@tf_only
 def test_restore_absent_tasks_keeps_the_absent_state():
     rng = np.random.default_rng(12)
     strategy = SLAW()
@@ -330,6 +343,7 @@ def test_restore_absent_tasks_keeps_the_absent_state():
     )
 
 
+@tf_only
 def test_masked_results_are_finite():
     sequence = np.array([[0.0, 1e-10, 1e10], [0.0, 2e-10, 3e10]] * 2)
     for mask in ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0]):
@@ -337,9 +351,10 @@ def test_masked_results_are_finite():
         checks.assert_masked_outputs_finite(strategy, [(x, mask) for x in sequence])
     # training=False with a mask: stored statistics, over present tasks.
     _, weights = strategy(_t([0.0, 0.0, 0.0]), training=False, task_mask=_t([0, 0, 0]))
-    np.testing.assert_array_equal(weights.numpy(), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(weights), [0.0, 0.0, 0.0])
 
 
+@tf_only
 def test_masked_eager_equals_xla():
     rng = np.random.default_rng(13)
     cases = []
