@@ -31,7 +31,6 @@ from strategy_table import NEEDS_MORE_TASKS, STRATEGY_TABLE, make_strategy
 
 import keras_mtl
 
-
 pytestmark = pytest.mark.both_backends
 
 
