@@ -147,7 +147,7 @@ class ExcessMTL(TaskStepCounts, GradientAggregation):
 
     def reset_state(self):
         assign_zeros(self.grad_sq_sum, self.initial_excess)
-        self.loss_weight.assign(ops.ones_like(self.loss_weight))
+        self.loss_weight.assign(ops.ones_like(self.loss_weight.value))
         assign_zeros(self.steps)
 
     def excess_risks(self, grads, grad_sq_sum):

@@ -138,7 +138,7 @@ class GradVac(GradientAggregation):
         )
 
     def reset_state(self):
-        self.targets.assign(ops.zeros_like(self.targets))
+        self.targets.assign(ops.zeros_like(self.targets.value))
 
     def _task_orders(self, num_tasks, task_mask=None, advance=True):
         """Returns `(T, T)` int indices: row i is the order of visits for i.

@@ -147,10 +147,10 @@ class MoCo(GradientAggregation):
         self.task_steps = add_task_vector(self, "task_steps", dtype="int32")
 
     def reset_state(self):
-        self.tracking.assign(ops.zeros_like(self.tracking))
-        self.lambd.assign(ops.ones_like(self.lambd) / self.num_tasks)
+        self.tracking.assign(ops.zeros_like(self.tracking.value))
+        self.lambd.assign(ops.ones_like(self.lambd.value) / self.num_tasks)
         self.step.assign(0)
-        self.task_steps.assign(ops.zeros_like(self.task_steps))
+        self.task_steps.assign(ops.zeros_like(self.task_steps.value))
 
     def call(self, grads, losses=None, training=True, task_mask=None):
         self._check_num_tasks(grads, "gradients")

@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 
 import keras_mtl
+from keras_mtl.weighting._dual_cone_ops import solver_dtype
 from keras_mtl.weighting.con_fig import ConFIG
 
-pytestmark = pytest.mark.both_backends
+# ConFIG's pseudo-inverse cut-off (float32 eps times max(T, P)) needs the
+# float64 Gramian: in float32 (JAX without x64) rounding noise in the
+# eigenvalues is far above it and the update is not reliable.
+pytestmark = [
+    pytest.mark.both_backends,
+    pytest.mark.skipif(
+        solver_dtype() != "float64", reason="ConFIG needs float64 (JAX: x64)"
+    ),
+]
 
 
 def _t(value, dtype=None):
