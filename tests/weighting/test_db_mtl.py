@@ -8,6 +8,7 @@ import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
+from backends import BACKEND
 
 import keras_mtl.weighting as weighting
 from keras_mtl.weighting.db_mtl import DBMTL
@@ -311,7 +312,10 @@ def test_masked_eager_equals_xla():
     masks = [np.array(m, "float32") for m in masks]
     cases = [((g * m[:, None], x * m), m) for g, x, m in zip(grads, losses, masks)]
     make = functools.partial(DBMTL, beta_sigma=0.5)
-    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=1e-7)
+    # On JAX, XLA fuses the buffer update differently from the eager ops: an
+    # entry that cancels terms of size ~1 differs by one float32 ulp of 1.
+    atol = 1.2e-7 if BACKEND == "jax" else 1e-7
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=atol)
 
 
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient
