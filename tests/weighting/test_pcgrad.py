@@ -333,3 +333,21 @@ def test_evaluation_call_keeps_the_random_state():
     degenerate_checks.assert_evaluation_keeps_random_state(
         lambda: PCGrad(seed=1), grads
     )
+
+
+def test_random_orders_are_pinned_on_every_backend():
+    # The bits of TensorFlow's original implementation (int64 seed state),
+    # reproduced from int32 (JAX's integers) and uint32 seeds alike.
+    for dtype in ("int32", "uint32"):
+        seed = keras.ops.convert_to_tensor(np.array([0, 3]), dtype)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(random_orders(seed, 3)),
+            [[1, 0, 2], [1, 2, 0], [1, 0, 2]],
+        )
+        seed = keras.ops.convert_to_tensor(np.array([5, 3]), dtype)
+        mask = keras.ops.convert_to_tensor(np.array([1, 0, 1, 1, 1], "float32"))
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(random_orders(seed, 5, mask)),
+            [[3, 0, 4, 1, 2], [0, 4, 3, 1, 2], [0, 4, 3, 1, 2], [0, 3, 1, 2, 4]]
+            + [[1, 2, 0, 3, 4]],
+        )
