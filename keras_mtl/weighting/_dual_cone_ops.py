@@ -23,8 +23,10 @@ agrees with quadprog (TorchJD's solver) to about 1e-9 relative.
 
 The solver works in float64 where the backend has it (`solver_dtype`):
 always on TensorFlow, on JAX only with `jax_enable_x64` (JAX's default is
-float32, in which the results agree with float64 to about 1e-6 on
-well-conditioned inputs).
+float32). Measured on rank-deficient and mixed-scale inputs (T = 3 and 20),
+UPGrad's and DualProj's float32 updates agree with TensorFlow's float64
+ones to 3e-8 of sum_t |w_t| ||g_t||, their weights to 9e-5 relative (on a
+singular Gramian only `reg_eps` conditions them).
 """
 
 import functools

@@ -99,7 +99,7 @@ class GradientAggregation(Strategy):
             weights = self.compute_weights(
                 gramian, losses, training=training, task_mask=task_mask
             )
-            weights = ops.cast(weights, grads.dtype) * task_mask
+            weights = ops.cast(weights, grads.dtype) * ops.cast(task_mask, grads.dtype)
         weights = ops.cast(weights, grads.dtype)
         return ops.matmul(weights[None, :], grads)[0], weights
 

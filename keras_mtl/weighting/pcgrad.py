@@ -29,6 +29,16 @@ def _mix32(x):
     return _xor_shift(x, 16)
 
 
+def _seed_to_uint32(seed):
+    """A `(2,)` integer seed modulo 2^32, as uint32: a seed generator's
+    state (int64 on TensorFlow, uint32 on JAX) or an int32 array (JAX's
+    default integers, cast with two's-complement wrap-around)."""
+    seed = ops.convert_to_tensor(seed)
+    if ops.dtype(seed) == "int32":
+        return ops.cast(seed, "uint32")
+    return to_uint32(seed)
+
+
 def random_orders(seed, num_tasks, task_mask=None):
     """`(T, T)` int32 orders, row i a pseudo-random permutation of the tasks.
 
@@ -44,7 +54,7 @@ def random_orders(seed, num_tasks, task_mask=None):
     row i is then exactly row r_i of `random_orders(seed, K)`. Where the
     absent tasks land in the orders is left unspecified.
     """
-    seed = to_uint32(seed)
+    seed = _seed_to_uint32(seed)
     base = _mix32(ops.bitwise_xor(seed[0], _mix32(seed[1] + uint32(0x7F4A7C15))))
     if task_mask is None:
         index = ops.cast(ops.arange(num_tasks * num_tasks), "uint32")

@@ -10,6 +10,13 @@ import degenerate_inputs
 import numpy as np
 import pytest
 
+from keras_mtl.weighting._dual_cone_ops import solver_dtype
+
+# Where the solver is float32 (JAX without x64), the weights of a singular
+# Gramian (conditioned by reg_eps = 1e-4 only) are accurate to about 1e-2
+# relative: the permutation check then compares the updates, not the weights.
+_PERMUTE_WEIGHTS = solver_dtype() == "float64"
+
 # Non-conflicting up to the regulariser's bound; with the default (TorchJD's
 # absolute norm_eps) only while trace(G G^T) >= norm_eps, so not for the tiny
 # kinds; positively homogeneous while the scaled trace stays above norm_eps.
@@ -24,6 +31,7 @@ def check_degenerate_inputs(cls, shape):
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {
             "rtol": 1e-4,
+            "permute_weights": _PERMUTE_WEIGHTS,
             "homogeneous": case.kind not in _SMALL_KINDS,
             "factors": (2.0**10,),
             "non_conflicting": case.kind not in ("tiny", "small"),

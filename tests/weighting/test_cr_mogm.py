@@ -7,7 +7,6 @@ import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import ops
 from model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp
 
@@ -15,6 +14,11 @@ import keras_mtl
 from keras_mtl.weighting.cr_mogm import CRMOGM
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.upgrad import UPGrad
+
+
+def _t(value, dtype=None):
+    """A tensor of `value` on the current backend."""
+    return keras.ops.convert_to_tensor(value, dtype)
 
 
 class DiagonalShare(GradientAggregation):
@@ -57,9 +61,12 @@ TORCHJD = {
 
 
 def _weights(strategy, steps, training=True):
-    return [strategy(tf.constant(g), training=training)[1].numpy() for g in steps]
+    return [
+        keras.ops.convert_to_numpy(strategy(_t(g), training=training)[1]) for g in steps
+    ]
 
 
+@pytest.mark.both_backends
 def test_registry_names_resolve():
     for name in ["crmogm", "cr_mogm", "CRMOGM"]:
         strategy = keras_mtl.weighting.get(name)
@@ -74,24 +81,29 @@ def test_registry_names_resolve():
         ([0.5, 0.5], [[0.55, 0.45], [0.495, 0.505], [0.4455, 0.5545]]),
     ],
 )
+@pytest.mark.both_backends
 def test_moving_average_of_the_wrapped_weights(initial, expected):
     strategy = CRMOGM(DiagonalShare(), alpha=0.9, initial_weights=initial)
     np.testing.assert_allclose(_weights(strategy, SCRIPT), expected, rtol=1e-6)
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("alpha, initial", list(TORCHJD))
 def test_torchjd_reference_values_wrapping_upgrad(alpha, initial):
     strategy = CRMOGM(
         UPGrad(), alpha=alpha, initial_weights=None if initial is None else initial
     )
     for jacobian, expected in zip(JACOBIANS, TORCHJD[(alpha, initial)]):
-        update, weights = strategy(tf.constant(jacobian))
-        np.testing.assert_allclose(weights.numpy(), expected, atol=1e-5)
+        update, weights = strategy(_t(jacobian))
         np.testing.assert_allclose(
-            update.numpy(), np.array(expected) @ jacobian, atol=1e-5
+            keras.ops.convert_to_numpy(weights), expected, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(update), np.array(expected) @ jacobian, atol=1e-5
         )
 
 
+@pytest.mark.both_backends
 def test_alpha_zero_passes_the_weights_through_and_one_freezes_them():
     passthrough = _weights(CRMOGM(DiagonalShare(), alpha=0.0), SCRIPT)
     np.testing.assert_allclose(passthrough, [[1, 0], [0, 1], [0, 1]], atol=1e-7)
@@ -101,6 +113,7 @@ def test_alpha_zero_passes_the_weights_through_and_one_freezes_them():
     np.testing.assert_allclose(frozen, [[0.3, 0.7]] * 3, rtol=1e-6)
 
 
+@pytest.mark.both_backends
 def test_constant_weights_are_a_fixed_point():
     grads = np.array([[1.0, 0.0, 1.0], [0.0, 2.0, 1.0]], "float32")
     inner = _weights(DiagonalShare(), [grads])[0]
@@ -110,17 +123,21 @@ def test_constant_weights_are_a_fixed_point():
     np.testing.assert_allclose(fixed, [inner] * 3, rtol=1e-6)
 
 
+@pytest.mark.both_backends
 def test_evaluation_does_not_advance_the_average_and_reset_restarts_it():
     strategy = CRMOGM(DiagonalShare(), alpha=0.9)
     _weights(strategy, SCRIPT[:1])
     evaluated = _weights(strategy, SCRIPT[1:], training=False)
     np.testing.assert_allclose(evaluated, [[0.9, 0.1]] * 2, rtol=1e-6)
-    np.testing.assert_allclose(strategy.average.numpy(), [1.0, 0.0])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(strategy.average), [1.0, 0.0])
     strategy.reset_state()
-    np.testing.assert_array_equal(strategy.started.numpy(), [0.0, 0.0])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(strategy.started), [0.0, 0.0]
+    )
     np.testing.assert_allclose(_weights(strategy, SCRIPT[1:2]), [[0.0, 1.0]])
 
 
+@pytest.mark.both_backends
 def test_config_round_trip_restores_the_wrapped_strategy():
     strategy = CRMOGM(UPGrad(reg_eps=1e-3), alpha=0.5, initial_weights=[0.2, 0.8])
     config = strategy.get_config()
@@ -132,12 +149,14 @@ def test_config_round_trip_restores_the_wrapped_strategy():
     assert again.get_config() == config
 
 
+@pytest.mark.both_backends
 def test_state_round_trip_continues_the_average():
     strategy = CRMOGM("upgrad", alpha=0.6)
     _weights(strategy, JACOBIANS[:2])
     checks.assert_state_round_trip(strategy, [JACOBIANS[2], JACOBIANS[0]])
 
 
+@pytest.mark.both_backends
 def test_absent_task_keeps_its_average_and_gets_weight_zero():
     full = CRMOGM("upgrad", alpha=0.6)
     small = CRMOGM("upgrad", alpha=0.6)
@@ -146,20 +165,26 @@ def test_absent_task_keeps_its_average_and_gets_weight_zero():
     checks.assert_absent_task_is_dropped(full, small, mask, steps, rtol=1e-5)
 
 
+@pytest.mark.both_backends
 def test_a_task_absent_at_the_start_starts_from_its_first_weights():
     strategy = CRMOGM(DiagonalShare(), alpha=0.5)
     grads = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], "float32")
-    masked = tf.constant(grads * [[1], [0], [1]])
-    _, weights = strategy(masked, task_mask=tf.constant([1.0, 0, 1]))
-    np.testing.assert_allclose(weights.numpy(), [1 / 3, 0, 2 / 3], rtol=1e-6)
-    assert strategy.started.numpy().tolist() == [1.0, 0.0, 1.0]
-    _, weights = strategy(tf.constant(grads))
+    masked = _t(grads * [[1], [0], [1]])
+    _, weights = strategy(masked, task_mask=_t([1.0, 0, 1]))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(weights), [1 / 3, 0, 2 / 3], rtol=1e-6
+    )
+    assert keras.ops.convert_to_numpy(strategy.started).tolist() == [1.0, 0.0, 1.0]
+    _, weights = strategy(_t(grads))
     # Now [1/4, 1/4, 1/2]: task 1 starts from its own (1/4), the others average.
     np.testing.assert_allclose(
-        weights.numpy(), [(1 / 3 + 0.25) / 2, 0.25, (2 / 3 + 0.5) / 2], rtol=1e-6
+        keras.ops.convert_to_numpy(weights),
+        [(1 / 3 + 0.25) / 2, 0.25, (2 / 3 + 0.5) / 2],
+        rtol=1e-6,
     )
 
 
+@pytest.mark.both_backends
 def test_refuses_strategies_that_are_not_gramian_weightings():
     for name in ["rlw", "graddrop", "trimmed_mean"]:
         with pytest.raises(ValueError, match="weighting"):
@@ -175,17 +200,19 @@ def test_refuses_strategies_that_are_not_gramian_weightings():
         CRMOGM("upgrad", rep_grad=True)
 
 
+@pytest.mark.both_backends
 def test_an_absent_task_keeps_the_average_it_had():
     strategy = CRMOGM(DiagonalShare(), alpha=0.5)
     grads = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], "float32")
-    strategy(tf.constant(grads))
-    before = strategy.average.numpy().copy()
-    masked = tf.constant(grads * [[1], [0], [1]])
-    _, weights = strategy(masked, task_mask=tf.constant([1.0, 0, 1]))
-    assert weights.numpy()[1] == 0.0
-    assert strategy.average.numpy()[1] == before[1]
+    strategy(_t(grads))
+    before = keras.ops.convert_to_numpy(strategy.average).copy()
+    masked = _t(grads * [[1], [0], [1]])
+    _, weights = strategy(masked, task_mask=_t([1.0, 0, 1]))
+    assert keras.ops.convert_to_numpy(weights)[1] == 0.0
+    assert keras.ops.convert_to_numpy(strategy.average)[1] == before[1]
     np.testing.assert_allclose(
-        strategy.average.numpy()[[0, 2]], (before[[0, 2]] + [1 / 3, 2 / 3]) / 2
+        keras.ops.convert_to_numpy(strategy.average)[[0, 2]],
+        (before[[0, 2]] + [1 / 3, 2 / 3]) / 2,
     )
 
 
@@ -205,8 +232,10 @@ def test_gramian_path_gives_the_matrix_path_training():
         )
         x, y = two_task_data(n=24)
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
-        assert strategy.started.numpy().tolist() == [1.0, 1.0]
-        results[path] = [w.numpy() for w in model.weights + strategy.weights]
+        assert keras.ops.convert_to_numpy(strategy.started).tolist() == [1.0, 1.0]
+        results[path] = [
+            keras.ops.convert_to_numpy(w) for w in model.weights + strategy.weights
+        ]
     for a, b in zip(results["matrix"], results["gramian"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -222,6 +251,8 @@ def test_gramian_path_gives_the_matrix_path_training():
 # threshold does not cut in (scaled up, as in tests/weighting/test_upgrad.py).
 
 
+# TensorFlow only for now: on JAX the default inner MGDA returns NaN on the
+# "huge" rows at T = 20 and 40 (MGDA is ported separately).
 @pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     cases = degenerate_inputs.degenerate_cases(shapes=[shape])

@@ -4,13 +4,21 @@ import functools
 
 import aggregator_properties as degenerate_checks
 import degenerate_inputs
+import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backends import BACKEND
 
 import keras_mtl.weighting as weighting
 from keras_mtl.weighting.db_mtl import DBMTL
+
+pytestmark = pytest.mark.both_backends
+
+
+def _t(value, dtype=None):
+    """A tensor of `value` on the current backend."""
+    return keras.ops.convert_to_tensor(value, dtype)
 
 
 def _reference(grads_seq, losses_seq, beta=0.9, beta_sigma=0.0):
@@ -40,10 +48,11 @@ def _random_sequence(rng, steps, num_tasks=3, dim=5):
 def _run(strategy, grads_seq, losses_seq):
     strategy.build(np.shape(grads_seq[0]))
     outputs = [
-        strategy(tf.constant(g), tf.constant(x), training=True)
-        for g, x in zip(grads_seq, losses_seq)
+        strategy(_t(g), _t(x), training=True) for g, x in zip(grads_seq, losses_seq)
     ]
-    return [u.numpy() for u, _ in outputs], [w.numpy() for _, w in outputs]
+    return [keras.ops.convert_to_numpy(u) for u, _ in outputs], [
+        keras.ops.convert_to_numpy(w) for _, w in outputs
+    ]
 
 
 def test_two_steps_by_hand():
@@ -70,9 +79,11 @@ def test_two_steps_by_hand():
     )
     np.testing.assert_allclose(alphas[1], [1.0, alpha_2], rtol=1e-6)
     np.testing.assert_allclose(
-        strategy.grad_buffer.numpy(), [[0.27, 0.1], [0.1, 0.045]], rtol=1e-6
+        keras.ops.convert_to_numpy(strategy.grad_buffer),
+        [[0.27, 0.1], [0.1, 0.045]],
+        rtol=1e-6,
     )
-    assert int(strategy.step.numpy()) == 2
+    assert int(keras.ops.convert_to_numpy(strategy.step)) == 2
 
 
 @pytest.mark.parametrize("beta,beta_sigma", [(0.9, 0.0), (0.5, 0.5), (0.0, 0.0)])
@@ -88,7 +99,7 @@ def test_scaled_rows_have_equal_norm():
     grads, losses = _random_sequence(np.random.default_rng(1), steps=3)
     strategy = DBMTL()
     _, alphas = _run(strategy, grads, losses)
-    buffer = strategy.grad_buffer.numpy()
+    buffer = keras.ops.convert_to_numpy(strategy.grad_buffer)
     scaled = alphas[-1][:, None] * buffer
     norms = np.linalg.norm(scaled, axis=1)
     np.testing.assert_allclose(norms, np.full(3, norms.max()), rtol=1e-5)
@@ -157,13 +168,18 @@ def test_degenerate_inputs_are_finite():
             update = strategy.aggregate(
                 grads.astype("float32"), losses.astype("float32")
             )
-            assert np.all(np.isfinite(update.numpy())), (grads, losses)
+            assert np.all(np.isfinite(keras.ops.convert_to_numpy(update))), (
+                grads,
+                losses,
+            )
 
 
 def test_one_task_is_scaled_log_gradient():
     strategy = DBMTL()
     update = strategy.aggregate(np.array([[2.0, -4.0]], "float32"), [2.0])
-    np.testing.assert_allclose(update.numpy(), 0.1 * np.array([1.0, -2.0]), rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update), 0.1 * np.array([1.0, -2.0]), rtol=1e-6
+    )
 
 
 def test_eager_equals_xla():
@@ -179,9 +195,11 @@ def test_training_false_leaves_state():
     strategy.build(grads[0].shape)
     first, _ = strategy(grads[0], losses[0], training=False)
     again, _ = strategy(grads[0], losses[0], training=False)
-    np.testing.assert_array_equal(first.numpy(), again.numpy())
-    np.testing.assert_array_equal(strategy.grad_buffer.numpy(), 0.0)
-    assert int(strategy.step.numpy()) == 0
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(first), keras.ops.convert_to_numpy(again)
+    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.grad_buffer), 0.0)
+    assert int(keras.ops.convert_to_numpy(strategy.step)) == 0
 
 
 def test_config_and_registry():
@@ -202,12 +220,13 @@ def test_state_round_trip_and_reset():
     _run(strategy, grads[:2], losses[:2])
     checks.assert_state_round_trip(strategy, [(grads[2], losses[2])])
     strategy.reset_state()
-    np.testing.assert_array_equal(strategy.grad_buffer.numpy(), 0.0)
-    assert int(strategy.step.numpy()) == 0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.grad_buffer), 0.0)
+    assert int(keras.ops.convert_to_numpy(strategy.step)) == 0
     fresh = DBMTL()
     fresh.build(grads[0].shape)
     np.testing.assert_array_equal(
-        strategy(grads[0], losses[0])[0].numpy(), fresh(grads[0], losses[0])[0].numpy()
+        keras.ops.convert_to_numpy(strategy(grads[0], losses[0])[0]),
+        keras.ops.convert_to_numpy(fresh(grads[0], losses[0])[0]),
     )
 
 
@@ -247,16 +266,18 @@ def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
         rtol=(1e-5, 1e-6),
         state_rtol=0.0,
     )
-    np.testing.assert_array_equal(full.steps.numpy(), [5, 2, 5])
-    assert int(full.step.numpy()) == 5
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(full.steps), [5, 2, 5])
+    assert int(keras.ops.convert_to_numpy(full.step)) == 5
     # The absent task's buffer did not decay; with beta_sigma > 0 its own
     # count sets its next beta_k = beta / 3^0.5 (not beta / 6^0.5).
     g, x = grads[0], losses[0]
-    buffer = full.grad_buffer.numpy()[1]
+    buffer = keras.ops.convert_to_numpy(full.grad_buffer)[1]
     full(g, x)
     expected = g[1] / (x[1] + 1e-8)
     expected = expected + 0.9 / 3**0.5 * (buffer - expected)
-    np.testing.assert_allclose(full.grad_buffer.numpy()[1], expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(full.grad_buffer)[1], expected, rtol=1e-6
+    )
 
 
 def test_restore_absent_tasks_keeps_the_absent_state():
@@ -265,7 +286,7 @@ def test_restore_absent_tasks_keeps_the_absent_state():
     _run(strategy, grads[:2], losses[:2])
     g, x, mask = checks.with_absent(grads[2], losses[2], absent=(2,))
     checks.assert_restore_keeps_absent_state(
-        strategy, mask, lambda: strategy(g, x, task_mask=tf.constant(mask))
+        strategy, mask, lambda: strategy(g, x, task_mask=_t(mask))
     )
 
 
@@ -280,7 +301,9 @@ def test_masked_results_are_finite():
         strategy = DBMTL()
         strategy.build((3, 4))
         checks.assert_masked_outputs_finite(strategy, [((grads, losses), mask)] * 2)
-        assert np.all(strategy.grad_buffer.numpy()[np.array(mask) == 0] == 0.0)
+        assert np.all(
+            keras.ops.convert_to_numpy(strategy.grad_buffer)[np.array(mask) == 0] == 0.0
+        )
 
 
 def test_masked_eager_equals_xla():
@@ -289,7 +312,10 @@ def test_masked_eager_equals_xla():
     masks = [np.array(m, "float32") for m in masks]
     cases = [((g * m[:, None], x * m), m) for g, x, m in zip(grads, losses, masks)]
     make = functools.partial(DBMTL, beta_sigma=0.5)
-    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=1e-7)
+    # On JAX, XLA fuses the buffer update differently from the eager ops: an
+    # entry that cancels terms of size ~1 differs by one float32 ulp of 1.
+    atol = 1.2e-7 if BACKEND == "jax" else 1e-7
+    checks.assert_xla_matches_eager(make, cases, rtol=1e-5, atol=atol)
 
 
 # --- Degenerate inputs (issue 15): zero, rank-one and rank-deficient

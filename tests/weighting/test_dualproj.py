@@ -9,11 +9,18 @@ import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_mtl
 from keras_mtl.weighting.dualproj import DualProj
 from keras_mtl.weighting.upgrad import UPGrad
+
+pytestmark = pytest.mark.both_backends
+
+
+def _t(value, dtype=None):
+    """A tensor of `value` on the current backend."""
+    return keras.ops.convert_to_tensor(value, dtype)
+
 
 # TorchJD's golden input (tests/unit/aggregation/test_values.py).
 J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], np.float32)
@@ -24,8 +31,10 @@ J_CONFLICT = np.array(
 
 
 def _run(strategy, grads):
-    update, weights = strategy(tf.constant(grads, tf.float32))
-    return update.numpy().astype(np.float64), weights.numpy().astype(np.float64)
+    update, weights = strategy(_t(grads, "float32"))
+    return keras.ops.convert_to_numpy(update).astype(
+        np.float64
+    ), keras.ops.convert_to_numpy(weights).astype(np.float64)
 
 
 def _qp_exhaustive(matrix, u):
@@ -205,7 +214,7 @@ def test_eager_matches_xla():
     ]
     checks.assert_xla_matches_eager(
         DualProj,
-        [(tf.constant(grads, tf.float32), None) for grads in cases],
+        [(_t(grads, "float32"), None) for grads in cases],
         rtol=1e-5,
         atol=(checks.scaled_atol(1e-6), 1e-7),
     )
@@ -272,13 +281,14 @@ def test_missing_tasks_compute_weights_drops_nonzero_rows():
     mask = np.array([1.0, 0.0, 1.0, 1.0], "float32")
     strategy = DualProj()
     weights = strategy.compute_weights(
-        tf.constant(grads @ grads.T, tf.float32), task_mask=tf.constant(mask)
-    ).numpy()
-    present = [0, 2, 3]
-    ref = DualProj().compute_weights(
-        tf.constant(grads[present] @ grads[present].T, tf.float32)
+        _t(grads @ grads.T, "float32"), task_mask=_t(mask)
     )
-    np.testing.assert_allclose(weights[present], ref.numpy(), rtol=1e-6)
+    weights = keras.ops.convert_to_numpy(weights)
+    present = [0, 2, 3]
+    ref = DualProj().compute_weights(_t(grads[present] @ grads[present].T, "float32"))
+    np.testing.assert_allclose(
+        weights[present], keras.ops.convert_to_numpy(ref), rtol=1e-6
+    )
     assert weights[1] == 0.0
 
 
@@ -296,8 +306,10 @@ def test_missing_tasks_finite_and_stateless():
     )
     # One present task: the mean of one row is that row.
     update, weights = strategy(g * [[0.0], [0.0], [1.0]], task_mask=[0.0, 0.0, 1.0])
-    np.testing.assert_allclose(weights.numpy(), [0.0, 0.0, 1.0], rtol=1e-6)
-    np.testing.assert_allclose(update.numpy(), g[2], rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(weights), [0.0, 0.0, 1.0], rtol=1e-6
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(update), g[2], rtol=1e-6)
     assert strategy.per_task_state() == []
 
 

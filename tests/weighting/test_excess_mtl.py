@@ -4,13 +4,21 @@ import functools
 
 import aggregator_properties as degenerate_checks
 import degenerate_inputs
+import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backends import graph
 
 import keras_mtl.weighting as weighting
 from keras_mtl.weighting.excess_mtl import ExcessMTL
+
+pytestmark = pytest.mark.both_backends
+
+
+def _t(value, dtype=None):
+    """A tensor of `value` on the current backend."""
+    return keras.ops.convert_to_tensor(value, dtype)
 
 
 def _reference(grads_seq, robust_step_size=1e-2):
@@ -43,7 +51,9 @@ def _reference(grads_seq, robust_step_size=1e-2):
 def _run(strategy, grads_seq):
     strategy.build(np.shape(grads_seq[0]))
     outputs = [strategy(g) for g in grads_seq]
-    return [u.numpy() for u, _ in outputs], [w.numpy() for _, w in outputs]
+    return [keras.ops.convert_to_numpy(u) for u, _ in outputs], [
+        keras.ops.convert_to_numpy(w) for _, w in outputs
+    ]
 
 
 def _random_sequence(rng, steps, num_tasks=3, dim=5):
@@ -59,19 +69,23 @@ def test_two_steps_by_hand():
     strategy = ExcessMTL(robust_step_size=1.0)
     strategy.build((2, 2))
     update, weight = strategy(np.eye(2, dtype="float32"))
-    np.testing.assert_array_equal(update.numpy(), [1.0, 1.0])
-    np.testing.assert_array_equal(weight.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(update), [1.0, 1.0])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight), [1.0, 1.0])
     e0 = 1.0 / np.sqrt(1.0 + 1e-7)
-    np.testing.assert_allclose(strategy.initial_excess.numpy(), [e0, e0], rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(strategy.initial_excess), [e0, e0], rtol=1e-6
+    )
     update, weight = strategy(np.array([[2.0, 0.0], [0.0, 1.0]], "float32"))
     ratio = np.array([4.0 / np.sqrt(5.0 + 1e-7), 1.0 / np.sqrt(2.0 + 1e-7)]) / e0
     expected = 2.0 * np.exp(ratio) / np.exp(ratio).sum()
-    np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(weight), expected, rtol=1e-6)
     np.testing.assert_allclose(
-        update.numpy(), [2 * expected[0], expected[1]], rtol=1e-6
+        keras.ops.convert_to_numpy(update), [2 * expected[0], expected[1]], rtol=1e-6
     )
     np.testing.assert_allclose(
-        strategy.grad_sq_sum.numpy(), [[5.0, 0.0], [0.0, 2.0]], rtol=1e-6
+        keras.ops.convert_to_numpy(strategy.grad_sq_sum),
+        [[5.0, 0.0], [0.0, 2.0]],
+        rtol=1e-6,
     )
 
 
@@ -88,17 +102,15 @@ def test_weights_positive_and_sum_to_num_tasks():
     rng = np.random.default_rng(1)
     strategy = ExcessMTL(robust_step_size=2.0)
     strategy.build((4, 6))
-    grads = tf.constant(rng.normal(size=(40, 4, 6)).astype("float32"))
+    grads = _t(rng.normal(size=(40, 4, 6)).astype("float32"))
 
-    @tf.function
-    def run():
-        weights = tf.TensorArray(tf.float32, size=40)
-        for i in tf.range(40):
-            _, weight = strategy(grads[i] * tf.cast(i % 4 + 1, tf.float32))
-            weights = weights.write(i, weight)
-        return weights.stack()
-
-    weights = run().numpy()
+    step = graph(lambda g: strategy(g)[1], layers=[strategy])
+    weights = np.stack(
+        [
+            keras.ops.convert_to_numpy(step(grads[i] * np.float32(i % 4 + 1)))
+            for i in range(40)
+        ]
+    )
     assert np.all(weights > 0)
     np.testing.assert_allclose(weights.sum(axis=1), 4.0, rtol=1e-5)
 
@@ -112,7 +124,7 @@ def test_task_with_larger_excess_risk_gains_weight():
     weights = []
     for k in range(6):
         decay = np.array([[1.0], [0.5**k]], "float32")
-        weights.append(strategy(base * decay)[1].numpy())
+        weights.append(keras.ops.convert_to_numpy(strategy(base * decay)[1]))
     weights = np.array(weights)
     np.testing.assert_array_equal(weights[0], [1.0, 1.0])
     assert np.all(np.diff(weights[:, 0]) > 0)
@@ -147,13 +159,15 @@ def test_degenerate_inputs_are_finite():
         strategy = ExcessMTL(robust_step_size=1.0)
         for _ in range(3):
             update = strategy.aggregate(grads.astype("float32"))
-            assert np.all(np.isfinite(update.numpy())), grads
-            assert np.all(np.isfinite(strategy.loss_weight.numpy())), grads
+            assert np.all(np.isfinite(keras.ops.convert_to_numpy(update))), grads
+            assert np.all(
+                np.isfinite(keras.ops.convert_to_numpy(strategy.loss_weight))
+            ), grads
     # A task whose first gradient was zero (the reference divides by 0):
     strategy = ExcessMTL(robust_step_size=1.0)
     strategy.aggregate(np.array([[0.0, 0.0], [1.0, 1.0]], "float32"))
     strategy.aggregate(np.array([[5.0, 1.0], [1.0, 1.0]], "float32"))
-    weight = strategy.loss_weight.numpy()
+    weight = keras.ops.convert_to_numpy(strategy.loss_weight)
     assert np.all(np.isfinite(weight))
     np.testing.assert_allclose(weight.sum(), 2.0, rtol=1e-6)
 
@@ -169,8 +183,8 @@ def test_training_false_leaves_state():
     strategy = ExcessMTL()
     strategy.build((2, 2))
     strategy(np.eye(2, dtype="float32"), training=False)
-    np.testing.assert_array_equal(strategy.grad_sq_sum.numpy(), 0.0)
-    assert int(strategy.step.numpy()) == 0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.grad_sq_sum), 0.0)
+    assert int(keras.ops.convert_to_numpy(strategy.step)) == 0
 
 
 def test_invalid_arguments():
@@ -200,11 +214,15 @@ def test_state_round_trip_and_reset():
     _run(strategy, grads[:3])
     checks.assert_state_round_trip(strategy, [grads[3]])
     strategy.reset_state()
-    np.testing.assert_array_equal(strategy.grad_sq_sum.numpy(), 0.0)
-    np.testing.assert_array_equal(strategy.initial_excess.numpy(), 0.0)
-    np.testing.assert_array_equal(strategy.loss_weight.numpy(), 1.0)
-    assert int(strategy.step.numpy()) == 0
-    np.testing.assert_array_equal(strategy(grads[0])[0].numpy(), grads[0].sum(0))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.grad_sq_sum), 0.0)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(strategy.initial_excess), 0.0
+    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.loss_weight), 1.0)
+    assert int(keras.ops.convert_to_numpy(strategy.step)) == 0
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(strategy(grads[0])[0]), grads[0].sum(0)
+    )
 
 
 # --- Missing tasks ---------------------------------------------------------
@@ -234,53 +252,64 @@ def test_absent_task_gets_zero_and_the_others_match_a_strategy_without_it():
     full = ExcessMTL(robust_step_size=0.5)
     _run(full, grads[:3])
     present = [0, 1, 3]
-    mask = tf.constant([1.0, 1.0, 0.0, 1.0])
+    mask = _t([1.0, 1.0, 0.0, 1.0])
     for g in grads[3:]:
         g = g.copy()
         g[2] = 0.0  # an absent task's row
         alone = ExcessMTL(robust_step_size=0.5)
         alone.build((3, 5))
         alone.set_weights([w[present] for w in full.get_weights()])
-        kept = full.loss_weight.numpy()[present].sum()
-        absent_weight = full.loss_weight.numpy()[2]
+        kept = keras.ops.convert_to_numpy(full.loss_weight)[present].sum()
+        absent_weight = keras.ops.convert_to_numpy(full.loss_weight)[2]
         update, weight = full(g, task_mask=mask)
         expected_update, expected_weight = alone(g[present])
         factor = kept / 3.0
-        assert weight.numpy()[2] == 0.0
+        assert keras.ops.convert_to_numpy(weight)[2] == 0.0
         np.testing.assert_allclose(
-            weight.numpy()[present], factor * expected_weight.numpy(), rtol=1e-5
+            keras.ops.convert_to_numpy(weight)[present],
+            factor * keras.ops.convert_to_numpy(expected_weight),
+            rtol=1e-5,
         )
         np.testing.assert_allclose(
-            update.numpy(), factor * expected_update.numpy(), rtol=1e-5, atol=1e-6
+            keras.ops.convert_to_numpy(update),
+            factor * keras.ops.convert_to_numpy(expected_update),
+            rtol=1e-5,
+            atol=1e-6,
         )
-        stored = full.loss_weight.numpy()
+        stored = keras.ops.convert_to_numpy(full.loss_weight)
         assert stored[2] == absent_weight
         np.testing.assert_allclose(stored.sum(), 4.0, rtol=1e-6)
         for a, b in zip(full.get_weights()[:2], alone.get_weights()[:2]):
             np.testing.assert_array_equal(a[present], b)  # S and e0
-    np.testing.assert_array_equal(full.steps.numpy(), [6, 6, 3, 6])
-    assert int(full.step.numpy()) == 6
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(full.steps), [6, 6, 3, 6])
+    assert int(keras.ops.convert_to_numpy(full.step)) == 6
 
 
 def test_initial_estimate_is_recorded_at_the_first_present_step():
     strategy = ExcessMTL(robust_step_size=1.0)
     strategy.build((2, 2))
-    mask = tf.constant([1.0, 0.0])
+    mask = _t([1.0, 0.0])
     # Task 1 absent for two steps: task 0 alone (K = 1) keeps its weight.
     for g in ([[1.0, 0.0], [0.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]]):
         _, weight = strategy(np.array(g, "float32"), task_mask=mask)
-        np.testing.assert_allclose(weight.numpy(), [1.0, 0.0], rtol=1e-6)
-    np.testing.assert_array_equal(strategy.initial_excess.numpy()[1], 0.0)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(weight), [1.0, 0.0], rtol=1e-6
+        )
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(strategy.initial_excess)[1], 0.0
+    )
     # Task 1 arrives: e0_1 = e_1, r_1 = 1; task 0 has r_0 = e_0 / e0_0.
     update, weight = strategy(np.array([[1.0, 0.0], [0.0, 3.0]], "float32"))
     e1 = 9.0 / np.sqrt(9.0 + 1e-7)
-    np.testing.assert_allclose(strategy.initial_excess.numpy()[1], e1, rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(strategy.initial_excess)[1], e1, rtol=1e-6
+    )
     e0 = 1.0 / np.sqrt(1.0 + 1e-7)
     r0 = (1.0 / np.sqrt(6.0 + 1e-7)) / e0
     expected = 2.0 * np.exp([r0, 1.0]) / np.exp([r0, 1.0]).sum()
-    np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(weight), expected, rtol=1e-5)
     np.testing.assert_allclose(
-        update.numpy(), [expected[0], 3 * expected[1]], rtol=1e-5
+        keras.ops.convert_to_numpy(update), [expected[0], 3 * expected[1]], rtol=1e-5
     )
 
 
@@ -292,7 +321,7 @@ def test_restore_absent_tasks_keeps_the_absent_state():
     checks.assert_restore_keeps_absent_state(
         strategy,
         mask,
-        lambda: strategy(g, task_mask=tf.constant(mask)),
+        lambda: strategy(g, task_mask=_t(mask)),
         skip_moved=("initial_excess",),  # e0 is recorded once
     )
 
@@ -309,7 +338,9 @@ def test_masked_results_are_finite():
         strategy.build((3, 4))
         steps = [(grads * (k + 1), mask) for k in range(3)]
         checks.assert_masked_outputs_finite(strategy, steps)
-        np.testing.assert_allclose(strategy.loss_weight.numpy().sum(), 3.0, rtol=1e-6)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(strategy.loss_weight).sum(), 3.0, rtol=1e-6
+        )
 
 
 def test_masked_eager_equals_xla():

@@ -4,14 +4,22 @@ import functools
 
 import aggregator_properties as degenerate_checks
 import degenerate_inputs
+import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backends import compiled
 from keras import ops
 
 import keras_mtl.weighting as weighting
 from keras_mtl.weighting.graddrop import GradDrop
+
+pytestmark = pytest.mark.both_backends
+
+
+def _t(value, dtype=None):
+    """A tensor of `value` on the current backend."""
+    return keras.ops.convert_to_tensor(value, dtype)
 
 
 class _FixedUniformGradDrop(GradDrop):
@@ -44,15 +52,21 @@ def test_matches_reference_for_given_draws():
         strategy = _FixedUniformGradDrop(uniform, leak=leak)
         update, weights = strategy(grads)
         np.testing.assert_allclose(
-            update.numpy(), _reference(grads, uniform, leak), rtol=1e-6
+            keras.ops.convert_to_numpy(update),
+            _reference(grads, uniform, leak),
+            rtol=1e-6,
         )
-        np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0, 1.0])
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(weights), [1.0, 1.0, 1.0]
+        )
 
 
 def test_sign_purity():
     strategy = GradDrop()
     grads = np.array([[3.0, 1.0, 2.0, 0.0], [-1.0, 1.0, -2.0, 0.0]], "float32")
-    purity = strategy.sign_purity(ops.convert_to_tensor(grads)).numpy()
+    purity = keras.ops.convert_to_numpy(
+        strategy.sign_purity(ops.convert_to_tensor(grads))
+    )
     # 0.5 (1 + sum / (sum |.| + 1e-7)): 0.75, ~1, 0.5, 0.5.
     np.testing.assert_allclose(purity, [0.75, 1.0, 0.5, 0.5], atol=1e-7)
 
@@ -67,7 +81,7 @@ def test_agreeing_signs_pass_unchanged():
         "float32",
     )
     for seed in range(5):
-        update = GradDrop(seed=seed).aggregate(grads).numpy()
+        update = keras.ops.convert_to_numpy(GradDrop(seed=seed).aggregate(grads))
         # Columns 0-2 agree in sign (zeros aside), column 4 too.
         np.testing.assert_allclose(
             update[[0, 1, 2, 4]], grads.sum(0)[[0, 1, 2, 4]], rtol=1e-6
@@ -84,7 +98,9 @@ def test_kept_sign_frequency_matches_purity():
     grads = np.concatenate(
         [np.tile([[a], [-b]], (1, columns)) for a, b in cases], axis=1
     ).astype("float32")
-    update = GradDrop(seed=3).aggregate(grads).numpy().reshape(len(cases), columns)
+    update = keras.ops.convert_to_numpy(GradDrop(seed=3).aggregate(grads)).reshape(
+        len(cases), columns
+    )
     for (a, b), values in zip(cases, update):
         assert set(np.unique(values).tolist()) <= {a, -b}
         frequency = np.mean(values == a)
@@ -103,15 +119,23 @@ def test_kept_sign_frequency_matches_purity():
 def test_leak_one_is_plain_sum():
     grads = np.random.default_rng(1).normal(size=(3, 20)).astype("float32")
     update = GradDrop(leak=1.0, seed=0).aggregate(grads)
-    np.testing.assert_allclose(update.numpy(), grads.sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update), grads.sum(0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_deterministic_for_a_seed_and_random_across_calls():
     grads = np.random.default_rng(2).normal(size=(3, 40)).astype("float32")
     first = GradDrop(seed=5)
     second = GradDrop(seed=5)
-    a1, a2 = first.aggregate(grads).numpy(), first.aggregate(grads).numpy()
-    b1, b2 = second.aggregate(grads).numpy(), second.aggregate(grads).numpy()
+    a1, a2 = (
+        keras.ops.convert_to_numpy(first.aggregate(grads)),
+        keras.ops.convert_to_numpy(first.aggregate(grads)),
+    )
+    b1, b2 = (
+        keras.ops.convert_to_numpy(second.aggregate(grads)),
+        keras.ops.convert_to_numpy(second.aggregate(grads)),
+    )
     np.testing.assert_array_equal(a1, b1)
     np.testing.assert_array_equal(a2, b2)
     assert not np.array_equal(a1, a2)
@@ -125,23 +149,27 @@ def test_degenerate_inputs_are_finite():
         1e10 * np.array([[1.0, -2.0, 0.5], [-1.0, 1.0, 2.0], [0.0, 0.0, 1.0]]),
     ]
     for grads in cases:
-        update = GradDrop(seed=0).aggregate(grads.astype("float32")).numpy()
+        update = keras.ops.convert_to_numpy(
+            GradDrop(seed=0).aggregate(grads.astype("float32"))
+        )
         assert np.all(np.isfinite(update)), grads
     np.testing.assert_array_equal(
         GradDrop().aggregate(np.zeros((2, 3), "float32")), 0.0
     )
     one = np.array([[1.0, -3.0, 0.0]], "float32")
-    np.testing.assert_array_equal(GradDrop(seed=0).aggregate(one).numpy(), one[0])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(GradDrop(seed=0).aggregate(one)), one[0]
+    )
 
 
 def test_eager_equals_xla():
     grads = np.random.default_rng(3).normal(size=(3, 30)).astype("float32")
     eager_strategy, xla_strategy = GradDrop(seed=9), GradDrop(seed=9)
     xla_strategy.build(grads.shape)
-    step = tf.function(lambda g: xla_strategy(g, training=True), jit_compile=True)
+    step = compiled(lambda g: xla_strategy(g, training=True), layers=[xla_strategy])
     for _ in range(2):
-        eager = eager_strategy.aggregate(grads).numpy()
-        xla = step(tf.constant(grads))[0].numpy()
+        eager = keras.ops.convert_to_numpy(eager_strategy.aggregate(grads))
+        xla = keras.ops.convert_to_numpy(step(_t(grads))[0])
         np.testing.assert_allclose(xla, eager, rtol=1e-6)
 
 
@@ -180,7 +208,8 @@ def test_state_round_trip():
     clone.set_weights(strategy.get_weights())
     clone.seed_generator.state.assign(strategy.seed_generator.state)
     np.testing.assert_array_equal(
-        clone.aggregate(grads).numpy(), strategy.aggregate(grads).numpy()
+        keras.ops.convert_to_numpy(clone.aggregate(grads)),
+        keras.ops.convert_to_numpy(strategy.aggregate(grads)),
     )
     strategy.reset_state()  # stateless: nothing to reset, must not raise
 
@@ -221,7 +250,7 @@ def test_missing_tasks_equal_graddrop_on_present_rows(leak):
         uniform = np.random.default_rng(0).uniform(size=60).astype("float32")
         fixed = _FixedUniformGradDrop(uniform, leak=leak)
         np.testing.assert_allclose(
-            fixed(grads, task_mask=mask)[0].numpy(),
+            keras.ops.convert_to_numpy(fixed(grads, task_mask=mask)[0]),
             _reference(grads[present], uniform, leak),
             rtol=1e-6,
             atol=1e-7,
@@ -242,7 +271,7 @@ def test_missing_tasks_finite_and_stateless():
         np.testing.assert_array_equal(weights, mask)
     # One present task: its signs all agree, the gradient passes unchanged.
     update, _ = strategy(g * [[0.0], [0.0], [1.0]], task_mask=[0.0, 0.0, 1.0])
-    np.testing.assert_allclose(update.numpy(), g[2], rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(update), g[2], rtol=1e-6)
     assert strategy.per_task_state() == []
 
 

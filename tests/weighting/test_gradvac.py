@@ -4,6 +4,7 @@ import functools
 
 import aggregator_properties as degenerate_checks
 import degenerate_inputs
+import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from keras import ops
 
 import keras_mtl.weighting as weighting
 from keras_mtl.weighting.gradvac import GradVac
+
+pytestmark = pytest.mark.both_backends
 
 
 class _FixedOrderGradVac(GradVac):
@@ -63,15 +66,19 @@ def test_first_step_projects_conflicts_like_pcgrad():
     update, weights = strategy(np.stack([g1, g2]).astype("float32"))
     pc1 = g1 - (g1 @ g2) / (g2 @ g2) * g2
     pc2 = g2 - (g2 @ g1) / (g1 @ g1) * g1
-    np.testing.assert_allclose(update.numpy(), pc1 + pc2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update), pc1 + pc2, rtol=1e-5, atol=1e-6
+    )
     # The effective weights reproduce the update from the original rows.
     np.testing.assert_allclose(
-        weights.numpy() @ np.stack([g1, g2]), pc1 + pc2, rtol=1e-5
+        keras.ops.convert_to_numpy(weights) @ np.stack([g1, g2]), pc1 + pc2, rtol=1e-5
     )
     # The targets moved by beta towards the observed similarities.
     cos = _cos(g1, g2)
     np.testing.assert_allclose(
-        strategy.targets.numpy(), [[0, 0.5 * cos], [0.5 * cos, 0]], rtol=1e-5
+        keras.ops.convert_to_numpy(strategy.targets),
+        [[0, 0.5 * cos], [0.5 * cos, 0]],
+        rtol=1e-5,
     )
 
 
@@ -81,12 +88,12 @@ def test_adjusted_cosine_equals_the_target():
     # task's gradient equals the target.
     strategy = GradVac(beta=0.5, seed=0)
     strategy(np.array([[1.0, 0.2], [-0.3, 1.0]], "float32"))
-    targets = strategy.targets.numpy().copy()
+    targets = keras.ops.convert_to_numpy(strategy.targets).copy()
     assert targets[0, 1] < 0 and targets[1, 0] < 0
     grads = np.array([[1.0, 0.1], [-1.0, 0.3]], "float32")
     assert _cos(grads[0], grads[1]) < targets[0, 1]
     _, weights = strategy(grads)
-    weights = weights.numpy()
+    weights = keras.ops.convert_to_numpy(weights)
     projected_1 = grads[0] + (weights[1] - 1.0) * grads[1]
     projected_2 = grads[1] + (weights[0] - 1.0) * grads[0]
     np.testing.assert_allclose(_cos(projected_1, grads[1]), targets[0, 1], atol=1e-5)
@@ -97,9 +104,11 @@ def test_non_conflicting_gradients_pass_unchanged():
     grads = np.array([[1.0, 0.5, 0.0], [0.2, 1.0, 1.0], [0.0, 0.1, 2.0]], "float32")
     strategy = GradVac(seed=3)
     update, weights = strategy(grads)
-    np.testing.assert_allclose(update.numpy(), grads.sum(0), rtol=1e-6)
-    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0, 1.0])
-    np.testing.assert_array_equal(strategy.targets.numpy(), 0.0)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update), grads.sum(0), rtol=1e-6
+    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(weights), [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.targets), 0.0)
 
 
 @pytest.mark.parametrize("beta", [0.5, 0.01])
@@ -113,12 +122,14 @@ def test_matches_reference_with_fixed_orders(beta):
         grads = rng.normal(size=(3, 6)).astype("float32")
         update, weights = strategy(grads)
         expected, targets, _ = _reference(grads, targets, orders, beta)
-        np.testing.assert_allclose(update.numpy(), expected, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(
-            weights.numpy() @ grads, expected, rtol=1e-4, atol=1e-5
+            keras.ops.convert_to_numpy(update), expected, rtol=1e-4, atol=1e-5
         )
         np.testing.assert_allclose(
-            strategy.targets.numpy(), targets, rtol=1e-4, atol=1e-6
+            keras.ops.convert_to_numpy(weights) @ grads, expected, rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(strategy.targets), targets, rtol=1e-4, atol=1e-6
         )
     assert np.any(targets < 0)
 
@@ -141,7 +152,9 @@ def test_deterministic_for_a_seed():
     results = []
     for _ in range(2):
         strategy = GradVac(seed=11)
-        results.append([strategy(grads)[0].numpy() for _ in range(2)])
+        results.append(
+            [keras.ops.convert_to_numpy(strategy(grads)[0]) for _ in range(2)]
+        )
     np.testing.assert_array_equal(results[0], results[1])
 
 
@@ -157,20 +170,22 @@ def test_degenerate_inputs_are_finite():
         strategy = GradVac(seed=0)
         for _ in range(2):
             update, weights = strategy(grads.astype("float32"))
-            assert np.all(np.isfinite(update.numpy())), grads
-            assert np.all(np.isfinite(weights.numpy())), grads
-        assert np.all(np.isfinite(strategy.targets.numpy()))
-        assert np.all(np.abs(strategy.targets.numpy()) <= 1.0)
+            assert np.all(np.isfinite(keras.ops.convert_to_numpy(update))), grads
+            assert np.all(np.isfinite(keras.ops.convert_to_numpy(weights))), grads
+        assert np.all(np.isfinite(keras.ops.convert_to_numpy(strategy.targets)))
+        assert np.all(np.abs(keras.ops.convert_to_numpy(strategy.targets)) <= 1.0)
     # Exactly opposite gradients: cos = -1, the projections cancel them.
     strategy = GradVac(seed=0)
     update = strategy.aggregate(np.array([[1.0, 2.0], [-1.0, -2.0]], "float32"))
-    np.testing.assert_allclose(update.numpy(), [0.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update), [0.0, 0.0], atol=1e-5
+    )
 
 
 def test_one_task_passes_through():
     strategy = GradVac()
     update = strategy.aggregate(np.array([[1.0, -3.0]], "float32"))
-    np.testing.assert_array_equal(update.numpy(), [1.0, -3.0])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(update), [1.0, -3.0])
 
 
 def test_eager_equals_xla():
@@ -185,7 +200,7 @@ def test_training_false_leaves_targets():
     grads = np.array([[1.0, 0.0], [-1.0, 1.0]], "float32")
     strategy.build(grads.shape)
     strategy(grads, training=False)
-    np.testing.assert_array_equal(strategy.targets.numpy(), 0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.targets), 0.0)
 
 
 def test_invalid_arguments():
@@ -217,19 +232,23 @@ def test_state_round_trip_and_reset():
     strategy.build((3, 4))
     for grads in sequence[:3]:
         strategy(grads)
-    assert np.any(strategy.targets.numpy() != 0)
+    assert np.any(keras.ops.convert_to_numpy(strategy.targets) != 0)
     clone = GradVac.from_config(strategy.get_config())
     clone.build((3, 4))
     clone.set_weights(strategy.get_weights())
     # The RNG state is not a weight: copy it to get the same task orders.
     clone.seed_generator.state.assign(strategy.seed_generator.state)
     np.testing.assert_array_equal(
-        clone(sequence[3])[0].numpy(), strategy(sequence[3])[0].numpy()
+        keras.ops.convert_to_numpy(clone(sequence[3])[0]),
+        keras.ops.convert_to_numpy(strategy(sequence[3])[0]),
     )
-    np.testing.assert_array_equal(clone.targets.numpy(), strategy.targets.numpy())
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(clone.targets),
+        keras.ops.convert_to_numpy(strategy.targets),
+    )
 
     strategy.reset_state()
-    np.testing.assert_array_equal(strategy.targets.numpy(), 0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.targets), 0.0)
 
 
 # --- Missing tasks --------------------------------------------------------
@@ -262,9 +281,11 @@ def test_missing_tasks_equal_gradvac_on_present_tasks(absent):
     present = [t for t in range(4) if t not in absent]
     small = GradVac(seed=0)
     small.build((len(present), 6))
-    small.targets.assign(full.targets.numpy()[np.ix_(present, present)])
+    small.targets.assign(
+        keras.ops.convert_to_numpy(full.targets)[np.ix_(present, present)]
+    )
     small.seed_generator.state.assign(full.seed_generator.state)
-    before = full.targets.numpy().copy()
+    before = keras.ops.convert_to_numpy(full.targets).copy()
     for _ in range(2):
         grads = 3 * rng.normal(size=(4, 6))
         grads[present[-1]] -= 2 * grads[present[0]]  # a strong conflict
@@ -274,11 +295,11 @@ def test_missing_tasks_equal_gradvac_on_present_tasks(absent):
             full, small, mask, [grads], rtol=1e-7, atol=1e-5, skip_state=("targets",)
         )
         np.testing.assert_allclose(
-            full.targets.numpy()[np.ix_(present, present)],
-            small.targets.numpy(),
+            keras.ops.convert_to_numpy(full.targets)[np.ix_(present, present)],
+            keras.ops.convert_to_numpy(small.targets),
             atol=1e-6,
         )
-    after = full.targets.numpy()
+    after = keras.ops.convert_to_numpy(full.targets)
     np.testing.assert_array_equal(after[:, list(absent)], before[:, list(absent)])
     assert np.any(after != before)  # the present pairs moved
 
@@ -306,7 +327,8 @@ def test_missing_tasks_restore_absent_state():
     )
     # The targets of the absent task's pairs: its row above, its column here.
     np.testing.assert_array_equal(
-        strategy.targets.numpy()[:, 2], before[strategy.targets.path][:, 2]
+        keras.ops.convert_to_numpy(strategy.targets)[:, 2],
+        before[strategy.targets.path][:, 2],
     )
     assert [axis for _, axis in strategy.per_task_state()] == [0]
 
@@ -324,7 +346,7 @@ def test_missing_tasks_finite():
     checks.assert_masked_outputs_finite(strategy, cases)
     # One present task passes unchanged.
     update, _ = strategy(g * [[0.0], [1.0], [0.0]], task_mask=[0.0, 1.0, 0.0])
-    np.testing.assert_allclose(update.numpy(), g[1], rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(update), g[1], rtol=1e-6)
 
 
 def test_missing_tasks_eager_equals_xla():

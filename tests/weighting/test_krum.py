@@ -8,10 +8,15 @@ import degenerate_inputs
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_mtl
 from keras_mtl.weighting.krum import Krum
+
+
+def _t(value, dtype=None):
+    """A tensor of `value` on the current backend."""
+    return keras.ops.convert_to_tensor(value, dtype)
+
 
 # 1-D rows where distances and squared distances select different rows.
 ROWS = np.array([[5.0], [6.0], [14.0], [19.0], [25.0]], "float32")
@@ -19,51 +24,71 @@ ROWS = np.array([[5.0], [6.0], [14.0], [19.0], [25.0]], "float32")
 
 def _gramian(grads):
     grads = np.asarray(grads, "float64")
-    return tf.constant(grads @ grads.T, tf.float32)
+    return _t(grads @ grads.T, "float32")
 
 
+@pytest.mark.both_backends
 def test_registry_names_resolve():
     for name in ["krum", "multi_krum", "Krum"]:
         assert isinstance(keras_mtl.weighting.get(name), Krum)
 
 
+@pytest.mark.both_backends
 def test_scores_sum_distances_to_the_nearest_neighbours():
     np.testing.assert_allclose(
-        Krum(n_byzantine=1).scores(_gramian(ROWS)).numpy(), [10, 9, 13, 11, 17]
+        keras.ops.convert_to_numpy(Krum(n_byzantine=1).scores(_gramian(ROWS))),
+        [10, 9, 13, 11, 17],
     )
     np.testing.assert_allclose(
-        Krum(n_byzantine=1, squared=True).scores(_gramian(ROWS)).numpy(),
+        keras.ops.convert_to_numpy(
+            Krum(n_byzantine=1, squared=True).scores(_gramian(ROWS))
+        ),
         [82, 65, 89, 61, 157],
     )
 
 
+@pytest.mark.both_backends
 def test_torchjd_reference_values():
     """TorchJD 0.18.0: Krum(1) -> [6], Krum(1, 2) -> [5.5]; the paper's squared
     scores select 19."""
-    assert Krum(n_byzantine=1).aggregate(ROWS).numpy().tolist() == [6.0]
-    assert Krum(n_byzantine=1, n_selected=2).aggregate(ROWS).numpy().tolist() == [5.5]
-    assert Krum(n_byzantine=1, squared=True).aggregate(ROWS).numpy().tolist() == [19.0]
+    assert keras.ops.convert_to_numpy(Krum(n_byzantine=1).aggregate(ROWS)).tolist() == [
+        6.0
+    ]
+    assert keras.ops.convert_to_numpy(
+        Krum(n_byzantine=1, n_selected=2).aggregate(ROWS)
+    ).tolist() == [5.5]
+    assert keras.ops.convert_to_numpy(
+        Krum(n_byzantine=1, squared=True).aggregate(ROWS)
+    ).tolist() == [19.0]
 
 
+@pytest.mark.both_backends
 def test_krum_returns_one_of_the_rows_and_permutes_with_them():
     grads = np.random.default_rng(0).normal(size=(6, 5)).astype("float32")
-    update, weights = Krum(n_byzantine=1)(tf.constant(grads))
-    selected = int(np.argmax(weights.numpy()))
-    np.testing.assert_array_equal(weights.numpy(), np.eye(6)[selected])
-    np.testing.assert_allclose(update.numpy(), grads[selected], rtol=1e-6)
+    update, weights = Krum(n_byzantine=1)(_t(grads))
+    selected = int(np.argmax(keras.ops.convert_to_numpy(weights)))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(weights), np.eye(6)[selected]
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update), grads[selected], rtol=1e-6
+    )
     order = np.array([3, 5, 0, 1, 4, 2])
-    _, permuted = Krum(n_byzantine=1)(tf.constant(grads[order]))
-    np.testing.assert_array_equal(permuted.numpy(), weights.numpy()[order])
+    _, permuted = Krum(n_byzantine=1)(_t(grads[order]))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(permuted), keras.ops.convert_to_numpy(weights)[order]
+    )
 
 
+@pytest.mark.both_backends
 def test_an_honest_gradient_is_selected_despite_outliers():
     rng = np.random.default_rng(1)
     honest = 1.0 + 0.1 * rng.normal(size=(5, 4))
     outliers = np.array([[40.0, -30.0, 0.0, 9.0], [-50.0, 5.0, 60.0, 1.0]])
     grads = np.concatenate([outliers[:1], honest, outliers[1:]]).astype("float32")
     for selected in (1, 3):
-        _, weights = Krum(n_byzantine=2, n_selected=selected)(tf.constant(grads))
-        weights = weights.numpy()
+        _, weights = Krum(n_byzantine=2, n_selected=selected)(_t(grads))
+        weights = keras.ops.convert_to_numpy(weights)
         assert weights[0] == weights[-1] == 0.0
         np.testing.assert_allclose(weights.sum(), 1.0)
         assert np.count_nonzero(weights) == selected
@@ -71,14 +96,16 @@ def test_an_honest_gradient_is_selected_despite_outliers():
     assert np.abs(grads.mean(axis=0) - 1.0).max() > 5.0
 
 
+@pytest.mark.both_backends
 def test_ties_go_to_the_lower_task_index():
     grads = np.array([[0.0], [1.0], [1.0], [3.0]], "float32")
     # f = 1: the score is the distance to the nearest other row: [1, 0, 0, 2].
     with pytest.warns(UserWarning, match="guarantee"):
-        _, weights = Krum(n_byzantine=1)(tf.constant(grads))
-    np.testing.assert_array_equal(weights.numpy(), [0, 1, 0, 0])
+        _, weights = Krum(n_byzantine=1)(_t(grads))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(weights), [0, 1, 0, 0])
 
 
+@pytest.mark.both_backends
 def test_validation():
     with pytest.raises(ValueError, match="n_byzantine"):
         Krum(n_byzantine=-1)
@@ -141,7 +168,12 @@ def test_contract_on_three_tasks(tmp_path):
     weights = [history.history[f"t{i}_weight"][-1] for i in range(3)]
     assert sum(weights) == pytest.approx(1.0, abs=1e-6)
     for a, b in zip(graph_model.weights, xla_model.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=2e-5)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(a),
+            keras.ops.convert_to_numpy(b),
+            rtol=2e-4,
+            atol=2e-5,
+        )
     path = os.path.join(tmp_path, "model.keras")
     graph_model.save(path)
     loaded = keras.models.load_model(path)
@@ -166,6 +198,7 @@ def test_contract_on_three_tasks(tmp_path):
 # arbitrary one of the tied rows).
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     num_tasks = shape[0]

@@ -4,13 +4,21 @@ import functools
 
 import aggregator_properties as degenerate_checks
 import degenerate_inputs
+import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backends import graph
 
 import keras_mtl.weighting as weighting
 from keras_mtl.weighting.moco import MoCo
+
+pytestmark = pytest.mark.both_backends
+
+
+def _t(value, dtype=None):
+    """A tensor of `value` on the current backend."""
+    return keras.ops.convert_to_tensor(value, dtype)
 
 
 def _softmax(x):
@@ -50,7 +58,9 @@ def _random_sequence(rng, steps, num_tasks=3, dim=5):
 def _run(strategy, grads_seq, losses_seq):
     strategy.build(np.shape(grads_seq[0]))
     outputs = [strategy(g, x) for g, x in zip(grads_seq, losses_seq)]
-    return [u.numpy() for u, _ in outputs], [w.numpy() for _, w in outputs]
+    return [keras.ops.convert_to_numpy(u) for u, _ in outputs], [
+        keras.ops.convert_to_numpy(w) for _, w in outputs
+    ]
 
 
 def test_first_step_by_hand():
@@ -65,19 +75,21 @@ def test_first_step_by_hand():
         strategy.aggregate(
             np.array([[3.0, 4.0], [0.0, 2.0]], "float32"), losses=[2.0, 1.0]
         ),
-        strategy.lambd.numpy(),
+        keras.ops.convert_to_numpy(strategy.lambd),
     )
     lambda_1 = 1.0 / (1.0 + np.exp(0.4675 - 0.43))
     np.testing.assert_allclose(lambd, [lambda_1, 1.0 - lambda_1], rtol=1e-6)
     np.testing.assert_allclose(
-        update.numpy(),
+        keras.ops.convert_to_numpy(update),
         [0.6 * lambda_1, 0.8 * lambda_1 + 0.5 * (1.0 - lambda_1)],
         rtol=1e-6,
     )
     np.testing.assert_allclose(
-        strategy.tracking.numpy(), [[0.6, 0.8], [0.0, 0.5]], rtol=1e-6
+        keras.ops.convert_to_numpy(strategy.tracking),
+        [[0.6, 0.8], [0.0, 0.5]],
+        rtol=1e-6,
     )
-    assert int(strategy.step.numpy()) == 1
+    assert int(keras.ops.convert_to_numpy(strategy.step)) == 1
 
 
 @pytest.mark.parametrize(
@@ -100,21 +112,16 @@ def test_lambda_stays_on_the_simplex():
     rng = np.random.default_rng(1)
     strategy = MoCo(gamma=5.0, gamma_sigma=0.0)
     strategy.build((4, 6))
-    grads = tf.constant(rng.normal(size=(30, 4, 6)).astype("float32"))
-    losses = tf.constant(rng.uniform(0.1, 10.0, size=(30, 4)).astype("float32"))
+    grads = _t(rng.normal(size=(30, 4, 6)).astype("float32"))
+    losses = _t(rng.uniform(0.1, 10.0, size=(30, 4)).astype("float32"))
 
-    @tf.function
-    def run():
-        lambdas = tf.TensorArray(tf.float32, size=30)
-        for i in tf.range(30):
-            _, lambd = strategy(grads[i], losses[i])
-            lambdas = lambdas.write(i, lambd)
-        return lambdas.stack()
-
-    lambdas = run().numpy()
+    step = graph(lambda g, loss: strategy(g, loss)[1], layers=[strategy])
+    lambdas = np.stack(
+        [keras.ops.convert_to_numpy(step(grads[i], losses[i])) for i in range(30)]
+    )
     assert np.all(lambdas >= 0)
     np.testing.assert_allclose(lambdas.sum(axis=1), 1.0, rtol=1e-6)
-    assert int(strategy.step.numpy()) == 30
+    assert int(keras.ops.convert_to_numpy(strategy.step)) == 30
 
 
 def test_large_gramian_entries_get_less_weight():
@@ -122,7 +129,7 @@ def test_large_gramian_entries_get_less_weight():
     # the larger inner products (the MGDA min-norm direction).
     strategy = MoCo()
     _, lambd = strategy(np.eye(2, dtype="float32"), np.array([5.0, 1.0], "float32"))
-    assert lambd.numpy()[0] < lambd.numpy()[1]
+    assert keras.ops.convert_to_numpy(lambd)[0] < keras.ops.convert_to_numpy(lambd)[1]
 
 
 def test_invariant_to_gradient_scale():
@@ -153,12 +160,17 @@ def test_degenerate_inputs_are_finite():
             update = strategy.aggregate(
                 grads.astype("float32"), losses.astype("float32")
             )
-            assert np.all(np.isfinite(update.numpy())), (grads, losses)
-            assert np.all(np.isfinite(strategy.lambd.numpy()))
+            assert np.all(np.isfinite(keras.ops.convert_to_numpy(update))), (
+                grads,
+                losses,
+            )
+            assert np.all(np.isfinite(keras.ops.convert_to_numpy(strategy.lambd)))
     strategy = MoCo()
     update = strategy.aggregate(np.array([[3.0, -4.0]], "float32"), [2.0])
     # One task: lambda = 1 and y = 0.5 * g / ||g|| * L.
-    np.testing.assert_allclose(update.numpy(), [0.6, -0.8], rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update), [0.6, -0.8], rtol=1e-6
+    )
 
 
 def test_eager_equals_xla():
@@ -174,9 +186,11 @@ def test_training_false_leaves_state():
     strategy(
         np.eye(2, dtype="float32"), np.array([1.0, 2.0], "float32"), training=False
     )
-    np.testing.assert_array_equal(strategy.tracking.numpy(), 0.0)
-    np.testing.assert_array_equal(strategy.lambd.numpy(), [0.5, 0.5])
-    assert int(strategy.step.numpy()) == 0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.tracking), 0.0)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(strategy.lambd), [0.5, 0.5]
+    )
+    assert int(keras.ops.convert_to_numpy(strategy.step)) == 0
 
 
 def test_invalid_arguments():
@@ -217,13 +231,16 @@ def test_state_round_trip_and_reset():
     _run(strategy, grads[:2], losses[:2])
     checks.assert_state_round_trip(strategy, [(grads[2], losses[2])])
     strategy.reset_state()
-    np.testing.assert_array_equal(strategy.tracking.numpy(), 0.0)
-    np.testing.assert_allclose(strategy.lambd.numpy(), np.full(3, 1 / 3))
-    assert int(strategy.step.numpy()) == 0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.tracking), 0.0)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(strategy.lambd), np.full(3, 1 / 3)
+    )
+    assert int(keras.ops.convert_to_numpy(strategy.step)) == 0
     fresh = MoCo()
     fresh.build(grads[0].shape)
     np.testing.assert_array_equal(
-        strategy(grads[0], losses[0])[0].numpy(), fresh(grads[0], losses[0])[0].numpy()
+        keras.ops.convert_to_numpy(strategy(grads[0], losses[0])[0]),
+        keras.ops.convert_to_numpy(fresh(grads[0], losses[0])[0]),
     )
 
 
@@ -234,12 +251,16 @@ def _present_clone(strategy, present, **kwargs):
     """A MoCo for the present tasks with their slices of the state."""
     clone = MoCo(**kwargs)
     clone.build((len(present), strategy.tracking.shape[1]))
-    clone.tracking.assign(strategy.tracking.numpy()[present])
+    clone.tracking.assign(keras.ops.convert_to_numpy(strategy.tracking)[present])
     # A one-task MoCo's lambda is 1 whatever the state it would inherit.
-    lambd = strategy.lambd.numpy()[present] if len(present) > 1 else [1.0]
+    lambd = (
+        keras.ops.convert_to_numpy(strategy.lambd)[present]
+        if len(present) > 1
+        else [1.0]
+    )
     clone.lambd.assign(lambd)
-    clone.step.assign(strategy.step.numpy())
-    clone.task_steps.assign(strategy.task_steps.numpy()[present])
+    clone.step.assign(keras.ops.convert_to_numpy(strategy.step))
+    clone.task_steps.assign(keras.ops.convert_to_numpy(strategy.task_steps)[present])
     return clone
 
 
@@ -266,8 +287,10 @@ def test_missing_tasks_equal_moco_on_present_tasks(absent):
     )
     for (_, weights), _ in pairs:
         np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
-    np.testing.assert_array_equal(strategy.task_steps.numpy()[list(absent)], 3)
-    assert int(strategy.step.numpy()) == 5
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(strategy.task_steps)[list(absent)], 3
+    )
+    assert int(keras.ops.convert_to_numpy(strategy.step)) == 5
 
 
 def test_missing_tasks_per_task_step_counts_drive_tracking():
@@ -280,14 +303,18 @@ def test_missing_tasks_per_task_step_counts_drive_tracking():
     for g, x in zip(grads[1:3], losses[1:3]):
         g, x, mask = checks.with_absent(g, x, absent=(1,))
         strategy(g, x, task_mask=mask)
-    np.testing.assert_array_equal(strategy.task_steps.numpy(), [3, 1, 3])
-    tracking = strategy.tracking.numpy().astype(np.float64)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(strategy.task_steps), [3, 1, 3]
+    )
+    tracking = keras.ops.convert_to_numpy(strategy.tracking).astype(np.float64)
     strategy(grads[3], losses[3], task_mask=np.ones(3, "float32"))
     g = grads[3].astype(np.float64)
     h = g / (np.linalg.norm(g, axis=1) + 1e-8)[:, None] * losses[3][:, None]
     rates = beta / np.array([4.0, 2.0, 4.0]) ** sigma
     expected = tracking - rates[:, None] * (tracking - h)
-    np.testing.assert_allclose(strategy.tracking.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(strategy.tracking), expected, rtol=1e-5
+    )
 
 
 def test_missing_tasks_restore_absent_state():
@@ -323,7 +350,7 @@ def test_missing_tasks_finite():
     results = checks.assert_masked_outputs_finite(strategy, cases)
     # A single present task has weight 1.
     np.testing.assert_array_equal(results[-1][1], [0.0, 1.0, 0.0])
-    np.testing.assert_array_equal(strategy.tracking.numpy()[0], 0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(strategy.tracking)[0], 0.0)
 
 
 def test_missing_tasks_eager_equals_xla():

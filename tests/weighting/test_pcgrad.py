@@ -5,14 +5,21 @@ import itertools
 
 import aggregator_properties as degenerate_checks
 import degenerate_inputs
+import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import ops
 
 import keras_mtl.weighting as weighting
 from keras_mtl.weighting.pcgrad import PCGrad, random_orders
+
+pytestmark = pytest.mark.both_backends
+
+
+def _t(value, dtype=None):
+    """A tensor of `value` on the current backend."""
+    return keras.ops.convert_to_tensor(value, dtype)
 
 
 class _FixedOrderPCGrad(PCGrad):
@@ -70,27 +77,34 @@ def test_two_conflicting_gradients_closed_form_and_no_conflict():
     update, weights = PCGrad(seed=0)(np.stack([g1, g2]).astype("float32"))
     pc1 = g1 - (g1 @ g2) / (g2 @ g2 + 1e-8) * g2
     pc2 = g2 - (g2 @ g1) / (g1 @ g1 + 1e-8) * g1
-    np.testing.assert_allclose(update.numpy(), pc1 + pc2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update), pc1 + pc2, rtol=1e-6, atol=1e-6
+    )
     # The projected gradients no longer conflict with the other task's.
     assert pc1 @ g2 > -1e-6 and pc2 @ g1 > -1e-6
-    d = update.numpy().astype("float64")
+    d = keras.ops.convert_to_numpy(update).astype("float64")
     assert d @ g1 >= 0 and d @ g2 >= 0
     # Effective weights: 1 + the projection coefficients onto each row.
     np.testing.assert_allclose(
-        weights.numpy(),
+        keras.ops.convert_to_numpy(weights),
         [1 - (g2 @ g1) / (g1 @ g1), 1 - (g1 @ g2) / (g2 @ g2)],
         rtol=1e-6,
     )
     np.testing.assert_allclose(
-        weights.numpy() @ np.stack([g1, g2]), update.numpy(), rtol=1e-6, atol=1e-6
+        keras.ops.convert_to_numpy(weights) @ np.stack([g1, g2]),
+        keras.ops.convert_to_numpy(update),
+        rtol=1e-6,
+        atol=1e-6,
     )
 
 
 def test_non_conflicting_gradients_pass_unchanged():
     grads = np.array([[1.0, 0.5, 0.0], [0.2, 1.0, 0.1], [0.0, 0.3, 2.0]], "float32")
     update, weights = PCGrad(seed=1)(grads)
-    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0, 1.0])
-    np.testing.assert_allclose(update.numpy(), grads.sum(0), rtol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(weights), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(update), grads.sum(0), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("num", [3, 4, 5])
@@ -101,8 +115,12 @@ def test_matches_reference_for_given_orders(num):
         orders = np.stack([rng.permutation(num) for _ in range(num)])
         update, weights = _FixedOrderPCGrad(orders)(grads)
         ref_update, _, ref_weights = _reference(grads, orders)
-        np.testing.assert_allclose(update.numpy(), ref_update, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(weights.numpy(), ref_weights, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(update), ref_update, rtol=1e-5, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(weights), ref_weights, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_order_matters_and_projection_uses_original_gradients():
@@ -112,15 +130,21 @@ def test_order_matters_and_projection_uses_original_gradients():
     second = np.array([[2, 1, 0], [0, 1, 2], [0, 1, 2]])
     u1, _ = _FixedOrderPCGrad(first)(grads)
     u2, _ = _FixedOrderPCGrad(second)(grads)
-    np.testing.assert_allclose(u1.numpy(), _reference(grads, first)[0], rtol=1e-5)
-    np.testing.assert_allclose(u2.numpy(), _reference(grads, second)[0], rtol=1e-5)
-    assert not np.allclose(u1.numpy(), u2.numpy())
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(u1), _reference(grads, first)[0], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(u2), _reference(grads, second)[0], rtol=1e-5
+    )
+    assert not np.allclose(
+        keras.ops.convert_to_numpy(u1), keras.ops.convert_to_numpy(u2)
+    )
 
 
 def test_random_orders_are_permutations_and_cover_all_orders():
     seen = set()
     for counter in range(60):
-        orders = random_orders(tf.constant([7, counter], "int64"), 3).numpy()
+        orders = keras.ops.convert_to_numpy(random_orders(_t([7, counter], "int64"), 3))
         for row in orders:
             assert sorted(row.tolist()) == [0, 1, 2]
             seen.add(tuple(row.tolist()))
@@ -131,7 +155,14 @@ def test_deterministic_for_a_fixed_seed():
     rng = np.random.default_rng(4)
     sequence = [_random_grads(rng, 4, 5) for _ in range(6)]
     a, b, c = PCGrad(seed=11), PCGrad(seed=11), PCGrad(seed=12)
-    outputs = [(a(g)[0].numpy(), b(g)[0].numpy(), c(g)[0].numpy()) for g in sequence]
+    outputs = [
+        (
+            keras.ops.convert_to_numpy(a(g)[0]),
+            keras.ops.convert_to_numpy(b(g)[0]),
+            keras.ops.convert_to_numpy(c(g)[0]),
+        )
+        for g in sequence
+    ]
     for ua, ub, _ in outputs:
         np.testing.assert_array_equal(ua, ub)
     # Another seed gives other orders, hence (here) other updates.
@@ -148,9 +179,11 @@ def test_eager_equals_xla_with_random_orders():
 def test_identical_rows_and_one_task():
     row = np.array([0.5, -1.0, 2.0], "float32")
     update, weights = PCGrad(seed=0)(np.tile(row, (3, 1)))
-    np.testing.assert_allclose(update.numpy(), 3 * row, rtol=1e-6)
-    np.testing.assert_array_equal(weights.numpy(), [1.0, 1.0, 1.0])
-    np.testing.assert_allclose(PCGrad().aggregate(row[None]).numpy(), row)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(update), 3 * row, rtol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(weights), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(PCGrad().aggregate(row[None])), row
+    )
 
 
 def test_degenerate_inputs_are_finite():
@@ -166,10 +199,13 @@ def test_degenerate_inputs_are_finite():
     ]
     for grads in cases:
         update, weights = PCGrad(seed=0)(grads)
-        assert np.isfinite(update.numpy()).all() and np.isfinite(weights.numpy()).all()
+        assert (
+            np.isfinite(keras.ops.convert_to_numpy(update)).all()
+            and np.isfinite(keras.ops.convert_to_numpy(weights)).all()
+        )
     # Opposite gradients cancel exactly (both projected to zero).
     update, _ = PCGrad(seed=0)(np.stack([g[0], -g[0]]))
-    np.testing.assert_allclose(update.numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(update), 0.0, atol=1e-5)
 
 
 def test_seed_state_round_trip():
@@ -180,7 +216,10 @@ def test_seed_state_round_trip():
     clone.build(grads.shape)
     clone.set_weights(strategy.get_weights())
     clone.seed_generator.state.assign(strategy.seed_generator.state.value)
-    np.testing.assert_array_equal(clone(grads)[0].numpy(), strategy(grads)[0].numpy())
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(clone(grads)[0]),
+        keras.ops.convert_to_numpy(strategy(grads)[0]),
+    )
 
 
 # --- Missing tasks --------------------------------------------------------
@@ -213,17 +252,17 @@ def test_missing_tasks_equal_pcgrad_on_present_rows(absent):
 
 
 def test_missing_tasks_orders_restricted_to_present_tasks():
-    seed = tf.constant([3, 17], "int64")
+    seed = _t([3, 17], "int64")
     mask = np.array([1, 0, 1, 1, 0, 1], "float32")
     present = np.flatnonzero(mask)
-    full = random_orders(seed, 6, mask).numpy()
-    small = random_orders(seed, len(present)).numpy()
+    full = keras.ops.convert_to_numpy(random_orders(seed, 6, mask))
+    small = keras.ops.convert_to_numpy(random_orders(seed, len(present)))
     for rank, i in enumerate(present):
         restricted = [j for j in full[i] if mask[j] > 0]
         assert restricted == present[small[rank]].tolist()
     np.testing.assert_array_equal(
-        random_orders(seed, 6, np.ones(6, "float32")).numpy(),
-        random_orders(seed, 6).numpy(),
+        keras.ops.convert_to_numpy(random_orders(seed, 6, np.ones(6, "float32"))),
+        keras.ops.convert_to_numpy(random_orders(seed, 6)),
     )
 
 
@@ -234,8 +273,12 @@ def test_missing_tasks_drop_the_absent_row_even_if_not_zero():
     zeroed = grads * mask[:, None]
     u1, w1 = PCGrad(seed=2)(grads, task_mask=mask)
     u2, w2 = PCGrad(seed=2)(zeroed, task_mask=mask)
-    np.testing.assert_allclose(u1.numpy(), u2.numpy(), atol=1e-6)
-    np.testing.assert_array_equal(w1.numpy(), w2.numpy())
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(u1), keras.ops.convert_to_numpy(u2), atol=1e-6
+    )
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(w1), keras.ops.convert_to_numpy(w2)
+    )
 
 
 def test_missing_tasks_no_per_task_state_and_finite():
@@ -253,7 +296,7 @@ def test_missing_tasks_no_per_task_state_and_finite():
     )
     # One present task: its gradient passes unchanged.
     update, weights = strategy(g * [[0.0], [0.0], [1.0]], task_mask=[0.0, 0.0, 1.0])
-    np.testing.assert_allclose(update.numpy(), g[2], rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(update), g[2], rtol=1e-6)
     # Stateless: nothing for the model to restore.
     assert strategy.per_task_state() == []
 
@@ -290,3 +333,21 @@ def test_evaluation_call_keeps_the_random_state():
     degenerate_checks.assert_evaluation_keeps_random_state(
         lambda: PCGrad(seed=1), grads
     )
+
+
+def test_random_orders_are_pinned_on_every_backend():
+    # The bits of TensorFlow's original implementation (int64 seed state),
+    # reproduced from int32 (JAX's integers) and uint32 seeds alike.
+    for dtype in ("int32", "uint32"):
+        seed = keras.ops.convert_to_tensor(np.array([0, 3]), dtype)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(random_orders(seed, 3)),
+            [[1, 0, 2], [1, 2, 0], [1, 0, 2]],
+        )
+        seed = keras.ops.convert_to_tensor(np.array([5, 3]), dtype)
+        mask = keras.ops.convert_to_tensor(np.array([1, 0, 1, 1, 1], "float32"))
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(random_orders(seed, 5, mask)),
+            [[3, 0, 4, 1, 2], [0, 4, 3, 1, 2], [0, 4, 3, 1, 2], [0, 3, 1, 2, 4]]
+            + [[1, 2, 0, 3, 4]],
+        )

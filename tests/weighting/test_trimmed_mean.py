@@ -3,20 +3,28 @@
 
 import aggregator_properties as degenerate_checks
 import degenerate_inputs
+import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_mtl
 from keras_mtl.weighting.trimmed_mean import TrimmedMean
+
+pytestmark = pytest.mark.both_backends
+
+
+def _t(value, dtype=None):
+    """A tensor of `value` on the current backend."""
+    return keras.ops.convert_to_tensor(value, dtype)
+
 
 # methods-new.md section 6 (TorchJD 0.18.0: TrimmedMean(1) -> [2, 1, 5/3]).
 J = np.array([[1, -5, 3], [2, 0, 100], [-50, 1, 2], [4, 2, -1], [3, 3, 0]], "float32")
 
 
 def _aggregate(trim_number, grads):
-    update, weights = TrimmedMean(trim_number)(tf.constant(grads))
-    return update.numpy(), weights.numpy()
+    update, weights = TrimmedMean(trim_number)(_t(grads))
+    return keras.ops.convert_to_numpy(update), keras.ops.convert_to_numpy(weights)
 
 
 def test_registry_names_resolve():
