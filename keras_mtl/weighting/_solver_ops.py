@@ -69,6 +69,17 @@ def solver_function(fn):
     return call
 
 
+def float64_function(fn):
+    """`fn` computed in float64 on every backend: on JAX as a
+    `solver_function` (under `jax.jit` in an `enable_x64` scope, results
+    back in the dtype of the first float input), elsewhere `fn` itself
+    (TensorFlow has float64). For computations whose cut-offs are only
+    meaningful in float64 (ConFIG's pseudo-inverse)."""
+    if keras.backend.backend() == "jax":
+        return _jax_solver_function(fn)
+    return fn
+
+
 def solver_dtype():
     """The solvers' float dtype outside `solver_function`: float64 where the
     backend has it.

@@ -4,7 +4,7 @@ import numpy as np
 from keras import ops
 
 from keras_mtl.weighting._dual_cone_aggregation import _check_pref_vector
-from keras_mtl.weighting._dual_cone_ops import solver_dtype
+from keras_mtl.weighting._solver_ops import float64_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -124,43 +124,54 @@ class ConFIG(GradientAggregation):
         self._check_num_tasks(grads, "gradients")
         grads = ops.convert_to_tensor(grads)
         num_tasks = grads.shape[0]
-        num_params = grads.shape[1]
-        f64 = solver_dtype()
         if self.pref_vector is None:
-            pref = ops.ones((num_tasks,), f64)
+            pref = ops.ones((num_tasks,), grads.dtype)
         else:
-            pref = ops.convert_to_tensor(self.pref_vector, dtype=f64)
-        wide = ops.cast(grads, f64)
-        num_rows = float(num_tasks)
-        if task_mask is not None:
-            # Drop the absent rows: zero preference and zero rows (u_t = 0),
-            # whose zero singular values the cut-off removes; the cut-off
-            # counts the K present rows.
-            present = ops.cast(ops.convert_to_tensor(task_mask) > 0, f64)
-            pref = pref * present
-            wide = wide * present[:, None]
-            num_rows = ops.sum(present)
-        gramian = ops.matmul(wide, ops.transpose(wide))
-        norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
-        inv_norms = ops.where(norms > 0, 1.0 / ops.where(norms > 0, norms, 1.0), 0.0)
-        cosines = inv_norms[:, None] * gramian * inv_norms[None, :]
-        # C^+ p with the singular values of U (square roots of the
-        # eigenvalues of C) below rcond * max cut off.
-        eigvals, eigvecs = ops.eigh(cosines)
-        sing = ops.sqrt(ops.maximum(eigvals, 0.0))
-        eps32 = float(np.finfo(np.float32).eps)
-        size = ops.cast(ops.maximum(num_rows, float(num_params)), f64)
-        rcond = ops.minimum(eps32 * size, _MAX_RCOND)
-        keep = sing > rcond * ops.max(sing)
-        inv_eig = ops.where(keep, 1.0 / ops.where(keep, eigvals, 1.0), 0.0)
-        along = _matvec(ops.transpose(eigvecs), pref)
-        coeffs = _matvec(eigvecs, inv_eig * along)
-        # d = G^T (coeffs / norms); ||d||^2 = coeffs^T C coeffs.
-        direction = coeffs * inv_norms
-        sq_norm = ops.sum(coeffs * _matvec(cosines, coeffs))
-        denom = ops.maximum(ops.sqrt(ops.maximum(sq_norm, 0.0)), 1e-12)
-        length = ops.sum(_matvec(gramian, direction)) / denom
-        weights64 = length * direction / denom
-        weights = ops.cast(weights64, grads.dtype)
+            pref = ops.convert_to_tensor(self.pref_vector, dtype=grads.dtype)
+        if task_mask is None:
+            present = ops.ones((num_tasks,), grads.dtype)
+        else:
+            present = ops.cast(ops.convert_to_tensor(task_mask) > 0, grads.dtype)
+        weights = _config_weights(grads, pref, present, task_mask is not None)
+        weights = ops.cast(weights, grads.dtype)
         update = ops.matmul(weights[None, :], grads)[0]
         return update, weights
+
+
+@float64_function
+def _config_weights(grads, pref, present, masked):
+    """ConFIG's `(T,)` weights, computed in float64 (also on JAX)."""
+    num_tasks, num_params = grads.shape
+    f64 = "float64"
+    pref = ops.cast(pref, f64)
+    wide = ops.cast(grads, f64)
+    num_rows = float(num_tasks)
+    if masked:
+        # Drop the absent rows: zero preference and zero rows (u_t = 0),
+        # whose zero singular values the cut-off removes; the cut-off
+        # counts the K present rows.
+        present = ops.cast(present, f64)
+        pref = pref * present
+        wide = wide * present[:, None]
+        num_rows = ops.sum(present)
+    gramian = ops.matmul(wide, ops.transpose(wide))
+    norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+    inv_norms = ops.where(norms > 0, 1.0 / ops.where(norms > 0, norms, 1.0), 0.0)
+    cosines = inv_norms[:, None] * gramian * inv_norms[None, :]
+    # C^+ p with the singular values of U (square roots of the
+    # eigenvalues of C) below rcond * max cut off.
+    eigvals, eigvecs = ops.eigh(cosines)
+    sing = ops.sqrt(ops.maximum(eigvals, 0.0))
+    eps32 = float(np.finfo(np.float32).eps)
+    size = ops.cast(ops.maximum(num_rows, float(num_params)), f64)
+    rcond = ops.minimum(eps32 * size, _MAX_RCOND)
+    keep = sing > rcond * ops.max(sing)
+    inv_eig = ops.where(keep, 1.0 / ops.where(keep, eigvals, 1.0), 0.0)
+    along = _matvec(ops.transpose(eigvecs), pref)
+    coeffs = _matvec(eigvecs, inv_eig * along)
+    # d = G^T (coeffs / norms); ||d||^2 = coeffs^T C coeffs.
+    direction = coeffs * inv_norms
+    sq_norm = ops.sum(coeffs * _matvec(cosines, coeffs))
+    denom = ops.maximum(ops.sqrt(ops.maximum(sq_norm, 0.0)), 1e-12)
+    length = ops.sum(_matvec(gramian, direction)) / denom
+    return length * direction / denom

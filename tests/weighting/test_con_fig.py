@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 
 import keras_mtl
-from keras_mtl.weighting._dual_cone_ops import solver_dtype
 from keras_mtl.weighting.con_fig import ConFIG
 
 # ConFIG's pseudo-inverse cut-off (float32 eps times max(T, P)) needs the
-# float64 Gramian: in float32 (JAX without x64) rounding noise in the
-# eigenvalues is far above it and the update is not reliable.
-pytestmark = [
-    pytest.mark.both_backends,
-    pytest.mark.skipif(
-        solver_dtype() != "float64", reason="ConFIG needs float64 (JAX: x64)"
-    ),
-]
+# float64 Gramian; on JAX the weights are computed in float64 too
+# (`float64_function`), with or without x64.
+pytestmark = pytest.mark.both_backends
 
 
 def _t(value, dtype=None):
