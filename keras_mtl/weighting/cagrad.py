@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-import tensorflow as tf
 from keras import ops
 
 from keras_mtl.weighting._newton_ops import armijo_step, max_step_to_boundary
@@ -14,7 +13,7 @@ from keras_mtl.weighting._present_task_ops import (
     present_ranks,
     present_tasks,
 )
-from keras_mtl.weighting._solver_ops import psd_solve, solver_function
+from keras_mtl.weighting._solver_ops import psd_solve, solver_dtype, solver_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -40,10 +39,8 @@ _NEGATIVE_TOL = 1e-12
 
 def _inner_objective(points, gramian, mean_row, c):
     """F(w) = w.A(1/T) + c sqrt(w.A.w + 1e-8) for a `(N, T)` batch of w."""
-    quad = tf.reduce_sum(points * tf.matmul(points, gramian), axis=1)
-    return tf.linalg.matvec(points, mean_row) + c * tf.sqrt(
-        tf.maximum(quad, 0.0) + _EPS
-    )
+    quad = ops.sum(points * ops.matmul(points, gramian), axis=1)
+    return ops.matmul(points, mean_row) + c * ops.sqrt(ops.maximum(quad, 0.0) + _EPS)
 
 
 def _two_task_weights(gramian, c):
@@ -66,20 +63,20 @@ def _two_task_weights(gramian, c):
     delta = 0.5 * (a11 - a22)
     alpha = a11 - 2.0 * a12 + a22
     beta = 2.0 * (a12 - a22)
-    disc = tf.maximum(4.0 * (a11 * a22 - a12 * a12 + _EPS * alpha), 0.0)
+    disc = ops.maximum(4.0 * (a11 * a22 - a12 * a12 + _EPS * alpha), 0.0)
     denom = alpha * c * c - delta * delta
-    interior = tf.logical_and(alpha > 0, denom > 0)
-    one = tf.ones([], dtype)
-    root = -delta * tf.sqrt(disc / tf.where(interior, denom, one))
-    t_root = (root - beta) / (2.0 * tf.where(interior, alpha, one))
-    t_root = tf.clip_by_value(t_root, 0.0, 1.0)
-    t_vertex = tf.where(
+    interior = ops.logical_and(alpha > 0, denom > 0)
+    one = ops.ones([], dtype)
+    root = -delta * ops.sqrt(disc / ops.where(interior, denom, one))
+    t_root = (root - beta) / (2.0 * ops.where(interior, alpha, one))
+    t_root = ops.clip(t_root, 0.0, 1.0)
+    t_vertex = ops.where(
         delta > 0,
-        tf.zeros([], dtype),
-        tf.where(delta < 0, one, tf.constant(0.5, dtype)),
+        ops.zeros([], dtype),
+        ops.where(delta < 0, one, ops.full([], 0.5, dtype)),
     )
-    t = tf.where(interior, t_root, t_vertex)
-    return tf.stack([t, 1.0 - t])
+    t = ops.where(interior, t_root, t_vertex)
+    return ops.stack([t, 1.0 - t])
 
 
 def _present_pair_weights(gramian, c, present):
@@ -88,9 +85,9 @@ def _present_pair_weights(gramian, c, present):
     product with a 0/1 selection matrix)."""
     dtype = gramian.dtype
     ranks = present_ranks(present)
-    select = tf.cast(ranks[None, :] == tf.range(2)[:, None], dtype)
-    pair = tf.matmul(select, tf.matmul(gramian, select, transpose_b=True))
-    return tf.linalg.matvec(select, _two_task_weights(pair, c), adjoint_a=True)
+    select = ops.cast(ranks[None, :] == ops.arange(2)[:, None], dtype)
+    pair = ops.matmul(select, ops.matmul(gramian, ops.transpose(select)))
+    return ops.matmul(ops.transpose(select), _two_task_weights(pair, c))
 
 
 def _support_solution(gramian, mean_row, c, support, tol, present=None):
@@ -114,40 +111,40 @@ def _support_solution(gramian, mean_row, c, support, tol, present=None):
     num = gramian.shape[0]
     dtype = gramian.dtype
     if present is None:
-        fallback = tf.fill([num], tf.constant(1.0 / num, dtype))
-        outside = tf.logical_not(support)
+        fallback = ops.full([num], 1.0 / num, dtype)
+        outside = ops.logical_not(support)
     else:
-        keep = tf.cast(present, dtype)
-        fallback = keep / tf.maximum(tf.reduce_sum(keep), 1.0)
-        outside = tf.logical_and(present, tf.logical_not(support))
-    inside = tf.cast(support, dtype)
+        keep = ops.cast(present, dtype)
+        fallback = keep / ops.maximum(ops.sum(keep), 1.0)
+        outside = ops.logical_and(present, ops.logical_not(support))
+    inside = ops.cast(support, dtype)
     outer = inside[:, None] * inside[None, :]
-    system = outer * gramian + (1.0 - outer) * tf.eye(num, dtype=dtype)
-    rhs = tf.stack([inside, inside * mean_row], axis=1)
+    system = outer * gramian + (1.0 - outer) * ops.eye(num, dtype=dtype)
+    rhs = ops.stack([inside, inside * mean_row], axis=1)
     solution = psd_solve(system, rhs)
     u, v = solution[:, 0], solution[:, 1]
-    a = tf.reduce_sum(u)
-    b = tf.reduce_sum(v)
-    e = tf.reduce_sum(mean_row * v)
+    a = ops.sum(u)
+    b = ops.sum(v)
+    e = ops.sum(mean_row * v)
     disc = b * b + a * (c * c - e - _EPS * b * b) / (1.0 + _EPS * a)
-    valid = tf.logical_and(a > 0, disc > 0)
-    valid = tf.logical_and(valid, tf.math.is_finite(disc))
-    one = tf.ones([], dtype)
-    r = tf.sqrt(tf.where(valid, disc, one))
-    nu = (b + r) / tf.where(valid, a, one)
+    valid = ops.logical_and(a > 0, disc > 0)
+    valid = ops.logical_and(valid, ops.isfinite(disc))
+    one = ops.ones([], dtype)
+    r = ops.sqrt(ops.where(valid, disc, one))
+    nu = (b + r) / ops.where(valid, a, one)
     w = (nu * u - v) / r
-    valid = tf.logical_and(valid, tf.reduce_all(tf.math.is_finite(w)))
-    valid = tf.logical_and(valid, tf.reduce_min(w) >= -_NEGATIVE_TOL)
-    w = tf.where(valid, tf.maximum(w, 0.0), fallback)
-    w = w / tf.reduce_sum(w)
-    aw = tf.linalg.matvec(gramian, w)
-    s = tf.sqrt(tf.maximum(tf.reduce_sum(w * aw), 0.0) + _EPS)
+    valid = ops.logical_and(valid, ops.all(ops.isfinite(w)))
+    valid = ops.logical_and(valid, ops.min(w) >= -_NEGATIVE_TOL)
+    w = ops.where(valid, ops.maximum(w, 0.0), fallback)
+    w = w / ops.sum(w)
+    aw = ops.matmul(gramian, w)
+    s = ops.sqrt(ops.maximum(ops.sum(w * aw), 0.0) + _EPS)
     grad = mean_row + c * aw / s
-    count = tf.maximum(tf.reduce_sum(inside), one)
-    gap = grad - tf.reduce_sum(grad * inside) / count
-    stationary = tf.reduce_max(tf.abs(gap) * inside) <= tol
-    dual = tf.reduce_min(tf.where(outside, gap, tf.constant(float("inf"), dtype)))
-    ok = tf.logical_and(valid, tf.logical_and(stationary, dual >= -tol))
+    count = ops.maximum(ops.sum(inside), one)
+    gap = grad - ops.sum(grad * inside) / count
+    stationary = ops.max(ops.abs(gap) * inside) <= tol
+    dual = ops.min(ops.where(outside, gap, ops.full([num], float("inf"), dtype)))
+    ok = ops.logical_and(valid, ops.logical_and(stationary, dual >= -tol))
     return w, ok
 
 
@@ -210,64 +207,67 @@ def _inner_weights(gramian, c, present=None):
     dtype = gramian.dtype
     if present is None:
         if num == 1:
-            return tf.ones([1], dtype)
+            return ops.ones([1], dtype)
         if num == 2:
             return _two_task_weights(gramian, c)
-        mean_row = tf.reduce_mean(gramian, axis=1)
-        start = tf.fill([num], tf.constant(1.0 / num, dtype))
-        everything = tf.ones([num], tf.bool)
+        # (A sum and a division: `ops.mean` computes in float32 on JAX.)
+        mean_row = ops.sum(gramian, axis=1) / num
+        start = ops.full([num], 1.0 / num, dtype)
+        everything = ops.ones([num], "bool")
     else:
-        keep = tf.cast(present, dtype)
-        count = tf.reduce_sum(tf.cast(present, tf.int32))
+        keep = ops.cast(present, dtype)
+        count = ops.sum(ops.cast(present, "int32"))
         if num == 1:
             return keep
         gramian = present_block(gramian, present)
         # K = 2: the closed form; K = 1: that task; K = 0: nothing.
-        small = tf.where(count == 2, _present_pair_weights(gramian, c, present), keep)
+        small = ops.where(count == 2, _present_pair_weights(gramian, c, present), keep)
         if num == 2:
             return small
-        safe_count = tf.maximum(tf.reduce_sum(keep), 1.0)
-        mean_row = tf.reduce_sum(gramian, axis=1) / safe_count
+        safe_count = ops.maximum(ops.sum(keep), 1.0)
+        mean_row = ops.sum(gramian, axis=1) / safe_count
         start = keep / safe_count
         everything = present
-    tiny = tf.constant(1e-300, dtype)
+    tiny = ops.full([], 1e-300, dtype)
 
     def gradient(w):
-        aw = tf.linalg.matvec(gramian, w)
-        s = tf.sqrt(tf.maximum(tf.reduce_sum(w * aw), 0.0) + _EPS)
+        aw = ops.matmul(gramian, w)
+        s = ops.sqrt(ops.maximum(ops.sum(w * aw), 0.0) + _EPS)
         return mean_row + c * aw / s, aw, s
 
     grad0, _, _ = gradient(start)
-    scale = tf.maximum(tf.reduce_max(tf.abs(grad0)), tiny)
+    scale = ops.maximum(ops.max(ops.abs(grad0)), tiny)
     # Magnitude of the two terms of the gradient of F, for the optimality
     # test (their sum may cancel).
-    row_norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
-    kkt_scale = tf.reduce_max(tf.abs(mean_row)) + c * tf.reduce_max(row_norms)
-    kkt_tol = _KKT_TOL * tf.maximum(kkt_scale, tiny)
+    row_norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
+    kkt_scale = ops.max(ops.abs(mean_row)) + c * ops.max(row_norms)
+    kkt_tol = _KKT_TOL * ops.maximum(kkt_scale, tiny)
 
     def barrier(points, mu):
         values = _inner_objective(points, gramian, mean_row, c) / scale
         if present is None:
-            logs = tf.reduce_sum(tf.math.log(points), axis=1)
-            inside = tf.reduce_all(points > 0, axis=1)
+            logs = ops.sum(ops.log(points), axis=1)
+            inside = ops.all(points > 0, axis=1)
         else:
             # The absent coordinates are 0: left out of the barrier.
-            ones = tf.ones_like(points)
-            logs = tf.reduce_sum(
-                tf.where(present, tf.math.log(tf.where(present, points, ones)), 0.0),
+            ones = ops.ones_like(points)
+            logs = ops.sum(
+                ops.where(present, ops.log(ops.where(present, points, ones)), 0.0),
                 axis=1,
             )
-            inside = tf.reduce_all(tf.logical_or(points > 0, ~present), axis=1)
+            inside = ops.all(
+                ops.logical_or(points > 0, ops.logical_not(present)), axis=1
+            )
         values = values - mu * logs
-        return tf.where(inside, values, tf.constant(float("inf"), dtype))
+        return ops.where(inside, values, ops.full_like(values, float("inf")))
 
     def body(k, w, mu, done):
         grad_f, aw, s = gradient(w)
         if present is None:
             grad = grad_f / scale - mu / w
         else:
-            safe_w = tf.where(present, w, tf.ones_like(w))
-            grad = tf.where(present, grad_f / scale - mu / safe_w, 0.0)
+            safe_w = ops.where(present, w, ops.ones_like(w))
+            grad = ops.where(present, grad_f / scale - mu / safe_w, 0.0)
         hess_f = (c / scale) * (gramian / s - aw[:, None] * aw[None, :] / (s * s * s))
         # Newton step in the scaled variables delta = dw / w (better
         # conditioned when some w_t are tiny) under sum_t dw_t = 0, i.e.
@@ -275,23 +275,23 @@ def _inner_weights(gramian, c, present=None):
         # Hessian of F is singular along w, since F is 1-homogeneous up to
         # the constant 1e-8, but the KKT matrix is not).
         # The floor keeps it non-singular despite rounding.
-        hess = w[:, None] * hess_f * w[None, :] + (mu + _HESS_FLOOR) * tf.eye(
+        hess = w[:, None] * hess_f * w[None, :] + (mu + _HESS_FLOOR) * ops.eye(
             num, dtype=dtype
         )
-        kkt = tf.concat(
+        kkt = ops.concatenate(
             [
-                tf.concat([hess, w[:, None]], axis=1),
-                tf.concat([w[None, :], tf.zeros([1, 1], dtype)], axis=1),
+                ops.concatenate([hess, w[:, None]], axis=1),
+                ops.concatenate([w[None, :], ops.zeros([1, 1], dtype)], axis=1),
             ],
             axis=0,
         )
-        rhs = tf.concat([-w * grad, tf.zeros([1], dtype)], axis=0)
-        delta = tf.linalg.solve(kkt, rhs[:, None])[:num, 0]
+        rhs = ops.concatenate([-w * grad, ops.zeros([1], dtype)], axis=0)
+        delta = ops.solve(kkt, rhs[:, None])[:num, 0]
         direction = w * delta
-        slope = tf.reduce_sum(grad * direction)
-        descent = tf.logical_and(tf.reduce_all(tf.math.is_finite(direction)), slope < 0)
-        direction = tf.where(descent, direction, tf.zeros_like(direction))
-        slope = tf.where(descent, slope, tf.zeros_like(slope))
+        slope = ops.sum(grad * direction)
+        descent = ops.logical_and(ops.all(ops.isfinite(direction)), slope < 0)
+        direction = ops.where(descent, direction, ops.zeros_like(direction))
+        slope = ops.where(descent, slope, ops.zeros_like(slope))
         value = barrier(w[None, :], mu)[0]
         step = armijo_step(
             lambda p: barrier(p, mu),
@@ -300,17 +300,17 @@ def _inner_weights(gramian, c, present=None):
             value,
             slope,
             max_step_to_boundary(w, direction),
-            full_step_ok=tf.logical_and(descent, -slope < 1e-10),
+            full_step_ok=ops.logical_and(descent, -slope < 1e-10),
         )
         w = w + step * direction
-        w = w / tf.reduce_sum(w)
-        converged = tf.logical_and(mu <= _MU_MIN, -slope < _EXIT_DECREMENT)
-        mu = tf.maximum(mu * _MU_DECAY, _MU_MIN)
+        w = w / ops.sum(w)
+        converged = ops.logical_and(mu <= _MU_MIN, -slope < _EXIT_DECREMENT)
+        mu = ops.maximum(mu * _MU_DECAY, _MU_MIN)
         exact, ok = _support_solution(
-            gramian, mean_row, c, w > tf.sqrt(mu), kkt_tol, present
+            gramian, mean_row, c, w > ops.sqrt(mu), kkt_tol, present
         )
-        w = tf.where(ok, exact, w)
-        return k + 1, w, mu, tf.logical_or(ok, converged)
+        w = ops.where(ok, exact, w)
+        return k + 1, w, mu, ops.logical_or(ok, converged)
 
     exact, ok = _support_solution(gramian, mean_row, c, everything, kkt_tol, present)
     # The start point is a minimiser when the gradient of F is the same in
@@ -319,23 +319,30 @@ def _inner_weights(gramian, c, present=None):
     # pairs): A_SS is then singular, so the support solution is not
     # certified, and the gradient of F at the start is exactly 0, so that
     # the barrier's scale would be 1e-300 and the Newton system singular
-    # (`tf.linalg.solve` raises on it).
-    start_gap = grad0 - tf.reduce_sum(grad0 * start)
+    # (`ops.solve` raises on it on TensorFlow).
+    start_gap = grad0 - ops.sum(grad0 * start)
     if present is not None:
-        start_gap = tf.where(present, start_gap, tf.zeros_like(start_gap))
-    start_ok = tf.reduce_max(tf.abs(start_gap)) <= kkt_tol
-    exact = tf.where(ok, exact, start)
-    ok = tf.logical_or(ok, start_ok)
+        start_gap = ops.where(present, start_gap, ops.zeros_like(start_gap))
+    start_ok = ops.max(ops.abs(start_gap)) <= kkt_tol
+    exact = ops.where(ok, exact, start)
+    ok = ops.logical_or(ok, start_ok)
     # (With fewer than 3 present tasks the loop does not run.)
-    skip = ok if present is None else tf.logical_or(ok, count < 3)
-    _, w, _, _ = tf.while_loop(
-        lambda k, w, mu, done: tf.logical_and(k < _NEWTON_STEPS, tf.logical_not(done)),
+    skip = ok if present is None else ops.logical_or(ok, count < 3)
+    _, w, _, _ = ops.while_loop(
+        lambda k, w, mu, done: ops.logical_and(
+            k < _NEWTON_STEPS, ops.logical_not(done)
+        ),
         body,
-        (tf.constant(0), tf.where(ok, exact, start), tf.ones([], dtype), skip),
+        (
+            ops.zeros([], "int32"),
+            ops.where(ok, exact, start),
+            ops.ones([], dtype),
+            skip,
+        ),
     )
     if present is None:
         return w
-    return tf.where(count >= 3, w, small)
+    return ops.where(count >= 3, w, small)
 
 
 _compiled_inner_weights = solver_function(cagrad_inner_weights)
@@ -449,7 +456,10 @@ class CAGrad(GradientAggregation):
         return config
 
     def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
-        gramian = ops.cast(gramian, "float64")
+        # float64 (float32 on JAX without x64; the solver runs in float64
+        # either way, see `solver_function`).
+        dtype = solver_dtype()
+        gramian = ops.cast(gramian, dtype)
         num = gramian.shape[0]
         if task_mask is None:
             # ||g_0||^2 = mean(A) >= 0, but the rounding of a float32 Gramian
@@ -461,9 +471,9 @@ class CAGrad(GradientAggregation):
             # The mean of the K present rows.
             present = present_tasks(task_mask)
             gramian = present_block(gramian, present)
-            count = ops.maximum(ops.sum(ops.cast(present, "float64")), 1.0)
+            count = ops.maximum(ops.sum(ops.cast(present, dtype)), 1.0)
             g0_sq = ops.sum(gramian) / (count * count)
-            mean_weight = ops.cast(present, "float64") / count
+            mean_weight = ops.cast(present, dtype) / count
         g0_norm = ops.sqrt(ops.maximum(g0_sq, 0.0) + _EPS)
         radius = self.c * g0_norm + _EPS
         if task_mask is None:
