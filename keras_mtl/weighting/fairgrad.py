@@ -2,9 +2,10 @@
 
 import math
 
-import tensorflow as tf
+import keras
 from keras import ops
 
+from keras_mtl.weighting._solver_ops import psd_solve, solver_dtype, solver_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -33,7 +34,10 @@ def _solve_fair_weights(gramian, alpha, max_iter=200, tol=1e-20, present=None):
     minimised by Newton's method (affine invariant, so the very different
     scales of the tasks do not matter) with a fraction-to-the-boundary rule
     and Armijo backtracking, which converges globally and quadratically.
-    The Newton systems are solved after a symmetric diagonal scaling.
+    The Newton systems are solved after a symmetric diagonal scaling, by a
+    Cholesky factorisation that never raises (`psd_solve`): a system that
+    is not numerically positive definite gives a non-finite step, which
+    ends the iteration at the current w.
 
     With `present` (`(T,)` float64, 1.0 for the present tasks), the absent
     tasks' rows and columns are replaced by those of the identity, whose
@@ -47,48 +51,44 @@ def _solve_fair_weights(gramian, alpha, max_iter=200, tol=1e-20, present=None):
     inv_alpha = 1.0 / alpha
     if present is not None:
         gramian = gramian * present[:, None] * present[None, :]
-    diag = tf.linalg.diag_part(gramian)
-    scale = tf.reduce_max(diag)
-    scale = tf.where(scale > 0, scale, tf.ones_like(scale))
-    floor = tf.maximum(diag / scale, _NORM_FLOOR)
-    matrix = gramian / scale + tf.linalg.diag(_RIDGE * floor)
+    diag = ops.diagonal(gramian)
+    scale = ops.max(diag)
+    scale = ops.where(scale > 0, scale, ops.ones_like(scale))
+    floor = ops.maximum(diag / scale, _NORM_FLOOR)
+    matrix = gramian / scale + ops.diag(_RIDGE * floor)
     if present is not None:
-        matrix = matrix * present[:, None] * present[None, :] + tf.linalg.diag(
-            1.0 - present
-        )
+        matrix = matrix * present[:, None] * present[None, :] + ops.diag(1.0 - present)
 
     def task_sum(values):
         if present is None:
-            return tf.reduce_sum(values)
-        return tf.reduce_sum(tf.where(present > 0, values, tf.zeros_like(values)))
+            return ops.sum(values)
+        return ops.sum(ops.where(present > 0, values, ops.zeros_like(values)))
 
     def objective(w):
-        quad = 0.5 * task_sum(w * tf.linalg.matvec(matrix, w))
+        quad = 0.5 * task_sum(w * ops.matmul(matrix, w))
         if alpha == 1.0:
-            barrier = task_sum(tf.math.log(w))
+            barrier = task_sum(ops.log(w))
         else:
             expo = 1.0 - inv_alpha
-            barrier = task_sum(tf.pow(w, expo)) / expo
+            barrier = task_sum(ops.power(w, expo)) / expo
         return quad - barrier
 
     def cond(it, w, previous, done):
-        return tf.logical_and(it < max_iter, tf.logical_not(done))
+        return ops.logical_and(it < max_iter, ops.logical_not(done))
 
     def body(it, w, previous, done):
-        grad = tf.linalg.matvec(matrix, w) - tf.pow(w, -inv_alpha)
-        hess = matrix + tf.linalg.diag(inv_alpha * tf.pow(w, -inv_alpha - 1.0))
-        inv_sqrt = tf.math.rsqrt(tf.linalg.diag_part(hess))
+        grad = ops.matmul(matrix, w) - ops.power(w, -inv_alpha)
+        hess = matrix + ops.diag(inv_alpha * ops.power(w, -inv_alpha - 1.0))
+        inv_sqrt = ops.rsqrt(ops.diagonal(hess))
         scaled = inv_sqrt[:, None] * hess * inv_sqrt[None, :]
-        chol = tf.linalg.cholesky(scaled)
-        rhs = (inv_sqrt * grad)[:, None]
-        step = -inv_sqrt * tf.linalg.cholesky_solve(chol, rhs)[:, 0]
-        decrement = -tf.reduce_sum(grad * step)
+        step = -inv_sqrt * psd_solve(scaled, (inv_sqrt * grad)[:, None])[:, 0]
+        decrement = -ops.sum(grad * step)
         # Largest step keeping w > 0 (at most 0.99 of the way to the boundary).
         negative = step < 0
-        ratios = tf.where(
-            negative, -w / tf.where(negative, step, -tf.ones_like(step)), 1e30
+        ratios = ops.where(
+            negative, -w / ops.where(negative, step, -ops.ones_like(step)), 1e30
         )
-        t_max = tf.minimum(tf.cast(1.0, dtype), 0.99 * tf.reduce_min(ratios))
+        t_max = ops.minimum(ops.cast(1.0, dtype), 0.99 * ops.min(ratios))
         f_now = objective(w)
 
         # Close to the solution F cannot resolve the decrease: full steps.
@@ -97,34 +97,58 @@ def _solve_fair_weights(gramian, alpha, max_iter=200, tol=1e-20, present=None):
         def ls_cond(k, t):
             trial = objective(w + t * step)
             armijo = trial <= f_now - 0.25 * t * decrement
-            return tf.logical_and(
-                tf.logical_and(search, k < 60), tf.logical_not(armijo)
+            return ops.logical_and(
+                ops.logical_and(search, k < 60), ops.logical_not(armijo)
             )
 
         def ls_body(k, t):
             return k + 1, 0.5 * t
 
-        tries, t = tf.while_loop(ls_cond, ls_body, (tf.constant(0), t_max))
+        tries, t = ops.while_loop(
+            ls_cond, ls_body, (ops.convert_to_tensor(0, "int32"), t_max)
+        )
         # No decrease found: F's rounding noise dominates, w is optimal to
         # working precision.
-        stalled = tf.logical_and(search, tries >= 60)
-        moving = tf.logical_and(decrement > 0, tf.logical_not(stalled))
-        new_w = tf.where(moving, w + t * step, w)
+        stalled = ops.logical_and(search, tries >= 60)
+        moving = ops.logical_and(decrement > 0, ops.logical_not(stalled))
+        new_w = ops.where(moving, w + t * step, w)
         # Converged, or at the rounding-noise floor: a small decrement that no
         # longer shrinks (Newton's decrements shrink quadratically).
-        noise_floor = tf.logical_and(decrement < 1e-12, decrement > 0.25 * previous)
-        converged = tf.logical_or(decrement < tol, noise_floor)
-        new_done = tf.logical_or(tf.logical_not(moving), converged)
+        noise_floor = ops.logical_and(decrement < 1e-12, decrement > 0.25 * previous)
+        converged = ops.logical_or(decrement < tol, noise_floor)
+        new_done = ops.logical_or(ops.logical_not(moving), converged)
         return it + 1, new_w, decrement, new_done
 
     # Start from the solution of the diagonal approximation.
-    w0 = tf.pow(tf.linalg.diag_part(matrix), -power)
-    inf = tf.constant(float("inf"), dtype)
-    _, w, _, _ = tf.while_loop(
-        cond, body, (tf.constant(0), w0, inf, tf.constant(False))
+    w0 = ops.power(ops.diagonal(matrix), -power)
+    inf = ops.full((), float("inf"), dtype)
+    _, w, _, _ = ops.while_loop(
+        cond,
+        body,
+        (
+            ops.convert_to_tensor(0, "int32"),
+            w0,
+            inf,
+            ops.convert_to_tensor(False),
+        ),
     )
-    weights = w * tf.pow(scale, -power)
-    return tf.minimum(weights, _MAX_WEIGHT)
+    weights = w * ops.power(scale, -power)
+    return ops.minimum(weights, _MAX_WEIGHT)
+
+
+def _fair_weights(gramian, alpha):
+    return _solve_fair_weights(gramian, alpha)
+
+
+def _present_fair_weights(gramian, alpha, present):
+    return _solve_fair_weights(gramian, alpha, present=present)
+
+
+# On JAX, in float64 whether or not `jax_enable_x64` is set (see
+# `solver_function`); on TensorFlow, as written (the same results as ever).
+if keras.backend.backend() == "jax":
+    _fair_weights = solver_function(_fair_weights)
+    _present_fair_weights = solver_function(_present_fair_weights)
 
 
 @register_strategy("fairgrad", "fair_grad")
@@ -244,15 +268,15 @@ class FairGrad(GradientAggregation):
         num_tasks = gramian.shape[0]
         if task_mask is None:
             if self.alpha == 0.0:
-                return tf.fill([num_tasks], tf.constant(1.0 / num_tasks, gramian.dtype))
-            weights = _solve_fair_weights(tf.cast(gramian, tf.float64), self.alpha)
-            return tf.cast(weights, gramian.dtype)
-        present = tf.cast(tf.convert_to_tensor(task_mask) > 0, tf.float64)
+                return ops.full([num_tasks], 1.0 / num_tasks, gramian.dtype)
+            weights = _fair_weights(ops.cast(gramian, solver_dtype()), self.alpha)
+            return ops.cast(weights, gramian.dtype)
+        present = ops.cast(ops.convert_to_tensor(task_mask) > 0, solver_dtype())
         if self.alpha == 0.0:
-            weights = present / tf.maximum(tf.reduce_sum(present), 1.0)
+            weights = present / ops.maximum(ops.sum(present), 1.0)
         else:
-            weights = _solve_fair_weights(
-                tf.cast(gramian, tf.float64), self.alpha, present=present
+            weights = _present_fair_weights(
+                ops.cast(gramian, solver_dtype()), self.alpha, present
             )
             weights = weights * present
-        return tf.cast(weights, gramian.dtype)
+        return ops.cast(weights, gramian.dtype)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import tensorflow as tf
 from keras import ops
 
 from keras_mtl.weighting._present_task_ops import present_block, present_tasks
-from keras_mtl.weighting._solver_ops import solver_function
+from keras_mtl.weighting._solver_ops import solver_dtype, solver_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -31,16 +30,16 @@ def _min_norm_of_two(v11, v12, v22):
     Works elementwise on tensors of any shape.
     """
     first = v12 >= v11
-    second = tf.logical_and(tf.logical_not(first), v12 >= v22)
+    second = ops.logical_and(ops.logical_not(first), v12 >= v22)
     denom = v11 + v22 - 2.0 * v12
-    interior = tf.logical_not(tf.logical_or(first, second))
-    safe_denom = tf.where(interior, denom, tf.ones_like(denom))
+    interior = ops.logical_not(ops.logical_or(first, second))
+    safe_denom = ops.where(interior, denom, ops.ones_like(denom))
     gamma = (v22 - v12) / safe_denom
     cost = v22 + gamma * (v12 - v22)
-    gamma = tf.where(first, tf.constant(_GAMMA_HIGH, v11.dtype), gamma)
-    cost = tf.where(first, v11, cost)
-    gamma = tf.where(second, tf.constant(_GAMMA_LOW, v11.dtype), gamma)
-    cost = tf.where(second, v22, cost)
+    gamma = ops.where(first, ops.full_like(gamma, _GAMMA_HIGH), gamma)
+    cost = ops.where(first, v11, cost)
+    gamma = ops.where(second, ops.full_like(gamma, _GAMMA_LOW), gamma)
+    cost = ops.where(second, v22, cost)
     return gamma, cost
 
 
@@ -52,27 +51,27 @@ def _best_pair(gramian, present=None):
     With `present` (`(T,)` booleans) only pairs of present tasks count.
     """
     num = gramian.shape[0]
-    diag = tf.linalg.diag_part(gramian)
-    v11 = diag[:, None] * tf.ones_like(gramian)
-    v22 = diag[None, :] * tf.ones_like(gramian)
+    diag = ops.diagonal(gramian)
+    v11 = diag[:, None] * ops.ones_like(gramian)
+    v22 = diag[None, :] * ops.ones_like(gramian)
     gamma, cost = _min_norm_of_two(v11, gramian, v22)
-    upper = tf.linalg.band_part(tf.ones_like(gramian), 0, -1) - tf.eye(
-        num, dtype=gramian.dtype
-    )
+    # The pairs i < j: the strictly upper triangle.
+    upper = ops.triu(ops.ones_like(gramian), k=1)
     if present is not None:
-        pair = tf.logical_and(present[:, None], present[None, :])
-        upper = tf.where(pair, upper, tf.zeros_like(upper))
-    big = tf.constant(float("inf"), gramian.dtype)
-    cost = tf.reshape(tf.where(upper > 0, cost, big), [-1])
-    best = tf.reduce_min(cost)
-    index = tf.reduce_min(tf.where(cost == best, tf.range(num * num), num * num))
+        pair = ops.logical_and(present[:, None], present[None, :])
+        upper = ops.where(pair, upper, ops.zeros_like(upper))
+    big = ops.full_like(cost, float("inf"))
+    cost = ops.reshape(ops.where(upper > 0, cost, big), [-1])
+    best = ops.min(cost)
+    positions = ops.arange(num * num, dtype="int32")
+    index = ops.min(ops.where(cost == best, positions, num * num))
     # (Non-finite Gramians match no pair: stay in range.)
-    index = tf.minimum(index, num * num - 1)
-    i, j = index // num, index % num
+    index = ops.minimum(index, num * num - 1)
+    i, j = ops.floor_divide(index, num), ops.mod(index, num)
     # A gather, not a slice: a slice start must be a compile-time constant
     # for XLA, which would make the Gramian one (recompiled per value).
-    c = tf.gather(tf.reshape(gamma, [-1]), index)
-    return c * tf.one_hot(i, num, dtype=gramian.dtype) + (1.0 - c) * tf.one_hot(
+    c = ops.take(ops.reshape(gamma, [-1]), index)
+    return c * ops.one_hot(i, num, dtype=gramian.dtype) + (1.0 - c) * ops.one_hot(
         j, num, dtype=gramian.dtype
     )
 
@@ -87,16 +86,21 @@ def _project_to_simplex(y, present=None):
         return _project_present_to_simplex(y, present)
     num = y.shape[0]
     dtype = y.dtype
-    sorted_y = tf.sort(y, direction="DESCENDING")
-    counts = tf.range(1, num, dtype=dtype)
-    tmax = (tf.cumsum(sorted_y)[:-1] - 1.0) / counts
+    sorted_y = _sort_descending(y)
+    counts = ops.arange(1, num, dtype=dtype)
+    tmax = (ops.cumsum(sorted_y)[:-1] - 1.0) / counts
     hit = tmax > sorted_y[1:]
-    first = tf.reduce_min(tf.where(hit, tf.range(num - 1), num - 1))
-    default = (tf.reduce_sum(y) - 1.0) / num
-    threshold = tf.where(
-        tf.reduce_any(hit), tf.gather(tmax, tf.minimum(first, num - 2)), default
+    first = ops.min(ops.where(hit, ops.arange(num - 1, dtype="int32"), num - 1))
+    default = (ops.sum(y) - 1.0) / num
+    threshold = ops.where(
+        ops.any(hit), ops.take(tmax, ops.minimum(first, num - 2)), default
     )
-    return tf.maximum(y - threshold, 0.0)
+    return ops.maximum(y - threshold, 0.0)
+
+
+def _sort_descending(y):
+    """The entries of a `(T,)` vector in descending order."""
+    return ops.flip(ops.sort(y), axis=0)
 
 
 def _project_present_to_simplex(y, present):
@@ -105,20 +109,19 @@ def _project_present_to_simplex(y, present):
     and are never used)."""
     num = y.shape[0]
     dtype = y.dtype
-    count = tf.reduce_sum(tf.cast(present, tf.int32))
-    sorted_y = tf.sort(
-        tf.where(present, y, tf.constant(-float("inf"), dtype)), direction="DESCENDING"
+    count = ops.sum(ops.cast(present, "int32"))
+    sorted_y = _sort_descending(ops.where(present, y, ops.full_like(y, -float("inf"))))
+    counts = ops.arange(1, num, dtype=dtype)
+    tmax = (ops.cumsum(sorted_y)[:-1] - 1.0) / counts
+    positions = ops.arange(num - 1, dtype="int32")
+    hit = ops.logical_and(tmax > sorted_y[1:], positions < count - 1)
+    first = ops.min(ops.where(hit, positions, num - 1))
+    safe_count = ops.cast(ops.maximum(count, 1), dtype)
+    default = (ops.sum(ops.where(present, y, ops.zeros_like(y))) - 1.0) / safe_count
+    threshold = ops.where(
+        ops.any(hit), ops.take(tmax, ops.minimum(first, num - 2)), default
     )
-    counts = tf.range(1, num, dtype=dtype)
-    tmax = (tf.cumsum(sorted_y)[:-1] - 1.0) / counts
-    hit = tf.logical_and(tmax > sorted_y[1:], tf.range(num - 1) < count - 1)
-    first = tf.reduce_min(tf.where(hit, tf.range(num - 1), num - 1))
-    safe_count = tf.cast(tf.maximum(count, 1), dtype)
-    default = (tf.reduce_sum(tf.where(present, y, tf.zeros_like(y))) - 1.0) / safe_count
-    threshold = tf.where(
-        tf.reduce_any(hit), tf.gather(tmax, tf.minimum(first, num - 2)), default
-    )
-    return tf.where(present, tf.maximum(y - threshold, 0.0), tf.zeros_like(y))
+    return ops.where(present, ops.maximum(y - threshold, 0.0), ops.zeros_like(y))
 
 
 def _next_point(current, direction, present=None):
@@ -130,24 +133,24 @@ def _next_point(current, direction, present=None):
     num = current.shape[0]
     dtype = current.dtype
     if present is None:
-        proj = direction - tf.reduce_sum(direction) / num
+        proj = direction - ops.sum(direction) / num
     else:
-        zeros = tf.zeros_like(direction)
-        count = tf.maximum(tf.reduce_sum(tf.cast(present, dtype)), 1.0)
-        mean = tf.reduce_sum(tf.where(present, direction, zeros)) / count
-        proj = tf.where(present, direction - mean, zeros)
+        zeros = ops.zeros_like(direction)
+        count = ops.maximum(ops.sum(ops.cast(present, dtype)), 1.0)
+        mean = ops.sum(ops.where(present, direction, zeros)) / count
+        proj = ops.where(present, direction - mean, zeros)
     neg = proj < 0
     pos = proj > 0
-    safe = tf.where(tf.logical_or(neg, pos), proj, tf.ones_like(proj))
+    safe = ops.where(ops.logical_or(neg, pos), proj, ops.ones_like(proj))
     tm1 = -current / safe
     tm2 = (1.0 - current) / safe
-    valid1 = tf.logical_and(neg, tm1 > _STEP_EPS)
-    valid2 = tf.logical_and(pos, tm2 > _STEP_EPS)
-    inf = tf.constant(float("inf"), dtype)
-    min1 = tf.reduce_min(tf.where(valid1, tm1, inf))
-    min2 = tf.reduce_min(tf.where(valid2, tm2, inf))
-    step = tf.where(tf.reduce_any(valid1), min1, tf.ones([], dtype))
-    step = tf.minimum(step, min2)
+    valid1 = ops.logical_and(neg, tm1 > _STEP_EPS)
+    valid2 = ops.logical_and(pos, tm2 > _STEP_EPS)
+    inf = ops.full_like(tm1, float("inf"))
+    min1 = ops.min(ops.where(valid1, tm1, inf))
+    min2 = ops.min(ops.where(valid2, tm2, inf))
+    step = ops.where(ops.any(valid1), min1, ops.ones([], dtype))
+    step = ops.minimum(step, min2)
     return _project_to_simplex(proj * step + current, present)
 
 
@@ -169,11 +172,11 @@ def min_norm_weights(gramian):
     """
     num = gramian.shape[0]
     if num == 1:
-        return tf.ones([1], gramian.dtype)
+        return ops.ones([1], gramian.dtype)
     start = _best_pair(gramian)
     if num == 2:
         return start
-    return _iterate(gramian, start, tf.constant(False))
+    return _iterate(gramian, start, ops.convert_to_tensor(False))
 
 
 def present_min_norm_weights(gramian, present):
@@ -194,39 +197,40 @@ def present_min_norm_weights(gramian, present):
         tasks.
     """
     num = gramian.shape[0]
-    keep = tf.cast(present, gramian.dtype)
+    keep = ops.cast(present, gramian.dtype)
     if num == 1:
         return keep
     gramian = present_block(gramian, present)
-    count = tf.reduce_sum(tf.cast(present, tf.int32))
+    count = ops.sum(ops.cast(present, "int32"))
     start = _best_pair(gramian, present)
     if num > 2:
         # K = 2 keeps the best pair, as the two-task solver does.
         start = _iterate(gramian, start, count < 3, present)
     # K = 1: that task; K = 0: nothing.
-    return tf.where(count >= 2, start, keep)
+    return ops.where(count >= 2, start, keep)
 
 
 def _iterate(gramian, start, done, present=None):
     """The reference's projected steps with line search, from `start`."""
 
     def cond(it, sol, done):
-        return tf.logical_and(it < _MAX_ITER, tf.logical_not(done))
+        return ops.logical_and(it < _MAX_ITER, ops.logical_not(done))
 
     def body(it, sol, done):
-        gsol = tf.linalg.matvec(gramian, sol)
+        gsol = ops.matmul(gramian, sol)
         new_point = _next_point(sol, -gsol, present)
-        gnew = tf.linalg.matvec(gramian, new_point)
-        v11 = tf.reduce_sum(sol * gsol)
-        v12 = tf.reduce_sum(sol * gnew)
-        v22 = tf.reduce_sum(new_point * gnew)
+        gnew = ops.matmul(gramian, new_point)
+        v11 = ops.sum(sol * gsol)
+        v12 = ops.sum(sol * gnew)
+        v22 = ops.sum(new_point * gnew)
         c, _ = _min_norm_of_two(v11, v12, v22)
         new_sol = c * sol + (1.0 - c) * new_point
-        converged = tf.reduce_sum(tf.abs(new_sol - sol)) < _STOP_CRIT
-        sol = tf.where(converged, sol, new_sol)
+        converged = ops.sum(ops.abs(new_sol - sol)) < _STOP_CRIT
+        sol = ops.where(converged, sol, new_sol)
         return it + 1, sol, converged
 
-    _, sol, _ = tf.while_loop(cond, body, (tf.constant(0), start, done))
+    loop_vars = (ops.convert_to_tensor(0, "int32"), start, done)
+    _, sol, _ = ops.while_loop(cond, body, loop_vars)
     return sol
 
 
@@ -256,9 +260,9 @@ class MGDA(GradientAggregation):
     closed form w_1 = clip((g^_2 - g^_1).g^_2 / ||g^_1 - g^_2||^2) with
     the reference's clip range [0.001, 0.999]; for T >= 3 it starts from the
     best pair and runs at most 250 projected steps with exact line search,
-    stopping when ||w_new - w||_1 < 1e-5 (inside `tf.while_loop`, computed in
-    float64 from the Gramian; in a graph without XLA the loop runs as one
-    XLA-compiled function).
+    stopping when ||w_new - w||_1 < 1e-5 (inside `ops.while_loop`, computed
+    in float64 from the Gramian, on JAX too; in a TensorFlow graph without
+    XLA the loop runs as one XLA-compiled function).
 
     Scale: the update is a convex combination of the (normalised) gradients,
     the scale of a mean, not of a sum: update = sum_t (w*_t / n_t) g_t, as
@@ -351,7 +355,7 @@ class MGDA(GradientAggregation):
         return losses * norms
 
     def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
-        gramian = ops.cast(gramian, "float64")
+        gramian = ops.cast(gramian, solver_dtype())
         norms = self._normalizers(gramian, losses)
         nonzero = ops.not_equal(norms, 0.0)
         if task_mask is not None:

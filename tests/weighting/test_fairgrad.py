@@ -8,10 +8,15 @@ import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
-import tensorflow as tf
+from backends import compiled
 
 import keras_mtl
 from keras_mtl.weighting.fairgrad import FairGrad
+
+# Strategy-level tests run on both backends; those through the shared
+# checks of `aggregator_properties` / `missing_task_checks` (which use
+# TensorFlow) are TensorFlow-only until those modules are backend-neutral.
+both_backends = pytest.mark.both_backends
 
 J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], np.float32)
 J_CONFLICT = np.array(
@@ -21,8 +26,8 @@ J_CONFLICT = np.array(
 
 
 def _run(strategy, grads):
-    update, weights = strategy(tf.constant(grads, tf.float32))
-    return update.numpy().astype(np.float64), weights.numpy().astype(np.float64)
+    update, weights = strategy(np.asarray(grads, np.float32))
+    return np.asarray(update, np.float64), np.asarray(weights, np.float64)
 
 
 def _residual(grads, weights, alpha):
@@ -32,6 +37,7 @@ def _residual(grads, weights, alpha):
     return np.max(np.abs(grads @ (grads.T @ weights) - target) / target)
 
 
+@both_backends
 def test_registry_and_config_round_trip():
     for name in ("fairgrad", "FairGrad", "fair_grad"):
         assert isinstance(keras_mtl.weighting.get(name), FairGrad)
@@ -46,6 +52,7 @@ def test_registry_and_config_round_trip():
     assert isinstance(restored, FairGrad) and restored.alpha == 2.5
 
 
+@both_backends
 def test_invalid_arguments():
     for alpha in (-0.5, float("nan"), float("inf"), "fair", None):
         with pytest.raises(ValueError, match="alpha"):
@@ -54,6 +61,7 @@ def test_invalid_arguments():
         FairGrad(rep_grad=True)
 
 
+@both_backends
 def test_reference_values():
     # Weights of LibMTL's FairGrad.py (scipy least_squares on G G^T, start
     # 1/T, bounds [0, inf)), computed on these inputs; its residuals were
@@ -74,6 +82,7 @@ def test_reference_values():
         )
 
 
+@both_backends
 def test_fixed_point_condition_holds():
     rng = np.random.default_rng(0)
     for alpha in (0.25, 1.0, 5.0):
@@ -86,6 +95,7 @@ def test_fixed_point_condition_holds():
             assert _residual(grads, weights, alpha) < 1e-4, (alpha, num)
 
 
+@both_backends
 def test_closed_forms():
     for alpha in (0.5, 1.0, 3.0):
         power = alpha / (1.0 + alpha)
@@ -109,6 +119,7 @@ def test_closed_forms():
     np.testing.assert_allclose(update, J_CONFLICT.mean(0), rtol=1e-6)
 
 
+@both_backends
 def test_alpha_one_is_nash_bargaining_and_scale_invariant():
     rng = np.random.default_rng(1)
     grads = rng.standard_normal((3, 6)).astype(np.float32)
@@ -122,6 +133,7 @@ def test_alpha_one_is_nash_bargaining_and_scale_invariant():
     np.testing.assert_allclose(weights_s, weights / factors[:, 0], rtol=1e-4)
 
 
+@both_backends
 def test_global_scaling_law():
     # G -> c G scales w by c^(-2a/(1+a)) and the update by c^((1-a)/(1+a)).
     for alpha in (0.5, 2.0):
@@ -138,6 +150,7 @@ def test_global_scaling_law():
             )
 
 
+@both_backends
 def test_large_alpha_tends_to_max_min_fairness():
     # For J_BASE the MGDA weights (0.6, 0.4) are interior and its direction
     # is (0, 1, 1): equal products g_t . d. FairGrad approaches it as alpha
@@ -153,6 +166,7 @@ def test_large_alpha_tends_to_max_min_fairness():
     np.testing.assert_allclose(products[0], products[1], rtol=2e-3)
 
 
+@both_backends
 def test_permutation_equivariance():
     rng = np.random.default_rng(5)
     grads = rng.standard_normal((4, 5)).astype(np.float32)
@@ -163,6 +177,7 @@ def test_permutation_equivariance():
     np.testing.assert_allclose(weights_p, weights[perm], rtol=1e-5)
 
 
+@both_backends
 def test_degenerate_inputs_are_finite():
     rng = np.random.default_rng(3)
     grads = rng.standard_normal((3, 4)).astype(np.float32)
@@ -214,7 +229,7 @@ def test_eager_matches_xla():
     ]
     checks.assert_xla_matches_eager(
         functools.partial(FairGrad, alpha=2.0),
-        [(tf.constant(grads, tf.float32), None) for grads in cases],
+        [(np.asarray(grads, np.float32), None) for grads in cases],
         rtol=1e-5,
         atol=(checks.scaled_atol(1e-6), 0.0),
     )
@@ -267,21 +282,20 @@ def test_missing_tasks_equal_fairgrad_on_present_rows(alpha):
             assert _residual(grads[present], w, alpha) < 1e-5
 
 
+@both_backends
 def test_missing_tasks_compute_weights_drops_nonzero_rows():
     grads = _conflicting(np.random.default_rng(32), 4, 6).astype("float64")
     mask = np.array([1.0, 0.0, 1.0, 1.0], "float32")
-    weights = (
-        FairGrad()
-        .compute_weights(tf.constant(grads @ grads.T), task_mask=tf.constant(mask))
-        .numpy()
-    )
+    weights = np.asarray(FairGrad().compute_weights(grads @ grads.T, task_mask=mask))
     present = [0, 2, 3]
-    ref = FairGrad().compute_weights(tf.constant(grads[present] @ grads[present].T))
-    np.testing.assert_allclose(weights[present], ref.numpy(), rtol=1e-9)
+    ref = FairGrad().compute_weights(grads[present] @ grads[present].T)
+    # (JAX without x64 returns the float64 solution in float32.)
+    rtol = 1e-9 if weights.dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(weights[present], np.asarray(ref), rtol=rtol)
     assert weights[1] == 0.0
     # Left unmasked, the zero row has no solution and hits the weight cap.
     grads[1] = 0.0
-    capped = FairGrad().compute_weights(tf.constant(grads @ grads.T)).numpy()
+    capped = np.asarray(FairGrad().compute_weights(grads @ grads.T))
     assert capped[1] > 1e3 * capped[present].max()
 
 
@@ -328,3 +342,71 @@ def test_degenerate_inputs(shape):
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {"rtol": 1e-4},
     )
+
+
+def _assert_compiled_matches_eager(make, cases, rtol, atol):
+    """Each `(grads, mask)` case (mask None: no mask): `make()` inside a
+    compiled step (XLA) gives its eager `(update, weights)`, finite."""
+    strategy = make()
+
+    def plain(grads):
+        return strategy(grads)
+
+    def masked(grads, mask):
+        return strategy(grads, task_mask=mask)
+
+    plain = compiled(plain, layers=[strategy])
+    masked = compiled(masked, layers=[strategy])
+    for grads, mask in cases:
+        grads = np.asarray(grads, np.float32)
+        if mask is None:
+            expected, got = strategy(grads), plain(grads)
+        else:
+            expected, got = strategy(grads, task_mask=mask), masked(grads, mask)
+        for e, g in zip(expected, got):
+            assert np.isfinite(np.asarray(g)).all()
+            np.testing.assert_allclose(
+                np.asarray(g), np.asarray(e), rtol=rtol, atol=atol
+            )
+
+
+@both_backends
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_compiled_step_equals_eager(alpha):
+    rng = np.random.default_rng(7)
+    cases = [
+        (rng.standard_normal((3, 5)), None),
+        (rng.standard_normal((3, 5)) * 1e-6, None),
+        (np.zeros((3, 5)), None),
+        (rng.standard_normal((3, 1)) @ rng.standard_normal((1, 5)), None),
+    ]
+    cases += [
+        checks.with_absent(_conflicting(rng, 3, 5), absent=absent)
+        for absent in [(0,), (2,), (0, 1)]
+    ]
+    make = functools.partial(FairGrad, alpha=alpha)
+    _assert_compiled_matches_eager(make, cases, rtol=1e-5, atol=1e-6)
+
+
+# The same degenerate inputs on both backends, inside a compiled step, with
+# and without absent tasks: finite positive weights (0 for absent tasks).
+@both_backends
+@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
+def test_degenerate_inputs_finite_when_compiled(shape):
+    strategy = FairGrad()
+    strategy.build(shape)
+
+    def masked(grads, mask):
+        return strategy(grads, task_mask=mask)
+
+    plain = compiled(strategy, layers=[strategy])
+    masked = compiled(masked, layers=[strategy])
+    mask = (np.arange(shape[0]) % 3 != 1).astype("float32")
+    for case in degenerate_inputs.degenerate_cases(shapes=[shape]):
+        update, weights = (np.asarray(x) for x in plain(case.matrix))
+        assert np.isfinite(update).all() and np.isfinite(weights).all(), case.id
+        assert (weights > 0).all(), case.id
+        update, weights = masked(case.matrix * mask[:, None], mask)
+        update, weights = np.asarray(update), np.asarray(weights)
+        assert np.isfinite(update).all() and np.isfinite(weights).all(), case.id
+        assert (weights[mask > 0] > 0).all() and (weights[mask == 0] == 0).all()
