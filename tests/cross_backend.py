@@ -86,6 +86,7 @@ def run(name, initial, folder=None):
         model.save(_saved(folder, name, _backend()))
     return {
         "weights": [(v.path, np.array(v.numpy())) for v in model.weights],
+        "strategy": [np.array(v.numpy()) for v in model.loss_weighting.weights],
         "logs": logs,
         "predictions": _predictions(model),
     }
@@ -101,9 +102,7 @@ def load(name, folder, backend):
     model = keras.models.load_model(_saved(folder, name, backend))
     return {
         "predictions": _predictions(model),
-        "strategy": [
-            (v.path, np.array(v.numpy())) for v in model.loss_weighting.weights
-        ],
+        "strategy": [np.array(v.numpy()) for v in model.loss_weighting.weights],
     }
 
 
