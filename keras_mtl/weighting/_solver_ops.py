@@ -171,3 +171,31 @@ def psd_solve(matrix, rhs):
     lower = ops.stack(columns, axis=1)
     half = ops.solve_triangular(lower, rhs, lower=True)
     return ops.solve_triangular(ops.transpose(lower), half, lower=False)
+
+
+def cholesky_solve(matrix, rhs):
+    """Solves `matrix x = rhs` for a symmetric positive definite matrix
+    with its Cholesky factor L (L L^T x = rhs).
+
+    `ops.cholesky` checks its result on TensorFlow (`check_numerics`) and
+    raises where the factorisation breaks down (NaN), but the solvers test
+    the result for finiteness themselves; so TensorFlow's own
+    `tf.linalg.cholesky` / `cholesky_solve` run there, unchecked, as they
+    always did. Elsewhere `ops.cholesky` (unchecked inside a traced
+    function) and two triangular solves.
+
+    Args:
+        matrix: `(n, n)` symmetric positive definite tensor.
+        rhs: `(n, k)` tensor.
+
+    Returns:
+        The `(n, k)` solution (non-finite where `matrix` is not
+        numerically positive definite).
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.linalg.cholesky_solve(tf.linalg.cholesky(matrix), rhs)
+    lower = ops.cholesky(matrix)
+    half = ops.solve_triangular(lower, rhs, lower=True)
+    return ops.solve_triangular(ops.transpose(lower), half, lower=False)

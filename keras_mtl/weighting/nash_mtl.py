@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
-import tensorflow as tf
 from keras import ops
 
 from keras_mtl.weighting._newton_ops import armijo_step, max_step_to_boundary
 from keras_mtl.weighting._present_task_ops import present_block, present_tasks
-from keras_mtl.weighting._solver_ops import psd_solve, solver_function
+from keras_mtl.weighting._solver_ops import (
+    cholesky_solve,
+    psd_solve,
+    solver_dtype,
+    solver_function,
+)
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -48,6 +52,11 @@ _REF_ALPHA_EPS = 1e-10
 _CLIP_EPS = 1e-6
 
 
+def _norm(x):
+    """The Euclidean (Frobenius) norm of all the entries of x."""
+    return ops.sqrt(ops.sum(x * x))
+
+
 def _correlation(gramian, present=None):
     """Returns (d, C, ok): row norms, cosine matrix, and whether all d > 0.
 
@@ -55,12 +64,12 @@ def _correlation(gramian, present=None):
     block of C is the identity, decoupled from the present block (so that
     an absent coordinate b_t = 1 solves its own equation and stays put).
     """
-    norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gramian), 0.0))
+    norms = ops.sqrt(ops.maximum(ops.diagonal(gramian), 0.0))
     if present is None:
-        ok = tf.reduce_all(norms > 0)
+        ok = ops.all(norms > 0)
     else:
-        ok = tf.reduce_all(tf.logical_or(norms > 0, tf.logical_not(present)))
-    safe = tf.where(norms > 0, norms, tf.ones_like(norms))
+        ok = ops.all(ops.logical_or(norms > 0, ops.logical_not(present)))
+    safe = ops.where(norms > 0, norms, ops.ones_like(norms))
     corr = gramian / (safe[:, None] * safe[None, :])
     if present is not None:
         corr = present_block(corr, present, diagonal=1.0)
@@ -93,50 +102,48 @@ def bargaining_solution(corr, warm_start, present=None):
     """
     num = corr.shape[0]
     dtype = corr.dtype
-    inf = tf.constant(float("inf"), dtype)
 
     def objective(points):
-        terms = points * tf.matmul(points, corr)
+        terms = points * ops.matmul(points, corr)
         if present is not None:
-            terms = tf.where(present, terms, tf.zeros_like(terms))
-            points = tf.where(present, points, tf.ones_like(points))
-        quad = tf.reduce_sum(terms, axis=1)
-        logs = tf.reduce_sum(tf.math.log(points), axis=1)
-        inside = tf.reduce_all(points > 0, axis=1)
-        return tf.where(inside, 0.5 * quad - logs, inf)
+            terms = ops.where(present, terms, ops.zeros_like(terms))
+            points = ops.where(present, points, ops.ones_like(points))
+        quad = ops.sum(terms, axis=1)
+        logs = ops.sum(ops.log(points), axis=1)
+        inside = ops.all(points > 0, axis=1)
+        values = 0.5 * quad - logs
+        return ops.where(inside, values, ops.full_like(values, float("inf")))
 
     if present is None:
-        total = tf.reduce_sum(corr)
+        total = ops.sum(corr)
         count = num
     else:
-        pair = tf.logical_and(present[:, None], present[None, :])
-        total = tf.reduce_sum(tf.where(pair, corr, tf.zeros_like(corr)))
-        count = tf.reduce_sum(tf.cast(present, dtype))
-        warm_start = tf.where(present, warm_start, tf.ones_like(warm_start))
-    scale = tf.sqrt(count / tf.maximum(total, tf.constant(1e-300, dtype)))
-    default = tf.fill([num], scale)
+        pair = ops.logical_and(present[:, None], present[None, :])
+        total = ops.sum(ops.where(pair, corr, ops.zeros_like(corr)))
+        count = ops.sum(ops.cast(present, dtype))
+        warm_start = ops.where(present, warm_start, ops.ones_like(warm_start))
+    scale = ops.sqrt(count / ops.maximum(total, ops.full([], 1e-300, dtype)))
+    default = ops.full([num], scale, dtype)
     if present is not None:
-        default = tf.where(present, default, tf.ones_like(default))
-    warm_ok = tf.reduce_all(tf.math.is_finite(warm_start)) & tf.reduce_all(
-        warm_start > 0
+        default = ops.where(present, default, ops.ones_like(default))
+    warm_ok = ops.logical_and(
+        ops.all(ops.isfinite(warm_start)), ops.all(warm_start > 0)
     )
-    warm = tf.where(warm_ok, warm_start, default)
-    values = objective(tf.stack([default, warm]))
-    start = tf.where(values[1] < values[0], warm, default)
-    eye = tf.eye(num, dtype=dtype)
+    warm = ops.where(warm_ok, warm_start, default)
+    values = objective(ops.stack([default, warm]))
+    start = ops.where(values[1] < values[0], warm, default)
+    eye = ops.eye(num, dtype=dtype)
 
     def body(k, b, done):
-        cb = tf.linalg.matvec(corr, b)
+        cb = ops.matmul(corr, b)
         grad = cb - 1.0 / b
         hess = b[:, None] * corr * b[None, :] + eye
-        delta = -tf.linalg.cholesky_solve(
-            tf.linalg.cholesky(hess), (b * grad)[:, None]
-        )[:, 0]
+        delta = -cholesky_solve(hess, (b * grad)[:, None])[:, 0]
         direction = b * delta
-        slope = tf.reduce_sum(grad * direction)
-        descent = tf.logical_and(tf.reduce_all(tf.math.is_finite(direction)), slope < 0)
-        direction = tf.where(descent, direction, tf.zeros_like(direction))
-        slope = tf.where(descent, slope, tf.zeros_like(slope))
+        slope = ops.sum(grad * direction)
+        descent = ops.logical_and(ops.all(ops.isfinite(direction)), slope < 0)
+        direction = ops.where(descent, direction, ops.zeros_like(direction))
+        slope = ops.where(descent, slope, ops.zeros_like(slope))
         step = armijo_step(
             objective,
             b,
@@ -146,24 +153,24 @@ def bargaining_solution(corr, warm_start, present=None):
             max_step_to_boundary(b, direction),
             # f is self-concordant: a full step is safe and quadratically
             # convergent once the Newton decrement is below 1/4.
-            full_step_ok=tf.logical_and(descent, -slope < 0.0625),
+            full_step_ok=ops.logical_and(descent, -slope < 0.0625),
         )
         new_b = b + step * direction
-        done = tf.logical_or(-slope < 1e-30, step == 0)
-        done = tf.logical_or(done, tf.logical_not(descent))
+        done = ops.logical_or(-slope < 1e-30, step == 0)
+        done = ops.logical_or(done, ops.logical_not(descent))
         return k + 1, new_b, done
 
-    _, b, _ = tf.while_loop(
-        lambda k, b, done: tf.logical_and(k < _NEWTON_ITERS, tf.logical_not(done)),
+    _, b, _ = ops.while_loop(
+        lambda k, b, done: ops.logical_and(k < _NEWTON_ITERS, ops.logical_not(done)),
         body,
-        (tf.constant(0), start, tf.constant(False)),
+        (ops.zeros([], "int32"), start, ops.zeros([], "bool")),
     )
-    residual = tf.reduce_max(tf.abs(b * tf.linalg.matvec(corr, b) - 1.0))
-    converged = tf.logical_and(residual < _NBS_TOL, tf.reduce_all(b > 0))
-    converged = tf.logical_and(converged, tf.reduce_all(tf.math.is_finite(b)))
+    residual = ops.max(ops.abs(b * ops.matmul(corr, b) - 1.0))
+    converged = ops.logical_and(residual < _NBS_TOL, ops.all(b > 0))
+    converged = ops.logical_and(converged, ops.all(ops.isfinite(b)))
     # A huge b only balances C b = 1/b through eigenvalues of C at the
     # rounding level of a float32 Gramian: no solution, numerically.
-    converged = tf.logical_and(converged, tf.reduce_max(b) < _MAX_COSINE_WEIGHT)
+    converged = ops.logical_and(converged, ops.max(b) < _MAX_COSINE_WEIGHT)
     return b, converged
 
 
@@ -196,66 +203,59 @@ def ccp_subproblem(corr, cost, start, present=None):
     """
     num = corr.shape[0]
     dtype = corr.dtype
-    inf = tf.constant(float("inf"), dtype)
-    cost = cost / tf.reduce_max(tf.abs(cost))
+    cost = cost / ops.max(ops.abs(cost))
 
     def barrier(points, weight):
-        cb = tf.matmul(points, corr)
-        inside = tf.reduce_all(points > 0, axis=1) & tf.reduce_all(cb > 0, axis=1)
-        safe_p = tf.where(inside[:, None], points, tf.ones_like(points))
-        safe_cb = tf.where(inside[:, None], cb, tf.ones_like(cb))
-        h = tf.math.log(safe_p) + tf.math.log(safe_cb)
+        cb = ops.matmul(points, corr)
+        inside = ops.logical_and(ops.all(points > 0, axis=1), ops.all(cb > 0, axis=1))
+        safe_p = ops.where(inside[:, None], points, ops.ones_like(points))
+        safe_cb = ops.where(inside[:, None], cb, ops.ones_like(cb))
+        h = ops.log(safe_p) + ops.log(safe_cb)
         if present is not None:
             # No constraint for an absent task: log h_t counts as log 1.
-            h = tf.where(present, h, tf.ones_like(h))
-        inside = inside & tf.reduce_all(h > 0, axis=1)
-        safe_h = tf.where(inside[:, None], h, tf.ones_like(h))
-        value = weight * tf.linalg.matvec(points, cost) - tf.reduce_sum(
-            tf.math.log(safe_h), axis=1
-        )
-        return tf.where(inside, value, inf)
+            h = ops.where(present, h, ops.ones_like(h))
+        inside = ops.logical_and(inside, ops.all(h > 0, axis=1))
+        safe_h = ops.where(inside[:, None], h, ops.ones_like(h))
+        value = weight * ops.matmul(points, cost) - ops.sum(ops.log(safe_h), axis=1)
+        return ops.where(inside, value, ops.full_like(value, float("inf")))
 
-    eye = tf.eye(num, dtype=dtype)
+    eye = ops.eye(num, dtype=dtype)
 
     def newton_direction(b, weight):
-        cb = tf.linalg.matvec(corr, b)
-        h = tf.math.log(b) + tf.math.log(cb)
+        cb = ops.matmul(corr, b)
+        h = ops.log(b) + ops.log(cb)
         # Rows: the gradients of h_t.
         jac = eye / b[:, None] + corr / cb[:, None]
+        jac_t = ops.transpose(jac)
+        corr_t = ops.transpose(corr)
         if present is None:
-            grad = weight * cost - tf.linalg.matvec(jac, 1.0 / h, transpose_a=True)
+            grad = weight * cost - ops.matmul(jac_t, 1.0 / h)
             hess = (
-                tf.matmul(jac, jac / (h * h)[:, None], transpose_a=True)
-                + tf.linalg.diag(1.0 / (b * b * h))
-                + tf.matmul(corr, corr / (cb * cb * h)[:, None], transpose_a=True)
+                ops.matmul(jac_t, jac / (h * h)[:, None])
+                + ops.diag(1.0 / (b * b * h))
+                + ops.matmul(corr_t, corr / (cb * cb * h)[:, None])
             )
             scaled = b[:, None] * hess * b[None, :]
         else:
             # The absent constraints are dropped (1/h_t = 0): the absent
             # block of the Hessian is 0, replaced by the identity so that
             # the absent step is exactly 0.
-            keep = tf.cast(present, dtype)
-            h = tf.where(present, h, tf.ones_like(h))
-            grad = weight * cost - tf.linalg.matvec(jac, keep / h, transpose_a=True)
+            keep = ops.cast(present, dtype)
+            h = ops.where(present, h, ops.ones_like(h))
+            grad = weight * cost - ops.matmul(jac_t, keep / h)
             hess = (
-                tf.matmul(jac, jac / (h * h)[:, None] * keep[:, None], transpose_a=True)
-                + tf.linalg.diag(keep / (b * b * h))
-                + tf.matmul(
-                    corr,
-                    corr / (cb * cb * h)[:, None] * keep[:, None],
-                    transpose_a=True,
-                )
+                ops.matmul(jac_t, jac / (h * h)[:, None] * keep[:, None])
+                + ops.diag(keep / (b * b * h))
+                + ops.matmul(corr_t, corr / (cb * cb * h)[:, None] * keep[:, None])
             )
-            scaled = b[:, None] * hess * b[None, :] + tf.linalg.diag(1.0 - keep)
-        delta = -tf.linalg.cholesky_solve(
-            tf.linalg.cholesky(scaled), (b * grad)[:, None]
-        )[:, 0]
+            scaled = b[:, None] * hess * b[None, :] + ops.diag(1.0 - keep)
+        delta = -cholesky_solve(scaled, (b * grad)[:, None])[:, 0]
         direction = b * delta
-        slope = tf.reduce_sum(grad * direction)
-        finite = tf.reduce_all(tf.math.is_finite(direction)) & tf.math.is_finite(slope)
-        descent = tf.logical_and(finite, slope < 0)
-        direction = tf.where(descent, direction, tf.zeros_like(direction))
-        slope = tf.where(descent, slope, tf.zeros_like(slope))
+        slope = ops.sum(grad * direction)
+        finite = ops.logical_and(ops.all(ops.isfinite(direction)), ops.isfinite(slope))
+        descent = ops.logical_and(finite, slope < 0)
+        direction = ops.where(descent, direction, ops.zeros_like(direction))
+        slope = ops.where(descent, slope, ops.zeros_like(slope))
         return direction, slope, descent, finite
 
     def body(k, b, weight, done):
@@ -266,36 +266,41 @@ def ccp_subproblem(corr, cost, start, present=None):
             direction,
             barrier(b[None, :], weight)[0],
             slope,
-            tf.ones([], dtype),
-            full_step_ok=tf.logical_and(descent, -slope < _FULL_STEP_DECREMENT),
+            ops.ones([], dtype),
+            full_step_ok=ops.logical_and(descent, -slope < _FULL_STEP_DECREMENT),
         )
         b = b + step * direction
-        done = tf.logical_and(
+        done = ops.logical_and(
             weight >= _T_MAX,
-            tf.logical_or(-slope < _CONVERGED_DECREMENT, tf.logical_not(descent)),
+            ops.logical_or(-slope < _CONVERGED_DECREMENT, ops.logical_not(descent)),
         )
-        weight = tf.minimum(weight * 2.0, _T_MAX)
+        weight = ops.minimum(weight * 2.0, _T_MAX)
         return k + 1, b, weight, done
 
-    _, b, weight, _ = tf.while_loop(
-        lambda k, b, weight, done: tf.logical_and(
-            k < _BARRIER_ITERS, tf.logical_not(done)
+    _, b, weight, _ = ops.while_loop(
+        lambda k, b, weight, done: ops.logical_and(
+            k < _BARRIER_ITERS, ops.logical_not(done)
         ),
         body,
-        (tf.constant(0), start, tf.constant(_T_START, dtype), tf.constant(False)),
+        (
+            ops.zeros([], "int32"),
+            start,
+            ops.full([], _T_START, dtype),
+            ops.zeros([], "bool"),
+        ),
     )
     # A bounded problem ends on the central path (the Newton decrement
     # vanishes); on an unbounded one the iterate keeps running away.
     # (where its Hessian also ends up numerically indefinite).
     _, slope, _, finite = newton_direction(b, weight)
-    ok = tf.reduce_all(tf.math.is_finite(b)) & finite
-    ok = ok & (-slope < _CENTERED_DECREMENT)
+    ok = ops.logical_and(ops.all(ops.isfinite(b)), finite)
+    ok = ops.logical_and(ok, -slope < _CENTERED_DECREMENT)
     if present is None:
-        largest, largest_start = tf.reduce_max(b), tf.reduce_max(start)
+        largest, largest_start = ops.max(b), ops.max(start)
     else:
-        largest = tf.reduce_max(tf.where(present, b, tf.zeros_like(b)))
-        largest_start = tf.reduce_max(tf.where(present, start, tf.zeros_like(start)))
-    ok = ok & (largest < _RUNAWAY * largest_start)
+        largest = ops.max(ops.where(present, b, ops.zeros_like(b)))
+        largest_start = ops.max(ops.where(present, start, ops.zeros_like(start)))
+    ok = ops.logical_and(ok, largest < _RUNAWAY * largest_start)
     return b, ok
 
 
@@ -310,12 +315,12 @@ def solves_subproblem(corr, cost, b):
     and lambda >= 0 iff mu >= 0. An exact certificate, so the barrier solve
     is needed only where it fails (a constraint is slack at the optimum).
     """
-    cb = tf.linalg.matvec(corr, b)
-    system = corr + tf.linalg.diag(cb / b)
+    cb = ops.matmul(corr, b)
+    system = corr + ops.diag(cb / b)
     mu = psd_solve(system, cost[:, None])[:, 0]
-    finite = tf.reduce_all(tf.math.is_finite(mu))
-    tol = _MULTIPLIER_TOL * tf.reduce_max(tf.abs(mu))
-    return tf.logical_and(finite, tf.reduce_min(mu) >= -tol)
+    finite = ops.all(ops.isfinite(mu))
+    tol = _MULTIPLIER_TOL * ops.max(ops.abs(mu))
+    return ops.logical_and(finite, ops.min(mu) >= -tol)
 
 
 def nash_mtl_alpha(gramian, previous, solver="ccp", max_iter=20):
@@ -362,72 +367,70 @@ def _alpha(gramian, previous, solver, max_iter, present=None):
     if present is not None:
         gramian = present_block(gramian, present)
     norms, corr, norms_ok = _correlation(gramian, present)
-    safe_norms = tf.where(norms > 0, norms, tf.ones_like(norms))
+    safe_norms = ops.where(norms > 0, norms, ops.ones_like(norms))
     nbs_b, nbs_ok = bargaining_solution(corr, previous * safe_norms, present)
-    feasible = tf.logical_and(norms_ok, nbs_ok)
+    feasible = ops.logical_and(norms_ok, nbs_ok)
 
     def keep_absent(alpha):
-        return alpha if present is None else tf.where(present, alpha, previous)
+        return alpha if present is None else ops.where(present, alpha, previous)
 
     if solver == "newton":
-        return keep_absent(tf.where(feasible, nbs_b / safe_norms, previous))
+        return keep_absent(ops.where(feasible, nbs_b / safe_norms, previous))
 
-    frob = tf.norm(gramian)
-    safe_frob = tf.where(frob > 0, frob, tf.ones_like(frob))
+    frob = _norm(gramian)
+    safe_frob = ops.where(frob > 0, frob, ops.ones_like(frob))
     # Strictly feasible start of every subproblem: h_t = 0.5 for all t.
-    start = nbs_b * tf.cast(math.exp(0.25), dtype)
+    start = nbs_b * ops.cast(math.exp(0.25), dtype)
     if present is not None:
         # Inside the procedure the absent coordinates are b_t = alpha_t = 1
         # (with unit norm), a fixed point of their decoupled equations.
-        start = tf.where(present, start, tf.ones_like(start))
+        start = ops.where(present, start, ops.ones_like(start))
         norms = safe_norms
-        initial = tf.where(present, previous, tf.ones_like(previous))
+        initial = ops.where(present, previous, ops.ones_like(previous))
     else:
         initial = previous
 
     def residual_small(alpha):
-        res = tf.linalg.matvec(gramian, alpha) / safe_frob - 1.0 / (
-            alpha + _REF_ALPHA_EPS
-        )
+        res = ops.matmul(gramian, alpha) / safe_frob - 1.0 / (alpha + _REF_ALPHA_EPS)
         if present is not None:
-            res = tf.where(present, res, tf.zeros_like(res))
-        return tf.norm(res) < _REF_RESIDUAL_TOL
+            res = ops.where(present, res, ops.zeros_like(res))
+        return _norm(res) < _REF_RESIDUAL_TOL
 
     def cond(k, alpha, done):
-        return tf.logical_and(k < max_iter, tf.logical_not(done))
+        return ops.logical_and(k < max_iter, ops.logical_not(done))
 
     def body(k, alpha, done):
         b_prev = alpha * norms
-        cb_prev = tf.linalg.matvec(corr, b_prev)
-        cost = tf.linalg.matvec(corr, norms) + 1.0 / b_prev
-        cost = cost + tf.linalg.matvec(corr, 1.0 / cb_prev)
+        cb_prev = ops.matmul(corr, b_prev)
+        cost = ops.matmul(corr, norms) + 1.0 / b_prev
+        cost = cost + ops.matmul(corr, 1.0 / cb_prev)
         if present is not None:
-            cost = tf.where(present, cost, tf.zeros_like(cost))
-        cost_ok = tf.reduce_all(tf.math.is_finite(cost)) & tf.reduce_any(cost != 0)
-        safe_cost = tf.where(cost_ok, cost, tf.ones_like(cost))
+            cost = ops.where(present, cost, ops.zeros_like(cost))
+        cost_ok = ops.logical_and(ops.all(ops.isfinite(cost)), ops.any(cost != 0))
+        safe_cost = ops.where(cost_ok, cost, ops.ones_like(cost))
         if present is not None:
-            safe_cost = tf.where(present, safe_cost, tf.zeros_like(safe_cost))
-        b_new, solved = tf.cond(
+            safe_cost = ops.where(present, safe_cost, ops.zeros_like(safe_cost))
+        b_new, solved = ops.cond(
             solves_subproblem(corr, safe_cost, nbs_b),
-            lambda: (nbs_b, tf.constant(True)),
+            lambda: (nbs_b, ops.ones([], "bool")),
             lambda: ccp_subproblem(corr, safe_cost, start, present),
         )
         alpha_new = b_new / safe_norms
-        failed = tf.logical_not(tf.logical_and(cost_ok, solved))
-        stop = residual_small(alpha) | failed
-        stop = stop | (tf.norm(alpha_new - alpha) < _REF_CHANGE_TOL)
-        alpha = tf.where(stop, alpha, alpha_new)
+        failed = ops.logical_not(ops.logical_and(cost_ok, solved))
+        stop = ops.logical_or(residual_small(alpha), failed)
+        stop = ops.logical_or(stop, _norm(alpha_new - alpha) < _REF_CHANGE_TOL)
+        alpha = ops.where(stop, alpha, alpha_new)
         return k + 1, alpha, stop
 
     def run():
-        _, alpha, _ = tf.while_loop(
-            cond, body, (tf.constant(0), initial, residual_small(initial))
+        _, alpha, _ = ops.while_loop(
+            cond, body, (ops.zeros([], "int32"), initial, residual_small(initial))
         )
         return keep_absent(alpha)
 
     # Without a feasible point the first subproblem is infeasible: the
     # reference keeps the previous alpha.
-    return tf.cond(feasible, run, lambda: previous)
+    return ops.cond(feasible, run, lambda: previous)
 
 
 _compiled_nash_mtl_alpha = solver_function(nash_mtl_alpha)
@@ -545,7 +548,8 @@ class NashMTL(GradientAggregation):
         bargaining solution would need weights above 1e3 in the cosine
         scale (cosine-matrix eigenvalues below ~1e-6, rounding noise of a
         float32 Gramian) count as having none. The stored alpha is float64,
-        the step counter int64.
+        the step counter int64 (on JAX without `jax_enable_x64`: float32
+        and int32; the solver computes in float64 either way).
     """
 
     requires: ClassVar[str] = "gramian"
@@ -603,7 +607,8 @@ class NashMTL(GradientAggregation):
         self.alpha = self.add_weight(
             shape=(self.num_tasks,),
             initializer="ones",
-            dtype="float64",
+            # float32 on JAX without x64 (see `solver_dtype`).
+            dtype=solver_dtype(),
             trainable=False,
             name="alpha",
             task_axis=0,
@@ -617,8 +622,8 @@ class NashMTL(GradientAggregation):
         )
 
     def reset_state(self):
-        self.alpha.assign(ops.ones_like(self.alpha))
-        self.step_count.assign(ops.zeros_like(self.step_count))
+        self.alpha.assign(ops.ones_like(self.alpha.value))
+        self.step_count.assign(ops.zeros_like(self.step_count.value))
 
     def _solve(self, gramian, previous, present=None):
         if present is None:
@@ -630,26 +635,26 @@ class NashMTL(GradientAggregation):
         )
 
     def compute_weights(self, gramian, losses=None, training=True, task_mask=None):
-        gramian = ops.cast(gramian, "float64")
+        gramian = ops.cast(gramian, solver_dtype())
         present = None
         if task_mask is not None:
             present = present_tasks(task_mask)
             gramian = present_block(gramian, present)
-        previous = tf.identity(self.alpha.value)
+        previous = ops.copy(self.alpha.value)
         if self.update_weights_every == 1:
             alpha = self._solve(gramian, previous, present)
         else:
             due = ops.equal(
                 ops.mod(self.step_count.value, self.update_weights_every), 0
             )
-            alpha = tf.cond(
+            alpha = ops.cond(
                 due, lambda: self._solve(gramian, previous, present), lambda: previous
             )
         if training:
             self.alpha.assign(alpha)
             self.step_count.assign_add(1)
         if present is not None:
-            alpha = tf.where(present, alpha, tf.zeros_like(alpha))
+            alpha = ops.where(present, alpha, ops.zeros_like(alpha))
         weights = alpha
         if self.max_norm > 0:
             norm = ops.sqrt(
