@@ -139,12 +139,6 @@ def test_layers_datasets_and_utils_import_without_tensorflow():
     assert out["file"].startswith(str(ROOT))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="some keras_mtl.weighting modules still import tensorflow at import "
-    "time (issue 16: being ported to keras.ops); see "
-    "test_no_module_imports_tensorflow_at_import for the chains",
-)
 def test_import_keras_mtl_without_tensorflow():
     out = _run(
         """
@@ -240,11 +234,6 @@ def test_only_weighting_imports_tensorflow_at_import(tensorflow_imports):
     assert not others, others
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="some keras_mtl.weighting modules are still being ported to keras.ops "
-    "(issue 16)",
-)
 def test_no_module_imports_tensorflow_at_import(tensorflow_imports):
     found = tensorflow_imports["found"]
     assert not found, "\n".join(f"{m}: {c}" for m, c in sorted(found.items()))
