@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+import keras
 from keras import ops
 
 from keras_mtl.weighting._newton_ops import armijo_step, max_step_to_boundary
@@ -35,6 +36,16 @@ _EXIT_DECREMENT = 1e-14
 _KKT_TOL = 1e-10
 # Support solutions with weights below -_NEGATIVE_TOL are infeasible.
 _NEGATIVE_TOL = 1e-12
+
+
+def _row_mean(gramian):
+    """The mean of each row. `ops.mean` along an axis computes in float32
+    on JAX whatever the input, so there it is a sum and a division; on
+    TensorFlow `ops.mean` (whose rounding differs from the sum's for long
+    rows) as before."""
+    if keras.backend.backend() == "jax":
+        return ops.sum(gramian, axis=1) / gramian.shape[0]
+    return ops.mean(gramian, axis=1)
 
 
 def _inner_objective(points, gramian, mean_row, c):
@@ -210,8 +221,7 @@ def _inner_weights(gramian, c, present=None):
             return ops.ones([1], dtype)
         if num == 2:
             return _two_task_weights(gramian, c)
-        # (A sum and a division: `ops.mean` computes in float32 on JAX.)
-        mean_row = ops.sum(gramian, axis=1) / num
+        mean_row = _row_mean(gramian)
         start = ops.full([num], 1.0 / num, dtype)
         everything = ops.ones([num], "bool")
     else:
