@@ -10,7 +10,8 @@ import math
 
 from keras import ops
 
-from keras_mtl.weighting._dual_cone_ops import normalize_and_regularize, solver_dtype
+from keras_mtl.weighting._dual_cone_ops import normalize_and_regularize
+from keras_mtl.weighting._solver_ops import solver_dtype
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 
 _EPS_MODES = ("absolute", "relative")

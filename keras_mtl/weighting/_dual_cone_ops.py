@@ -35,19 +35,6 @@ import numpy as np
 from keras import backend, ops
 
 
-def solver_dtype():
-    """The solvers' wide float dtype: float64 where the backend has it.
-
-    TensorFlow always has float64; JAX only with `jax_enable_x64` (without
-    it, a float64 request is silently truncated to float32).
-    """
-    if backend.backend() == "jax":
-        import jax
-
-        return "float64" if jax.config.jax_enable_x64 else "float32"
-    return "float64"
-
-
 def _tiny(dtype):
     """A positive floor for divisors: 1e-300 in float64, the smallest
     normal number in float32."""

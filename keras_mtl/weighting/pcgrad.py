@@ -7,8 +7,8 @@ from typing import ClassVar
 import keras
 from keras import ops
 
-from keras_mtl.weighting._dual_cone_ops import solver_dtype
 from keras_mtl.weighting._portable_random_ops import next_seed, to_uint32, uint32
+from keras_mtl.weighting._solver_ops import solver_dtype
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 

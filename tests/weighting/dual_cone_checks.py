@@ -10,7 +10,7 @@ import degenerate_inputs
 import numpy as np
 import pytest
 
-from keras_mtl.weighting._dual_cone_ops import solver_dtype
+from keras_mtl.weighting._solver_ops import solver_dtype
 
 # Where the solver is float32 (JAX without x64), the weights of a singular
 # Gramian (conditioned by reg_eps = 1e-4 only) are accurate to about 1e-2
