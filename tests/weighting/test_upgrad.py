@@ -14,8 +14,8 @@ import keras_mtl
 from keras_mtl.weighting._dual_cone_ops import (
     normalize_and_regularize,
     project_weights,
-    solver_dtype,
 )
+from keras_mtl.weighting._solver_ops import solver_dtype
 from keras_mtl.weighting.upgrad import UPGrad
 
 pytestmark = pytest.mark.both_backends
