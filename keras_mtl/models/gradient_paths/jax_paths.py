@@ -132,17 +132,7 @@ class JaxLossGradientPath(LossGradientPath):
                 kwargs["shared_grads"] = ops.where(
                     step.finite, matrix, ops.zeros_like(matrix)
                 )
-            sampled = self._sampled_task_mask()
-            if sampled is not None:
-                total, weights = strategy(
-                    safe_losses * sampled, training=True, **kwargs
-                )
-                weights = weights * sampled
-            else:
-                total, weights = strategy(safe_losses, training=True, **kwargs)
-            extra = self.extra_objective(step.aux_losses)
-            if extra is not None:
-                total = total + extra
+            total, weights = self.objective(step, safe_losses, kwargs)
             return model.optimizer.scale_loss(total), (step, weights)
 
         _, pullback, (step, weights) = differentiate(model, objective, variables)

@@ -49,17 +49,7 @@ class LossGradientPath(GradientPath):
                 kwargs["shared_grads"] = ops.where(
                     step.finite, matrix, ops.zeros_like(matrix)
                 )
-            sampled = self._sampled_task_mask()
-            if sampled is not None:
-                objective, weights = strategy(
-                    safe_losses * sampled, training=True, **kwargs
-                )
-                weights = weights * sampled
-            else:
-                objective, weights = strategy(safe_losses, training=True, **kwargs)
-            extra = self.extra_objective(step.aux_losses)
-            if extra is not None:
-                objective = objective + extra
+            objective, weights = self.objective(step, safe_losses, kwargs)
             scaled = model.optimizer.scale_loss(objective)
         grads = tape_ops.or_zeros(tape.gradient(scaled, variables), variables)
         replicas = distribution.num_replicas()
@@ -72,6 +62,24 @@ class LossGradientPath(GradientPath):
                 g / replicas if id(v) in own else g for g, v in zip(grads, variables)
             ]
         return step.result(weights, grads, variables)
+
+    def objective(self, step, safe_losses, kwargs):
+        """The objective to differentiate and the `(T,)` weights: the
+        strategy's combination of the safe losses (of this step's sampled
+        task only, under task sampling), plus the extra objective. Shared
+        with the JAX loss path."""
+        sampled = self._sampled_task_mask()
+        if sampled is not None:
+            objective, weights = self.strategy(
+                safe_losses * sampled, training=True, **kwargs
+            )
+            weights = weights * sampled
+        else:
+            objective, weights = self.strategy(safe_losses, training=True, **kwargs)
+        extra = self.extra_objective(step.aux_losses)
+        if extra is not None:
+            objective = objective + extra
+        return objective, weights
 
     def _sampled_task_mask(self):
         """A one-hot `(T,)` mask of this step's task, or None."""
