@@ -219,3 +219,28 @@ def check_cases(make, cases, options=None):
             first_line = str(error).strip().splitlines()[0] if str(error) else ""
             failures.append(f"{case.id}: {type(error).__name__}: {first_line}")
     assert not failures, "\n".join(failures)
+
+
+def compiled_degenerate_runs(strategy, shape):
+    """For each degenerate case of `shape`, the strategy's `(update,
+    weights)` inside a compiled step, without and with absent tasks (every
+    third task from the second, its rows zeroed), as numpy arrays, both
+    checked finite. Yields `(case, mask, plain, masked)`; the strategy is
+    built for `shape`."""
+    from backends import compiled
+    from degenerate_inputs import degenerate_cases
+
+    strategy.build(shape)
+
+    def call_masked(grads, mask):
+        return strategy(grads, task_mask=mask)
+
+    plain = compiled(strategy, layers=[strategy])
+    masked = compiled(call_masked, layers=[strategy])
+    mask = (np.arange(shape[0]) % 3 != 1).astype("float32")
+    for case in degenerate_cases(shapes=[shape]):
+        outputs = [plain(case.matrix), masked(case.matrix * mask[:, None], mask)]
+        outputs = [tuple(np.asarray(x) for x in output) for output in outputs]
+        for update, weights in outputs:
+            assert np.isfinite(update).all() and np.isfinite(weights).all(), case.id
+        yield case, mask, outputs[0], outputs[1]
