@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from compare_data import fake_data
 
 
+@pytest.mark.integration
 def test_quick_command_writes_table_csv_and_figures(tmp_path):
     fake_data().make_fashion_dir(tmp_path / "data" / "fashion-mnist", 40, 20)
     out = tmp_path / "out"

@@ -28,7 +28,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 NUMBER = r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def run_example(script, flags, cwd):

@@ -24,6 +24,7 @@ STRATEGIES = [
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_two_replicas_match_one_device():
     script = os.path.join(os.path.dirname(__file__), "distributed_check.py")
     result = subprocess.run(

@@ -72,6 +72,7 @@ def _run_workers(script, args, num_workers=2, timeout=TIMEOUT):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_two_workers_match_one_device():
     script = os.path.join(os.path.dirname(__file__), "multi_worker_check.py")
     results = _run_workers(script, STRATEGIES)

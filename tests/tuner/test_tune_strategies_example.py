@@ -16,6 +16,7 @@ def _load_example():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_example_runs_a_checked_search_and_evaluates_the_best_model(tmp_path):
     example = _load_example()
     tuner, result = example.run(
