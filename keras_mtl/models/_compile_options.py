@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import keras
 
 from keras_mtl import weighting
 from keras_mtl.models._targets import PerElement, check_task_names
-from keras_mtl.models._task_losses import TaskLosses
+from keras_mtl.models._task_losses import TaskLosses, resolve_losses
+from keras_mtl.models.gradient_paths import select_gradient_path
 from keras_mtl.weighting.registry import registered_strategies
 
 NONFINITE_MODES = ("raise", "skip")
@@ -41,6 +45,80 @@ class CompileOptions:
     task_sampling: str | None
     per_task_gradients: str
     arguments: dict
+
+
+class ResolvedCompile(NamedTuple):
+    """What `resolve_compile` returns: the strategy (bound to the tasks and
+    built), the gradient path chosen for it, and the `CompileOptions`."""
+
+    strategy: object
+    path: object
+    options: CompileOptions
+
+
+def resolve_compile(model, loss_weighting, loss_weights, arguments):
+    """Checks and resolves the arguments of `MultiTaskModel.compile`.
+
+    Every check runs here, before `compile` changes anything of the model,
+    so that a bad argument leaves a compiled model as it was.
+
+    Args:
+        model: the `MultiTaskModel`.
+        loss_weighting, loss_weights: as for `compile`.
+        arguments: the other arguments of `compile` that are saved with
+            the model (`loss`, `metrics`, `weighted_metrics`,
+            `on_nonfinite`, `task_sampling`, `missing_labels`,
+            `per_task_gradients`, `run_eagerly`, `steps_per_execution`,
+            `jit_compile`); `metrics` and `weighted_metrics` are replaced by
+            their per-task dicts.
+    """
+    names = model.task_names
+    arguments = dict(arguments)
+    on_nonfinite = check_on_nonfinite(arguments["on_nonfinite"])
+    loss_fns = resolve_losses(names, arguments["loss"])
+    for key in ("metrics", "weighted_metrics"):
+        arguments[key] = per_task_dict(names, arguments[key], key)
+    strategy = resolve_strategy(names, loss_weighting, loss_weights)
+    per_task_gradients = arguments["per_task_gradients"]
+    path = select_gradient_path(model, strategy, per_task_gradients)
+    build_strategy(strategy, path.strategy_input_shape())
+    task_sampling = check_task_sampling(arguments["task_sampling"], strategy)
+    rules = resolve_missing_labels(names, arguments["missing_labels"], strategy)
+    task_losses = TaskLosses(
+        names, loss_fns, rules, model.auxiliary_tasks, model.aux_weight
+    )
+    compile_options = CompileOptions(
+        task_losses=task_losses,
+        on_nonfinite=on_nonfinite,
+        task_sampling=task_sampling,
+        per_task_gradients=check_per_task_gradients(per_task_gradients, strategy),
+        arguments=arguments,
+    )
+    return ResolvedCompile(strategy, path, compile_options)
+
+
+def compile_config(optimizer, strategy, compile_options):
+    """The compile config saved with a model: the optimizer, the strategy
+    and the other arguments of `compile` as given, serialized."""
+    config = dict(
+        optimizer=optimizer,
+        loss_weighting=weighting.serialize(strategy),
+        **compile_options.arguments,
+    )
+    return {
+        key: keras.saving.serialize_keras_object(value) for key, value in config.items()
+    }
+
+
+def compile_arguments(config):
+    """The keyword arguments of `compile` from a `compile_config`."""
+    config = dict(config)
+    strategy = weighting.deserialize(config.pop("loss_weighting"))
+    arguments = {
+        key: keras.saving.deserialize_keras_object(value)
+        for key, value in config.items()
+    }
+    return dict(arguments, loss_weighting=strategy)
 
 
 def check_on_nonfinite(on_nonfinite):

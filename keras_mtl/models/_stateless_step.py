@@ -15,6 +15,18 @@ from __future__ import annotations
 import keras
 
 
+def train(model, state, data):
+    """`model._train_step(data)` on the values of Keras' JAX train state;
+    returns `(logs, new state)`."""
+    return run(train_groups(model), state, lambda: model._train_step(data))
+
+
+def test(model, state, data):
+    """`model._test_step(data)` on the values of Keras' JAX test state;
+    returns `(logs, new state)`."""
+    return run(test_groups(model), state, lambda: model._test_step(data))
+
+
 def train_groups(model):
     """The variable groups of Keras' JAX train state, in its order."""
     return (

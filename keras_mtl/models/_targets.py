@@ -88,6 +88,14 @@ def check_target_shapes(pairs, loss_fns, y, y_pred):
             )
 
 
+def check_target_dtypes(y):
+    """`check_target_dtype` on each target of `fit`'s `y` when it is a
+    dict `{task: array}`."""
+    if isinstance(y, Mapping):
+        for task, target in y.items():
+            check_target_dtype(task, target)
+
+
 def check_target_dtype(task, target):
     """Refuses targets that are not numbers, naming the task."""
     dtype = getattr(target, "dtype", None)

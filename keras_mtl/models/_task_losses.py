@@ -6,6 +6,8 @@ losses of the global batch (the same value on every replica, this
 replica's share of the gradient), the number of labelled elements of each
 task when labels may be missing, and the losses' raw parts, from which the
 gradient paths take each task's gradient through its own loss only.
+`losses_after_update` recomputes them after the update for FAMO-like
+strategies.
 """
 
 from __future__ import annotations
@@ -240,6 +242,21 @@ _WHOLE_VECTOR_LOSSES = (
     "tversky",
     "circle",
 )
+
+
+def losses_after_update(model, x, y, sample_weights):
+    """The task losses on the same batch after the update, for a strategy
+    with `uses_post_step_losses` (FAMO). The extra forward pass leaves the
+    layers' state (BatchNorm statistics) as the update left it."""
+    strategy_ids = {id(v) for v in model.loss_weighting.variables}
+    layer_state = [
+        v for v in model.non_trainable_variables if id(v) not in strategy_ids
+    ]
+    before = [ops.copy(v.value) for v in layer_state]
+    losses = model._options.task_losses(y, model(x, training=True), sample_weights)
+    for variable, value in zip(layer_state, before):
+        variable.assign(value)
+    return losses.losses
 
 
 def check_element_wise(task, fn):

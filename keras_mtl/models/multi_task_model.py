@@ -14,9 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import keras
-from keras import ops
 
-from keras_mtl import weighting
 from keras_mtl.models import _compile_options as options
 from keras_mtl.models import _distribution as distribution
 from keras_mtl.models import _stateless_step as stateless_step
@@ -24,10 +22,9 @@ from keras_mtl.models import _targets as targets
 from keras_mtl.models._model_outputs import arrange_outputs, heads_on_trunk
 from keras_mtl.models._step_guard import StepGuard
 from keras_mtl.models._step_logs import StepLogs
-from keras_mtl.models._task_losses import TaskLosses, aux_key, resolve_losses
+from keras_mtl.models._task_losses import aux_key, losses_after_update
 from keras_mtl.models.gradient_paths import (
     StagedGramianGradientPath,
-    select_gradient_path,
 )
 from keras_mtl.models.gradient_paths.base import task_mask
 from keras_mtl.models.task_graph import analyze_task_graph
@@ -121,9 +118,7 @@ class MultiTaskModel(keras.Model):
         self._task_weight_trackers = logs.task_weights
         self._aux_loss_trackers = logs.aux_losses
 
-    # ------------------------------------------------------------------
-    # Construction helpers
-    # ------------------------------------------------------------------
+    # --- Construction helpers ---
 
     @classmethod
     def from_trunk(cls, trunk, heads, inputs=None, name=None):
@@ -144,9 +139,7 @@ class MultiTaskModel(keras.Model):
         inputs, outputs = heads_on_trunk(trunk, heads, inputs)
         return cls(inputs, outputs, name=name)
 
-    # ------------------------------------------------------------------
-    # Task structure
-    # ------------------------------------------------------------------
+    # --- Task structure ---
 
     @property
     def num_tasks(self) -> int:
@@ -188,9 +181,7 @@ class MultiTaskModel(keras.Model):
         self._task_graph = self._task_graph.with_roles(self, shared, tasks)
         self.train_function = None
 
-    # ------------------------------------------------------------------
-    # Compilation
-    # ------------------------------------------------------------------
+    # --- Compilation ---
 
     def compile(
         self,
@@ -280,49 +271,11 @@ class MultiTaskModel(keras.Model):
                 the whole step, strategy included, with XLA.
         """
         check_supported_backend()
-        options.check_on_nonfinite(on_nonfinite)
-        names = self.task_names
-        loss_fns = resolve_losses(names, loss)
-        metrics = options.per_task_dict(names, metrics, "metrics")
-        weighted_metrics = options.per_task_dict(
-            names, weighted_metrics, "weighted_metrics"
-        )
-        strategy = options.resolve_strategy(names, loss_weighting, loss_weights)
-        path = select_gradient_path(self, strategy, per_task_gradients)
-        options.build_strategy(strategy, path.strategy_input_shape())
-        distribution.check_jit_compile(
-            jit_compile, getattr(self, "distribute_strategy", None)
-        )
-        super().compile(
-            optimizer=optimizer,
-            loss=None,
-            metrics=metrics,
-            weighted_metrics=weighted_metrics,
-            run_eagerly=run_eagerly,
-            steps_per_execution=steps_per_execution,
-            jit_compile=jit_compile,
-            auto_scale_loss=auto_scale_loss,
-        )
-        previous = self.loss_weighting
-        if previous is not None and previous is not strategy:
-            # Forget the old strategy's variables: they must not be trained,
-            # saved or restored with the model any more.
-            self._tracker.untrack(previous)
-        self.loss_weighting = strategy
-        task_sampling = options.check_task_sampling(task_sampling, strategy)
-        if task_sampling is not None:
-            self._add_task_sampler()
-        rules = options.resolve_missing_labels(names, missing_labels, strategy)
-        compile_options = options.CompileOptions(
-            task_losses=TaskLosses(
-                names, loss_fns, rules, self.auxiliary_tasks, self.aux_weight
-            ),
-            on_nonfinite=on_nonfinite,
-            task_sampling=task_sampling,
-            per_task_gradients=options.check_per_task_gradients(
-                per_task_gradients, strategy
-            ),
-            arguments=dict(
+        resolved = options.resolve_compile(
+            self,
+            loss_weighting,
+            loss_weights,
+            dict(
                 loss=loss,
                 metrics=metrics,
                 weighted_metrics=weighted_metrics,
@@ -332,13 +285,32 @@ class MultiTaskModel(keras.Model):
                 per_task_gradients=per_task_gradients,
                 run_eagerly=run_eagerly,
                 steps_per_execution=steps_per_execution,
-                # The argument, not its resolution: "auto" resolves again
-                # where the model is loaded (off under a distribution).
                 jit_compile=jit_compile,
             ),
         )
-        object.__setattr__(self, "_options", compile_options)
-        object.__setattr__(self, "_gradient_path", path)
+        distribution.check_jit_compile(
+            jit_compile, getattr(self, "distribute_strategy", None)
+        )
+        super().compile(
+            optimizer=optimizer,
+            loss=None,
+            metrics=resolved.options.arguments["metrics"],
+            weighted_metrics=resolved.options.arguments["weighted_metrics"],
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            auto_scale_loss=auto_scale_loss,
+        )
+        previous = self.loss_weighting
+        if previous is not None and previous is not resolved.strategy:
+            # Forget the old strategy's variables: they must not be trained,
+            # saved or restored with the model any more.
+            self._tracker.untrack(previous)
+        self.loss_weighting = resolved.strategy
+        if task_sampling is not None:
+            self._add_task_sampler()
+        object.__setattr__(self, "_options", resolved.options)
+        object.__setattr__(self, "_gradient_path", resolved.path)
         if self.optimizer is not None and not self.optimizer.built:
             # Built here, not in the first traced step: building inside the
             # trace creates variables and makes Keras trace the step twice.
@@ -354,24 +326,12 @@ class MultiTaskModel(keras.Model):
     def get_compile_config(self):
         if not self.compiled or self.loss_weighting is None:
             return {}
-        config = dict(
-            optimizer=self.optimizer,
-            loss_weighting=weighting.serialize(self.loss_weighting),
-            **self._options.arguments,
+        return options.compile_config(
+            self.optimizer, self.loss_weighting, self._options
         )
-        return {
-            key: keras.saving.serialize_keras_object(value)
-            for key, value in config.items()
-        }
 
     def compile_from_config(self, config):
-        config = dict(config)
-        strategy = weighting.deserialize(config.pop("loss_weighting"))
-        config = {
-            key: keras.saving.deserialize_keras_object(value)
-            for key, value in config.items()
-        }
-        self.compile(loss_weighting=strategy, **config)
+        self.compile(**options.compile_arguments(config))
 
     def get_config(self):
         config = super().get_config()
@@ -400,16 +360,11 @@ class MultiTaskModel(keras.Model):
     def _per_task_gradients(self):
         return self._options.per_task_gradients
 
-    # ------------------------------------------------------------------
-    # Training
-    # ------------------------------------------------------------------
+    # --- Training ---
 
     def fit(self, *args, callbacks=None, **kwargs):
         self._require_compiled()
-        y = args[1] if len(args) > 1 else kwargs.get("y")
-        if isinstance(y, Mapping):
-            for task, target in y.items():
-                targets.check_target_dtype(task, target)
+        targets.check_target_dtypes(args[1] if len(args) > 1 else kwargs.get("y"))
         hooks = TrainingHooks(self, self._guard, self._options.on_nonfinite)
         return super().fit(*args, callbacks=[hooks, *list(callbacks or [])], **kwargs)
 
@@ -425,11 +380,8 @@ class MultiTaskModel(keras.Model):
             )
 
     def train_step(self, *args):
-        # On JAX, Keras passes (state, data) and wants (logs, new state).
         if keras.backend.backend() == "jax":
-            state, data = args
-            groups = stateless_step.train_groups(self)
-            return stateless_step.run(groups, state, lambda: self._train_step(data))
+            return stateless_step.train(self, *args)
         (data,) = args
         # Under XLA the step takes the batch as its arguments, so it cannot
         # start early; there the dependency would also stop TensorFlow from
@@ -454,38 +406,18 @@ class MultiTaskModel(keras.Model):
         step = step._replace(finite=applied)
         mask = task_mask(step.counts)
         if strategy.uses_post_step_losses:
-            self._update_strategy_after_step(x, y, sample_weights, step.losses, mask)
+            after = losses_after_update(self, x, y, sample_weights)
+            if mask is None:
+                strategy.update_after_step(step.losses, after)
+            else:
+                strategy.update_after_step(step.losses, after, task_mask=mask)
         guard.end(strategy, snapshot, step.finite, mask)
         self._step_logs.update_train(step, self._options.task_losses)
         return self._step_logs.collect(self._compile_metrics, include_weights=True)
 
-    def _update_strategy_after_step(self, x, y, sample_weights, losses, mask):
-        """The task losses on the same batch after the update, for a strategy
-        with `uses_post_step_losses` (FAMO). The extra forward pass leaves
-        the layers' state (BatchNorm statistics) as the update left it."""
-        model_state = list(self._model_state_variables())
-        before = [ops.copy(v.value) for v in model_state]
-        new_losses = self._options.task_losses(
-            y, self(x, training=True), sample_weights
-        ).losses
-        for variable, value in zip(model_state, before):
-            variable.assign(value)
-        if mask is None:
-            self.loss_weighting.update_after_step(losses, new_losses)
-        else:
-            self.loss_weighting.update_after_step(losses, new_losses, task_mask=mask)
-
-    def _model_state_variables(self):
-        strategy_ids = {id(v) for v in self.loss_weighting.variables}
-        for variable in self.non_trainable_variables:
-            if id(variable) not in strategy_ids:
-                yield variable
-
     def test_step(self, *args):
         if keras.backend.backend() == "jax":
-            state, data = args
-            groups = stateless_step.test_groups(self)
-            return stateless_step.run(groups, state, lambda: self._test_step(data))
+            return stateless_step.test(self, *args)
         return self._test_step(*args)
 
     def _test_step(self, data):
@@ -508,9 +440,7 @@ class MultiTaskModel(keras.Model):
             self._update_compiled_metrics(None, y, y_pred, sample_weights)
         return self._step_logs.collect(self._compile_metrics, include_weights=False)
 
-    # ------------------------------------------------------------------
-    # Metrics and logs
-    # ------------------------------------------------------------------
+    # --- Metrics and logs ---
 
     @property
     def metrics(self):
@@ -555,9 +485,7 @@ class MultiTaskModel(keras.Model):
         """Names of the losses the non-finite guard watches, in its order."""
         return (*self.task_names, *(aux_key(t) for t in self.auxiliary_tasks))
 
-    # ------------------------------------------------------------------
-    # Backend plumbing
-    # ------------------------------------------------------------------
+    # --- Backend plumbing ---
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras' own fails under MultiWorkerMirroredStrategy (keras#20585).
