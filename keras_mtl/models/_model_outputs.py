@@ -72,7 +72,7 @@ def arrange_outputs(
     return outputs, auxiliary_outputs
 
 
-def heads_on_trunk(trunk, heads, inputs=None):
+def heads_on_trunk(trunk, heads, inputs=None, trunk_output=None):
     """`(inputs, outputs)` of a model made of a shared `trunk` and a dict of
     task `heads` (see `MultiTaskModel.from_trunk`)."""
     if not isinstance(heads, Mapping) or not heads:
@@ -81,14 +81,17 @@ def heads_on_trunk(trunk, heads, inputs=None):
             f"got {heads!r}."
         )
     if inputs is None:
-        inputs = getattr(trunk, "inputs", None)
-        if not inputs:
-            raise ValueError(
-                "from_trunk could not find the trunk's inputs: pass "
-                "`inputs=keras.Input(shape)`."
-            )
-        inputs = inputs[0] if len(inputs) == 1 else inputs
+        inputs = _trunk_inputs(trunk)
     features = trunk(inputs)
+    if trunk_output is not None:
+        features = _named_output(features, trunk_output)
+    elif isinstance(features, Mapping):
+        raise ValueError(
+            f"The trunk returns a dict with keys {sorted(features)}: pass "
+            "`trunk_output=` the key the heads read (keras-hub backbones: "
+            '"sequence_output" for token-level heads, "pooled_output" for '
+            "sentence-level heads)."
+        )
     outputs = {}
     for task, head in heads.items():
         if not callable(head):
@@ -98,3 +101,28 @@ def heads_on_trunk(trunk, heads, inputs=None):
             )
         outputs[task] = head(features)
     return inputs, outputs
+
+
+def _trunk_inputs(trunk):
+    """A functional trunk's inputs in the structure it was built with (a
+    dict for keras-hub backbones, whose inputs are named)."""
+    try:
+        inputs = trunk.input
+    except (AttributeError, ValueError):
+        inputs = None
+    if inputs is None or (isinstance(inputs, (list, tuple)) and not inputs):
+        raise ValueError(
+            "from_trunk could not find the trunk's inputs: pass "
+            "`inputs=keras.Input(shape)`."
+        )
+    return inputs
+
+
+def _named_output(features, key):
+    if not isinstance(features, Mapping) or key not in features:
+        keys = sorted(features) if isinstance(features, Mapping) else None
+        raise ValueError(
+            f"trunk_output={key!r}, but the trunk returns "
+            + (f"a dict with keys {keys}." if keys else "a single tensor.")
+        )
+    return features[key]

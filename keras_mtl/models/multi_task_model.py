@@ -121,22 +121,24 @@ class MultiTaskModel(keras.Model):
     # --- Construction helpers ---
 
     @classmethod
-    def from_trunk(cls, trunk, heads, inputs=None, name=None):
+    def from_trunk(cls, trunk, heads, inputs=None, name=None, trunk_output=None):
         """Builds a model from a shared trunk and a dict of task heads.
 
         Args:
             trunk: a layer or model mapping the inputs to the shared
-                features (for example a `keras.applications` backbone).
+                features (a `keras.applications` or keras-hub backbone).
             heads: dict `{task_name: layer}`; each head maps the trunk's
                 output to that task's prediction.
-            inputs: the `keras.Input` tensor(s). Defaults to `trunk.inputs`
-                when the trunk is a functional model.
+            inputs: the `keras.Input` tensor(s). Defaults to `trunk.input`
+                (a dict for keras-hub backbones) for a functional trunk.
             name: the model's name.
+            trunk_output: for a trunk returning a dict (keras-hub
+                backbones), the key the heads read, e.g. "sequence_output".
 
         Returns:
             A `MultiTaskModel`.
         """
-        inputs, outputs = heads_on_trunk(trunk, heads, inputs)
+        inputs, outputs = heads_on_trunk(trunk, heads, inputs, trunk_output)
         return cls(inputs, outputs, name=name)
 
     # --- Task structure ---
