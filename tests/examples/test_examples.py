@@ -196,3 +196,43 @@ def test_treebank_low_level_supervision(tmp_path):
         assert 0 <= acc_low <= 1 and 0 <= acc_top <= 1
     assert table_row(stdout, "upos")[0] == 1
     assert_figures(out, ["dev_accuracy.png"])
+
+
+def test_treebank_hub_trunk_from_scratch_and_from_a_local_preset(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    data = tmp_path / "data"
+    make_treebank_dir(data / "turkish-treebank")
+    common = ["--epochs=1", "--max_length=12", "--batch_size=8", f"--data_dir={data}"]
+    scratch = run_example(
+        "treebank_hub_trunk.py",
+        [*common, "--num_layers=1", "--num_heads=2", "--hidden_dim=8"]
+        + ["--intermediate_dim=16"],
+        tmp_path,
+    )
+    assert "trunk BertBackbone (built from its config)" in scratch
+
+    # A preset folder as keras-hub writes it: a tiny backbone and a
+    # word-piece tokenizer whose vocabulary holds some of the fake forms.
+    preset = tmp_path / "preset"
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ortak", "w", "##0"]
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocabulary),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=12,
+    )
+    backbone.save_to_preset(str(preset))
+    keras_hub.models.BertTokenizer(vocabulary=vocabulary).save_to_preset(str(preset))
+    from_preset = run_example(
+        "treebank_hub_trunk.py", [*common, f"--preset={preset}"], tmp_path
+    )
+    assert (
+        f"trunk BertBackbone (preset {preset}), {backbone.count_params()} parameters"
+        in from_preset
+    )
+    for stdout in (scratch, from_preset):
+        for task in ("upos", "xpos", "deprel"):
+            (accuracy,) = table_row(stdout, task)
+            assert 0 <= accuracy <= 1
