@@ -7,6 +7,7 @@ three PNG figures into `--output_dir`, and prints the table.
     python -m keras_mtl.compare                      # Multi-Fashion, defaults
     python -m keras_mtl.compare --dataset=yeast --strategies=ew,uw,pcgrad
     python -m keras_mtl.compare --quick --dataset=dense_digits   # smoke run
+    python -m keras_mtl.compare --task_train_sizes=left:500,right:20000
 
 The data files come from `bash scripts/fetch_data.sh` (into `./data`, or set
 `KERAS_MTL_DATA_DIR`, or pass `--data_dir`); `dense_digits` needs none.
@@ -19,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from keras_mtl.compare import comparison, problems  # noqa: E402
+from keras_mtl.compare import comparison, label_budget, problems  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -59,6 +60,13 @@ flags.DEFINE_bool(
     "pcgrad (flags given explicitly still win).",
 )
 flags.DEFINE_integer("verbose", 0, "Verbosity of Keras' fit.")
+flags.DEFINE_list(
+    "task_train_sizes",
+    [],
+    "Labelled training examples per task, e.g. left:500,right:20000 (the "
+    "other labels of a task are marked missing; its single-task baseline "
+    "trains on its labelled examples).",
+)
 
 
 def config_from_flags():
@@ -70,7 +78,9 @@ def config_from_flags():
             strategies = comparison.QUICK_STRATEGIES
         if not FLAGS["seeds"].present:
             seeds = 1
+    sizes = label_budget.parse_task_sizes(FLAGS.task_train_sizes) or None
     return comparison.ComparisonConfig(
+        task_train_sizes=sizes,
         dataset=FLAGS.dataset,
         strategies=strategies,
         seeds=seeds,
@@ -96,8 +106,8 @@ def main(argv):
 
     # Every run builds a new model: TensorFlow's retracing warnings are noise.
     tf.get_logger().setLevel("ERROR")
-    config = config_from_flags()
     try:
+        config = config_from_flags()
         config.resolved()
     except ValueError as error:
         raise app.UsageError(str(error)) from error

@@ -23,7 +23,7 @@ import time
 import keras
 
 from keras_mtl import weighting
-from keras_mtl.compare import problems, report, runner
+from keras_mtl.compare import label_budget, problems, report, runner
 from keras_mtl.weighting.registry import lookup
 
 # Five loss-based and six gradient-based strategies. The default run
@@ -66,6 +66,10 @@ class ComparisonConfig:
         quick: a tiny smoke configuration: 1 epoch on a few examples, one
             seed, EW and PCGrad (fields set explicitly still win).
         verbose: `fit`'s verbosity.
+        task_train_sizes: None, or `{task: n}`: only n training examples
+            keep that task's label (a subset drawn per seed), the others are
+            marked missing for it (`keras_mtl.compare.label_budget`); the
+            task's single-task baseline trains on those n examples.
     """
 
     dataset: str = "multi_fashion"
@@ -83,6 +87,7 @@ class ComparisonConfig:
     plots: bool = True
     quick: bool = False
     verbose: int = 0
+    task_train_sizes: dict | None = None
 
     def resolved(self):
         """A copy with the problem's defaults filled in and names checked."""
@@ -105,6 +110,18 @@ class ComparisonConfig:
             raise ValueError(f"Strategies repeat: {list(config.strategies)}.")
         if int(config.seeds) < 1:
             raise ValueError(f"seeds must be >= 1, got {config.seeds}.")
+        if config.task_train_sizes:
+            label_budget.check_task_sizes(config.task_train_sizes, problem.tasks)
+            refusing = [
+                name
+                for name in config.strategies
+                if not type(weighting.get(name)).supports_missing_tasks
+            ]
+            if refusing:
+                raise ValueError(
+                    f"task_train_sizes marks labels missing, which {refusing} "
+                    "do not support: leave them out of the strategies."
+                )
         defaults = {
             "epochs": problem.epochs,
             "train_size": problem.train_size,
@@ -139,9 +156,19 @@ def _describe(run):
 
 
 def _notes(config, problem, data, wall_seconds):
+    labelled = ""
+    if config.task_train_sizes:
+        labelled = (
+            " Labelled training examples per task: "
+            + ", ".join(
+                f"{task} {min(size, len(data.train))}"
+                for task, size in sorted(config.task_train_sizes.items())
+            )
+            + " (a subset per seed; the other labels marked missing)."
+        )
     notes = [
         f"Data: {problem.title}; {len(data.train)} training and "
-        f"{len(data.test)} test examples.",
+        f"{len(data.test)} test examples.{labelled}",
         f"Training: Adam (learning rate {config.learning_rate:g}), batch size "
         f"{config.batch_size}, {config.epochs} epochs, seeds 0..{config.seeds - 1}"
         f"{', XLA' if config.jit_compile else ''}; test metrics after the last "
@@ -221,12 +248,15 @@ def run_comparison(config, log=_print):
         verbose=config.verbose,
     )
     for seed in range(int(config.seeds)):
+        seed_data = data
+        if config.task_train_sizes:
+            seed_data = label_budget.limit_labels(data, config.task_train_sizes, seed)
         for method in methods:
             keras.backend.clear_session()  # free the previous run's graphs
             if method == report.STL:
-                run = runner.train_single_task(problem, data, seed, **common)
+                run = runner.train_single_task(problem, seed_data, seed, **common)
             else:
-                run = runner.train_strategy(problem, data, method, seed, **common)
+                run = runner.train_strategy(problem, seed_data, method, seed, **common)
             runs.append(run)
             _save_runs(config, runs, runs_path)
             log(f"[{len(runs)}/{total}] seed {seed} {method}: {_describe(run)}")

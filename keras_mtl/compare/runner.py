@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from keras_mtl import weighting
+from keras_mtl.compare import label_budget
 from keras_mtl.compare.report import STL
 from keras_mtl.utils.backend import require_tensorflow
 
@@ -118,18 +119,30 @@ def _fit_and_evaluate(
     learning_rate,
     jit_compile,
     verbose,
+    single_task=False,
 ):
-    """Builds, trains and evaluates one model; returns logs and timings."""
+    """Builds, trains and evaluates one model; returns logs and timings.
+
+    With labels left out (`label_budget.limit_labels`), a multi-task model
+    trains on every example with the absent labels marked missing, a
+    single-task model (`single_task`) on its task's labelled examples."""
     keras.utils.set_random_seed(int(seed))
     model = problem.build_model(data, tasks)
+    train_split = data.train.select(tasks)
+    if single_task:
+        train_split = label_budget.labelled(train_split, tasks[0], data)
+        missing_labels = None
+    else:
+        missing_labels = label_budget.missing_labels_of(data, tasks)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=problem.losses(tasks),
         loss_weighting=strategy,
+        missing_labels=missing_labels,
         jit_compile=jit_compile,
         **problem.compile_metrics(tasks),
     )
-    train = make_dataset(data.train.select(tasks), batch_size, shuffle_seed=seed)
+    train = make_dataset(train_split, batch_size, shuffle_seed=seed)
     test = make_dataset(data.test.select(tasks), max(int(batch_size), 256))
     timer = StepTimer()
     start = time.perf_counter()
@@ -240,6 +253,7 @@ def train_single_task(
             learning_rate or problem.learning_rate,
             jit_compile,
             verbose,
+            single_task=True,
         )
         metrics.update(task_metrics)
         losses.update(task_losses)
