@@ -8,6 +8,7 @@ three PNG figures into `--output_dir`, and prints the table.
     python -m keras_mtl.compare --dataset=yeast --strategies=ew,uw,pcgrad
     python -m keras_mtl.compare --quick --dataset=dense_digits   # smoke run
     python -m keras_mtl.compare --task_train_sizes=left:500,right:20000
+    python -m keras_mtl.compare --sweep=left:250,1000,4000,20000 --seeds=3
 
 The data files come from `bash scripts/fetch_data.sh` (into `./data`, or set
 `KERAS_MTL_DATA_DIR`, or pass `--data_dir`); `dense_digits` needs none.
@@ -20,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from keras_mtl.compare import comparison, label_budget, problems  # noqa: E402
+from keras_mtl.compare import comparison, label_budget, problems, sweep  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -60,6 +61,13 @@ flags.DEFINE_bool(
     "pcgrad (flags given explicitly still win).",
 )
 flags.DEFINE_integer("verbose", 0, "Verbosity of Keras' fit.")
+flags.DEFINE_string(
+    "sweep",
+    None,
+    "A grid of labelled sizes of one task, e.g. left:250,1000,4000,20000: the "
+    "comparison runs at each size (strategies x sizes x seeds, resumable) and "
+    "writes sweep.md, sweep.csv and sweep.png.",
+)
 flags.DEFINE_list(
     "task_train_sizes",
     [],
@@ -109,9 +117,17 @@ def main(argv):
     try:
         config = config_from_flags()
         config.resolved()
+        grid = sweep.parse_sweep(FLAGS.sweep) if FLAGS.sweep else None
+        if grid:
+            sweep.check_task(config, grid[0])
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     try:
+        if grid:
+            result = sweep.run_sweep(config, *grid)
+            print(f"\nTotal wall time: {result['wall_seconds'] / 60:.1f} min")
+            print("Written: " + ", ".join(result["files"]))
+            return
         result = comparison.run_comparison(config)
     except FileNotFoundError as error:
         # The data files are missing: the message says how to fetch them.

@@ -5,7 +5,8 @@ over several seeds, then the tables and figures.
 
 - `runs.json`: the configuration and every run (`RunResult.to_dict()`),
   rewritten after each run, so that an interrupted comparison keeps what
-  it finished;
+  it finished: run again with the same training set-up (`RESUME_FIELDS`),
+  it keeps those runs and trains only the others;
 - `results.md`: the markdown table (mean ± std over seeds of every task
   metric, both Δm% conventions, time per step and its ratio to EW);
 - `results.csv`: the same numbers, one row per method;
@@ -200,16 +201,47 @@ def _save_runs(config, runs, path):
     os.replace(tmp, path)
 
 
+# The fields of a `ComparisonConfig` a finished run depends on: a run kept
+# in runs.json is reused only when all of them are the same.
+RESUME_FIELDS = (
+    "dataset",
+    "epochs",
+    "train_size",
+    "test_size",
+    "batch_size",
+    "learning_rate",
+    "jit_compile",
+    "task_train_sizes",
+)
+
+
+def _finished_runs(config, path):
+    """`{(method, seed): RunResult}` of the runs in `path` trained with the
+    same set-up as `config` (empty when there is none)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as file:
+        saved = json.load(file)
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    if any(saved["config"].get(key) != current[key] for key in RESUME_FIELDS):
+        return {}
+    runs = [runner.RunResult.from_dict(run) for run in saved["runs"]]
+    return {(run.method, run.seed): run for run in runs}
+
+
 def _print(line):
     print(line, flush=True)
 
 
-def run_comparison(config, log=_print):
+def run_comparison(config, log=_print, progress=None):
     """Runs every configuration and writes the results (see module doc).
 
     Args:
         config: a `ComparisonConfig`.
         log: called with one progress line per run (None: silent).
+        progress: None, or called after each run with `trained=True` (it
+            trained) or False (kept from runs.json); the sweep's progress
+            bar.
 
     Returns:
         A dict with "config" (resolved), "runs" (`RunResult` list), "rows"
@@ -217,6 +249,7 @@ def run_comparison(config, log=_print):
         written).
     """
     log = log or (lambda *_: None)
+    progress = progress or (lambda trained: None)
     config = config.resolved()
     problem = problems.get(config.dataset)
     if config.plots:
@@ -239,6 +272,7 @@ def run_comparison(config, log=_print):
         f"{config.epochs} epochs) -> {config.output_dir}"
     )
     runs_path = os.path.join(config.output_dir, "runs.json")
+    finished = _finished_runs(config, runs_path)
     runs = []
     common = dict(
         epochs=config.epochs,
@@ -252,6 +286,11 @@ def run_comparison(config, log=_print):
         if config.task_train_sizes:
             seed_data = label_budget.limit_labels(data, config.task_train_sizes, seed)
         for method in methods:
+            if (method, seed) in finished:
+                runs.append(finished[(method, seed)])
+                log(f"[{len(runs)}/{total}] seed {seed} {method}: kept from runs.json")
+                progress(trained=False)
+                continue
             keras.backend.clear_session()  # free the previous run's graphs
             if method == report.STL:
                 run = runner.train_single_task(problem, seed_data, seed, **common)
@@ -260,6 +299,7 @@ def run_comparison(config, log=_print):
             runs.append(run)
             _save_runs(config, runs, runs_path)
             log(f"[{len(runs)}/{total}] seed {seed} {method}: {_describe(run)}")
+            progress(trained=True)
     wall = time.perf_counter() - start
     directions = problem.directions()
     records = [run.to_dict() for run in runs]

@@ -200,6 +200,53 @@ def plot_metric_vs_time(rows, directions, path, title=""):
     return path
 
 
+def plot_sweep(rows, directions, task, path, title="", percent_metrics=()):
+    """Saves each task's first metric against the labelled size of the swept
+    `task` (log scale), one line per method, the seed spread shaded."""
+    plt = require_matplotlib()
+    panels = [(t, specs[0][0], specs[0][1]) for t, specs in directions.items()]
+    n_rows, n_cols = _grid(len(panels))
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(4.2 * n_cols, 3.2 * n_rows), squeeze=False
+    )
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    for ax, (panel_task, metric, higher) in zip(axes.flat, panels):
+        scale = 100.0 if metric in percent_metrics else 1.0
+        for i, method in enumerate(methods):
+            points = sorted(
+                (row["size"], *row[f"{panel_task}/{metric}"])
+                for row in rows
+                if row["method"] == method
+            )
+            sizes = np.asarray([p[0] for p in points], float)
+            means = np.asarray([p[1] for p in points]) * scale
+            stds = np.nan_to_num(np.asarray([p[2] for p in points])) * scale
+            stl = method == report.STL
+            color = "0.2" if stl else f"C{i % 10}"
+            ax.plot(
+                sizes,
+                means,
+                marker="o",
+                color=color,
+                ls="--" if stl else "-",
+                label="single-task" if stl else method,
+            )
+            ax.fill_between(sizes, means - stds, means + stds, color=color, alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"labelled training examples of {task}")
+        unit = " (%)" if metric in percent_metrics else ""
+        ax.set_title(f"{panel_task}: {metric}{unit} {'↑' if higher else '↓'}")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle(title or "Test metrics against the labelled size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def save_all(runs, rows, directions, output_dir, title="", percent_metrics=()):
     """Saves the three figures in `output_dir`; returns the written paths."""
     written = [
