@@ -34,6 +34,18 @@ _COLLECT_EVERY = 20
 _tests_run = itertools.count(1)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # KERAS_MTL_TEST_TIMINGS=<folder>: every run of the CI command writes
+    # its JUnit XML (each test's duration) there, one file per backend and
+    # marker selection, so a whole `.ci/run` leaves the per-file durations.
+    folder = os.environ.get("KERAS_MTL_TEST_TIMINGS")
+    if folder and not getattr(config.option, "xmlpath", None):
+        selection = (config.option.markexpr or "all").replace(" ", "_")
+        name = f"{keras.backend.backend()}-{selection}.xml"
+        config.option.xmlpath = os.path.join(folder, name)
+
+
 def pytest_collection_finish(session):
     gc.collect()
     gc.freeze()
