@@ -247,10 +247,21 @@ def test_a_target_batch_of_another_size_names_the_task(validating_model):
 # --- Empty batches -------------------------------------------------------------
 
 
-def test_fit_on_zero_samples_trains_nothing():
+@pytest.fixture(scope="module")
+def fitted_dwa_model():
+    """A compiled DWA model after one epoch on 8 samples (non-trivial
+    optimizer and strategy state), built and traced once for the tests
+    that check that an empty input changes nothing (each reads the state
+    before and after) and for the saved file of the corrupted-file tests."""
     model = _compile(loss_weighting="dwa")
     x, y = two_task_data(n=8)
     model.fit(x, y, verbose=0)
+    return model
+
+
+def test_fit_on_zero_samples_trains_nothing(fitted_dwa_model):
+    model = fitted_dwa_model
+    x, y = two_task_data(n=8)
     before = _state(model)
     with pytest.warns(UserWarning, match="ran out of data"):
         history = model.fit(x[:0], {k: v[:0] for k, v in y.items()}, verbose=0)
@@ -258,30 +269,46 @@ def test_fit_on_zero_samples_trains_nothing():
     _assert_unchanged(before, model)
 
 
-def test_a_dataset_of_unknown_length_trains_like_the_same_batches():
-    x, y = two_task_data(n=8)
-    batches = [(x[:4], {k: v[:4] for k, v in y.items()})]
-    batches.append((x[4:], {k: v[4:] for k, v in y.items()}))
-    runs = []
-    for unknown_length in (False, True):
+def _batch(x, y, start, stop):
+    return x[start:stop], {k: v[start:stop] for k, v in y.items()}
+
+
+_DWA_RUNS = {}
+
+
+def _dwa_state_after(source):
+    """The state of a DWA model (seed 1) after 2 epochs on the 8 samples of
+    `two_task_data` in batches of 4, read from `source`: "tensor_slices"
+    (a dataset of known length), "generator" (the same two batches, length
+    unknown) or "generator_with_empty_batch" (an empty batch between them).
+    Each is trained once (the generator run serves two tests)."""
+    if source not in _DWA_RUNS:
+        x, y = two_task_data(n=8)
         keras.utils.set_random_seed(1)
         model = _compile(loss_weighting="dwa")
-        if unknown_length:
-            data = _generator_dataset(batches)
-        else:
+        if source == "tensor_slices":
             data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+        else:
+            batches = [_batch(x, y, 0, 4), _batch(x, y, 4, 8)]
+            if source == "generator_with_empty_batch":
+                batches.insert(1, _batch(x, y, 4, 4))
+            data = _generator_dataset(batches)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "ran out of data": unknown length
             model.fit(data, epochs=2, shuffle=False, verbose=0)
-        runs.append(_state(model))
+        _DWA_RUNS[source] = _state(model)
+    return _DWA_RUNS[source]
+
+
+def test_a_dataset_of_unknown_length_trains_like_the_same_batches():
+    runs = [_dwa_state_after(s) for s in ("tensor_slices", "generator")]
     for (path, a), (_, b) in zip(*runs):
         np.testing.assert_array_equal(b, a, err_msg=path)
 
 
-def test_train_on_an_empty_batch_is_refused_or_skipped():
-    model = _compile(loss_weighting="dwa")
+def test_train_on_an_empty_batch_is_refused_or_skipped(fitted_dwa_model):
+    model = fitted_dwa_model
     x, y = two_task_data(n=8)
-    model.fit(x, y, verbose=0)
     before = _state(model)
     try:
         model.train_on_batch(x[:0], {k: v[:0] for k, v in y.items()})
@@ -291,22 +318,9 @@ def test_train_on_an_empty_batch_is_refused_or_skipped():
 
 
 def test_an_empty_batch_in_a_dataset_leaves_no_trace():
-    x, y = two_task_data(n=8)
-
-    def batch(start, stop):
-        return x[start:stop], {k: v[start:stop] for k, v in y.items()}
-
-    runs = []
-    for batches in (
-        [batch(0, 4), batch(4, 8)],
-        [batch(0, 4), batch(4, 4), batch(4, 8)],
-    ):
-        keras.utils.set_random_seed(1)
-        model = _compile(loss_weighting="dwa")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "ran out of data": unknown length
-            model.fit(_generator_dataset(batches), shuffle=False, verbose=0)
-        runs.append(_state(model))
+    """Over two epochs, so that DWA's epoch-level state (from the epoch's
+    mean losses) also sees the empty batch."""
+    runs = [_dwa_state_after(s) for s in ("generator", "generator_with_empty_batch")]
     for (path, a), (_, b) in zip(*runs):
         np.testing.assert_array_equal(b, a, err_msg=path)
 
@@ -627,12 +641,9 @@ def test_task_routing_needs_tasks_and_a_valid_sigma_in_the_builder():
 
 
 @pytest.fixture(scope="module")
-def saved_model_path(tmp_path_factory):
-    model = _compile(loss_weighting="dwa")
-    x, y = two_task_data(n=8)
-    model.fit(x, y, verbose=0)
+def saved_model_path(tmp_path_factory, fitted_dwa_model):
     path = str(tmp_path_factory.mktemp("saved") / "model.keras")
-    model.save(path)
+    fitted_dwa_model.save(path)
     return path
 
 

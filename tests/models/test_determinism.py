@@ -91,6 +91,23 @@ def _train(model, strategy):
     }
 
 
+_SEEDED_RUNS = {}
+
+
+def _seeded_run(strategy, seed, cached=True):
+    """`_train(_mlp(), strategy)` from global seed `seed`. With `cached`, the
+    run is made once per (strategy, seed) for every test that needs it (its
+    results are only read)."""
+    key = (repr(strategy), seed)
+    if not cached or key not in _SEEDED_RUNS:
+        keras.utils.set_random_seed(seed)
+        run = _train(_mlp(), strategy)
+        if not cached:
+            return run
+        _SEEDED_RUNS[key] = run
+    return _SEEDED_RUNS[key]
+
+
 def _assert_identical(a, b):
     for key, values in a.items():
         assert len(b[key]) == len(values), key
@@ -121,10 +138,9 @@ def _with_seed(strategy, seed):
 def test_same_seed_gives_identical_runs_and_another_strategy_seed_does_not(
     strategy,
 ):
-    runs = []
-    for _ in range(2):
-        keras.utils.set_random_seed(3)
-        runs.append(_train(_mlp(), strategy))
+    # Two independent runs from the same seed (the first one also serves
+    # test_different_global_seeds_give_different_rlw_runs).
+    runs = [_seeded_run(strategy, 3), _seeded_run(strategy, 3, cached=False)]
     _assert_identical(runs[0], runs[1])
     # The strategy really drew random numbers: its generator advanced.
     rng_before = runs[0]["initial random generator states"]
@@ -143,11 +159,9 @@ def test_same_seed_gives_identical_runs_and_another_strategy_seed_does_not(
 
 
 def test_different_global_seeds_give_different_rlw_runs():
-    """Only the global seed differs (it seeds the model and the strategy)."""
-    results = []
-    for seed in (1, 2):
-        keras.utils.set_random_seed(seed)
-        results.append(_train(_mlp(), "rlw"))
+    """Only the global seed differs (it seeds the model and the strategy).
+    Seed 3 is the run of the same-seed test above."""
+    results = [_seeded_run("rlw", seed) for seed in (3, 4)]
     weights = [r["logged weights"] for r in results]
     assert not np.array_equal(np.asarray(weights[0]), np.asarray(weights[1]))
 

@@ -35,12 +35,18 @@ def _assert_same_state(before, model):
 
 @pytest.mark.parametrize(
     "mechanism, jit_compile",
-    [("cond", False), ("select", False), ("select", True), ("cond", True)],
+    [("cond", False), ("select", False), ("select", True), (None, True)],
+    ids=["cond-False", "select-False", "select-True", "default_cond-True"],
 )
 def test_a_skipped_step_changes_nothing(mechanism, jit_compile):
     """Both ways of skipping a step leave model, optimizer (Adam's moments
     and iteration count), BatchNorm statistics and strategy state
-    bit-identical, under graph mode and XLA."""
+    bit-identical, under graph mode and XLA; training goes on with the
+    good batches. (None is the default mechanism, `"cond"`. This test also
+    makes the checks of test_multi_task_model's former
+    `test_nonfinite_loss_skip_leaves_model_and_strategy_untouched`, which
+    trained the same model with the default mechanism, in graph mode and
+    under XLA: one XLA compilation instead of two.)"""
     model = _compile(
         two_task_mlp(batch_norm=True),
         loss_weighting=RunningMeanWeighting(),
@@ -48,16 +54,25 @@ def test_a_skipped_step_changes_nothing(mechanism, jit_compile):
         jit_compile=jit_compile,
     )
     model._guard.mechanism = mechanism
-    x, y = two_task_data(n=16)
+    x, y = two_task_data(n=24)
+    y["reg"][8:16] = np.nan  # the second batch of 8 has NaN targets
     model.fit(x[:8], {k: v[:8] for k, v in y.items()}, batch_size=8, verbose=0)
     before = _state(model)
-    y["reg"][8:] = np.nan
     with pytest.warns(RuntimeWarning, match="1 training step"):
-        model.fit(x[8:], {k: v[8:] for k, v in y.items()}, batch_size=8, verbose=0)
+        history = model.fit(
+            x[8:16], {k: v[8:16] for k, v in y.items()}, batch_size=8, verbose=0
+        )
     _assert_same_state(before, model)
+    assert int(model.optimizer.iterations.numpy()) == 1
+    assert np.isfinite(history.history["loss"][0])
     # A good step is applied by the same mechanism.
     model.fit(x[:8], {k: v[:8] for k, v in y.items()}, batch_size=8, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 2
+    # Training goes on with good batches: two of these three are applied.
+    with pytest.warns(RuntimeWarning, match="1 training step"):
+        model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 4
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.weights)
 
 
 def _optimizer_slot_reads(model):
