@@ -7,8 +7,10 @@ state; `aggregates(name)` has a gradient method aggregate fixed matrices
 (random, rank-one, mixed scales), twice each so that state advances.
 `python tests/cross_backend.py IN OUT FOLDER OTHER` runs both for every
 strategy of the pickled `{name: initial}` in IN under the backend of its
-environment, saves each trained model to FOLDER, loads the one backend
-OTHER saved there, and pickles the results to OUT.
+environment and saves each trained model to FOLDER; then, once a line on
+its standard input says that backend OTHER has saved its models there
+(so that the two backends can train at the same time), it loads them and
+pickles the results to OUT.
 `tests/models/test_cross_backend.py` compares a JAX run with the
 TensorFlow run of the same inputs.
 """
@@ -135,18 +137,26 @@ def aggregates(name):
     return results
 
 
-def run_all(initial, folder, other_backend):
-    """`run` (saving to `folder`), `aggregates`, and `load` of the model
-    `other_backend` saved, for every strategy of `initial`; a strategy
-    that fails gives its traceback instead."""
+def run_all(initial, folder, other_backend, wait=lambda: None):
+    """`run` (saving to `folder`) and `aggregates` for every strategy of
+    `initial`, then, after `wait()` (until `other_backend` has saved its
+    models), `load` of the model `other_backend` saved; a strategy that
+    fails gives its traceback instead."""
     results = {}
     for name, values in initial.items():
         try:
             results[name] = {
                 **run(name, values, folder),
                 "aggregates": aggregates(name),
-                "loaded": load(name, folder, other_backend),
             }
+        except Exception:  # noqa: BLE001 - reported by the comparing test
+            results[name] = {"error": traceback.format_exc()}
+    wait()
+    for name, result in results.items():
+        if "error" in result:
+            continue
+        try:
+            result["loaded"] = load(name, folder, other_backend)
         except Exception:  # noqa: BLE001 - reported by the comparing test
             results[name] = {"error": traceback.format_exc()}
     return results
@@ -156,5 +166,6 @@ if __name__ == "__main__":
     source, target, folder, other_backend = sys.argv[1:5]
     with open(source, "rb") as f:
         initial = pickle.load(f)
+    results = run_all(initial, folder, other_backend, wait=sys.stdin.readline)
     with open(target, "wb") as f:
-        pickle.dump(run_all(initial, folder, other_backend), f)
+        pickle.dump(results, f)

@@ -4,7 +4,7 @@ For every strategy of the contract table, three training steps of a small
 model with BatchNorm from the same initial weights and strategy state, and
 a gradient method's `aggregate` of fixed matrices, agree to 1e-5 between
 this (TensorFlow) process and one JAX process (`cross_backend.py`, run
-once for all strategies).
+once for all strategies, at the same time as this process's runs).
 """
 
 import functools
@@ -39,13 +39,11 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tf_results(initial, folder):
-    """This process's runs, each model saved for the JAX process to load."""
-    return {name: cross_backend.run(name, initial[name], folder) for name in initial}
-
-
-@pytest.fixture(scope="module")
-def jax_results(initial, folder, tf_results):
+def results(initial, folder):
+    """This process's runs and the JAX process's, at the same time: the
+    JAX process trains while this one does, each model saved for the
+    other backend to load, and loads this process's files once a line on
+    its standard input says they are saved."""
     source, target = folder / "initial.pkl", folder / "jax.pkl"
     with open(source, "wb") as f:
         pickle.dump(initial, f)
@@ -53,23 +51,45 @@ def jax_results(initial, folder, tf_results):
     env["PYTHONPATH"] = os.pathsep.join(
         [TESTS, os.path.join(TESTS, "weighting"), env.get("PYTHONPATH", "")]
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(TESTS, "cross_backend.py"),
-            source,
-            target,
-            folder,
-            "tensorflow",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    log = folder / "jax.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(TESTS, "cross_backend.py"),
+                source,
+                target,
+                folder,
+                "tensorflow",
+            ],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            tf_results = {
+                name: cross_backend.run(name, initial[name], folder) for name in initial
+            }
+            process.communicate("saved\n", timeout=900)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, log.read_text()[-3000:]
     with open(target, "rb") as f:
-        return pickle.load(f)
+        return tf_results, pickle.load(f)
+
+
+@pytest.fixture(scope="module")
+def tf_results(results):
+    return results[0]
+
+
+@pytest.fixture(scope="module")
+def jax_results(results):
+    return results[1]
 
 
 def assert_close(actual, expected, scale, message):
