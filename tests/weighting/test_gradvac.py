@@ -8,6 +8,7 @@ import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
+from fresh_compiled import on_jax
 from keras import ops
 
 import keras_mtl.weighting as weighting
@@ -372,7 +373,7 @@ def test_degenerate_inputs():
         shapes=((1, 7), (2, 7), (3, 50))
     ) + degenerate_inputs.degenerate_cases(kinds=("opposed",), shapes=((20, 11),))
     degenerate_checks.check_cases(
-        lambda: GradVac(seed=0), cases, lambda case: {"permutation": False}
+        on_jax(lambda: GradVac(seed=0)), cases, lambda case: {"permutation": False}
     )
 
 
