@@ -84,22 +84,3 @@ def on_jax(make):
     if keras.backend.backend() == "jax":
         return FreshCompiled(make)
     return make
-
-
-def class_on_jax(cls):
-    """A stand-in for the strategy class `cls` (called with keyword
-    arguments, for checks that build `cls(**kwargs)` for every call): on
-    JAX each call returns what `FreshCompiled(lambda: cls(**kwargs))`
-    returns, one `FreshCompiled` per set of arguments; `cls` itself
-    elsewhere."""
-    if keras.backend.backend() != "jax":
-        return cls
-    makers = {}
-
-    def make(**kwargs):
-        key = tuple(sorted(kwargs.items()))
-        if key not in makers:
-            makers[key] = FreshCompiled(lambda: cls(**kwargs))
-        return makers[key]()
-
-    return make
