@@ -125,6 +125,14 @@ def project_weights(u, gramian, max_iter=None, tol=1e-12):
         # would trace and compile its loop again at every call (seconds);
         # inside a traced step the inner `jax.jit` is inlined.
         return _jitted_solver()(u, gramian, int(max_iter), float(tol))
+    if backend.backend() == "tensorflow" and _executing_eagerly():
+        # Eagerly, the loop would run op by op (a few hundred tiny ops per
+        # iteration, seconds at T = 20): one graph per shape instead, without
+        # XLA (the same kernels as eagerly, so the same numbers). Inside a
+        # traced step the loop is part of the step's graph.
+        # The budget is a tensor, so that it does not retrace.
+        budget = ops.convert_to_tensor(int(max_iter), dtype="int32")
+        return _graph_solver()(u, gramian, budget, float(tol))
     return _project(u, gramian, max_iter, tol)
 
 
@@ -133,6 +141,19 @@ def _jitted_solver():
     import jax
 
     return jax.jit(_project, static_argnums=(2, 3))
+
+
+def _executing_eagerly():
+    import tensorflow as tf
+
+    return tf.executing_eagerly()
+
+
+@functools.cache
+def _graph_solver():
+    import tensorflow as tf
+
+    return tf.function(_project, autograph=False)
 
 
 def _project(u, gramian, max_iter, tol):

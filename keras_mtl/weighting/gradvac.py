@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -191,54 +192,14 @@ class GradVac(GradientAggregation):
             orders = self._task_orders(*args)
         else:
             orders = self._task_orders(*args, advance=False)
-        beta = self.beta
-
-        def visit_task(i, carry):
-            update, targets, weights = carry
-            onehot_i = ops.one_hot(i, num_tasks, dtype=dtype)
-            order = ops.take(orders, i, axis=0)
-
-            def visit_other(position, inner):
-                row, targets, weights = inner
-                j = ops.take(order, position)
-                onehot_j = ops.one_hot(j, num_tasks, dtype=dtype)
-                pair = onehot_i[:, None] * onehot_j[None, :]
-                g_j = ops.matmul(onehot_j[None, :], grads)[0]
-                norm_j = ops.sum(onehot_j * norms)
-                target = ops.sum(targets * pair)
-                row_norm = ops.sqrt(ops.sum(ops.square(row)))
-                cos = ops.sum(row * g_j) / (row_norm * norm_j + _COS_EPS)
-                adjust = ops.logical_and(ops.not_equal(j, i), cos < target)
-                if task_mask is not None:
-                    # Only pairs of present tasks are adjusted and update
-                    # their targets.
-                    both = ops.sum(present * onehot_i) * ops.sum(present * onehot_j)
-                    adjust = ops.logical_and(adjust, both > 0)
-                sin = ops.sqrt(ops.maximum(1.0 - ops.square(cos), 0.0))
-                sin_target = ops.sqrt(ops.maximum(1.0 - ops.square(target), 0.0))
-                coef = (
-                    row_norm
-                    * (target * sin - cos * sin_target)
-                    / (norm_j * sin_target + _COEF_EPS)
-                )
-                coef = ops.where(adjust, coef, ops.zeros_like(coef))
-                new_target = (1.0 - beta) * target + beta * cos
-                delta = ops.where(adjust, new_target - target, ops.zeros_like(target))
-                return (
-                    row + coef * g_j,
-                    targets + delta * pair,
-                    weights + coef * onehot_j,
-                )
-
-            row = ops.matmul(onehot_i[None, :], grads)[0]
-            row, targets, weights = ops.fori_loop(
-                0, num_tasks, visit_other, (row, targets, weights)
-            )
-            return update + row, targets, weights
-
-        update = ops.zeros_like(grads[0])
-        update, targets, weights = ops.fori_loop(
-            0, num_tasks, visit_task, (update, targets, weights)
+        update, targets, weights = _vaccinate(
+            grads,
+            norms,
+            orders,
+            targets,
+            weights,
+            None if task_mask is None else present,
+            self.beta,
         )
         if training:
             self.targets.assign(targets)
@@ -250,3 +211,98 @@ class GradVac(GradientAggregation):
             {"beta": self.beta, "group_type": self.group_type, "seed": self.seed}
         )
         return config
+
+
+def _vaccinate_loops(grads, norms, orders, targets, weights, present, beta):
+    """The visits of `GradVac.call`: `(update, targets, weights)` from the
+    `(T, P)` gradients, their norms, the `(T, T)` visit orders, the targets
+    and the initial weights (`present`: None, or the `(T,)` 0/1 mask of the
+    present tasks in the dtype of `grads`)."""
+    num_tasks = grads.shape[0]
+    dtype = grads.dtype
+
+    def visit_task(i, carry):
+        update, targets, weights = carry
+        onehot_i = ops.one_hot(i, num_tasks, dtype=dtype)
+        order = ops.take(orders, i, axis=0)
+
+        def visit_other(position, inner):
+            row, targets, weights = inner
+            j = ops.take(order, position)
+            onehot_j = ops.one_hot(j, num_tasks, dtype=dtype)
+            pair = onehot_i[:, None] * onehot_j[None, :]
+            g_j = ops.matmul(onehot_j[None, :], grads)[0]
+            norm_j = ops.sum(onehot_j * norms)
+            target = ops.sum(targets * pair)
+            row_norm = ops.sqrt(ops.sum(ops.square(row)))
+            cos = ops.sum(row * g_j) / (row_norm * norm_j + _COS_EPS)
+            adjust = ops.logical_and(ops.not_equal(j, i), cos < target)
+            if present is not None:
+                # Only pairs of present tasks are adjusted and update
+                # their targets.
+                both = ops.sum(present * onehot_i) * ops.sum(present * onehot_j)
+                adjust = ops.logical_and(adjust, both > 0)
+            sin = ops.sqrt(ops.maximum(1.0 - ops.square(cos), 0.0))
+            sin_target = ops.sqrt(ops.maximum(1.0 - ops.square(target), 0.0))
+            coef = (
+                row_norm
+                * (target * sin - cos * sin_target)
+                / (norm_j * sin_target + _COEF_EPS)
+            )
+            coef = ops.where(adjust, coef, ops.zeros_like(coef))
+            new_target = (1.0 - beta) * target + beta * cos
+            delta = ops.where(adjust, new_target - target, ops.zeros_like(target))
+            return (
+                row + coef * g_j,
+                targets + delta * pair,
+                weights + coef * onehot_j,
+            )
+
+        row = ops.matmul(onehot_i[None, :], grads)[0]
+        row, targets, weights = ops.fori_loop(
+            0, num_tasks, visit_other, (row, targets, weights)
+        )
+        return update + row, targets, weights
+
+    update = ops.zeros_like(grads[0])
+    update, targets, weights = ops.fori_loop(
+        0, num_tasks, visit_task, (update, targets, weights)
+    )
+    return update, targets, weights
+
+
+def _vaccinate(grads, norms, orders, targets, weights, present, beta):
+    """`_vaccinate_loops`, as one compiled function when called eagerly.
+
+    Eagerly the nested loops would run op by op on TensorFlow (O(T^2)
+    iterations of a few dozen ops) and be traced and compiled again at
+    every call on JAX (their bodies are new closures each time): they run
+    instead as one graph per shape on TensorFlow, without XLA (the same
+    kernels), and as one `jax.jit` per shape on JAX (the loops were
+    compiled by XLA either way). Inside a traced step they are part of the
+    step, as before."""
+    args = (grads, norms, orders, targets, weights, present, beta)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        leaves = jax.tree_util.tree_leaves(args[:-1])
+        if not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+            return _compiled_loops("jax")(*args)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.executing_eagerly():
+            return _compiled_loops("tensorflow")(*args)
+    return _vaccinate_loops(*args)
+
+
+@functools.cache
+def _compiled_loops(backend):
+    if backend == "jax":
+        import jax
+
+        return jax.jit(_vaccinate_loops, static_argnums=(6,))
+    import tensorflow as tf
+
+    return tf.function(_vaccinate_loops, autograph=False)

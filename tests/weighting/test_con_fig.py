@@ -8,6 +8,7 @@ import keras
 import missing_task_checks as checks
 import numpy as np
 import pytest
+from fresh_compiled import on_jax
 
 import keras_mtl
 from keras_mtl.weighting.con_fig import ConFIG
@@ -337,7 +338,7 @@ def test_missing_tasks_eager_matches_xla():
 @pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        ConFIG,
+        on_jax(ConFIG),
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {
             "permutation": case.kind not in ("opposed", "rank_one_signed"),

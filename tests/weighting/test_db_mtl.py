@@ -9,6 +9,7 @@ import missing_task_checks as checks
 import numpy as np
 import pytest
 from backends import BACKEND
+from fresh_compiled import on_jax
 
 import keras_mtl.weighting as weighting
 from keras_mtl.weighting.db_mtl import DBMTL
@@ -327,5 +328,5 @@ def test_masked_eager_equals_xla():
 @pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        DBMTL, degenerate_inputs.degenerate_cases(shapes=[shape])
+        on_jax(DBMTL), degenerate_inputs.degenerate_cases(shapes=[shape])
     )

@@ -9,6 +9,7 @@ import missing_task_checks as checks
 import numpy as np
 import pytest
 from backends import graph
+from fresh_compiled import on_jax
 
 import keras_mtl.weighting as weighting
 from keras_mtl.weighting.excess_mtl import ExcessMTL
@@ -361,5 +362,5 @@ def test_masked_eager_equals_xla():
 @pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        ExcessMTL, degenerate_inputs.degenerate_cases(shapes=[shape])
+        on_jax(ExcessMTL), degenerate_inputs.degenerate_cases(shapes=[shape])
     )

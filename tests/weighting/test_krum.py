@@ -8,6 +8,7 @@ import degenerate_inputs
 import keras
 import numpy as np
 import pytest
+from fresh_compiled import on_jax
 
 import keras_mtl
 from keras_mtl.weighting.krum import Krum
@@ -210,7 +211,7 @@ def test_degenerate_inputs(shape):
         return
     for n_byzantine in sorted({0, min(1, num_tasks - 3)}):
         degenerate_checks.check_cases(
-            lambda f=n_byzantine: Krum(n_byzantine=f),
+            on_jax(lambda f=n_byzantine: Krum(n_byzantine=f)),
             degenerate_inputs.degenerate_cases(shapes=[shape]),
             lambda case: {"permutation": False},
         )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from backend_grads import tf_only
+from fresh_compiled import on_jax
 from keras import ops
 from model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp
 
@@ -147,7 +148,7 @@ def test_same_shared_update_as_rlw_and_heads_unscaled():
 @pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
 def test_degenerate_inputs(shape):
     degenerate_checks.check_cases(
-        lambda: RandomGradientWeighting(seed=0),
+        on_jax(lambda: RandomGradientWeighting(seed=0)),
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {"permutation": False, "homogeneous": True},
     )

@@ -6,6 +6,7 @@ import degenerate_inputs
 import keras
 import numpy as np
 import pytest
+from fresh_compiled import on_jax
 
 import keras_mtl
 from keras_mtl.weighting.trimmed_mean import TrimmedMean
@@ -93,7 +94,7 @@ def test_degenerate_inputs(shape):
             TrimmedMean(trim_number=1).build((num_tasks, shape[1]))
         return
     degenerate_checks.check_cases(
-        TrimmedMean,
+        on_jax(TrimmedMean),
         degenerate_inputs.degenerate_cases(shapes=[shape]),
         lambda case: {"permute_weights": False, "homogeneous": True},
     )
