@@ -29,10 +29,10 @@ ones to 3e-8 of sum_t |w_t| ||g_t||, their weights to 9e-5 relative (on a
 singular Gramian only `reg_eps` conditions them).
 """
 
-import functools
-
 import numpy as np
 from keras import backend, ops
+
+from keras_mtl.weighting._solver_ops import eager_function, executing_eagerly
 
 
 def _tiny(dtype):
@@ -124,36 +124,16 @@ def project_weights(u, gramian, max_iter=None, tol=1e-12):
         # One compiled solver per shape: called eagerly, `ops.while_loop`
         # would trace and compile its loop again at every call (seconds);
         # inside a traced step the inner `jax.jit` is inlined.
-        return _jitted_solver()(u, gramian, int(max_iter), float(tol))
-    if backend.backend() == "tensorflow" and _executing_eagerly():
+        return _eager_solver(u, gramian, int(max_iter), float(tol))
+    if executing_eagerly(u, gramian):
         # Eagerly, the loop would run op by op (a few hundred tiny ops per
         # iteration, seconds at T = 20): one graph per shape instead, without
         # XLA (the same kernels as eagerly, so the same numbers). Inside a
         # traced step the loop is part of the step's graph.
         # The budget is a tensor, so that it does not retrace.
         budget = ops.convert_to_tensor(int(max_iter), dtype="int32")
-        return _graph_solver()(u, gramian, budget, float(tol))
+        return _eager_solver(u, gramian, budget, float(tol))
     return _project(u, gramian, max_iter, tol)
-
-
-@functools.cache
-def _jitted_solver():
-    import jax
-
-    return jax.jit(_project, static_argnums=(2, 3))
-
-
-def _executing_eagerly():
-    import tensorflow as tf
-
-    return tf.executing_eagerly()
-
-
-@functools.cache
-def _graph_solver():
-    import tensorflow as tf
-
-    return tf.function(_project, autograph=False)
 
 
 def _project(u, gramian, max_iter, tol):
@@ -261,3 +241,6 @@ def _project(u, gramian, max_iter, tol):
     it0 = ops.convert_to_tensor(0, dtype="int32")
     _, z, _, _, _ = ops.while_loop(cond, body, (it0, z0, free0, inverse0, done0))
     return u + z
+
+
+_eager_solver = eager_function(_project, static_argnums=(2, 3))

@@ -29,9 +29,20 @@ fraction of that time.
   `lax.while_loop` has no reverse-mode derivative, and the solvers'
   results are used as weights, not differentiated.
 
-All give the same numbers up to rounding. TensorFlow and JAX are imported
-here only on their own backend.
+All give the same numbers up to rounding.
+
+`eager_function(fn)` is the lighter twin for loops whose results must stay
+bit for bit what they are when written out (the dual-cone solver of UPGrad
+and DualProj, GradVac's visits): called eagerly (`executing_eagerly`), they
+run as one cached compiled function per input signature, a `tf.function`
+without XLA on TensorFlow (the kernels an eager call runs, without the
+op-by-op dispatch) and `jax.jit` on JAX (an eager `lax` loop is traced and
+compiled again at every call).
+
+TensorFlow and JAX are imported here only on their own backend.
 """
+
+import functools
 
 import keras
 from keras import ops
@@ -65,6 +76,49 @@ def solver_function(fn):
         return compiled(*args)
 
     call.__name__ = getattr(fn, "__name__", "solver")
+    call.__doc__ = fn.__doc__
+    return call
+
+
+def executing_eagerly(*tensors):
+    """Whether a computation on `tensors` runs eagerly: on TensorFlow,
+    outside a `tf.function`; on JAX, when none of them is a tracer."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        leaves = jax.tree_util.tree_leaves(tensors)
+        return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
+    return True
+
+
+def eager_function(fn, static_argnums=()):
+    """The compiled twin of `fn` for eager calls, built at its first call:
+    `tf.function(fn)` without XLA on TensorFlow (Python arguments retrace,
+    pass tensors for values that change), `jax.jit(fn, static_argnums)` on
+    JAX; `fn` itself elsewhere. See the module docstring."""
+
+    @functools.cache
+    def compiled():
+        backend = keras.backend.backend()
+        if backend == "jax":
+            import jax
+
+            return jax.jit(fn, static_argnums=static_argnums)
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.function(fn, autograph=False)
+        return fn
+
+    def call(*args):
+        return compiled()(*args)
+
+    call.__name__ = getattr(fn, "__name__", "eager_function")
     call.__doc__ = fn.__doc__
     return call
 

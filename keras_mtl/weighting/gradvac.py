@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import keras
 from keras import ops
 
 from keras_mtl.weighting._portable_random_ops import uniform as portable_uniform
+from keras_mtl.weighting._solver_ops import eager_function, executing_eagerly
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
 
@@ -282,27 +282,9 @@ def _vaccinate(grads, norms, orders, targets, weights, present, beta):
     compiled by XLA either way). Inside a traced step they are part of the
     step, as before."""
     args = (grads, norms, orders, targets, weights, present, beta)
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        leaves = jax.tree_util.tree_leaves(args[:-1])
-        if not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-            return _compiled_loops("jax")(*args)
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        if tf.executing_eagerly():
-            return _compiled_loops("tensorflow")(*args)
+    if executing_eagerly(*args[:-1]):
+        return _eager_loops(*args)
     return _vaccinate_loops(*args)
 
 
-@functools.cache
-def _compiled_loops(backend):
-    if backend == "jax":
-        import jax
-
-        return jax.jit(_vaccinate_loops, static_argnums=(6,))
-    import tensorflow as tf
-
-    return tf.function(_vaccinate_loops, autograph=False)
+_eager_loops = eager_function(_vaccinate_loops, static_argnums=(6,))

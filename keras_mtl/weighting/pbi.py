@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import keras
 from keras import ops
 
 from keras_mtl.weighting._argument_ops import as_float, float_vector
 from keras_mtl.weighting._present_task_ops import present_tasks
+from keras_mtl.weighting._solver_ops import solver_dtype
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.registry import register_strategy
 
 # Added under the square root of d_2 (TorchJD), so that its gradient is
 # finite when the losses lie on the preference direction.
 _EPSILON = 1e-12
-
-
-def _wide_dtype():
-    """float64, or float32 on JAX without x64 (which would truncate a
-    float64 request to float32 anyway, with a warning at every trace)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        if not jax.config.jax_enable_x64:
-            return "float32"
-    return "float64"
 
 
 @register_strategy("pbi", "penalty_boundary_intersection")
@@ -130,7 +119,7 @@ class PBI(LossWeighting):
         # In float64: on the ray, d_2 is about 1e-6 (the epsilon) while the
         # float32 rounding of u - d_1 w^ is about 1e-7 * ||u||, which would
         # make the gradient's perpendicular part noise.
-        wide = _wide_dtype()
+        wide = solver_dtype()
         losses = ops.cast(losses, wide)
         shifted = losses - self._vector(self.reference, 0.0, wide)
         direction = self._vector(self.preference, 1.0, wide)
