@@ -335,12 +335,10 @@ def test_missing_tasks_eager_matches_xla():
 # 1e15, T from 1 to 40 (tests/weighting/degenerate_inputs.py).
 
 
-@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
-def test_degenerate_inputs(shape):
+# Every shape in one test (every failing case reported).
+def test_degenerate_inputs():
     degenerate_checks.check_cases(
-        FairGrad,
-        degenerate_inputs.degenerate_cases(shapes=[shape]),
-        lambda case: {"rtol": 1e-4},
+        FairGrad, degenerate_inputs.degenerate_cases(), lambda case: {"rtol": 1e-4}
     )
 
 
@@ -390,11 +388,13 @@ def test_compiled_step_equals_eager(alpha):
 
 # The same degenerate inputs on both backends, inside a compiled step, with
 # and without absent tasks: finite positive weights (0 for absent tasks).
+# Each shape compiles once; every failing case is reported.
 @both_backends
-@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
-def test_degenerate_inputs_finite_when_compiled(shape):
-    runs = degenerate_checks.compiled_degenerate_runs(FairGrad(), shape)
-    for case, mask, (_, weights), (_, masked_weights) in runs:
+def test_degenerate_inputs_finite_when_compiled():
+    def check(case, mask, plain, masked):
+        (_, weights), (_, masked_weights) = plain, masked
         assert (weights > 0).all(), case.id
         assert (masked_weights[mask > 0] > 0).all(), case.id
         assert (masked_weights[mask == 0] == 0).all(), case.id
+
+    degenerate_checks.check_compiled_cases(FairGrad, check)
