@@ -200,9 +200,9 @@ def regularised_gramian_slack(reg_eps):
 def check_cases(make, cases, options=None):
     """`check_degenerate` on every case, in one test.
 
-    One pytest test per case would spend most of its time in the suite's
-    per-test set-up (a fresh Keras session); this runs them all and
-    reports every failing case at once.
+    One pytest test per case (or per shape) would spend much of its time in
+    the suite's per-test set-up (a fresh Keras session); this runs them all
+    and reports every failing case at once.
 
     Args:
         make: a callable returning a fresh strategy.
@@ -216,17 +216,12 @@ def check_cases(make, cases, options=None):
         try:
             check_degenerate(make, case, **kwargs)
         except Exception as error:  # reported below, with the others
-            first_line = str(error).strip().splitlines()[0] if str(error) else ""
-            failures.append(f"{case.id}: {type(error).__name__}: {first_line}")
+            failures.append(f"{case.id}: {_describe(error)}")
     assert not failures, "\n".join(failures)
 
 
-def compiled_degenerate_runs(strategy, shape):
-    """For each degenerate case of `shape`, the strategy's `(update,
-    weights)` inside a compiled step, without and with absent tasks (every
-    third task from the second, its rows zeroed), as numpy arrays, both
-    checked finite. Yields `(case, mask, plain, masked)`; the strategy is
-    built for `shape`."""
+def _compiled_outputs(strategy, shape):
+    """`compiled_degenerate_runs` without its finiteness check."""
     from backends import compiled
     from degenerate_inputs import degenerate_cases
 
@@ -241,6 +236,56 @@ def compiled_degenerate_runs(strategy, shape):
     for case in degenerate_cases(shapes=[shape]):
         outputs = [plain(case.matrix), masked(case.matrix * mask[:, None], mask)]
         outputs = [tuple(np.asarray(x) for x in output) for output in outputs]
-        for update, weights in outputs:
-            assert np.isfinite(update).all() and np.isfinite(weights).all(), case.id
         yield case, mask, outputs[0], outputs[1]
+
+
+def _assert_outputs_finite(case, outputs):
+    for update, weights in outputs:
+        assert np.isfinite(update).all() and np.isfinite(weights).all(), case.id
+
+
+def compiled_degenerate_runs(strategy, shape):
+    """For each degenerate case of `shape`, the strategy's `(update,
+    weights)` inside a compiled step, without and with absent tasks (every
+    third task from the second, its rows zeroed), as numpy arrays, both
+    checked finite. Yields `(case, mask, plain, masked)`; the strategy is
+    built for `shape`."""
+    for case, mask, plain, masked in _compiled_outputs(strategy, shape):
+        _assert_outputs_finite(case, (plain, masked))
+        yield case, mask, plain, masked
+
+
+def check_compiled_cases(make, check=None, shapes=None):
+    """`compiled_degenerate_runs` at every shape of `shapes` (default
+    `degenerate_inputs.SHAPES`), in one test reporting every failing case.
+
+    Each shape compiles its steps once (a strategy `make()` built for it)
+    and feeds all its cases through them; each case's outputs are checked
+    finite, then `check(case, mask, plain, masked)` (if given) makes the
+    method's own assertions.
+    """
+    from degenerate_inputs import SHAPES
+
+    failures = []
+    for shape in SHAPES if shapes is None else shapes:
+        runs = _compiled_outputs(make(), shape)
+        while True:
+            try:
+                case, mask, plain, masked = next(runs)
+            except StopIteration:
+                break
+            except Exception as error:  # the step failed: the shape's cases
+                failures.append(f"{shape}: {_describe(error)}")
+                break
+            try:
+                _assert_outputs_finite(case, (plain, masked))
+                if check is not None:
+                    check(case, mask, plain, masked)
+            except Exception as error:
+                failures.append(f"{case.id}: {_describe(error)}")
+    assert not failures, "\n".join(failures)
+
+
+def _describe(error):
+    first_line = str(error).strip().splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {first_line}"

@@ -590,11 +590,11 @@ def test_missing_tasks_eager_matches_xla():
 # update is), so only the update is compared under a permutation. Known
 # gaps (not fixed here): with duplicated rows (T = 3, 20) and mixed scales
 # (T = 20) the Frank-Wolfe solver's update depends on the task order.
-@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
-def test_degenerate_inputs(shape):
+# Every shape in one test (every failing case reported).
+def test_degenerate_inputs():
     degenerate_checks.check_cases(
         MGDA,
-        degenerate_inputs.degenerate_cases(shapes=[shape]),
+        degenerate_inputs.degenerate_cases(),
         lambda case: {
             "permutation": case.kind not in ("duplicated", "mixed_scales"),
             "permute_weights": False,
@@ -606,11 +606,13 @@ def test_degenerate_inputs(shape):
 # and without absent tasks: finite non-negative weights (0 for absent tasks).
 # (Not always on the simplex: for the rows of norm 1e15 the weights sum to
 # 1e-6, on TensorFlow as before the port.)
+# Each shape compiles once; every failing case is reported.
 @both_backends
-@pytest.mark.parametrize("shape", degenerate_inputs.SHAPES, ids=str)
-def test_degenerate_inputs_finite_when_compiled(shape):
-    runs = degenerate_checks.compiled_degenerate_runs(MGDA(), shape)
-    for case, mask, (_, weights), (_, masked_weights) in runs:
+def test_degenerate_inputs_finite_when_compiled():
+    def check(case, mask, plain, masked):
+        (_, weights), (_, masked_weights) = plain, masked
         assert (weights >= 0).all(), case.id
         assert (masked_weights >= 0).all(), case.id
         assert (masked_weights[mask == 0] == 0).all(), case.id
+
+    degenerate_checks.check_compiled_cases(MGDA, check)
