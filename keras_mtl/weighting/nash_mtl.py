@@ -12,6 +12,7 @@ from keras_mtl.weighting._newton_ops import armijo_step, max_step_to_boundary
 from keras_mtl.weighting._present_task_ops import present_block, present_tasks
 from keras_mtl.weighting._solver_ops import (
     cholesky_solve,
+    executing_eagerly,
     psd_solve,
     solver_dtype,
     solver_function,
@@ -434,23 +435,6 @@ def _alpha(gramian, previous, solver, max_iter, present=None):
     return ops.cond(feasible, run, lambda: previous)
 
 
-def _eager_bool(pred):
-    """`pred` as a Python bool where JAX computes eagerly, else None.
-
-    An eager `lax.cond` traces its branches again at every call and
-    compiles the new program (seconds for the solver): on concrete values
-    the branch is taken in Python instead, as TensorFlow's eager `cond`
-    does. Traced (a compiled step, any TensorFlow call), None: `ops.cond`.
-    """
-    if keras.backend.backend() != "jax":
-        return None
-    import jax
-
-    if isinstance(pred, jax.core.Tracer):
-        return None
-    return bool(pred)
-
-
 _compiled_nash_mtl_alpha = solver_function(nash_mtl_alpha)
 _compiled_present_nash_mtl_alpha = solver_function(present_nash_mtl_alpha)
 
@@ -665,15 +649,18 @@ class NashMTL(GradientAggregation):
             due = ops.equal(
                 ops.mod(self.step_count.value, self.update_weights_every), 0
             )
-            known = _eager_bool(due)
-            if known is None:
+            if keras.backend.backend() == "jax" and executing_eagerly(due):
+                # An eager `lax.cond` traces both branches and compiles the
+                # solver again at every call (seconds): on a concrete `due`
+                # the branch is taken in Python, as TensorFlow's eager `cond`
+                # does. Traced steps and TensorFlow use `ops.cond`.
+                alpha = self._solve(gramian, previous, present) if due else previous
+            else:
                 alpha = ops.cond(
                     due,
                     lambda: self._solve(gramian, previous, present),
                     lambda: previous,
                 )
-            else:
-                alpha = self._solve(gramian, previous, present) if known else previous
         if training:
             self.alpha.assign(alpha)
             self.step_count.assign_add(1)
