@@ -367,6 +367,9 @@ class MultiTaskModel(keras.Model):
     def fit(self, *args, callbacks=None, **kwargs):
         self._require_compiled()
         targets.check_target_dtypes(args[1] if len(args) > 1 else kwargs.get("y"))
+        self._gradient_path.check_fit(
+            args[2] if len(args) > 2 else kwargs.get("batch_size")
+        )
         hooks = TrainingHooks(self, self._guard, self._options.on_nonfinite)
         return super().fit(*args, callbacks=[hooks, *list(callbacks or [])], **kwargs)
 

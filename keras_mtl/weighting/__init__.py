@@ -39,6 +39,7 @@ from keras_mtl.weighting.logse import LogSE
 from keras_mtl.weighting.loss_weighting import LossWeighting
 from keras_mtl.weighting.mgda import MGDA
 from keras_mtl.weighting.moco import MoCo
+from keras_mtl.weighting.modo import MoDo
 from keras_mtl.weighting.nash_mtl import NashMTL
 from keras_mtl.weighting.orthogonal_gradient_regularizer import (
     OrthogonalGradientRegularizer,
@@ -49,6 +50,7 @@ from keras_mtl.weighting.random_gradient_weighting import RandomGradientWeightin
 from keras_mtl.weighting.random_loss_weighting import RandomLossWeighting
 from keras_mtl.weighting.registry import lookup, registered_strategies
 from keras_mtl.weighting.scaled_loss_weighting import ScaledLossWeighting
+from keras_mtl.weighting.sdmgrad import SDMGrad
 from keras_mtl.weighting.slaw import SLAW
 from keras_mtl.weighting.smooth_tchebycheff import SmoothTchebycheff
 from keras_mtl.weighting.soft_adapt import SoftAdapt
@@ -75,8 +77,10 @@ __all__ = [
     "COSMOS",
     "CRMOGM",
     "Krum",
+    "MoDo",
     "PBI",
     "RandomGradientWeighting",
+    "SDMGrad",
     "TrimmedMean",
     "FAMO",
     "IMTLL",

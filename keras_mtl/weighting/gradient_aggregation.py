@@ -43,6 +43,13 @@ class GradientAggregation(Strategy):
             `supports_rep_grad = True`; others raise `ValueError`.
         **kwargs: passed to `Strategy` (`name`, `dtype`).
 
+    Several mini-batches per step: a subclass with `batches_per_step = k`
+    (MoDo, SDMGrad) receives `grads` of shape `(k, T, P)`, the per-task
+    gradients on k independent sub-batches of the step's batch (the model
+    splits each batch of `fit` into k consecutive parts), and `losses` of
+    shape `(k, T)`. Given a single `(T, P)` matrix (standalone use,
+    `aggregate`), such a strategy uses it for every one of the k batches.
+
     `update` is a descent direction to be *subtracted* by the optimizer,
     with the scale of a sum of task gradients (equal weighting returns the
     sum of the rows).
@@ -143,14 +150,21 @@ class GradientAggregation(Strategy):
         """Returns the `(P,)` update for a `(T, P)` gradient matrix.
 
         Works eagerly and standalone, without a model: the strategy is built
-        for `T = grads.shape[0]` on first use. Stateful strategies update
+        for T tasks on first use. A strategy with `batches_per_step = k > 1`
+        also takes the `(k, T, P)` gradients of k batches. Stateful strategies update
         their state as in a training step.
         """
         grads = ops.convert_to_tensor(grads, dtype=self.compute_dtype)
-        if len(grads.shape) != 2:
+        batches = self.batches_per_step
+        if len(grads.shape) != 2 and not (
+            batches > 1 and len(grads.shape) == 3 and grads.shape[0] == batches
+        ):
+            expected = "a (T, P) matrix" + (
+                f" or a ({batches}, T, P) stack" if batches > 1 else ""
+            )
             raise ValueError(
-                f"aggregate() expects a (T, P) matrix of per-task "
-                f"gradients, got shape {tuple(grads.shape)}."
+                f"aggregate() expects {expected} of per-task gradients, got "
+                f"shape {tuple(grads.shape)}."
             )
         if losses is not None:
             losses = ops.convert_to_tensor(losses, dtype=self.compute_dtype)

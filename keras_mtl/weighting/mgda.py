@@ -7,6 +7,7 @@ from typing import ClassVar
 from keras import ops
 
 from keras_mtl.weighting._present_task_ops import present_block, present_tasks
+from keras_mtl.weighting._simplex_ops import project_onto_simplex
 from keras_mtl.weighting._solver_ops import solver_dtype, solver_function
 from keras_mtl.weighting.gradient_aggregation import GradientAggregation
 from keras_mtl.weighting.registry import register_strategy
@@ -76,54 +77,6 @@ def _best_pair(gramian, present=None):
     )
 
 
-def _project_to_simplex(y, present=None):
-    """The reference's sort-based Euclidean projection onto the simplex.
-
-    With `present` (`(T,)` booleans): the projection of the present
-    entries onto the simplex of the present tasks; absent entries get 0.
-    """
-    if present is not None:
-        return _project_present_to_simplex(y, present)
-    num = y.shape[0]
-    dtype = y.dtype
-    sorted_y = _sort_descending(y)
-    counts = ops.arange(1, num, dtype=dtype)
-    tmax = (ops.cumsum(sorted_y)[:-1] - 1.0) / counts
-    hit = tmax > sorted_y[1:]
-    first = ops.min(ops.where(hit, ops.arange(num - 1, dtype="int32"), num - 1))
-    default = (ops.sum(y) - 1.0) / num
-    threshold = ops.where(
-        ops.any(hit), ops.take(tmax, ops.minimum(first, num - 2)), default
-    )
-    return ops.maximum(y - threshold, 0.0)
-
-
-def _sort_descending(y):
-    """The entries of a `(T,)` vector in descending order."""
-    return ops.flip(ops.sort(y), axis=0)
-
-
-def _project_present_to_simplex(y, present):
-    """`_project_to_simplex` over the K present entries of y, as the same
-    projection on the K-vector of those entries (absent entries sort last
-    and are never used)."""
-    num = y.shape[0]
-    dtype = y.dtype
-    count = ops.sum(ops.cast(present, "int32"))
-    sorted_y = _sort_descending(ops.where(present, y, ops.full_like(y, -float("inf"))))
-    counts = ops.arange(1, num, dtype=dtype)
-    tmax = (ops.cumsum(sorted_y)[:-1] - 1.0) / counts
-    positions = ops.arange(num - 1, dtype="int32")
-    hit = ops.logical_and(tmax > sorted_y[1:], positions < count - 1)
-    first = ops.min(ops.where(hit, positions, num - 1))
-    safe_count = ops.cast(ops.maximum(count, 1), dtype)
-    default = (ops.sum(ops.where(present, y, ops.zeros_like(y))) - 1.0) / safe_count
-    threshold = ops.where(
-        ops.any(hit), ops.take(tmax, ops.minimum(first, num - 2)), default
-    )
-    return ops.where(present, ops.maximum(y - threshold, 0.0), ops.zeros_like(y))
-
-
 def _next_point(current, direction, present=None):
     """The reference's projected step along `direction` from `current`.
 
@@ -151,7 +104,7 @@ def _next_point(current, direction, present=None):
     min2 = ops.min(ops.where(valid2, tm2, inf))
     step = ops.where(ops.any(valid1), min1, ops.ones([], dtype))
     step = ops.minimum(step, min2)
-    return _project_to_simplex(proj * step + current, present)
+    return project_onto_simplex(proj * step + current, present)
 
 
 def min_norm_weights(gramian):

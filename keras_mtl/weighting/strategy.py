@@ -56,6 +56,11 @@ class Strategy(keras.layers.Layer):
     - `fixed_weights`: True when the task weights depend on neither the
       losses nor the gradients (equal and static weighting). Only such a
       strategy may train one task per step (`compile(task_sampling=...)`).
+    - `batches_per_step`: for gradient methods that need per-task gradients
+      on k independent mini-batches per step (MoDo, SDMGrad: k = 3). The
+      model splits each batch of `fit` into k consecutive sub-batches, runs
+      the forward pass on each and hands the strategy the `(k, T, P)`
+      per-task gradients (see `GradientAggregation`). Default 1.
 
     Missing tasks. A model compiled with `missing_labels` passes
     `task_mask`, a `(T,)` float tensor (1.0 where the task has at least one
@@ -90,6 +95,7 @@ class Strategy(keras.layers.Layer):
     differentiable_gradients: ClassVar[bool] = False
     supports_missing_tasks: ClassVar[bool] = False
     fixed_weights: ClassVar[bool] = False
+    batches_per_step: ClassVar[int] = 1
     registry_name: ClassVar[str | None] = None
 
     def __init__(self, **kwargs):

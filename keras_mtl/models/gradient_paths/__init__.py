@@ -5,6 +5,8 @@
 - `StagedGramianGradientPath`: Gramian methods, `per_task_gradients="gramian"`
   (stage by stage where the trunk has cuts, else `GramianGradientPath`).
 - `RepresentationGradientPath`: strategies with `rep_grad=True`.
+- `MultiBatchGradientPath`: strategies fed per-task gradients on several
+  sub-batches of each batch (`batches_per_step > 1`: MoDo, SDMGrad).
 """
 
 import keras
@@ -13,6 +15,7 @@ from keras_mtl.models.gradient_paths.base import GradientPath, StepResult
 from keras_mtl.models.gradient_paths.gramian_path import GramianGradientPath
 from keras_mtl.models.gradient_paths.loss_path import LossGradientPath
 from keras_mtl.models.gradient_paths.matrix_path import MatrixGradientPath
+from keras_mtl.models.gradient_paths.multi_batch_path import MultiBatchGradientPath
 from keras_mtl.models.gradient_paths.representation_path import (
     RepresentationGradientPath,
 )
@@ -30,6 +33,8 @@ def select_gradient_path(model, strategy, per_task_gradients):
         return LossGradientPath(model)
     if getattr(strategy, "rep_grad", False):
         return RepresentationGradientPath(model)
+    if strategy.batches_per_step > 1:
+        return MultiBatchGradientPath(model)
     if per_task_gradients == "gramian":
         return StagedGramianGradientPath(model)
     return MatrixGradientPath(model)
@@ -46,6 +51,8 @@ def _select_jax_path(model, strategy, per_task_gradients):
             "backend only for now; on JAX use rep_grad=False (per-task "
             "gradients of the shared parameters)."
         )
+    if strategy.batches_per_step > 1:
+        return jax_paths.JaxMultiBatchGradientPath(model)
     if per_task_gradients == "gramian":
         return jax_paths.JaxGramianGradientPath(model)
     return jax_paths.JaxMatrixGradientPath(model)
@@ -56,6 +63,7 @@ __all__ = [
     "GramianGradientPath",
     "LossGradientPath",
     "MatrixGradientPath",
+    "MultiBatchGradientPath",
     "RepresentationGradientPath",
     "StagedGramianGradientPath",
     "StepResult",

@@ -97,6 +97,10 @@ class GradientPath:
         `(T, P)` per-task gradients (P None when it varies by batch)."""
         raise NotImplementedError
 
+    def check_fit(self, batch_size):
+        """Raises when `fit`'s arguments cannot give the path what it needs
+        (`batch_size` as given to `fit`, or None)."""
+
     def __call__(self, x, y, sample_weights):
         """One step's `StepResult` for inputs `x`, targets `y` (a dict by
         task) and `sample_weights` (a dict by task, possibly empty)."""

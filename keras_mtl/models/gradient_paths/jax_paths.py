@@ -16,6 +16,8 @@ scope, `differentiate`, and pulling cotangents back with `jax.vjp`:
   strategy's own, where there are any) pulled back together, by `jax.vmap`
   of the pullback (`batched_pullback="vmap"`) or one pullback per row
   (`"loop"`), by platform (`BATCHED_PULLBACK`).
+- `JaxMultiBatchGradientPath`: the same on k sub-batches of the batch (k
+  forward passes, the k T task objectives pulled back together).
 
 What a path assigns inside the differentiated function (BatchNorm
 statistics, metrics, strategy state) comes out of the vjp as auxiliary
@@ -28,12 +30,14 @@ import jax
 import keras
 from keras import ops
 
+from keras_mtl.models.gradient_paths import _tape_ops as tape_ops
 from keras_mtl.models.gradient_paths.gramian_path import GramianGradientPath
 from keras_mtl.models.gradient_paths.loss_path import (
     LossGradientPath,
     _shared_gradient_variables,
 )
 from keras_mtl.models.gradient_paths.matrix_path import MatrixGradientPath
+from keras_mtl.models.gradient_paths.multi_batch_path import MultiBatchGradientPath
 from keras_mtl.models.gradient_paths.parameter_path import ParameterGradientPath
 
 #: How the K cotangents of a per-task path are pulled back, by platform:
@@ -256,3 +260,62 @@ class JaxGramianGradientPath(_JaxParameterPath, GramianGradientPath):
 
     def stages(self, batch_size=None):
         return None
+
+
+class JaxMultiBatchGradientPath(_JaxParameterPath, MultiBatchGradientPath):
+    """`MultiBatchGradientPath` on JAX: the k T task objectives of the k
+    sub-batches (then the extra objective and the strategy's own) pulled
+    back together."""
+
+    def __call__(self, x, y, sample_weights):
+        model = self.model
+        graph = model._task_graph
+        shared, own = graph.shared_variables, graph.task_variables
+        variables = model.trainable_variables
+        index = {id(v): i for i, v in enumerate(variables)}
+        count, num_tasks = self.count, model.num_tasks
+        rows_of = {}
+
+        def objectives():
+            step, parts = self.forward_in_parts(x, y, sample_weights)
+            outputs, strategy_objective = [], None
+            for part in parts:
+                task_objectives, own_objective = self.task_objectives(part)
+                outputs += [ops.cast(o, "float32") for o in task_objectives]
+                strategy_objective = tape_ops.add_optional(
+                    strategy_objective, own_objective
+                )
+            extra = self.extra_objective(step.aux_losses)
+            if extra is not None:
+                rows_of["extra"] = len(outputs)
+                outputs.append(ops.cast(model.optimizer.scale_loss(extra), "float32"))
+            if strategy_objective is not None:
+                rows_of["strategy"] = len(outputs)
+                outputs.append(ops.cast(strategy_objective, "float32"))
+            return ops.stack(outputs), (step, self.part_losses(step, parts))
+
+        outputs, pullback, (step, part_losses) = differentiate(
+            model, objectives, variables
+        )
+        rows = pull_rows(pullback, outputs)
+        grad_rows = {id(v): rows[index[id(v)]] for v in variables}
+        size = count * num_tasks
+
+        def per_batch(variable):
+            """Rows of the k T task objectives as `(k, T, *shape)`."""
+            block = grad_rows[id(variable)][:size]
+            return ops.reshape(block, (count, num_tasks, *variable.shape))
+
+        blocks = [
+            ops.reshape(ops.cast(per_batch(v), "float32"), (count, num_tasks, -1))
+            for v in shared
+        ]
+        own_grads = [
+            [ops.sum(per_batch(v)[:, t] / float(count), axis=0) for v in own[task]]
+            for t, task in enumerate(model.task_names)
+        ]
+        _, kwargs = self.strategy_inputs(step, y, sample_weights)
+        update_grads, weights = self.combine(
+            grad_rows, blocks, None, step.finite, part_losses, kwargs
+        )
+        return self._finish(step, weights, update_grads, own_grads, grad_rows, rows_of)

@@ -101,8 +101,9 @@ class ParameterGradientPath(GradientPath):
     def update_from_matrix(self, blocks, finite, losses, kwargs):
         """The strategy's `(P,)` update (loss-scaled) and `(T,)` weights from
         the `(T, P)` matrix of per-task gradients of the global batch
-        (`blocks`: one `(T, P_v)` block per shared variable)."""
-        matrix = distribution.sum_over_replicas(ops.concatenate(blocks, axis=1))
+        (`blocks`: one `(T, P_v)` block per shared variable; `(k, T, P_v)`
+        for a strategy fed k sub-batches)."""
+        matrix = distribution.sum_over_replicas(ops.concatenate(blocks, axis=-1))
         scale = self.loss_scale()
         if scale is not None:
             matrix = matrix / scale
