@@ -9,6 +9,7 @@ _KPI_METRICS = {"metrics": {"cls": ["accuracy"], "reg": ["accuracy"]}}
 STRATEGY_TABLE = {
     "adaptive": ({"mode": "epoch", "normalize": "softmax"}, {}),
     "aligned_mtl": ({}, {}),
+    "auto_lambda": ({"learning_rate": 0.05}, {}),
     "cagrad": ({}, {}),
     "config": ({}, {}),
     "cosmos": ({}, {}),

@@ -149,6 +149,17 @@ def rgw_space(hp):
     return rlw_space(hp)
 
 
+def auto_lambda_space(hp):
+    """Auto-Lambda: the parametrization of the weights and their Adam
+    learning rate (1e-3 in LibMTL; 3e-5 to 3e-4 in the authors' runs)."""
+    return {
+        "weights": hp.Choice("weights", ["softmax", "raw"]),
+        "learning_rate": hp.Float(
+            "learning_rate", 1e-5, 1e-2, sampling="log", default=1e-3
+        ),
+    }
+
+
 def cosmos_space(hp):
     """COSMOS: the weight lambda of the cosine term (0.01 to 8 in the paper)."""
     return {"lambda_": hp.Float("lambda_", 0.01, 10.0, sampling="log", default=2.0)}
@@ -272,6 +283,15 @@ def moco_space(hp):
     }
 
 
+def modo_space(hp):
+    """MoDo: the step size gamma of the weights (1e-3 in LibMTL, 0.1 in
+    TorchJD and the authors' code) and the regularisation rho."""
+    return {
+        "gamma": hp.Float("gamma", 1e-3, 1.0, sampling="log", default=0.1),
+        "rho": hp.Float("rho", 0.0, 1.0, default=0.1),
+    }
+
+
 def nash_mtl_space(hp):
     """Nash-MTL: how often the weights are solved and the update clipping."""
     return {
@@ -279,6 +299,16 @@ def nash_mtl_space(hp):
             "update_weights_every", [1, 5, 25], default=1
         ),
         "max_norm": hp.Choice("max_norm", [0.0, 1.0, 5.0], default=1.0),
+    }
+
+
+def sdmgrad_space(hp):
+    """SDMGrad: the pull lambda towards the average gradient (0.3 in the
+    authors' experiments; 0.6 their class default) and the inner step size
+    (5 in LibMTL, 10 in TorchJD and the authors' code)."""
+    return {
+        "lambda_": hp.Float("lambda_", 0.05, 2.0, sampling="log", default=0.3),
+        "lr": hp.Choice("lr", [1.0, 5.0, 10.0], default=10.0),
     }
 
 
@@ -292,6 +322,7 @@ def trimmed_mean_space(hp, task_names=()):
 SEARCH_SPACES = {
     "adaptive": adaptive_space,
     "aligned_mtl": aligned_mtl_space,
+    "auto_lambda": auto_lambda_space,
     "cagrad": cagrad_space,
     "config": None,
     "cosmos": cosmos_space,
@@ -314,12 +345,14 @@ SEARCH_SPACES = {
     "logse": None,
     "mgda": mgda_space,
     "moco": moco_space,
+    "modo": modo_space,
     "nash_mtl": nash_mtl_space,
     "orthogonal": orthogonal_space,
     "pbi": pbi_space,
     "pcgrad": None,
     "rgw": rgw_space,
     "rlw": rlw_space,
+    "sdmgrad": sdmgrad_space,
     "slaw": slaw_space,
     "slw": slw_space,
     "softadapt": softadapt_space,

@@ -15,6 +15,7 @@ import keras
 
 from keras_mtl.weighting.adaptive_weighting import AdaptiveWeighting
 from keras_mtl.weighting.aligned_mtl import AlignedMTL
+from keras_mtl.weighting.auto_lambda import AutoLambda
 from keras_mtl.weighting.cagrad import CAGrad
 from keras_mtl.weighting.con_fig import ConFIG
 from keras_mtl.weighting.cosmos import COSMOS
@@ -65,6 +66,7 @@ __all__ = [
     "OrthogonalGradientRegularizer",
     "ScaledLossWeighting",
     "AlignedMTL",
+    "AutoLambda",
     "CAGrad",
     "IMTLG",
     "MGDA",

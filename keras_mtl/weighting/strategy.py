@@ -61,6 +61,12 @@ class Strategy(keras.layers.Layer):
       model splits each batch of `fit` into k consecutive sub-batches, runs
       the forward pass on each and hands the strategy the `(k, T, P)`
       per-task gradients (see `GradientAggregation`). Default 1.
+    - `lookahead`: True for strategies that learn their weights from a
+      one-step look-ahead on a held-out sub-batch (Auto-Lambda). The model
+      then cuts each batch into a training and a held-out half, takes a
+      virtual SGD step on the weighted training losses, the gradient d of
+      the outer losses there, and calls `update_from_lookahead` with the
+      training losses at theta +- eps d (see `AutoLambda`) before the step.
 
     Missing tasks. A model compiled with `missing_labels` passes
     `task_mask`, a `(T,)` float tensor (1.0 where the task has at least one
@@ -96,6 +102,7 @@ class Strategy(keras.layers.Layer):
     supports_missing_tasks: ClassVar[bool] = False
     fixed_weights: ClassVar[bool] = False
     batches_per_step: ClassVar[int] = 1
+    lookahead: ClassVar[bool] = False
     registry_name: ClassVar[str | None] = None
 
     def __init__(self, **kwargs):

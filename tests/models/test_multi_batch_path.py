@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 from model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp
+from numpy_two_task_mlp import losses_and_gradients, params_of, project_onto_simplex
 
 import keras_mtl
 from keras_mtl.weighting import MoDo, SDMGrad
@@ -24,43 +25,10 @@ LEARNING_RATE = 0.05
 # --- The NumPy reference ----------------------------------------------------
 
 
-def _task_gradients(params, x, y):
-    """Per-task gradients of the two-task MLP's losses on one batch:
-    `{task: {variable name: gradient}}` (float64)."""
-    kernel, bias, cls_kernel, cls_bias, reg_kernel, reg_bias = params
-    n = x.shape[0]
-    hidden = np.tanh(x @ kernel + bias)
-    logits = hidden @ cls_kernel + cls_bias
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    d_logits = (probs - np.eye(3)[y["cls"]]) / n
-    d_reg = 2.0 * (hidden @ reg_kernel + reg_bias - y["reg"]) / n
-    grads = {}
-    for task, d_out, head_kernel in (
-        ("cls", d_logits, cls_kernel),
-        ("reg", d_reg, reg_kernel),
-    ):
-        d_pre = (d_out @ head_kernel.T) * (1.0 - hidden**2)
-        grads[task] = {
-            "trunk": np.concatenate([(x.T @ d_pre).ravel(), d_pre.sum(axis=0)]),
-            "head": [hidden.T @ d_out, d_out.sum(axis=0)],
-        }
-    return grads
-
-
-def _project(y):
-    """Euclidean projection onto the simplex (sort-based, float64)."""
-    u = np.sort(y)[::-1]
-    taus = (np.cumsum(u)[:-1] - 1.0) / np.arange(1, len(y))
-    hits = np.nonzero(taus > u[1:])[0]
-    tau = taus[hits[0]] if len(hits) else (np.sum(y) - 1.0) / len(y)
-    return np.maximum(y - tau, 0.0)
-
-
 def _modo_step(state, matrices, gamma=0.1, rho=0.1):
     first, second, third = matrices
     a = first @ second.T
-    state = _project(state - gamma * (a @ state + rho * state))
+    state = project_onto_simplex(state - gamma * (a @ state + rho * state))
     return state, state @ third, np.ones(2)
 
 
@@ -74,7 +42,7 @@ def _sdmgrad_step(state, matrices, lambda_=0.3, lr=10.0, momentum=0.5, n_iter=20
     for _ in range(n_iter):
         step = a @ (state + lambda_ * preference)
         velocity = step if velocity is None else momentum * velocity + step
-        state = _project(state - lr * velocity)
+        state = project_onto_simplex(state - lr * velocity)
     weights = (state + lambda_ * preference) / (1.0 + lambda_)
     return state, weights @ zeta, np.full(2, 3.0)
 
@@ -89,23 +57,24 @@ def _reference_run(params, x, y, batch_size, step_fn):
         n = len(bx)
         bounds = [i * n // 3 for i in range(4)]
         parts = [
-            _task_gradients(
+            losses_and_gradients(
                 params, bx[a:b], {"cls": by["cls"][a:b], "reg": by["reg"][a:b]}
-            )
+            )[1]
             for a, b in zip(bounds[:-1], bounds[1:])
         ]
-        matrices = [np.stack([p["cls"]["trunk"], p["reg"]["trunk"]]) for p in parts]
+        # Rows: the trunk's gradients (kernel and bias) of each task.
+        matrices = [
+            np.stack([np.concatenate([g.ravel() for g in task[:2]]) for task in part])
+            for part in parts
+        ]
         state, update, head_scales = step_fn(state, matrices)
-        shapes = [params[0].shape, params[1].shape]
-        sizes = [np.prod(s) for s in shapes]
-        params[0] = params[0] - LEARNING_RATE * update[: sizes[0]].reshape(shapes[0])
-        params[1] = params[1] - LEARNING_RATE * update[sizes[0] :]
-        for t, (task, offset) in enumerate((("cls", 2), ("reg", 4))):
-            for j in range(2):
-                head = np.mean([p[task]["head"][j] for p in parts], axis=0)
-                params[offset + j] = params[offset + j] - LEARNING_RATE * (
-                    head_scales[t] * head
-                )
+        size = params[0].size
+        params[0] = params[0] - LEARNING_RATE * update[:size].reshape(params[0].shape)
+        params[1] = params[1] - LEARNING_RATE * update[size:]
+        for j in range(2, 6):
+            task = (j - 2) // 2
+            head = np.mean([part[task][j] for part in parts], axis=0)
+            params[j] = params[j] - LEARNING_RATE * head_scales[task] * head
     return params, state
 
 
@@ -119,15 +88,6 @@ def _model(strategy, jit_compile):
         jit_compile=jit_compile,
     )
     return model
-
-
-def _params(model):
-    names = ["trunk", "cls_head", "reg_head"]
-    return [
-        np.asarray(keras.ops.convert_to_numpy(v), np.float64)
-        for name in names
-        for v in model.get_layer(name).weights
-    ]
 
 
 def _jit_modes():
@@ -147,9 +107,9 @@ def test_fit_matches_the_numpy_reference_step(make, step_fn):
     x, y = two_task_data(n=18)
     for jit_compile in _jit_modes():
         model = _model(make(), jit_compile)
-        expected, state = _reference_run(_params(model), x, y, 9, step_fn)
+        expected, state = _reference_run(params_of(model), x, y, 9, step_fn)
         history = model.fit(x, y, batch_size=9, epochs=1, shuffle=False, verbose=0)
-        for got, want in zip(_params(model), expected):
+        for got, want in zip(params_of(model), expected):
             np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
         np.testing.assert_allclose(
             keras.ops.convert_to_numpy(model.loss_weighting.task_weights),
@@ -180,7 +140,7 @@ def test_a_batch_smaller_than_the_sub_batch_count_trains_nothing():
     first.fit(
         x[:9], {k: v[:9] for k, v in y.items()}, batch_size=9, shuffle=False, verbose=0
     )
-    for a, b in zip(_params(full), _params(first)):
+    for a, b in zip(params_of(full), params_of(first)):
         np.testing.assert_array_equal(a, b)
 
 

@@ -7,12 +7,15 @@
 - `RepresentationGradientPath`: strategies with `rep_grad=True`.
 - `MultiBatchGradientPath`: strategies fed per-task gradients on several
   sub-batches of each batch (`batches_per_step > 1`: MoDo, SDMGrad).
+- `LookaheadGradientPath`: the loss path after a look-ahead on a held-out
+  half of the batch (`lookahead`: Auto-Lambda).
 """
 
 import keras
 
 from keras_mtl.models.gradient_paths.base import GradientPath, StepResult
 from keras_mtl.models.gradient_paths.gramian_path import GramianGradientPath
+from keras_mtl.models.gradient_paths.lookahead_path import LookaheadGradientPath
 from keras_mtl.models.gradient_paths.loss_path import LossGradientPath
 from keras_mtl.models.gradient_paths.matrix_path import MatrixGradientPath
 from keras_mtl.models.gradient_paths.multi_batch_path import MultiBatchGradientPath
@@ -29,6 +32,8 @@ def select_gradient_path(model, strategy, per_task_gradients):
     when the model cannot give the strategy what it needs)."""
     if keras.backend.backend() == "jax":
         return _select_jax_path(model, strategy, per_task_gradients)
+    if strategy.lookahead:
+        return LookaheadGradientPath(model)
     if strategy.requires == "losses":
         return LossGradientPath(model)
     if getattr(strategy, "rep_grad", False):
@@ -43,6 +48,8 @@ def select_gradient_path(model, strategy, per_task_gradients):
 def _select_jax_path(model, strategy, per_task_gradients):
     from keras_mtl.models.gradient_paths import jax_paths
 
+    if strategy.lookahead:
+        return jax_paths.JaxLookaheadGradientPath(model)
     if strategy.requires == "losses":
         return jax_paths.JaxLossGradientPath(model)
     if getattr(strategy, "rep_grad", False):
@@ -61,6 +68,7 @@ def _select_jax_path(model, strategy, per_task_gradients):
 __all__ = [
     "GradientPath",
     "GramianGradientPath",
+    "LookaheadGradientPath",
     "LossGradientPath",
     "MatrixGradientPath",
     "MultiBatchGradientPath",

@@ -16,6 +16,8 @@ scope, `differentiate`, and pulling cotangents back with `jax.vjp`:
   strategy's own, where there are any) pulled back together, by `jax.vmap`
   of the pullback (`batched_pullback="vmap"`) or one pullback per row
   (`"loop"`), by platform (`BATCHED_PULLBACK`).
+- `JaxLookaheadGradientPath`: the look-ahead's gradients by
+  `jax.value_and_grad` under the nested scope, then the loss path.
 - `JaxMultiBatchGradientPath`: the same on k sub-batches of the batch (k
   forward passes, the k T task objectives pulled back together).
 
@@ -32,6 +34,7 @@ from keras import ops
 
 from keras_mtl.models.gradient_paths import _tape_ops as tape_ops
 from keras_mtl.models.gradient_paths.gramian_path import GramianGradientPath
+from keras_mtl.models.gradient_paths.lookahead_path import LookaheadGradientPath
 from keras_mtl.models.gradient_paths.loss_path import (
     LossGradientPath,
     _shared_gradient_variables,
@@ -158,6 +161,19 @@ class JaxLossGradientPath(LossGradientPath):
             [ops.reshape(ops.cast(r, "float32"), (num, -1)) for r in rows], axis=1
         )
         return step, matrix
+
+
+class JaxLookaheadGradientPath(LookaheadGradientPath, JaxLossGradientPath):
+    """`LookaheadGradientPath` on JAX, then `JaxLossGradientPath`."""
+
+    def value_and_gradients(self, fn, values):
+        return jax.value_and_grad(fn)(list(values))
+
+    def other_variables(self, variables):
+        # A nested scope reads an unmapped variable's stored value, not the
+        # step's: map every other variable of the step to its current value.
+        mapped = {id(v) for v in variables}
+        return [v for v in step_variables(self.model) if id(v) not in mapped]
 
 
 class _JaxParameterPath(ParameterGradientPath):
