@@ -24,11 +24,30 @@ from model_fixtures import TWO_TASK_LOSSES, two_task_data, two_task_mlp  # noqa:
 import keras_mtl  # noqa: E402
 
 
+def replica_order(num_samples, batch_size, parts, replicas=2):
+    """The sample order whose batches, on one device, cut into `parts`
+    sub-batches as `replicas` replicas cut the batches of the original
+    order: sub-batch i of a batch holds part i of every replica's share."""
+    share = batch_size // replicas
+    bounds = [i * share // parts for i in range(parts + 1)]
+    order = []
+    for start in range(0, num_samples, batch_size):
+        for i in range(parts):
+            for r in range(replicas):
+                first = start + r * share
+                order += range(first + bounds[i], first + bounds[i + 1])
+    return np.array(order)
+
+
 def train(name, distribution):
     """`name` is a strategy name, with ":gramian" for
     `per_task_gradients="gramian"` (on a trunk of three 64-unit layers, so
-    that the Gramian is summed stage by stage)."""
-    name, _, per_task = name.partition(":")
+    that the Gramian is summed stage by stage), or ":split" for a strategy
+    that cuts each batch into sub-batches (`batches_per_step`): batches of
+    12, and on one device the samples reordered by `replica_order`, so that
+    its sub-batches hold the samples of the replicas' sub-batches."""
+    name, _, variant = name.partition(":")
+    per_task = variant if variant == "gramian" else ""
     keras.utils.set_random_seed(0)
     with distribution.scope():
         model = two_task_mlp(hidden=64, depth=3) if per_task else two_task_mlp()
@@ -40,8 +59,15 @@ def train(name, distribution):
             loss_weighting=keras_mtl.weighting.get(name),
             per_task_gradients=per_task or "matrix",
         )
-    x, y = two_task_data(n=64)
-    history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    x, y = two_task_data(n=48 if variant == "split" else 64)
+    batch_size = 16
+    if variant == "split":
+        batch_size = 12
+        if distribution.num_replicas_in_sync == 1:
+            parts = model.loss_weighting.batches_per_step
+            order = replica_order(len(x), batch_size, parts)
+            x, y = x[order], {task: v[order] for task, v in y.items()}
+    history = model.fit(x, y, batch_size=batch_size, epochs=2, shuffle=False, verbose=0)
     state = [v.numpy() for v in model.weights]
     state += [v.numpy() for v in model.loss_weighting.weights]
     return state, history.history

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 # ":gramian": compiled with per_task_gradients="gramian", on a trunk
-# of three 64-unit layers (the staged Gramian path).
+# of three 64-unit layers (the staged Gramian path). ":split": a strategy
+# that cuts each batch into sub-batches, compared with one device fed the
+# samples in the order that gives its sub-batches the replicas' samples.
 STRATEGIES = [
     "ew",
     "uw",
@@ -20,6 +22,9 @@ STRATEGIES = [
     "mgda",
     "nash_mtl",
     "nash_mtl:gramian",
+    "modo:split",
+    "sdmgrad:split",
+    "auto_lambda:split",
 ]
 
 
