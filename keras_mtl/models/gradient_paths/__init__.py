@@ -53,11 +53,7 @@ def _select_jax_path(model, strategy, per_task_gradients):
     if strategy.requires == "losses":
         return jax_paths.JaxLossGradientPath(model)
     if getattr(strategy, "rep_grad", False):
-        raise NotImplementedError(
-            f"{type(strategy).__name__}(rep_grad=True) runs on the TensorFlow "
-            "backend only for now; on JAX use rep_grad=False (per-task "
-            "gradients of the shared parameters)."
-        )
+        return jax_paths.JaxRepresentationGradientPath(model)
     if strategy.batches_per_step > 1:
         return jax_paths.JaxMultiBatchGradientPath(model)
     if per_task_gradients == "gramian":

@@ -16,6 +16,10 @@ scope, `differentiate`, and pulling cotangents back with `jax.vjp`:
   strategy's own, where there are any) pulled back together, by `jax.vmap`
   of the pullback (`batched_pullback="vmap"`) or one pullback per row
   (`"loop"`), by platform (`BATCHED_PULLBACK`).
+- `JaxRepresentationGradientPath`: `rep_grad=True`: a vjp of the trunk,
+  then one of the heads in the representations and the variables; the
+  strategy's update of the representations is pulled back through the
+  trunk.
 - `JaxLookaheadGradientPath`: the look-ahead's gradients by
   `jax.value_and_grad` under the nested scope, then the loss path.
 - `JaxMultiBatchGradientPath`: the same on k sub-batches of the batch (k
@@ -42,6 +46,9 @@ from keras_mtl.models.gradient_paths.loss_path import (
 from keras_mtl.models.gradient_paths.matrix_path import MatrixGradientPath
 from keras_mtl.models.gradient_paths.multi_batch_path import MultiBatchGradientPath
 from keras_mtl.models.gradient_paths.parameter_path import ParameterGradientPath
+from keras_mtl.models.gradient_paths.representation_path import (
+    RepresentationGradientPath,
+)
 
 #: How the K cotangents of a per-task path are pulled back, by platform:
 #: "vmap" (one batched backward pass) or "loop" (K backward passes). See
@@ -64,28 +71,30 @@ def step_variables(model):
     return found
 
 
-def differentiate(model, fn, variables):
-    """`jax.vjp` of `fn` with respect to the values of `variables`.
+def differentiate(model, fn, variables, inputs=None):
+    """`jax.vjp` of `fn` with respect to the values of `variables` (and to
+    the arrays `inputs`, when given).
 
-    `fn()` returns `(outputs, aux)`: `outputs` an array to differentiate,
-    `aux` anything else (a pytree of arrays). It runs under a nested
-    `StatelessScope` in which `variables` hold the differentiated values
-    and every other variable its current value; what it assigns to the
-    other variables is assigned again after the vjp.
+    `fn()` (`fn(inputs)` with `inputs`) returns `(outputs, aux)`: `outputs`
+    an array (or list of arrays) to differentiate, `aux` anything else (a
+    pytree of arrays). It runs under a nested `StatelessScope` in which
+    `variables` hold the differentiated values and every other variable
+    its current value; what it assigns to the other variables is assigned
+    again after the vjp.
 
     Returns:
         `(outputs, pullback, aux)`, `pullback(cotangent)` being the list of
-        gradients, one per variable.
+        gradients, one per variable (then one per input, with `inputs`).
     """
     watched = {id(v) for v in variables}
     others = [v for v in step_variables(model) if id(v) not in watched]
     other_values = [v.value for v in others]
 
-    def pure(values):
+    def pure(values, arrays):
         mapping = [*zip(variables, values), *zip(others, other_values)]
         with keras.StatelessScope(state_mapping=mapping) as scope:
             before = [scope.get_current_value(v) for v in others]
-            outputs, aux = fn()
+            outputs, aux = fn() if inputs is None else fn(arrays)
         changed = {}
         for i, variable in enumerate(others):
             value = scope.get_current_value(variable)
@@ -94,11 +103,18 @@ def differentiate(model, fn, variables):
         return outputs, (aux, changed)
 
     outputs, pullback, (aux, changed) = jax.vjp(
-        pure, [v.value for v in variables], has_aux=True
+        pure, [v.value for v in variables], list(inputs or []), has_aux=True
     )
     for i, value in changed.items():
         others[i].assign(value)
-    return outputs, (lambda cotangent: pullback(cotangent)[0]), aux
+    if inputs is None:
+        return outputs, (lambda cotangent: pullback(cotangent)[0]), aux
+
+    def pullback_with_inputs(cotangent):
+        grads, input_grads = pullback(cotangent)
+        return [*grads, *input_grads]
+
+    return outputs, pullback_with_inputs, aux
 
 
 def pull_rows(pullback, outputs, how=None):
@@ -235,7 +251,7 @@ class _JaxParameterPath(ParameterGradientPath):
             known = {id(v) for v in variables}
             known.update(id(v) for v in strategy.trainable_variables)
             others = [v for v in model.trainable_variables if id(v) not in known]
-            grads += [ops.zeros_like(v) for v in others]
+            grads += [ops.zeros(v.shape, v.dtype) for v in others]
             variables += others
             row = rows_of["extra"]
             grads = [
@@ -334,4 +350,72 @@ class JaxMultiBatchGradientPath(_JaxParameterPath, MultiBatchGradientPath):
         update_grads, weights = self.combine(
             grad_rows, blocks, None, step.finite, part_losses, kwargs
         )
+        return self._finish(step, weights, update_grads, own_grads, grad_rows, rows_of)
+
+
+class JaxRepresentationGradientPath(_JaxParameterPath, RepresentationGradientPath):
+    """`RepresentationGradientPath` on JAX: the trunk's vjp, the heads' vjp
+    in the representations and the variables (the K rows of the identity:
+    T task objectives, then the extra objective and the strategy's own),
+    and the strategy's update of the representations pulled back through
+    the trunk."""
+
+    def __call__(self, x, y, sample_weights):
+        model = self.model
+        graph = model._task_graph
+        variables = model.trainable_variables
+        index = {id(v): i for i, v in enumerate(variables)}
+        num_tasks = model.num_tasks
+        rows_of = {}
+
+        def trunk():
+            reps = self.trunk(x, training=True)
+            return (list(reps) if isinstance(reps, (list, tuple)) else [reps]), None
+
+        reps, trunk_pullback, _ = differentiate(model, trunk, variables)
+
+        def heads(rep_values):
+            step = self.losses(
+                y, self.heads(list(rep_values), training=True), sample_weights
+            )
+            task_objectives, strategy_objective = self.task_objectives(step)
+            extra = self.extra_objective(step.aux_losses)
+            outputs = [ops.cast(o, "float32") for o in task_objectives]
+            if extra is not None:
+                rows_of["extra"] = len(outputs)
+                outputs.append(ops.cast(model.optimizer.scale_loss(extra), "float32"))
+            if strategy_objective is not None:
+                rows_of["strategy"] = len(outputs)
+                outputs.append(ops.cast(strategy_objective, "float32"))
+            return ops.stack(outputs), step
+
+        outputs, pullback, step = differentiate(model, heads, variables, inputs=reps)
+        rows = pull_rows(pullback, outputs)
+        var_rows, rep_rows = rows[: len(variables)], rows[len(variables) :]
+        task_rows = [ops.cast(r[:num_tasks], "float32") for r in rep_rows]
+        update, weights = self.update_from_rows(
+            ops.concatenate([ops.reshape(r, (num_tasks, -1)) for r in task_rows], 1),
+            ops.concatenate(
+                [ops.reshape(ops.sum(r, axis=1), (num_tasks, -1)) for r in task_rows], 1
+            ),
+            step,
+            y,
+            sample_weights,
+        )
+        through_trunk = trunk_pullback(self.cotangents(update, reps))
+        update_grads = [through_trunk[index[id(v)]] for v in graph.shared_variables]
+        own_grads = [
+            [var_rows[index[id(v)]][t] for v in graph.task_variables[task]]
+            for t, task in enumerate(model.task_names)
+        ]
+        grad_rows = {id(v): var_rows[index[id(v)]] for v in variables}
+        if "extra" in rows_of:
+            # The extra objective also reaches the trunk through the
+            # representations: add that part to its row.
+            row = rows_of["extra"]
+            extra_trunk = trunk_pullback([r[row] for r in rep_rows])
+            for v in variables:
+                grad_rows[id(v)] = grad_rows[id(v)].at[row].add(
+                    extra_trunk[index[id(v)]]
+                )
         return self._finish(step, weights, update_grads, own_grads, grad_rows, rows_of)

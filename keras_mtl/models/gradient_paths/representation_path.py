@@ -1,5 +1,6 @@
 """The representation path: per-task gradients of the shared
-representation instead of the shared parameters (TensorFlow)."""
+representation instead of the shared parameters (TensorFlow; the JAX twin,
+`JaxRepresentationGradientPath`, shares the strategy's part)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ class RepresentationGradientPath(ParameterGradientPath):
     def __call__(self, x, y, sample_weights):
         import tensorflow as tf
 
-        strategy = self.strategy
         graph = self.model._task_graph
         shared, own = graph.shared_variables, graph.task_variables
         with tf.GradientTape(persistent=True) as tape:
@@ -62,16 +62,30 @@ class RepresentationGradientPath(ParameterGradientPath):
                 )
             )
             own_grads.append(grads[len(reps) :])
-        matrix = ops.stack(rows)
+        update, weights = self.update_from_rows(
+            ops.stack(rows), ops.stack(summed_rows), step, y, sample_weights
+        )
+        cotangents = self.cotangents(update, reps)
+        shared_grads = tape_ops.or_zeros(
+            tape.gradient(reps, shared, output_gradients=cotangents), shared
+        )
+        return self.finish(
+            tape, step, weights, shared_grads, own_grads, extra, strategy_objective
+        )
+
+
+    def update_from_rows(self, matrix, summed, step, y, sample_weights):
+        """The strategy's update of the representations (loss-scaled, flat)
+        and `(T,)` weights, from the `(T, B * D)` per-task gradients of the
+        representations and the `(T, D)` same summed over the batch (a
+        Gramian strategy weighs with the latter's Gramian)."""
+        strategy = self.strategy
         scale = self.loss_scale()
         if scale is not None:
-            matrix = matrix / scale
+            matrix, summed = matrix / scale, summed / scale
         matrix = ops.where(step.finite, matrix, ops.zeros_like(matrix))
         safe_losses, kwargs = self.strategy_inputs(step, y, sample_weights)
         if strategy.requires == "gramian":
-            summed = ops.stack(summed_rows)
-            if scale is not None:
-                summed = summed / scale
             summed = ops.where(step.finite, summed, ops.zeros_like(summed))
             gramian = ops.matmul(summed, ops.transpose(summed))
             weights = gramian_weights(strategy, gramian, safe_losses, kwargs)
@@ -80,18 +94,17 @@ class RepresentationGradientPath(ParameterGradientPath):
             update, weights = strategy(matrix, safe_losses, training=True, **kwargs)
         if scale is not None:
             update = update * scale
+        return update, weights
+
+    def cotangents(self, update, reps):
+        """The flat update cut into one cotangent per representation."""
         cotangents, offset = [], 0
         for rep in reps:
             size = ops.size(rep)
             piece = ops.reshape(update[offset : offset + size], ops.shape(rep))
             cotangents.append(ops.cast(piece, rep.dtype))
             offset = offset + size
-        shared_grads = tape_ops.or_zeros(
-            tape.gradient(reps, shared, output_gradients=cotangents), shared
-        )
-        return self.finish(
-            tape, step, weights, shared_grads, own_grads, extra, strategy_objective
-        )
+        return cotangents
 
 
 def _split_at_representation(model):
