@@ -2,7 +2,7 @@
 
 `import keras_mtl` must work on the JAX backend where TensorFlow is not
 installed; the parts built on `tf.data` (`datasets`' `load` and
-`TaskSampler`, `compare`, `testing`) must then say what to install, and
+`TaskSampler`, `compare`) must then say what to install, and
 `import keras_mtl` must not import the optional subpackages at all. On a
 backend keras_mtl does not train on (torch, numpy), the import works and
 training is refused with the supported backends named.
@@ -124,10 +124,17 @@ def test_layers_datasets_and_utils_import_without_tensorflow():
         for name in (
             "keras_mtl.datasets.multi_mnist_tfds",
             "keras_mtl.compare",
-            "keras_mtl.testing",
         ):
             expect_import_error(lambda: __import__(name), name)
+        # The conflicting toy runs on JAX alone.
+        import keras
+        from keras_mtl.testing import run_conflicting_toy
+
+        theta, _ = run_conflicting_toy(
+            lambda grads, losses: keras.ops.mean(grads, axis=0), (-8.5, -5.0), 10
+        )
         print(json.dumps({
+            "toy": [float(v) for v in theta],
             "shapes": [list(o.shape) for o in outputs],
             "tensorflow": "tensorflow" in sys.modules,
             "file": keras_mtl.layers.__file__,
@@ -135,6 +142,7 @@ def test_layers_datasets_and_utils_import_without_tensorflow():
         """
     )
     assert out["shapes"] == [[2, 4], [2, 4]]
+    assert out["toy"] != [-8.5, -5.0] and len(out["toy"]) == 2
     assert not out["tensorflow"]
     assert out["file"].startswith(str(ROOT))
 

@@ -5,7 +5,7 @@ keras_mtl needs only Keras for its core (`weighting`, `layers`, `models`):
 installed. Training (`MultiTaskModel.compile`) is supported on the backends
 of `SUPPORTED_BACKENDS`; `check_supported_backend` says so where another is
 set. The parts built on TensorFlow (the `tf.data` pipelines of
-`keras_mtl.datasets`, `keras_mtl.compare`, `keras_mtl.testing`) get it
+`keras_mtl.datasets`, `keras_mtl.compare`) get it
 through `require_tensorflow`, which names the package to install when it is
 missing.
 """
