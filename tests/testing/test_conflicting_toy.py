@@ -12,7 +12,6 @@ import pytest
 from keras_mtl.testing import conflicting_toy_losses, run_conflicting_toy
 from keras_mtl.testing.conflicting_toy import PARETO_CENTRE
 
-
 pytestmark = pytest.mark.both_backends
 
 

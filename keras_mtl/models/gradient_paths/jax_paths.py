@@ -415,7 +415,7 @@ class JaxRepresentationGradientPath(_JaxParameterPath, RepresentationGradientPat
             row = rows_of["extra"]
             extra_trunk = trunk_pullback([r[row] for r in rep_rows])
             for v in variables:
-                grad_rows[id(v)] = grad_rows[id(v)].at[row].add(
-                    extra_trunk[index[id(v)]]
+                grad_rows[id(v)] = (
+                    grad_rows[id(v)].at[row].add(extra_trunk[index[id(v)]])
                 )
         return self._finish(step, weights, update_grads, own_grads, grad_rows, rows_of)

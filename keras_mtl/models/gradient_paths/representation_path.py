@@ -73,7 +73,6 @@ class RepresentationGradientPath(ParameterGradientPath):
             tape, step, weights, shared_grads, own_grads, extra, strategy_objective
         )
 
-
     def update_from_rows(self, matrix, summed, step, y, sample_weights):
         """The strategy's update of the representations (loss-scaled, flat)
         and `(T,)` weights, from the `(T, B * D)` per-task gradients of the
