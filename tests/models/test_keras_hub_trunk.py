@@ -126,13 +126,7 @@ def equal_weighting():
     [
         (SumOfGradients, {}),
         (GramianSum, {"per_task_gradients": "gramian"}),
-        pytest.param(
-            lambda: RepSum(rep_grad=True),
-            {},
-            marks=pytest.mark.skipif(
-                keras.backend.backend() == "jax", reason="no rep_grad on JAX yet"
-            ),
-        ),
+        (lambda: RepSum(rep_grad=True), {}),
     ],
     ids=["matrix", "gramian", "rep_grad"],
 )
