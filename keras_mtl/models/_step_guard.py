@@ -104,21 +104,26 @@ class StepGuard:
         returns whether they were applied.
 
         A finite loss may still have a non-finite gradient (sqrt at 0);
-        such a step is treated like a non-finite loss. Not under loss
-        scaling, whose optimizer skips overflowing steps itself."""
-        if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            grads_finite = distribution.on_all_replicas(
-                ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads]))
-            )
+        such a step is treated like a non-finite loss. Under loss scaling
+        the optimizer gets every step whose losses are finite and skips an
+        overflowing one itself (lowering its scale); that step is returned
+        as not applied, without a record (it is not an error), so that the
+        strategy's state and the layers' statistics are put back too."""
+        grads_finite = distribution.on_all_replicas(
+            ops.all(ops.stack([ops.all(ops.isfinite(g)) for g in grads]))
+        )
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            applied = ops.logical_and(ok, grads_finite)
+        else:
             self._record_gradients(ok, grads_finite)
-            ok = ops.logical_and(ok, grads_finite)
+            ok = applied = ops.logical_and(ok, grads_finite)
         if distribution.needs_merge_call():
             distribution.apply_in_cross_replica_context(optimizer, ok, grads, variables)
         elif self._mechanism() == "cond":
             _apply_by_cond(optimizer, ok, grads, variables)
         else:
             _apply_by_select(optimizer, ok, grads, variables)
-        return ok
+        return applied
 
     def end(self, strategy, snapshot, finite, task_mask):
         """Puts back what a skipped step changed, and what absent tasks'

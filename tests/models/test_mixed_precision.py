@@ -41,7 +41,9 @@ def _float32_reference(strategy):
 
 
 @pytest.mark.parametrize("policy_name", ["mixed_float16", "mixed_bfloat16"])
-@pytest.mark.parametrize("strategy", ["ew", "uw", "mgda", "pcgrad", "nash_mtl"])
+@pytest.mark.parametrize(
+    "strategy", ["ew", "uw", "mgda", "pcgrad", "nash_mtl", "auto_lambda"]
+)
 def test_mixed_precision_matches_float32(policy, policy_name, strategy):
     reference = _float32_reference(strategy)
     policy(policy_name)
@@ -58,3 +60,27 @@ def test_mixed_precision_matches_float32(policy, policy_name, strategy):
         np.testing.assert_allclose(
             b.numpy(), change_ref, atol=tolerance, rtol=tolerance, err_msg=a.path
         )
+
+
+def test_an_overflowing_step_changes_nothing_but_the_loss_scale(policy):
+    """Under mixed_float16 a step whose scaled gradients overflow is skipped
+    by the loss-scale optimizer, which halves its scale; the strategy's
+    state (MoDo's weights) stays as it was too. MoDo's sub-batches of two
+    or three samples overflow at the default initial scale, 2^15."""
+    policy("mixed_float16")
+    keras.utils.set_random_seed(4)
+    model = two_task_mlp()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05),
+        loss=TWO_TASK_LOSSES,
+        loss_weighting="modo",
+    )
+    before = [v.numpy() for v in model.weights]
+    x, y = two_task_data(n=8)
+    model.fit(x, y, batch_size=8, shuffle=False, epochs=1, verbose=0)
+    optimizer = model.optimizer
+    assert int(optimizer.iterations.numpy()) == 0  # the step was skipped
+    assert float(optimizer.dynamic_scale.numpy()) == 2.0**14
+    np.testing.assert_array_equal(model.loss_weighting.task_weights.numpy(), [0.5, 0.5])
+    for variable, value in zip(model.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
