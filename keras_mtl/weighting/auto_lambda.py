@@ -108,7 +108,7 @@ class AutoLambda(LossWeighting):
         a NumPy re-implementation of LibMTL's algorithm (and of the raw
         parametrization and primary tasks) on a two-task MLP:
         `tests/models/test_lookahead_path.py`, to 1e-5 on TensorFlow (graph
-        and XLA) and JAX.
+        mode; the contract table holds XLA to it) and JAX.
     """
 
     stateful = True
