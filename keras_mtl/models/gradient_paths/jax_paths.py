@@ -208,14 +208,10 @@ class _JaxParameterPath(ParameterGradientPath):
             step = self.forward(x, y, sample_weights)
             task_objectives, strategy_objective = self.task_objectives(step)
             extra = self.extra_objective(step.aux_losses)
-            outputs = [ops.cast(o, "float32") for o in task_objectives]
-            if extra is not None:
-                rows_of["extra"] = len(outputs)
-                outputs.append(ops.cast(model.optimizer.scale_loss(extra), "float32"))
-            if strategy_objective is not None:
-                rows_of["strategy"] = len(outputs)
-                outputs.append(ops.cast(strategy_objective, "float32"))
-            return ops.stack(outputs), step
+            outputs = self._stack_objectives(
+                task_objectives, extra, strategy_objective, rows_of
+            )
+            return outputs, step
 
         outputs, pullback, step = differentiate(model, objectives, variables)
         rows = pull_rows(pullback, outputs)
@@ -235,6 +231,19 @@ class _JaxParameterPath(ParameterGradientPath):
             grad_rows, blocks, outputs[:num_tasks], step.finite, safe_losses, kwargs
         )
         return self._finish(step, weights, update_grads, own_grads, grad_rows, rows_of)
+
+    def _stack_objectives(self, task_objectives, extra, strategy_objective, rows_of):
+        """The objectives to pull back, stacked in float32: the task
+        objectives, then the extra objective (loss-scaled) and the
+        strategy's own where there are any; `rows_of` records their rows."""
+        outputs = [ops.cast(o, "float32") for o in task_objectives]
+        if extra is not None:
+            rows_of["extra"] = len(outputs)
+            outputs.append(ops.cast(self.model.optimizer.scale_loss(extra), "float32"))
+        if strategy_objective is not None:
+            rows_of["strategy"] = len(outputs)
+            outputs.append(ops.cast(strategy_objective, "float32"))
+        return ops.stack(outputs)
 
     def _finish(self, step, weights, update_grads, own_grads, grad_rows, rows_of):
         """As `ParameterGradientPath.finish`, from the pulled-back rows."""
@@ -313,18 +322,15 @@ class JaxMultiBatchGradientPath(_JaxParameterPath, MultiBatchGradientPath):
             outputs, strategy_objective = [], None
             for part in parts:
                 task_objectives, own_objective = self.task_objectives(part)
-                outputs += [ops.cast(o, "float32") for o in task_objectives]
+                outputs += task_objectives
                 strategy_objective = tape_ops.add_optional(
                     strategy_objective, own_objective
                 )
             extra = self.extra_objective(step.aux_losses)
-            if extra is not None:
-                rows_of["extra"] = len(outputs)
-                outputs.append(ops.cast(model.optimizer.scale_loss(extra), "float32"))
-            if strategy_objective is not None:
-                rows_of["strategy"] = len(outputs)
-                outputs.append(ops.cast(strategy_objective, "float32"))
-            return ops.stack(outputs), (step, self.part_losses(step, parts))
+            outputs = self._stack_objectives(
+                outputs, extra, strategy_objective, rows_of
+            )
+            return outputs, (step, self.part_losses(step, parts))
 
         outputs, pullback, (step, part_losses) = differentiate(
             model, objectives, variables
@@ -380,14 +386,10 @@ class JaxRepresentationGradientPath(_JaxParameterPath, RepresentationGradientPat
             )
             task_objectives, strategy_objective = self.task_objectives(step)
             extra = self.extra_objective(step.aux_losses)
-            outputs = [ops.cast(o, "float32") for o in task_objectives]
-            if extra is not None:
-                rows_of["extra"] = len(outputs)
-                outputs.append(ops.cast(model.optimizer.scale_loss(extra), "float32"))
-            if strategy_objective is not None:
-                rows_of["strategy"] = len(outputs)
-                outputs.append(ops.cast(strategy_objective, "float32"))
-            return ops.stack(outputs), step
+            outputs = self._stack_objectives(
+                task_objectives, extra, strategy_objective, rows_of
+            )
+            return outputs, step
 
         outputs, pullback, step = differentiate(model, heads, variables, inputs=reps)
         rows = pull_rows(pullback, outputs)
